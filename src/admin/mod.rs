@@ -1,0 +1,173 @@
+//! The admin listener: `GET /health`, `GET /metrics`, `POST /reload`, all behind the bearer
+//! token from `admin.token`. Served by axum inside a Pingora background service so it starts
+//! and stops with the server.
+
+use std::net::TcpListener as StdTcpListener;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use crate::live::{ReloadError, Reloader};
+
+#[derive(Clone)]
+struct AdminState {
+    reloader: Arc<Reloader>,
+    started: Instant,
+}
+
+/// The admin HTTP service. The socket is bound when the server is built so a taken port is a
+/// startup error, not a log line.
+pub struct AdminService {
+    listener: std::sync::Mutex<Option<StdTcpListener>>,
+    state: AdminState,
+}
+
+impl AdminService {
+    pub fn bind(reloader: Arc<Reloader>) -> std::io::Result<AdminService> {
+        let addr = reloader.live.load().config.admin.listen;
+        let listener = StdTcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        Ok(AdminService {
+            listener: std::sync::Mutex::new(Some(listener)),
+            state: AdminState { reloader, started: Instant::now() },
+        })
+    }
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, axum::Json(json!({"error": {"code": code, "message": message}}))).into_response()
+}
+
+/// Every admin route requires `Authorization: Bearer <admin.token>`.
+async fn require_token(State(state): State<AdminState>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let live = state.reloader.live.load();
+    let expected = live.config.admin.token.expose().as_bytes();
+    match presented {
+        Some(token) if bool::from(token.as_bytes().ct_eq(expected)) => next.run(req).await,
+        Some(_) => error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "invalid admin token"),
+        None => error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "send Authorization: Bearer <admin token>"),
+    }
+}
+
+/// Health JSON: overall status and each dependency's state (200 when all are up, else 503).
+/// The embedded default has no external dependency; Redis and PostgreSQL join this list when
+/// configured.
+async fn health(State(state): State<AdminState>) -> Response {
+    let live = state.reloader.live.load();
+    let dependencies = json!({
+        "config": {"status": "up", "generation": live.generation},
+        "dns": {"status": "up"},
+    });
+    let all_up = dependencies.as_object().is_some_and(|d| d.values().all(|v| v["status"] == "up"));
+    let body = json!({
+        "status": if all_up { "ok" } else { "degraded" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "stages": live.pipeline.names(),
+        "dependencies": dependencies,
+    });
+    let status = if all_up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let text = state.reloader.shared.metrics.render();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+}
+
+async fn reload(State(state): State<AdminState>) -> Response {
+    let reloader = state.reloader.clone();
+    match tokio::task::spawn_blocking(move || reloader.reload()).await {
+        Ok(Ok((generation, kept))) => {
+            (StatusCode::OK, axum::Json(json!({"status": "reloaded", "generation": generation, "not_applied": kept}))).into_response()
+        }
+        Ok(Err(ReloadError::Invalid(errors))) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            axum::Json(json!({"error": {
+                "code": "INVALID_CONFIG",
+                "message": "the new configuration is invalid; the current one stays in use",
+                "details": errors.0.iter().map(|i| format!("{}: {}", i.path, i.message)).collect::<Vec<_>>(),
+            }})),
+        )
+            .into_response(),
+        Ok(Err(e)) => error(StatusCode::CONFLICT, "RELOAD_UNAVAILABLE", &e.to_string()),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "reload task failed"),
+    }
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "NOT_FOUND", "unknown admin endpoint")
+}
+
+fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .route("/reload", post(reload))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .with_state(state)
+}
+
+#[async_trait]
+impl BackgroundService for AdminService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(std_listener) = self.listener.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        let listener = match tokio::net::TcpListener::from_std(std_listener) {
+            Ok(l) => l,
+            Err(e) => {
+                log::error!("admin listener unusable: {e}");
+                return;
+            }
+        };
+        let app = router(self.state.clone());
+        let stop = async move {
+            let _ = shutdown.changed().await;
+        };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+            log::error!("admin listener failed: {e}");
+        }
+    }
+}
+
+/// Reloads the config on SIGHUP.
+pub struct SighupReloader(pub Arc<Reloader>);
+
+#[async_trait]
+impl BackgroundService for SighupReloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("cannot listen for SIGHUP: {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = hup.recv() => {
+                    let reloader = self.0.clone();
+                    let _ = tokio::task::spawn_blocking(move || reloader.reload()).await;
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Serde structs that mirror the YAML file one to one.
+//!
+//! Every field is optional here; defaults are applied in [`super::validate`] from the
+//! `DEFAULT_*` constants below, so a default lives in exactly one place. Unknown keys are
+//! rejected everywhere (`deny_unknown_fields`).
+
+use serde::Deserialize;
+
+/// Proxy listener used when `server.listen` is absent.
+pub const DEFAULT_PROXY_LISTEN: &str = "127.0.0.1:8402";
+/// Admin listener used when `admin.listen` is absent.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9402";
+/// Worker threads of the proxy service (Pingora's own default is 1).
+pub const DEFAULT_THREADS: usize = 2;
+/// Idle upstream connections kept for reuse, across all upstreams.
+pub const DEFAULT_UPSTREAM_KEEPALIVE_POOL_SIZE: usize = 1024;
+/// Seconds between a graceful-terminate signal and the start of runtime shutdown.
+pub const DEFAULT_GRACE_PERIOD_SECONDS: u64 = 5;
+/// Seconds runtimes get to finish in-flight work once shutdown starts.
+pub const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS: u64 = 5;
+/// Upstream TCP (+TLS) connect timeout.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Upstream read timeout (time between reads, so also time to first byte).
+pub const DEFAULT_READ_TIMEOUT_MS: u64 = 30_000;
+/// Upstream write timeout.
+pub const DEFAULT_WRITE_TIMEOUT_MS: u64 = 30_000;
+/// How long an idle pooled upstream connection is kept.
+pub const DEFAULT_IDLE_TIMEOUT_SECONDS: u64 = 60;
+/// Timeout of one DNS lookup.
+pub const DEFAULT_DNS_TIMEOUT_MS: u64 = 2_000;
+/// Number of DNS answers kept in the resolver cache.
+pub const DEFAULT_DNS_CACHE_SIZE: u64 = 4_096;
+/// Per-project rate limit: sustained requests per second.
+pub const DEFAULT_RATE_LIMIT_RPS: u32 = 100;
+/// Per-project rate limit: bucket size (requests allowed in a burst).
+pub const DEFAULT_RATE_LIMIT_BURST: u32 = 200;
+/// Whether a route's `path_prefix` is replaced by the upstream base path.
+pub const DEFAULT_STRIP_PREFIX: bool = true;
+/// Realm announced in `Proxy-Authenticate` / `WWW-Authenticate`.
+pub const AUTH_REALM: &str = "pag0";
+
+/// The whole file. Sections are deserialized one by one (see [`super::load`]) so that
+/// a problem in one section does not hide problems in the others.
+pub const SECTIONS: &[&str] = &["server", "upstream", "admin", "dns", "stages", "projects", "routes"];
+
+/// `server:` — the proxy listener and Pingora's own server settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileServer {
+    /// Addresses of the HTTP proxy listener (forward and reverse on the same port).
+    pub listen: Option<Vec<String>>,
+    /// Worker threads of the proxy service.
+    pub threads: Option<usize>,
+    /// Idle upstream connections kept for reuse.
+    pub upstream_keepalive_pool_size: Option<usize>,
+    /// Seconds to keep serving after SIGTERM before shutting runtimes down.
+    pub grace_period_seconds: Option<u64>,
+    /// Seconds runtimes get to finish once shutdown starts.
+    pub graceful_shutdown_timeout_seconds: Option<u64>,
+    /// Requests served on one downstream keep-alive connection before it is closed.
+    pub keepalive_request_limit: Option<u32>,
+    /// Pid file (Pingora's graceful upgrade uses it).
+    pub pid_file: Option<String>,
+    /// Unix socket used to hand listeners to a new process on graceful upgrade.
+    pub upgrade_sock: Option<String>,
+}
+
+/// `upstream:` — timeouts for connections to upstream servers.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstream {
+    pub connect_timeout_ms: Option<u64>,
+    pub read_timeout_ms: Option<u64>,
+    pub write_timeout_ms: Option<u64>,
+    pub idle_timeout_seconds: Option<u64>,
+}
+
+/// `admin:` — the admin listener (/health, /metrics, /reload).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAdmin {
+    pub listen: Option<String>,
+    /// Bearer token, as an `${ENV_VAR}` reference.
+    pub token: Option<String>,
+}
+
+/// `dns:` — the asynchronous resolver used for forward-proxy targets and route upstreams.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDns {
+    pub timeout_ms: Option<u64>,
+    pub cache_size: Option<u64>,
+}
+
+/// One entry of `stages:`; the list order is the order the stages run in.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FileStage {
+    /// Identify the project from `Proxy-Authorization: Basic` or `X-Pag0-API-Key`.
+    Auth {},
+    /// Refuse targets that resolve to non-public addresses.
+    SsrfGuard {
+        /// CIDRs (or single addresses) that are allowed even though they are not public.
+        #[serde(default)]
+        allow: Vec<String>,
+    },
+    /// Per-project token bucket.
+    RateLimit {
+        /// Limit for projects that do not set their own `rate_limit`.
+        default: Option<FileRateLimit>,
+    },
+}
+
+/// A token bucket: `requests_per_second` sustained, `burst` at once.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRateLimit {
+    pub requests_per_second: Option<u32>,
+    pub burst: Option<u32>,
+}
+
+/// One entry of `projects:` — a tenant.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileProject {
+    pub id: String,
+    /// API key hashes, `sha256:<64 hex>` (from `pag0 keys new`).
+    #[serde(default)]
+    pub keys: Vec<String>,
+    pub rate_limit: Option<FileRateLimit>,
+}
+
+/// One entry of `routes:` — a reverse-proxy route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRoute {
+    pub name: String,
+    /// Match on the request's Host (without port). Absent: any host.
+    pub host: Option<String>,
+    /// Match on a path prefix (segment-wise). Absent: any path.
+    pub path_prefix: Option<String>,
+    /// Upstream base URL, `http://` or `https://`, optionally with a base path.
+    pub upstream: String,
+    /// Replace `path_prefix` by the upstream base path (default true).
+    pub strip_prefix: Option<bool>,
+    /// PEM file with the CA(s) that sign a private HTTPS upstream; system roots otherwise.
+    pub ca_file: Option<String>,
+}

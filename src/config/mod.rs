@@ -1,0 +1,438 @@
+//! YAML configuration: file model ([`file`]) → validated runtime model ([`runtime`]).
+//!
+//! [`load`] reports every problem it finds at once, each prefixed with its YAML path
+//! (`routes[2].upstream: invalid URL "htp:/x"`). Sections and list entries are deserialized
+//! one by one so that one bad entry does not hide the others.
+
+pub mod file;
+pub mod runtime;
+pub mod secret;
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use pingora::utils::tls::{WrappedX509, parse_x509};
+use serde::de::DeserializeOwned;
+use serde_yaml::Value;
+
+use file::*;
+pub use runtime::*;
+pub use secret::Secret;
+
+/// One problem in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// YAML path, e.g. `routes[2].upstream` (`.` for the document root).
+    pub path: String,
+    pub message: String,
+}
+
+/// All problems found in a config file.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigIssue>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, issue) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}: {}", issue.path, issue.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Reads and validates a config file, resolving `${ENV}` secrets from the process environment.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigIssue { path: ".".into(), message: format!("cannot read {}: {e}", path.display()) }])
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse(&text, base, |var| std::env::var(var).ok())
+}
+
+/// Validates YAML text. Relative file paths (`ca_file`) are resolved against `base_dir`.
+pub fn parse(
+    text: &str,
+    base_dir: &Path,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigErrors> {
+    let mut v = Validator { issues: Vec::new(), base_dir, env: &env };
+    let doc: Value = match serde_yaml::from_str(text) {
+        Ok(Value::Null) => Value::Mapping(Default::default()),
+        Ok(doc) => doc,
+        Err(e) => return Err(ConfigErrors(vec![ConfigIssue { path: ".".into(), message: format!("invalid YAML: {e}") }])),
+    };
+    let Value::Mapping(mut root) = doc else {
+        return Err(ConfigErrors(vec![ConfigIssue { path: ".".into(), message: "the file must be a mapping of sections".into() }]));
+    };
+    for key in root.keys() {
+        match key.as_str() {
+            Some(k) if SECTIONS.contains(&k) => {}
+            _ => v.issue(&yaml_key(key), format!("unknown section, expected one of: {}", SECTIONS.join(", "))),
+        }
+    }
+    let mut take = |name: &str| root.remove(name);
+
+    let server = v.section::<FileServer>(take("server"), "server").unwrap_or_default();
+    let upstream = v.section::<FileUpstream>(take("upstream"), "upstream").unwrap_or_default();
+    let admin = v.section::<FileAdmin>(take("admin"), "admin").unwrap_or_default();
+    let dns = v.section::<FileDns>(take("dns"), "dns").unwrap_or_default();
+    let stages = match take("stages") {
+        None => None,
+        Some(value) => Some(v.list::<FileStage>(value, "stages")),
+    };
+    let projects = v.list::<FileProject>(take("projects").unwrap_or(Value::Null), "projects");
+    let routes = v.list::<FileRoute>(take("routes").unwrap_or(Value::Null), "routes");
+
+    let config = Config {
+        server: v.server(server),
+        upstream: v.upstream(upstream),
+        admin: v.admin(admin),
+        dns: DnsSettings {
+            timeout: Duration::from_millis(v.positive(dns.timeout_ms, DEFAULT_DNS_TIMEOUT_MS, "dns.timeout_ms")),
+            cache_size: dns.cache_size.unwrap_or(DEFAULT_DNS_CACHE_SIZE),
+        },
+        stages: v.stages(stages),
+        projects: v.projects(projects),
+        routes: v.routes(routes),
+    };
+    if v.issues.is_empty() { Ok(config) } else { Err(ConfigErrors(v.issues)) }
+}
+
+fn yaml_key(key: &Value) -> String {
+    match key {
+        Value::String(s) => s.clone(),
+        other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
+    }
+}
+
+/// The default stage list when `stages:` is absent.
+fn default_stages() -> Vec<StageConfig> {
+    vec![
+        StageConfig::Auth,
+        StageConfig::SsrfGuard { allow: Vec::new() },
+        StageConfig::RateLimit { default: RateLimit { requests_per_second: DEFAULT_RATE_LIMIT_RPS, burst: DEFAULT_RATE_LIMIT_BURST } },
+    ]
+}
+
+struct Validator<'a, E: Fn(&str) -> Option<String>> {
+    issues: Vec<ConfigIssue>,
+    base_dir: &'a Path,
+    env: &'a E,
+}
+
+impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
+    fn issue(&mut self, path: &str, message: impl Into<String>) {
+        self.issues.push(ConfigIssue { path: path.to_string(), message: message.into() });
+    }
+
+    /// Deserializes one section, recording the error (with its full path) on failure.
+    fn section<T: DeserializeOwned>(&mut self, value: Option<Value>, path: &str) -> Option<T> {
+        let value = value?;
+        if value.is_null() {
+            return None;
+        }
+        match serde_path_to_error::deserialize::<_, T>(value) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                let inner = e.path().to_string();
+                let full = if inner == "." { path.to_string() } else if inner.starts_with('[') { format!("{path}{inner}") } else { format!("{path}.{inner}") };
+                self.issue(&full, e.into_inner().to_string());
+                None
+            }
+        }
+    }
+
+    /// Deserializes a list entry by entry; bad entries are recorded and skipped.
+    /// Entries keep their index in the file so later messages name the right entry.
+    fn list<T: DeserializeOwned>(&mut self, value: Value, path: &str) -> Vec<(usize, T)> {
+        match value {
+            Value::Null => Vec::new(),
+            Value::Sequence(items) => items
+                .into_iter()
+                .enumerate()
+                .filter_map(|(i, item)| Some((i, self.section(Some(item), &format!("{path}[{i}]"))?)))
+                .collect(),
+            _ => {
+                self.issue(path, "must be a list");
+                Vec::new()
+            }
+        }
+    }
+
+    fn positive(&mut self, value: Option<u64>, default: u64, path: &str) -> u64 {
+        match value {
+            Some(0) => {
+                self.issue(path, "must be greater than 0");
+                default
+            }
+            Some(n) => n,
+            None => default,
+        }
+    }
+
+    fn socket_addr(&mut self, raw: &str, path: &str) -> Option<SocketAddr> {
+        match raw.parse() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.issue(path, format!("invalid listen address {raw:?} (expected IP:PORT)"));
+                None
+            }
+        }
+    }
+
+    fn server(&mut self, f: FileServer) -> ServerSettings {
+        let listen = match f.listen {
+            None => vec![DEFAULT_PROXY_LISTEN.parse().expect("valid default")],
+            Some(list) if list.is_empty() => {
+                self.issue("server.listen", "needs at least one address");
+                Vec::new()
+            }
+            Some(list) => list
+                .iter()
+                .enumerate()
+                .filter_map(|(i, a)| self.socket_addr(a, &format!("server.listen[{i}]")))
+                .collect(),
+        };
+        let threads = self.positive(f.threads.map(|t| t as u64), DEFAULT_THREADS as u64, "server.threads") as usize;
+        ServerSettings {
+            listen,
+            threads,
+            upstream_keepalive_pool_size: f.upstream_keepalive_pool_size.unwrap_or(DEFAULT_UPSTREAM_KEEPALIVE_POOL_SIZE),
+            grace_period: Duration::from_secs(f.grace_period_seconds.unwrap_or(DEFAULT_GRACE_PERIOD_SECONDS)),
+            graceful_shutdown_timeout: Duration::from_secs(
+                f.graceful_shutdown_timeout_seconds.unwrap_or(DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS),
+            ),
+            keepalive_request_limit: f.keepalive_request_limit,
+            pid_file: f.pid_file,
+            upgrade_sock: f.upgrade_sock,
+        }
+    }
+
+    fn upstream(&mut self, f: FileUpstream) -> UpstreamSettings {
+        UpstreamSettings {
+            connect_timeout: Duration::from_millis(self.positive(f.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS, "upstream.connect_timeout_ms")),
+            read_timeout: Duration::from_millis(self.positive(f.read_timeout_ms, DEFAULT_READ_TIMEOUT_MS, "upstream.read_timeout_ms")),
+            write_timeout: Duration::from_millis(self.positive(f.write_timeout_ms, DEFAULT_WRITE_TIMEOUT_MS, "upstream.write_timeout_ms")),
+            idle_timeout: Duration::from_secs(f.idle_timeout_seconds.unwrap_or(DEFAULT_IDLE_TIMEOUT_SECONDS)),
+        }
+    }
+
+    fn admin(&mut self, f: FileAdmin) -> AdminSettings {
+        let listen = f.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
+        let listen = self.socket_addr(listen, "admin.listen").unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.parse().expect("valid default"));
+        let token = match f.token {
+            None => {
+                self.issue("admin.token", "is required (e.g. token: ${PAG0_ADMIN_TOKEN})");
+                None
+            }
+            Some(raw) => match Secret::resolve(&raw, self.env) {
+                Ok(s) if s.expose().len() < 16 => {
+                    self.issue("admin.token", "the token must be at least 16 characters");
+                    None
+                }
+                Ok(s) => Some(s),
+                Err(msg) => {
+                    self.issue("admin.token", msg);
+                    None
+                }
+            },
+        };
+        let token = token.unwrap_or_else(|| Secret::resolve("${_:-invalid-admin-token}", |_| None).expect("static"));
+        AdminSettings { listen, token }
+    }
+
+    fn rate_limit(&mut self, f: Option<FileRateLimit>, path: &str) -> Option<RateLimit> {
+        let f = f?;
+        let rps = self.positive(f.requests_per_second.map(u64::from), u64::from(DEFAULT_RATE_LIMIT_RPS), &format!("{path}.requests_per_second"));
+        let burst = self.positive(f.burst.map(u64::from), rps.max(u64::from(DEFAULT_RATE_LIMIT_BURST.min(rps as u32))), &format!("{path}.burst"));
+        Some(RateLimit { requests_per_second: rps as u32, burst: burst as u32 })
+    }
+
+    fn stages(&mut self, stages: Option<Vec<(usize, FileStage)>>) -> Vec<StageConfig> {
+        let Some(stages) = stages else { return default_stages() };
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (i, stage) in stages {
+            let path = format!("stages[{i}]");
+            let stage = match stage {
+                FileStage::Auth {} => StageConfig::Auth,
+                FileStage::SsrfGuard { allow } => StageConfig::SsrfGuard {
+                    allow: allow
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(j, net)| match parse_net(net) {
+                            Some(n) => Some(n),
+                            None => {
+                                self.issue(&format!("{path}.allow[{j}]"), format!("invalid CIDR or IP address {net:?}"));
+                                None
+                            }
+                        })
+                        .collect(),
+                },
+                FileStage::RateLimit { default } => StageConfig::RateLimit {
+                    default: self
+                        .rate_limit(default, &format!("{path}.default"))
+                        .unwrap_or(RateLimit { requests_per_second: DEFAULT_RATE_LIMIT_RPS, burst: DEFAULT_RATE_LIMIT_BURST }),
+                },
+            };
+            if !seen.insert(stage.kind()) {
+                self.issue(&path, format!("stage {} is listed twice", stage.kind()));
+            }
+            out.push(stage);
+        }
+        out
+    }
+
+    fn projects(&mut self, projects: Vec<(usize, FileProject)>) -> Vec<Arc<Project>> {
+        let mut ids = HashSet::new();
+        let mut all_keys = HashSet::new();
+        let mut out = Vec::new();
+        for (i, p) in projects {
+            let path = format!("projects[{i}]");
+            if p.id.is_empty() || !p.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                self.issue(&format!("{path}.id"), format!("invalid project id {:?} (letters, digits, - and _ only)", p.id));
+            } else if !ids.insert(p.id.clone()) {
+                self.issue(&format!("{path}.id"), format!("duplicate project id {:?}", p.id));
+            }
+            if p.keys.is_empty() {
+                self.issue(&format!("{path}.keys"), "needs at least one key hash (create one with `pag0 keys new`)");
+            }
+            let mut key_hashes = Vec::new();
+            for (j, k) in p.keys.iter().enumerate() {
+                match parse_key_hash(k) {
+                    Some(h) if !all_keys.insert(h) => self.issue(&format!("{path}.keys[{j}]"), "this key hash is used twice"),
+                    Some(h) => key_hashes.push(h),
+                    None => self.issue(&format!("{path}.keys[{j}]"), "expected sha256:<64 hex digits> (the hash printed by `pag0 keys new`, never the key itself)"),
+                }
+            }
+            let rate_limit = self.rate_limit(p.rate_limit, &format!("{path}.rate_limit"));
+            out.push(Arc::new(Project { id: p.id, key_hashes, rate_limit }));
+        }
+        out
+    }
+
+    fn routes(&mut self, routes: Vec<(usize, FileRoute)>) -> Vec<Arc<Route>> {
+        let mut names = HashSet::new();
+        let mut out = Vec::new();
+        for (i, r) in routes {
+            let path = format!("routes[{i}]");
+            if r.name.is_empty() || !r.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                self.issue(&format!("{path}.name"), format!("invalid route name {:?} (letters, digits, -, _ and . only)", r.name));
+            } else if !names.insert(r.name.clone()) {
+                self.issue(&format!("{path}.name"), format!("duplicate route name {:?}", r.name));
+            }
+            if r.host.is_none() && r.path_prefix.is_none() {
+                self.issue(&path, "needs host, path_prefix or both");
+            }
+            if let Some(prefix) = &r.path_prefix
+                && !prefix.starts_with('/')
+            {
+                self.issue(&format!("{path}.path_prefix"), format!("must start with '/' (got {prefix:?})"));
+            }
+            let upstream = match parse_upstream(&r.upstream) {
+                Ok(u) => Some(u),
+                Err(why) => {
+                    self.issue(&format!("{path}.upstream"), format!("invalid URL {:?}: {why}", r.upstream));
+                    None
+                }
+            };
+            let ca_file = r.ca_file.as_ref().map(|f| self.base_dir.join(f));
+            let ca = match &ca_file {
+                None => None,
+                Some(file) => match load_ca(file) {
+                    Ok(ca) => Some(ca),
+                    Err(why) => {
+                        self.issue(&format!("{path}.ca_file"), format!("{}: {why}", file.display()));
+                        None
+                    }
+                },
+            };
+            if let (Some(upstream), true) = (upstream, ca.is_some() || ca_file.is_none()) {
+                out.push(Arc::new(Route {
+                    name: r.name,
+                    host: r.host.map(|h| h.to_ascii_lowercase()),
+                    path_prefix: r.path_prefix.map(|p| p.trim_end_matches('/').to_string()),
+                    upstream,
+                    strip_prefix: r.strip_prefix.unwrap_or(DEFAULT_STRIP_PREFIX),
+                    ca,
+                    ca_file,
+                }));
+            }
+        }
+        out
+    }
+}
+
+/// Parses `sha256:<64 hex>` into the digest bytes.
+pub fn parse_key_hash(raw: &str) -> Option<[u8; 32]> {
+    let hex_part = raw.strip_prefix("sha256:")?;
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex_part, &mut out).ok()?;
+    Some(out)
+}
+
+/// Parses a CIDR, or a single address as a host-sized network.
+pub fn parse_net(raw: &str) -> Option<IpNet> {
+    raw.parse::<IpNet>().ok().or_else(|| raw.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+/// Parses an upstream base URL: `http(s)://host[:port][/base/path]`, nothing else.
+pub fn parse_upstream(raw: &str) -> Result<UpstreamUrl, String> {
+    let url = url::Url::parse(raw).map_err(|e| e.to_string())?;
+    let tls = match url.scheme() {
+        "http" => false,
+        "https" => true,
+        other => return Err(format!("scheme must be http or https, not {other:?}")),
+    };
+    let host = match url.host() {
+        Some(url::Host::Domain(d)) => d.to_string(),
+        Some(url::Host::Ipv4(ip)) => ip.to_string(),
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        None => return Err("missing host".into()),
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("credentials in the URL are not supported".into());
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err("query and fragment are not allowed in a base URL".into());
+    }
+    let port = url.port_or_known_default().ok_or("missing port")?;
+    Ok(UpstreamUrl { tls, host, port, base_path: url.path().trim_end_matches('/').to_string() })
+}
+
+/// Loads the certificates of a PEM CA file, checking each parses.
+fn load_ca(file: &Path) -> Result<Arc<[WrappedX509]>, String> {
+    let pem = std::fs::read(file).map_err(|e| e.to_string())?;
+    let mut certs = Vec::new();
+    for item in rustls_pemfile_certs(&pem)? {
+        // Check the DER parses before handing it to Pingora's (panicking) parser.
+        x509_parser_check(&item)?;
+        certs.push(WrappedX509::new(item, parse_x509));
+    }
+    if certs.is_empty() {
+        return Err("no CERTIFICATE found in the file".into());
+    }
+    Ok(certs.into())
+}
+
+fn rustls_pemfile_certs(pem: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    use rustls_pki_types::{CertificateDer, pem::PemObject};
+    CertificateDer::pem_slice_iter(pem)
+        .map(|c| c.map(|c| c.to_vec()).map_err(|e| format!("invalid PEM: {e:?}")))
+        .collect()
+}
+
+fn x509_parser_check(der: &[u8]) -> Result<(), String> {
+    use pingora::tls::{CertificateDer, RootCertStore};
+    RootCertStore::empty().add(CertificateDer::from(der.to_vec())).map_err(|e| format!("invalid certificate: {e}"))
+}

@@ -1,0 +1,135 @@
+//! The validated configuration: typed values only, defaults applied.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use pingora::utils::tls::WrappedX509;
+
+use super::secret::Secret;
+
+/// Everything pag0 runs with. Built by [`super::load`]; never constructed from unchecked input.
+#[derive(Debug)]
+pub struct Config {
+    pub server: ServerSettings,
+    pub upstream: UpstreamSettings,
+    pub admin: AdminSettings,
+    pub dns: DnsSettings,
+    pub stages: Vec<StageConfig>,
+    pub projects: Vec<Arc<Project>>,
+    pub routes: Vec<Arc<Route>>,
+}
+
+/// Listener and Pingora server settings. Changing these needs a restart (or graceful upgrade).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerSettings {
+    pub listen: Vec<SocketAddr>,
+    pub threads: usize,
+    pub upstream_keepalive_pool_size: usize,
+    pub grace_period: Duration,
+    pub graceful_shutdown_timeout: Duration,
+    pub keepalive_request_limit: Option<u32>,
+    pub pid_file: Option<String>,
+    pub upgrade_sock: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamSettings {
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+    pub token: Secret,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsSettings {
+    pub timeout: Duration,
+    pub cache_size: u64,
+}
+
+/// An enabled pipeline stage and its settings.
+#[derive(Debug, Clone)]
+pub enum StageConfig {
+    Auth,
+    SsrfGuard { allow: Vec<IpNet> },
+    RateLimit { default: RateLimit },
+}
+
+impl StageConfig {
+    /// The name used in YAML (`kind:`), logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StageConfig::Auth => "auth",
+            StageConfig::SsrfGuard { .. } => "ssrf_guard",
+            StageConfig::RateLimit { .. } => "rate_limit",
+        }
+    }
+}
+
+/// A token bucket's parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    pub requests_per_second: u32,
+    pub burst: u32,
+}
+
+/// A tenant.
+#[derive(Debug)]
+pub struct Project {
+    pub id: String,
+    /// SHA-256 digests of the project's API keys.
+    pub key_hashes: Vec<[u8; 32]>,
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A reverse-proxy route.
+pub struct Route {
+    pub name: String,
+    pub host: Option<String>,
+    pub path_prefix: Option<String>,
+    pub upstream: UpstreamUrl,
+    pub strip_prefix: bool,
+    /// CA certificates from `ca_file`, replacing the system roots for this route.
+    pub ca: Option<Arc<[WrappedX509]>>,
+    pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .field("path_prefix", &self.path_prefix)
+            .field("upstream", &self.upstream)
+            .field("strip_prefix", &self.strip_prefix)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+/// A parsed `http(s)://host[:port][/base]` upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Base path without a trailing slash (`""` for the root).
+    pub base_path: String,
+}
+
+impl UpstreamUrl {
+    /// The Host header value for this upstream (port omitted when it is the scheme default).
+    pub fn host_header(&self) -> String {
+        let default_port = if self.tls { 443 } else { 80 };
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        if self.port == default_port { host } else { format!("{host}:{}", self.port) }
+    }
+}

@@ -1,0 +1,16 @@
+//! pag0: a payment-aware forward/reverse HTTP proxy for AI agents, built on Pingora.
+//!
+//! Layout: [`config`] (YAML → validated config), [`net`] (DNS, address classes),
+//! [`ratelimit`], [`metrics`], [`stages`] (pipeline plugins), [`proxy`] (the Pingora glue),
+//! [`admin`] (health/metrics/reload), [`live`] (reloadable state), [`server`] (assembly).
+
+pub mod admin;
+pub mod config;
+pub mod keys;
+pub mod live;
+pub mod metrics;
+pub mod net;
+pub mod proxy;
+pub mod ratelimit;
+pub mod server;
+pub mod stages;

@@ -1,0 +1,126 @@
+//! Process-lifetime services ([`Shared`]) and the reloadable configuration snapshot ([`Live`]).
+//!
+//! A reload builds a complete new `Live` and swaps it in atomically. Each request holds the
+//! snapshot it started with, so in-flight requests finish under the old config and none fails.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+
+use crate::config::{self, Config, ConfigErrors, Project};
+use crate::metrics::Metrics;
+use crate::net::dns::Resolver;
+use crate::ratelimit::{LocalRateLimiter, RateLimiter};
+use crate::stages::Pipeline;
+
+/// Services that live as long as the process and survive reloads (their state too: rate-limit
+/// buckets are not reset by a reload).
+pub struct Shared {
+    pub resolver: Arc<Resolver>,
+    pub rate_limiter: Arc<dyn RateLimiter>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    pub fn new(config: &Config) -> Arc<Shared> {
+        Arc::new(Shared {
+            resolver: Arc::new(Resolver::new(&config.dns)),
+            rate_limiter: Arc::new(LocalRateLimiter::default()),
+            metrics: Arc::new(Metrics::new()),
+        })
+    }
+}
+
+/// One applied configuration: the config, its pipeline and its lookup tables.
+pub struct Live {
+    pub generation: u64,
+    pub config: Config,
+    pub pipeline: Pipeline,
+    pub projects_by_key: HashMap<[u8; 32], Arc<Project>>,
+}
+
+impl Live {
+    pub fn build(config: Config, generation: u64, shared: &Arc<Shared>) -> Live {
+        let pipeline = Pipeline::build(&config.stages, shared);
+        let projects_by_key = config
+            .projects
+            .iter()
+            .flat_map(|p| p.key_hashes.iter().map(move |h| (*h, p.clone())))
+            .collect();
+        Live { generation, config, pipeline, projects_by_key }
+    }
+}
+
+/// Outcome of a reload.
+#[derive(Debug)]
+pub enum ReloadError {
+    /// The process was started without a config file (tests building a config in memory).
+    NoFile,
+    Invalid(ConfigErrors),
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReloadError::NoFile => f.write_str("pag0 was started without a config file"),
+            ReloadError::Invalid(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Owns the current [`Live`] and replaces it on reload (SIGHUP or `POST /reload`).
+pub struct Reloader {
+    pub path: Option<PathBuf>,
+    pub live: Arc<ArcSwap<Live>>,
+    pub shared: Arc<Shared>,
+    generation: AtomicU64,
+}
+
+impl Reloader {
+    pub fn new(config: Config, path: Option<PathBuf>, shared: Arc<Shared>) -> Arc<Reloader> {
+        let live = Arc::new(ArcSwap::from_pointee(Live::build(config, 1, &shared)));
+        shared.metrics.config_generation.set(1);
+        Arc::new(Reloader { path, live, shared, generation: AtomicU64::new(1) })
+    }
+
+    /// Re-reads the config file and applies it. An invalid file changes nothing. Settings
+    /// that need new sockets or runtimes (listeners, threads, admin) are kept and reported.
+    pub fn reload(&self) -> Result<(u64, Vec<String>), ReloadError> {
+        let result = self.try_reload();
+        let label = if result.is_ok() { "ok" } else { "error" };
+        self.shared.metrics.config_reloads.with_label_values(&[label]).inc();
+        match &result {
+            Ok((generation, kept)) => {
+                log::info!(generation:% = generation; "configuration reloaded");
+                for k in kept {
+                    log::warn!("{k}");
+                }
+            }
+            Err(e) => log::error!("configuration reload failed, keeping the current one:\n{e}"),
+        }
+        result
+    }
+
+    fn try_reload(&self) -> Result<(u64, Vec<String>), ReloadError> {
+        let path = self.path.as_ref().ok_or(ReloadError::NoFile)?;
+        let config = config::load(path).map_err(ReloadError::Invalid)?;
+        let current = self.live.load();
+        let mut kept = Vec::new();
+        if config.server != current.config.server {
+            kept.push("server: listener/thread settings changed; they apply after a restart or graceful upgrade".to_string());
+        }
+        if config.admin.listen != current.config.admin.listen {
+            kept.push("admin.listen changed; it applies after a restart".to_string());
+        }
+        if config.dns != current.config.dns {
+            kept.push("dns settings changed; they apply after a restart".to_string());
+        }
+        let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
+        self.live.store(Arc::new(Live::build(config, generation, &self.shared)));
+        self.shared.metrics.config_generation.set(generation as i64);
+        Ok((generation, kept))
+    }
+}

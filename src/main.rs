@@ -1,0 +1,134 @@
+//! `pag0` command line: run the proxy, check a config, create API keys, probe health.
+//!
+//! | command | what |
+//! |---|---|
+//! | `pag0 -c FILE` | run (default file `conf/pag0.yaml`) |
+//! | `pag0 -t -c FILE` | validate the file, print every problem, exit 0/1 |
+//! | `pag0 keys new` | print a new API key and the hash to put in `projects[].keys` |
+//! | `pag0 healthcheck -c FILE` | GET the admin `/health` (for container health checks) |
+//!
+//! Signals: SIGHUP reloads the config; SIGTERM drains and exits; SIGINT exits at once;
+//! SIGQUIT hands the listeners to a new `pag0 --upgrade` process (Pingora graceful upgrade).
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use pingora::server::RunArgs;
+
+use pag0::config;
+use pag0::server::{self, StartOptions};
+
+#[derive(Parser)]
+#[command(name = "pag0", version, about = "Payment-aware HTTP proxy for AI agents")]
+struct Cli {
+    /// Configuration file.
+    #[arg(short = 'c', long = "conf", default_value = "conf/pag0.yaml", global = true)]
+    conf: PathBuf,
+    /// Validate the configuration and exit (0 = valid, 1 = invalid).
+    #[arg(short = 't', long = "test")]
+    test: bool,
+    /// Take over the listeners of a running pag0 (graceful upgrade; send it SIGQUIT).
+    #[arg(short = 'u', long = "upgrade")]
+    upgrade: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// API key management.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+    /// Query the admin /health endpoint of a running pag0 (exit 0 when healthy).
+    Healthcheck,
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Print a new random API key and its sha256 hash for projects[].keys.
+    New,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Keys { action: KeysAction::New }) => {
+            let (key, hash) = pag0::keys::new_key();
+            println!("key:  {key}\nhash: {hash}");
+            println!("\nPut the hash in projects[].keys; give the key to the agent (it is not stored anywhere).");
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Healthcheck) => return healthcheck(&cli.conf),
+        None => {}
+    }
+    let config = match config::load(&cli.conf) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{}: invalid configuration:\n{errors}", cli.conf.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.test {
+        println!("{}: configuration OK", cli.conf.display());
+        return ExitCode::SUCCESS;
+    }
+    let listen = config.server.listen.clone();
+    let admin = config.admin.listen;
+    log::debug!("configuration: {config:?}");
+    let pag0 = match server::build(config, Some(cli.conf.clone()), &StartOptions { upgrade: cli.upgrade }) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("pag0: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    for addr in &listen {
+        println!("pag0 proxy listening on http://{addr} (HTTP_PROXY=http://PROJECT:KEY@{addr})");
+    }
+    println!("pag0 admin listening on http://{admin} (/health, /metrics, /reload; bearer token)");
+    pag0.run(RunArgs::default());
+    ExitCode::SUCCESS
+}
+
+/// A dependency-free HTTP/1.1 GET of the admin `/health`, for `HEALTHCHECK` in containers.
+fn healthcheck(conf: &std::path::Path) -> ExitCode {
+    let config = match config::load(conf) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{}: invalid configuration:\n{errors}", conf.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = config.admin.listen;
+    let request = format!(
+        "GET /health HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+        config.admin.token.expose()
+    );
+    let result = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).and_then(|mut s| {
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(request.as_bytes())?;
+        let mut response = String::new();
+        s.read_to_string(&mut response)?;
+        Ok(response)
+    });
+    match result {
+        Ok(response) if response.starts_with("HTTP/1.1 200") => {
+            println!("{}", response.split("\r\n\r\n").nth(1).unwrap_or(""));
+            ExitCode::SUCCESS
+        }
+        Ok(response) => {
+            eprintln!("unhealthy: {}", response.lines().next().unwrap_or("no response"));
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("cannot reach the admin listener at {addr}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

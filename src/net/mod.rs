@@ -1,0 +1,4 @@
+//! Network helpers that know nothing of Pingora: DNS and address classification.
+
+pub mod dns;
+pub mod ip;

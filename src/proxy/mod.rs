@@ -1,0 +1,9 @@
+//! The Pingora side: the thin `ProxyHttp` impl, the request context, targets and replies.
+
+pub mod ctx;
+pub mod respond;
+pub mod service;
+pub mod target;
+
+pub use ctx::{RequestCtx, Target, TargetKind};
+pub use service::Pag0Proxy;

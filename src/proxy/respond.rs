@@ -1,0 +1,118 @@
+//! Responses pag0 writes itself: one JSON shape, one table of codes.
+//!
+//! Body: `{"error": {"code": "...", "message": "...", "details": {...}}}`, with
+//! `Content-Type: application/json` and `X-Pag0-Error: <code>`.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use serde_json::{Value, json};
+
+/// Every error code pag0 itself answers with (the README's error table lists the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// 400: the request target is not a usable `http(s)://` URL.
+    InvalidTarget,
+    /// 401: a reverse-proxy route was called without valid credentials.
+    Unauthorized,
+    /// 403: the target resolves to a loopback/private/link-local/... address.
+    TargetForbidden,
+    /// 404: an origin-form request matched no route.
+    NoRoute,
+    /// 407: a forward-proxy request without valid credentials.
+    ProxyAuthRequired,
+    /// 429: the project's rate limit is exhausted.
+    RateLimitExceeded,
+    /// 500: a bug in pag0.
+    InternalError,
+    /// 502: the target's name does not resolve.
+    DnsResolutionFailed,
+    /// 502: the upstream refused or dropped the connection, or its TLS failed.
+    UpstreamConnectFailed,
+    /// 502: the upstream broke the HTTP exchange.
+    UpstreamError,
+    /// 504: the upstream did not connect or answer in time.
+    UpstreamTimeout,
+    /// 400: the client sent a malformed request.
+    BadRequest,
+}
+
+impl ErrorCode {
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidTarget | ErrorCode::BadRequest => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::TargetForbidden => 403,
+            ErrorCode::NoRoute => 404,
+            ErrorCode::ProxyAuthRequired => 407,
+            ErrorCode::RateLimitExceeded => 429,
+            ErrorCode::InternalError => 500,
+            ErrorCode::DnsResolutionFailed | ErrorCode::UpstreamConnectFailed | ErrorCode::UpstreamError => 502,
+            ErrorCode::UpstreamTimeout => 504,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidTarget => "INVALID_TARGET",
+            ErrorCode::BadRequest => "BAD_REQUEST",
+            ErrorCode::Unauthorized => "UNAUTHORIZED",
+            ErrorCode::TargetForbidden => "TARGET_FORBIDDEN",
+            ErrorCode::NoRoute => "NO_ROUTE",
+            ErrorCode::ProxyAuthRequired => "PROXY_AUTH_REQUIRED",
+            ErrorCode::RateLimitExceeded => "RATE_LIMIT_EXCEEDED",
+            ErrorCode::InternalError => "INTERNAL_ERROR",
+            ErrorCode::DnsResolutionFailed => "DNS_RESOLUTION_FAILED",
+            ErrorCode::UpstreamConnectFailed => "UPSTREAM_CONNECT_FAILED",
+            ErrorCode::UpstreamError => "UPSTREAM_ERROR",
+            ErrorCode::UpstreamTimeout => "UPSTREAM_TIMEOUT",
+        }
+    }
+}
+
+/// A synthetic response: status from the code, JSON body, optional extra headers.
+#[derive(Debug)]
+pub struct Reply {
+    pub code: ErrorCode,
+    pub message: String,
+    pub details: Option<Value>,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl Reply {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Reply {
+        Reply { code, message: message.into(), details: None, headers: Vec::new() }
+    }
+
+    pub fn details(mut self, details: Value) -> Reply {
+        self.details = Some(details);
+        self
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    pub fn body(&self) -> Bytes {
+        let mut error = json!({"code": self.code.as_str(), "message": self.message});
+        if let Some(d) = &self.details {
+            error["details"] = d.clone();
+        }
+        Bytes::from(json!({ "error": error }).to_string())
+    }
+
+    /// Writes the whole response to the client.
+    pub async fn send(&self, session: &mut Session) -> pingora::Result<()> {
+        let body = self.body();
+        let mut resp = ResponseHeader::build(self.code.status(), Some(4 + self.headers.len()))?;
+        resp.insert_header("content-type", "application/json")?;
+        resp.insert_header("content-length", body.len().to_string())?;
+        resp.insert_header("x-pag0-error", self.code.as_str())?;
+        for (name, value) in &self.headers {
+            resp.insert_header(*name, value.as_str())?;
+        }
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await
+    }
+}

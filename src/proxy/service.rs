@@ -1,0 +1,186 @@
+//! `Pag0Proxy`: the `ProxyHttp` impl. It stays thin: resolve the target, walk the stages,
+//! build the peer, rewrite the upstream request, map failures to JSON, record metrics.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{ErrorSource, ErrorType};
+
+use crate::live::{Live, Shared};
+use crate::metrics::status_class;
+use crate::proxy::respond::{ErrorCode, Reply};
+use crate::proxy::{RequestCtx, TargetKind, target};
+
+/// Prefix of pag0's own request headers; none of them is forwarded upstream.
+const PAG0_HEADER_PREFIX: &str = "x-pag0-";
+
+pub struct Pag0Proxy {
+    live: Arc<ArcSwap<Live>>,
+    shared: Arc<Shared>,
+}
+
+impl Pag0Proxy {
+    pub fn new(live: Arc<ArcSwap<Live>>, shared: Arc<Shared>) -> Pag0Proxy {
+        Pag0Proxy { live, shared }
+    }
+
+    /// Sends `reply` and records which stage (or `proxy`) produced it.
+    async fn answer(&self, session: &mut Session, ctx: &mut RequestCtx, source: &str, reply: Reply) -> Result<bool> {
+        self.shared.metrics.stage_rejections.with_label_values(&[source, reply.code.as_str()]).inc();
+        ctx.error = Some(reply.code);
+        reply.send(session).await?;
+        Ok(true)
+    }
+}
+
+/// Maps a Pingora error to the JSON code pag0 answers with (`None`: the client is gone).
+fn classify_error(e: &Error) -> Option<ErrorCode> {
+    use ErrorType::*;
+    match e.etype() {
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => Some(ErrorCode::UpstreamTimeout),
+        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | TLSHandshakeFailure | InvalidCert
+        | BindError | SocketError => Some(ErrorCode::UpstreamConnectFailed),
+        _ => match e.esource() {
+            ErrorSource::Upstream => Some(ErrorCode::UpstreamError),
+            ErrorSource::Downstream => match e.etype() {
+                ReadError | WriteError | ConnectionClosed => None,
+                _ => Some(ErrorCode::BadRequest),
+            },
+            ErrorSource::Internal | ErrorSource::Unset => Some(ErrorCode::InternalError),
+        },
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Pag0Proxy {
+    type CTX = RequestCtx;
+
+    /// Takes the current config snapshot; the request keeps it until it ends.
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.live.load_full())
+    }
+
+    /// Resolves the target, then runs the enabled stages in order. Returning `Ok(true)` means
+    /// a reply was already sent (auth, rate limit, SSRF refusal, bad target).
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        match target::resolve(session.req_header(), &ctx.live.config.routes) {
+            Ok(t) => ctx.target = Some(t),
+            Err(reply) => return self.answer(session, ctx, "proxy", reply).await,
+        }
+        let live = ctx.live.clone();
+        match live.pipeline.request_filter(session.req_header(), ctx).await {
+            None => Ok(false),
+            Some((stage, reply)) => self.answer(session, ctx, stage, reply).await,
+        }
+    }
+
+    /// Builds the peer from a `SocketAddr`: the one a stage vetted, else an async DNS answer.
+    /// (Never `HttpPeer::new` with a name: it resolves synchronously and panics on failure.)
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let live = ctx.live.clone();
+        let target = ctx.target.as_mut().ok_or_else(|| Error::explain(ErrorType::InternalError, "no target"))?;
+        let addr = match target.addr {
+            Some(addr) => addr,
+            None => match self.shared.resolver.resolve(&target.host).await {
+                Ok(ips) => {
+                    let addr = SocketAddr::new(ips[0], target.port);
+                    target.addr = Some(addr);
+                    addr
+                }
+                Err(e) => {
+                    ctx.error = Some(ErrorCode::DnsResolutionFailed);
+                    return Err(Error::explain(ErrorType::HTTPStatus(502), e.to_string()));
+                }
+            },
+        };
+        let sni = if target.tls { target.host.clone() } else { String::new() };
+        let mut peer = HttpPeer::new(addr, target.tls, sni);
+        let up = &live.config.upstream;
+        peer.options.connection_timeout = Some(up.connect_timeout);
+        peer.options.total_connection_timeout = Some(up.connect_timeout);
+        peer.options.read_timeout = Some(up.read_timeout);
+        peer.options.write_timeout = Some(up.write_timeout);
+        peer.options.idle_timeout = Some(up.idle_timeout);
+        if let TargetKind::Route(route) = &target.kind
+            && let Some(ca) = &route.ca
+        {
+            peer.options.ca = Some(ca.clone());
+        }
+        Ok(Box::new(peer))
+    }
+
+    /// Sends an origin-form target upstream, fixes Host for routes, and strips pag0's own
+    /// headers (`X-Pag0-*`; Pingora already removed hop-by-hop `Proxy-Authorization`).
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let target = ctx.target.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no target"))?;
+        let uri = http::Uri::try_from(target.path.as_str()).or_err(ErrorType::InternalError, "origin-form target")?;
+        req.set_uri(uri);
+        match &target.kind {
+            TargetKind::Route(route) => req.insert_header(http::header::HOST, route.upstream.host_header())?,
+            TargetKind::Forward if req.headers.get(http::header::HOST).is_none() => {
+                let default_port = if target.tls { 443 } else { 80 };
+                let host = if target.host.contains(':') { format!("[{}]", target.host) } else { target.host.clone() };
+                let host = if target.port == default_port { host } else { format!("{host}:{}", target.port) };
+                req.insert_header(http::header::HOST, host)?;
+            }
+            TargetKind::Forward => {}
+        }
+        let ours: Vec<http::HeaderName> =
+            req.headers.keys().filter(|k| k.as_str().starts_with(PAG0_HEADER_PREFIX)).cloned().collect();
+        for name in ours {
+            req.remove_header(&name);
+        }
+        req.remove_header(&http::header::PROXY_AUTHORIZATION);
+        req.remove_header("proxy-connection");
+        Ok(())
+    }
+
+    /// Runs when proxying failed: answers with a JSON error (502/504/...) instead of
+    /// Pingora's empty error page.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let code = ctx.error.or_else(|| classify_error(e));
+        let Some(code) = code else { return FailToProxy { error_code: 0, can_reuse_downstream: false } };
+        ctx.error = Some(code);
+        self.shared.metrics.upstream_errors.with_label_values(&[ctx.route_label(), code.as_str()]).inc();
+        log::debug!("proxy error ({}): {e}", code.as_str());
+        if session.response_written().is_none() {
+            let message = match code {
+                ErrorCode::UpstreamTimeout => "the upstream did not answer in time".to_string(),
+                ErrorCode::UpstreamConnectFailed => "cannot connect to the upstream".to_string(),
+                ErrorCode::DnsResolutionFailed => "cannot resolve the upstream host".to_string(),
+                _ => format!("proxy error: {}", e.etype().as_str()),
+            };
+            let host = ctx.target.as_ref().map(|t| t.host.clone()).unwrap_or_default();
+            let reply = Reply::new(code, message).details(serde_json::json!({"host": host}));
+            if let Err(write_err) = reply.send(session).await {
+                log::debug!("cannot send the error response: {write_err}");
+            }
+        }
+        FailToProxy { error_code: code.status(), can_reuse_downstream: false }
+    }
+
+    /// Records the request in metrics once it is done (no per-request log line at info).
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let labels = [ctx.project_label(), ctx.route_label(), status_class(status)];
+        let m = &self.shared.metrics;
+        m.requests.with_label_values(&labels).inc();
+        m.request_duration.with_label_values(&labels).observe(ctx.started.elapsed().as_secs_f64());
+    }
+
+    /// Keeps Pingora from logging routine client/upstream failures at error level; they are
+    /// counted in metrics and answered with a JSON error.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        !log::log_enabled!(log::Level::Debug)
+    }
+}

@@ -1,0 +1,88 @@
+//! Builds the Pingora server from a validated [`Config`]: Pingora's own settings come from
+//! our YAML (no second config file), then the proxy, admin and SIGHUP services are added.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pingora::apps::HttpServerOptions;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{RunArgs, Server};
+use pingora::services::background::background_service;
+
+use crate::admin::{AdminService, SighupReloader};
+use crate::config::Config;
+use crate::live::{Reloader, Shared};
+use crate::proxy::Pag0Proxy;
+
+/// Default pid file (Pingora needs one for graceful upgrades).
+pub const DEFAULT_PID_FILE: &str = "/tmp/pag0.pid";
+/// Default socket for handing listeners to a new process on graceful upgrade.
+pub const DEFAULT_UPGRADE_SOCK: &str = "/tmp/pag0_upgrade.sock";
+
+/// A built, not yet running pag0.
+pub struct Pag0 {
+    pub server: Server,
+    pub reloader: Arc<Reloader>,
+}
+
+/// Options that come from the command line rather than the YAML.
+#[derive(Debug, Default, Clone)]
+pub struct StartOptions {
+    /// Take the listeners over from a running pag0 (Pingora graceful upgrade).
+    pub upgrade: bool,
+}
+
+fn server_conf(config: &Config) -> ServerConf {
+    let s = &config.server;
+    ServerConf {
+        threads: s.threads,
+        upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
+        grace_period_seconds: Some(s.grace_period.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.as_secs()),
+        pid_file: s.pid_file.clone().unwrap_or_else(|| DEFAULT_PID_FILE.to_string()),
+        upgrade_sock: s.upgrade_sock.clone().unwrap_or_else(|| DEFAULT_UPGRADE_SOCK.to_string()),
+        ..ServerConf::default()
+    }
+}
+
+/// Builds the server. `path` is the config file re-read on reload.
+pub fn build(config: Config, path: Option<PathBuf>, opts: &StartOptions) -> anyhow::Result<Pag0> {
+    let conf = server_conf(&config);
+    let listen = config.server.listen.clone();
+    let keepalive_request_limit = config.server.keepalive_request_limit;
+    let opt = Opt { upgrade: opts.upgrade, ..Opt::default() };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let shared = Shared::new(&config);
+    let reloader = Reloader::new(config, path, shared.clone());
+
+    let proxy = Pag0Proxy::new(reloader.live.clone(), shared);
+    let mut service = pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "pag0 proxy");
+    if let Some(app) = service.app_logic_mut() {
+        let mut options = HttpServerOptions::default();
+        options.keepalive_request_limit = keepalive_request_limit;
+        app.server_options = Some(options);
+    }
+    for addr in &listen {
+        service.add_tcp(&addr.to_string());
+    }
+    server.add_service(service);
+
+    let admin = AdminService::bind(reloader.clone())
+        .map_err(|e| anyhow::anyhow!("cannot bind the admin listener {}: {e}", reloader.live.load().config.admin.listen))?;
+    let mut admin = background_service("pag0 admin", admin);
+    admin.threads = Some(1);
+    server.add_service(admin);
+    let mut hup = background_service("pag0 sighup", SighupReloader(reloader.clone()));
+    hup.threads = Some(1);
+    server.add_service(hup);
+    Ok(Pag0 { server, reloader })
+}
+
+impl Pag0 {
+    /// Runs until SIGTERM/SIGINT/SIGQUIT (Pingora's signals), or until `args` says so.
+    pub fn run(self, args: RunArgs) {
+        self.server.run(args)
+    }
+}
