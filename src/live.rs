@@ -50,7 +50,12 @@ impl Live {
             .iter()
             .flat_map(|p| p.key_hashes.iter().map(move |h| (*h, p.clone())))
             .collect();
-        Live { generation, config, pipeline, projects_by_key }
+        Live {
+            generation,
+            config,
+            pipeline,
+            projects_by_key,
+        }
     }
 }
 
@@ -83,7 +88,12 @@ impl Reloader {
     pub fn new(config: Config, path: Option<PathBuf>, shared: Arc<Shared>) -> Arc<Reloader> {
         let live = Arc::new(ArcSwap::from_pointee(Live::build(config, 1, &shared)));
         shared.metrics.config_generation.set(1);
-        Arc::new(Reloader { path, live, shared, generation: AtomicU64::new(1) })
+        Arc::new(Reloader {
+            path,
+            live,
+            shared,
+            generation: AtomicU64::new(1),
+        })
     }
 
     /// Re-reads the config file and applies it. An invalid file changes nothing. Settings
@@ -91,7 +101,11 @@ impl Reloader {
     pub fn reload(&self) -> Result<(u64, Vec<String>), ReloadError> {
         let result = self.try_reload();
         let label = if result.is_ok() { "ok" } else { "error" };
-        self.shared.metrics.config_reloads.with_label_values(&[label]).inc();
+        self.shared
+            .metrics
+            .config_reloads
+            .with_label_values(&[label])
+            .inc();
         match &result {
             Ok((generation, kept)) => {
                 log::info!(generation:% = generation; "configuration reloaded");
@@ -119,7 +133,8 @@ impl Reloader {
             kept.push("dns settings changed; they apply after a restart".to_string());
         }
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        self.live.store(Arc::new(Live::build(config, generation, &self.shared)));
+        self.live
+            .store(Arc::new(Live::build(config, generation, &self.shared)));
         self.shared.metrics.config_generation.set(generation as i64);
         Ok((generation, kept))
     }

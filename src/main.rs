@@ -22,10 +22,19 @@ use pag0::config;
 use pag0::server::{self, StartOptions};
 
 #[derive(Parser)]
-#[command(name = "pag0", version, about = "Payment-aware HTTP proxy for AI agents")]
+#[command(
+    name = "pag0",
+    version,
+    about = "Payment-aware HTTP proxy for AI agents"
+)]
 struct Cli {
     /// Configuration file.
-    #[arg(short = 'c', long = "conf", default_value = "conf/pag0.yaml", global = true)]
+    #[arg(
+        short = 'c',
+        long = "conf",
+        default_value = "conf/pag0.yaml",
+        global = true
+    )]
     conf: PathBuf,
     /// Validate the configuration and exit (0 = valid, 1 = invalid).
     #[arg(short = 't', long = "test")]
@@ -58,10 +67,14 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Keys { action: KeysAction::New }) => {
+        Some(Command::Keys {
+            action: KeysAction::New,
+        }) => {
             let (key, hash) = pag0::keys::new_key();
             println!("key:  {key}\nhash: {hash}");
-            println!("\nPut the hash in projects[].keys; give the key to the agent (it is not stored anywhere).");
+            println!(
+                "\nPut the hash in projects[].keys; give the key to the agent (it is not stored anywhere)."
+            );
             return ExitCode::SUCCESS;
         }
         Some(Command::Healthcheck) => return healthcheck(&cli.conf),
@@ -81,7 +94,13 @@ fn main() -> ExitCode {
     let listen = config.server.listen.clone();
     let admin = config.admin.listen;
     log::debug!("configuration: {config:?}");
-    let pag0 = match server::build(config, Some(cli.conf.clone()), &StartOptions { upgrade: cli.upgrade }) {
+    let pag0 = match server::build(
+        config,
+        Some(cli.conf.clone()),
+        &StartOptions {
+            upgrade: cli.upgrade,
+        },
+    ) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("pag0: {e:#}");
@@ -110,20 +129,24 @@ fn healthcheck(conf: &std::path::Path) -> ExitCode {
         "GET /health HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
         config.admin.token.expose()
     );
-    let result = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).and_then(|mut s| {
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(request.as_bytes())?;
-        let mut response = String::new();
-        s.read_to_string(&mut response)?;
-        Ok(response)
-    });
+    let result =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(request.as_bytes())?;
+            let mut response = String::new();
+            s.read_to_string(&mut response)?;
+            Ok(response)
+        });
     match result {
         Ok(response) if response.starts_with("HTTP/1.1 200") => {
             println!("{}", response.split("\r\n\r\n").nth(1).unwrap_or(""));
             ExitCode::SUCCESS
         }
         Ok(response) => {
-            eprintln!("unhealthy: {}", response.lines().next().unwrap_or("no response"));
+            eprintln!(
+                "unhealthy: {}",
+                response.lines().next().unwrap_or("no response")
+            );
             ExitCode::FAILURE
         }
         Err(e) => {

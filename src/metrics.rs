@@ -3,12 +3,14 @@
 //! Metric names are a public contract (listed in the README and checked by a test).
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Latency buckets (seconds): sub-millisecond proxying up to slow paid APIs.
-const LATENCY_BUCKETS: &[f64] =
-    &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 /// All of pag0's metrics, owned by one registry (so several instances can share a process).
 pub struct Metrics {
@@ -31,35 +33,56 @@ impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("pag0_requests_total", "Requests handled, by project, route and response status class"),
+            Opts::new(
+                "pag0_requests_total",
+                "Requests handled, by project, route and response status class",
+            ),
             &["project", "route", "status_class"],
         )
         .expect("valid metric");
         let request_duration = HistogramVec::new(
-            HistogramOpts::new("pag0_request_duration_seconds", "Time from request start to end of logging")
-                .buckets(LATENCY_BUCKETS.to_vec()),
+            HistogramOpts::new(
+                "pag0_request_duration_seconds",
+                "Time from request start to end of logging",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
             &["project", "route", "status_class"],
         )
         .expect("valid metric");
         let stage_rejections = IntCounterVec::new(
-            Opts::new("pag0_stage_rejections_total", "Requests answered by a pipeline stage instead of the upstream"),
+            Opts::new(
+                "pag0_stage_rejections_total",
+                "Requests answered by a pipeline stage instead of the upstream",
+            ),
             &["stage", "code"],
         )
         .expect("valid metric");
         let upstream_errors = IntCounterVec::new(
-            Opts::new("pag0_upstream_errors_total", "Upstream failures (DNS, connect, timeout, protocol)"),
+            Opts::new(
+                "pag0_upstream_errors_total",
+                "Upstream failures (DNS, connect, timeout, protocol)",
+            ),
             &["route", "code"],
         )
         .expect("valid metric");
-        let config_reloads =
-            IntCounterVec::new(Opts::new("pag0_config_reloads_total", "Config reload attempts"), &["result"])
-                .expect("valid metric");
-        let config_generation =
-            IntGauge::new("pag0_config_generation", "Generation of the config in use (1 = as started)")
-                .expect("valid metric");
-        let build_info = IntGaugeVec::new(Opts::new("pag0_build_info", "Always 1; labelled with the version"), &["version"])
-            .expect("valid metric");
-        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let config_reloads = IntCounterVec::new(
+            Opts::new("pag0_config_reloads_total", "Config reload attempts"),
+            &["result"],
+        )
+        .expect("valid metric");
+        let config_generation = IntGauge::new(
+            "pag0_config_generation",
+            "Generation of the config in use (1 = as started)",
+        )
+        .expect("valid metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new("pag0_build_info", "Always 1; labelled with the version"),
+            &["version"],
+        )
+        .expect("valid metric");
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -71,13 +94,23 @@ impl Metrics {
         ] {
             registry.register(c).expect("metric names are unique");
         }
-        Metrics { registry, requests, request_duration, stage_rejections, upstream_errors, config_reloads, config_generation }
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            stage_rejections,
+            upstream_errors,
+            config_reloads,
+            config_generation,
+        }
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding cannot fail");
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding cannot fail");
         String::from_utf8(buf).expect("prometheus text is UTF-8")
     }
 }

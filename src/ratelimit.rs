@@ -36,7 +36,10 @@ impl LocalRateLimiter {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
         let bucket = match buckets.get_mut(key) {
             Some(b) => b,
-            None => buckets.entry(key.to_string()).or_insert(Bucket { tokens: burst, refilled: now }),
+            None => buckets.entry(key.to_string()).or_insert(Bucket {
+                tokens: burst,
+                refilled: now,
+            }),
         };
         let elapsed = now.saturating_duration_since(bucket.refilled).as_secs_f64();
         bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
@@ -64,16 +67,30 @@ mod tests {
     #[test]
     fn burst_then_refill_per_key() {
         let limiter = LocalRateLimiter::default();
-        let limit = RateLimit { requests_per_second: 2, burst: 3 };
+        let limit = RateLimit {
+            requests_per_second: 2,
+            burst: 3,
+        };
         let t0 = Instant::now();
         for _ in 0..3 {
             assert!(limiter.acquire_at("a", limit, t0).is_ok());
         }
         let wait = limiter.acquire_at("a", limit, t0).unwrap_err();
         assert_eq!(wait, Duration::from_millis(500));
-        assert!(limiter.acquire_at("b", limit, t0).is_ok(), "buckets are per key");
-        assert!(limiter.acquire_at("a", limit, t0 + Duration::from_millis(500)).is_ok());
-        assert!(limiter.acquire_at("a", limit, t0 + Duration::from_millis(500)).is_err());
+        assert!(
+            limiter.acquire_at("b", limit, t0).is_ok(),
+            "buckets are per key"
+        );
+        assert!(
+            limiter
+                .acquire_at("a", limit, t0 + Duration::from_millis(500))
+                .is_ok()
+        );
+        assert!(
+            limiter
+                .acquire_at("a", limit, t0 + Duration::from_millis(500))
+                .is_err()
+        );
         // A long pause refills to the burst size, not beyond.
         let later = t0 + Duration::from_secs(60);
         for _ in 0..3 {

@@ -39,8 +39,14 @@ fn server_conf(config: &Config) -> ServerConf {
         upstream_keepalive_pool_size: s.upstream_keepalive_pool_size,
         grace_period_seconds: Some(s.grace_period.as_secs()),
         graceful_shutdown_timeout_seconds: Some(s.graceful_shutdown_timeout.as_secs()),
-        pid_file: s.pid_file.clone().unwrap_or_else(|| DEFAULT_PID_FILE.to_string()),
-        upgrade_sock: s.upgrade_sock.clone().unwrap_or_else(|| DEFAULT_UPGRADE_SOCK.to_string()),
+        pid_file: s
+            .pid_file
+            .clone()
+            .unwrap_or_else(|| DEFAULT_PID_FILE.to_string()),
+        upgrade_sock: s
+            .upgrade_sock
+            .clone()
+            .unwrap_or_else(|| DEFAULT_UPGRADE_SOCK.to_string()),
         ..ServerConf::default()
     }
 }
@@ -50,7 +56,10 @@ pub fn build(config: Config, path: Option<PathBuf>, opts: &StartOptions) -> anyh
     let conf = server_conf(&config);
     let listen = config.server.listen.clone();
     let keepalive_request_limit = config.server.keepalive_request_limit;
-    let opt = Opt { upgrade: opts.upgrade, ..Opt::default() };
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        ..Opt::default()
+    };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
@@ -58,7 +67,8 @@ pub fn build(config: Config, path: Option<PathBuf>, opts: &StartOptions) -> anyh
     let reloader = Reloader::new(config, path, shared.clone());
 
     let proxy = Pag0Proxy::new(reloader.live.clone(), shared);
-    let mut service = pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "pag0 proxy");
+    let mut service =
+        pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "pag0 proxy");
     if let Some(app) = service.app_logic_mut() {
         let mut options = HttpServerOptions::default();
         options.keepalive_request_limit = keepalive_request_limit;
@@ -69,8 +79,12 @@ pub fn build(config: Config, path: Option<PathBuf>, opts: &StartOptions) -> anyh
     }
     server.add_service(service);
 
-    let admin = AdminService::bind(reloader.clone())
-        .map_err(|e| anyhow::anyhow!("cannot bind the admin listener {}: {e}", reloader.live.load().config.admin.listen))?;
+    let admin = AdminService::bind(reloader.clone()).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot bind the admin listener {}: {e}",
+            reloader.live.load().config.admin.listen
+        )
+    })?;
     let mut admin = background_service("pag0 admin", admin);
     admin.threads = Some(1);
     server.add_service(admin);

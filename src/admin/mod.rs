@@ -40,13 +40,20 @@ impl AdminService {
         listener.set_nonblocking(true)?;
         Ok(AdminService {
             listener: std::sync::Mutex::new(Some(listener)),
-            state: AdminState { reloader, started: Instant::now() },
+            state: AdminState {
+                reloader,
+                started: Instant::now(),
+            },
         })
     }
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, axum::Json(json!({"error": {"code": code, "message": message}}))).into_response()
+    (
+        status,
+        axum::Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
 }
 
 /// Every admin route requires `Authorization: Bearer <admin.token>`.
@@ -61,8 +68,16 @@ async fn require_token(State(state): State<AdminState>, req: Request, next: Next
     let expected = live.config.admin.token.expose().as_bytes();
     match presented {
         Some(token) if bool::from(token.as_bytes().ct_eq(expected)) => next.run(req).await,
-        Some(_) => error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "invalid admin token"),
-        None => error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", "send Authorization: Bearer <admin token>"),
+        Some(_) => error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "invalid admin token",
+        ),
+        None => error(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "send Authorization: Bearer <admin token>",
+        ),
     }
 }
 
@@ -75,7 +90,9 @@ async fn health(State(state): State<AdminState>) -> Response {
         "config": {"status": "up", "generation": live.generation},
         "dns": {"status": "up"},
     });
-    let all_up = dependencies.as_object().is_some_and(|d| d.values().all(|v| v["status"] == "up"));
+    let all_up = dependencies
+        .as_object()
+        .is_some_and(|d| d.values().all(|v| v["status"] == "up"));
     let body = json!({
         "status": if all_up { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
@@ -83,13 +100,24 @@ async fn health(State(state): State<AdminState>) -> Response {
         "stages": live.pipeline.names(),
         "dependencies": dependencies,
     });
-    let status = if all_up { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if all_up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, axum::Json(body)).into_response()
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
     let text = state.reloader.shared.metrics.render();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn reload(State(state): State<AdminState>) -> Response {
@@ -129,7 +157,14 @@ fn router(state: AdminState) -> Router {
 #[async_trait]
 impl BackgroundService for AdminService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let Some(std_listener) = self.listener.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        let Some(std_listener) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        else {
+            return;
+        };
         let listener = match tokio::net::TcpListener::from_std(std_listener) {
             Ok(l) => l,
             Err(e) => {
@@ -141,7 +176,10 @@ impl BackgroundService for AdminService {
         let stop = async move {
             let _ = shutdown.changed().await;
         };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
             log::error!("admin listener failed: {e}");
         }
     }

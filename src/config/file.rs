@@ -41,7 +41,9 @@ pub const AUTH_REALM: &str = "pag0";
 
 /// The whole file. Sections are deserialized one by one (see [`super::load`]) so that
 /// a problem in one section does not hide problems in the others.
-pub const SECTIONS: &[&str] = &["server", "upstream", "admin", "dns", "stages", "projects", "routes"];
+pub const SECTIONS: &[&str] = &[
+    "server", "upstream", "admin", "dns", "stages", "projects", "routes",
+];
 
 /// `server:` — the proxy listener and Pingora's own server settings.
 #[derive(Debug, Default, Deserialize)]

@@ -53,7 +53,10 @@ impl std::error::Error for ConfigErrors {}
 /// Reads and validates a config file, resolving `${ENV}` secrets from the process environment.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors(vec![ConfigIssue { path: ".".into(), message: format!("cannot read {}: {e}", path.display()) }])
+        ConfigErrors(vec![ConfigIssue {
+            path: ".".into(),
+            message: format!("cannot read {}: {e}", path.display()),
+        }])
     })?;
     let base = path.parent().unwrap_or(Path::new("."));
     parse(&text, base, |var| std::env::var(var).ok())
@@ -65,31 +68,49 @@ pub fn parse(
     base_dir: &Path,
     env: impl Fn(&str) -> Option<String>,
 ) -> Result<Config, ConfigErrors> {
-    let mut v = Validator { issues: Vec::new(), base_dir, env: &env };
+    let mut v = Validator {
+        issues: Vec::new(),
+        base_dir,
+        env: &env,
+    };
     let doc: Value = match serde_yaml::from_str(text) {
         Ok(Value::Null) => Value::Mapping(Default::default()),
         Ok(doc) => doc,
-        Err(e) => return Err(ConfigErrors(vec![ConfigIssue { path: ".".into(), message: format!("invalid YAML: {e}") }])),
+        Err(e) => {
+            return Err(ConfigErrors(vec![ConfigIssue {
+                path: ".".into(),
+                message: format!("invalid YAML: {e}"),
+            }]));
+        }
     };
     let Value::Mapping(mut root) = doc else {
-        return Err(ConfigErrors(vec![ConfigIssue { path: ".".into(), message: "the file must be a mapping of sections".into() }]));
+        return Err(ConfigErrors(vec![ConfigIssue {
+            path: ".".into(),
+            message: "the file must be a mapping of sections".into(),
+        }]));
     };
     for key in root.keys() {
         match key.as_str() {
             Some(k) if SECTIONS.contains(&k) => {}
-            _ => v.issue(&yaml_key(key), format!("unknown section, expected one of: {}", SECTIONS.join(", "))),
+            _ => v.issue(
+                &yaml_key(key),
+                format!("unknown section, expected one of: {}", SECTIONS.join(", ")),
+            ),
         }
     }
     let mut take = |name: &str| root.remove(name);
 
-    let server = v.section::<FileServer>(take("server"), "server").unwrap_or_default();
-    let upstream = v.section::<FileUpstream>(take("upstream"), "upstream").unwrap_or_default();
-    let admin = v.section::<FileAdmin>(take("admin"), "admin").unwrap_or_default();
+    let server = v
+        .section::<FileServer>(take("server"), "server")
+        .unwrap_or_default();
+    let upstream = v
+        .section::<FileUpstream>(take("upstream"), "upstream")
+        .unwrap_or_default();
+    let admin = v
+        .section::<FileAdmin>(take("admin"), "admin")
+        .unwrap_or_default();
     let dns = v.section::<FileDns>(take("dns"), "dns").unwrap_or_default();
-    let stages = match take("stages") {
-        None => None,
-        Some(value) => Some(v.list::<FileStage>(value, "stages")),
-    };
+    let stages = take("stages").map(|value| v.list::<FileStage>(value, "stages"));
     let projects = v.list::<FileProject>(take("projects").unwrap_or(Value::Null), "projects");
     let routes = v.list::<FileRoute>(take("routes").unwrap_or(Value::Null), "routes");
 
@@ -98,20 +119,31 @@ pub fn parse(
         upstream: v.upstream(upstream),
         admin: v.admin(admin),
         dns: DnsSettings {
-            timeout: Duration::from_millis(v.positive(dns.timeout_ms, DEFAULT_DNS_TIMEOUT_MS, "dns.timeout_ms")),
+            timeout: Duration::from_millis(v.positive(
+                dns.timeout_ms,
+                DEFAULT_DNS_TIMEOUT_MS,
+                "dns.timeout_ms",
+            )),
             cache_size: dns.cache_size.unwrap_or(DEFAULT_DNS_CACHE_SIZE),
         },
         stages: v.stages(stages),
         projects: v.projects(projects),
         routes: v.routes(routes),
     };
-    if v.issues.is_empty() { Ok(config) } else { Err(ConfigErrors(v.issues)) }
+    if v.issues.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(v.issues))
+    }
 }
 
 fn yaml_key(key: &Value) -> String {
     match key {
         Value::String(s) => s.clone(),
-        other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
+        other => serde_yaml::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
     }
 }
 
@@ -120,7 +152,12 @@ fn default_stages() -> Vec<StageConfig> {
     vec![
         StageConfig::Auth,
         StageConfig::SsrfGuard { allow: Vec::new() },
-        StageConfig::RateLimit { default: RateLimit { requests_per_second: DEFAULT_RATE_LIMIT_RPS, burst: DEFAULT_RATE_LIMIT_BURST } },
+        StageConfig::RateLimit {
+            default: RateLimit {
+                requests_per_second: DEFAULT_RATE_LIMIT_RPS,
+                burst: DEFAULT_RATE_LIMIT_BURST,
+            },
+        },
     ]
 }
 
@@ -132,7 +169,10 @@ struct Validator<'a, E: Fn(&str) -> Option<String>> {
 
 impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
     fn issue(&mut self, path: &str, message: impl Into<String>) {
-        self.issues.push(ConfigIssue { path: path.to_string(), message: message.into() });
+        self.issues.push(ConfigIssue {
+            path: path.to_string(),
+            message: message.into(),
+        });
     }
 
     /// Deserializes one section, recording the error (with its full path) on failure.
@@ -145,7 +185,13 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
             Ok(t) => Some(t),
             Err(e) => {
                 let inner = e.path().to_string();
-                let full = if inner == "." { path.to_string() } else if inner.starts_with('[') { format!("{path}{inner}") } else { format!("{path}.{inner}") };
+                let full = if inner == "." {
+                    path.to_string()
+                } else if inner.starts_with('[') {
+                    format!("{path}{inner}")
+                } else {
+                    format!("{path}.{inner}")
+                };
                 self.issue(&full, e.into_inner().to_string());
                 None
             }
@@ -160,7 +206,9 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
             Value::Sequence(items) => items
                 .into_iter()
                 .enumerate()
-                .filter_map(|(i, item)| Some((i, self.section(Some(item), &format!("{path}[{i}]"))?)))
+                .filter_map(|(i, item)| {
+                    Some((i, self.section(Some(item), &format!("{path}[{i}]"))?))
+                })
                 .collect(),
             _ => {
                 self.issue(path, "must be a list");
@@ -184,7 +232,10 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
         match raw.parse() {
             Ok(addr) => Some(addr),
             Err(_) => {
-                self.issue(path, format!("invalid listen address {raw:?} (expected IP:PORT)"));
+                self.issue(
+                    path,
+                    format!("invalid listen address {raw:?} (expected IP:PORT)"),
+                );
                 None
             }
         }
@@ -203,14 +254,24 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
                 .filter_map(|(i, a)| self.socket_addr(a, &format!("server.listen[{i}]")))
                 .collect(),
         };
-        let threads = self.positive(f.threads.map(|t| t as u64), DEFAULT_THREADS as u64, "server.threads") as usize;
+        let threads = self.positive(
+            f.threads.map(|t| t as u64),
+            DEFAULT_THREADS as u64,
+            "server.threads",
+        ) as usize;
         ServerSettings {
             listen,
             threads,
-            upstream_keepalive_pool_size: f.upstream_keepalive_pool_size.unwrap_or(DEFAULT_UPSTREAM_KEEPALIVE_POOL_SIZE),
-            grace_period: Duration::from_secs(f.grace_period_seconds.unwrap_or(DEFAULT_GRACE_PERIOD_SECONDS)),
+            upstream_keepalive_pool_size: f
+                .upstream_keepalive_pool_size
+                .unwrap_or(DEFAULT_UPSTREAM_KEEPALIVE_POOL_SIZE),
+            grace_period: Duration::from_secs(
+                f.grace_period_seconds
+                    .unwrap_or(DEFAULT_GRACE_PERIOD_SECONDS),
+            ),
             graceful_shutdown_timeout: Duration::from_secs(
-                f.graceful_shutdown_timeout_seconds.unwrap_or(DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS),
+                f.graceful_shutdown_timeout_seconds
+                    .unwrap_or(DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS),
             ),
             keepalive_request_limit: f.keepalive_request_limit,
             pid_file: f.pid_file,
@@ -220,19 +281,39 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
 
     fn upstream(&mut self, f: FileUpstream) -> UpstreamSettings {
         UpstreamSettings {
-            connect_timeout: Duration::from_millis(self.positive(f.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS, "upstream.connect_timeout_ms")),
-            read_timeout: Duration::from_millis(self.positive(f.read_timeout_ms, DEFAULT_READ_TIMEOUT_MS, "upstream.read_timeout_ms")),
-            write_timeout: Duration::from_millis(self.positive(f.write_timeout_ms, DEFAULT_WRITE_TIMEOUT_MS, "upstream.write_timeout_ms")),
-            idle_timeout: Duration::from_secs(f.idle_timeout_seconds.unwrap_or(DEFAULT_IDLE_TIMEOUT_SECONDS)),
+            connect_timeout: Duration::from_millis(self.positive(
+                f.connect_timeout_ms,
+                DEFAULT_CONNECT_TIMEOUT_MS,
+                "upstream.connect_timeout_ms",
+            )),
+            read_timeout: Duration::from_millis(self.positive(
+                f.read_timeout_ms,
+                DEFAULT_READ_TIMEOUT_MS,
+                "upstream.read_timeout_ms",
+            )),
+            write_timeout: Duration::from_millis(self.positive(
+                f.write_timeout_ms,
+                DEFAULT_WRITE_TIMEOUT_MS,
+                "upstream.write_timeout_ms",
+            )),
+            idle_timeout: Duration::from_secs(
+                f.idle_timeout_seconds
+                    .unwrap_or(DEFAULT_IDLE_TIMEOUT_SECONDS),
+            ),
         }
     }
 
     fn admin(&mut self, f: FileAdmin) -> AdminSettings {
         let listen = f.listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN);
-        let listen = self.socket_addr(listen, "admin.listen").unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.parse().expect("valid default"));
+        let listen = self
+            .socket_addr(listen, "admin.listen")
+            .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.parse().expect("valid default"));
         let token = match f.token {
             None => {
-                self.issue("admin.token", "is required (e.g. token: ${PAG0_ADMIN_TOKEN})");
+                self.issue(
+                    "admin.token",
+                    "is required (e.g. token: ${PAG0_ADMIN_TOKEN})",
+                );
                 None
             }
             Some(raw) => match Secret::resolve(&raw, self.env) {
@@ -247,19 +328,34 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
                 }
             },
         };
-        let token = token.unwrap_or_else(|| Secret::resolve("${_:-invalid-admin-token}", |_| None).expect("static"));
+        let token = token.unwrap_or_else(|| {
+            Secret::resolve("${_:-invalid-admin-token}", |_| None).expect("static")
+        });
         AdminSettings { listen, token }
     }
 
     fn rate_limit(&mut self, f: Option<FileRateLimit>, path: &str) -> Option<RateLimit> {
         let f = f?;
-        let rps = self.positive(f.requests_per_second.map(u64::from), u64::from(DEFAULT_RATE_LIMIT_RPS), &format!("{path}.requests_per_second"));
-        let burst = self.positive(f.burst.map(u64::from), rps.max(u64::from(DEFAULT_RATE_LIMIT_BURST.min(rps as u32))), &format!("{path}.burst"));
-        Some(RateLimit { requests_per_second: rps as u32, burst: burst as u32 })
+        let rps = self.positive(
+            f.requests_per_second.map(u64::from),
+            u64::from(DEFAULT_RATE_LIMIT_RPS),
+            &format!("{path}.requests_per_second"),
+        );
+        let burst = self.positive(
+            f.burst.map(u64::from),
+            rps.max(u64::from(DEFAULT_RATE_LIMIT_BURST.min(rps as u32))),
+            &format!("{path}.burst"),
+        );
+        Some(RateLimit {
+            requests_per_second: rps as u32,
+            burst: burst as u32,
+        })
     }
 
     fn stages(&mut self, stages: Option<Vec<(usize, FileStage)>>) -> Vec<StageConfig> {
-        let Some(stages) = stages else { return default_stages() };
+        let Some(stages) = stages else {
+            return default_stages();
+        };
         let mut seen = HashSet::new();
         let mut out = Vec::new();
         for (i, stage) in stages {
@@ -273,7 +369,10 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
                         .filter_map(|(j, net)| match parse_net(net) {
                             Some(n) => Some(n),
                             None => {
-                                self.issue(&format!("{path}.allow[{j}]"), format!("invalid CIDR or IP address {net:?}"));
+                                self.issue(
+                                    &format!("{path}.allow[{j}]"),
+                                    format!("invalid CIDR or IP address {net:?}"),
+                                );
                                 None
                             }
                         })
@@ -282,7 +381,10 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
                 FileStage::RateLimit { default } => StageConfig::RateLimit {
                     default: self
                         .rate_limit(default, &format!("{path}.default"))
-                        .unwrap_or(RateLimit { requests_per_second: DEFAULT_RATE_LIMIT_RPS, burst: DEFAULT_RATE_LIMIT_BURST }),
+                        .unwrap_or(RateLimit {
+                            requests_per_second: DEFAULT_RATE_LIMIT_RPS,
+                            burst: DEFAULT_RATE_LIMIT_BURST,
+                        }),
                 },
             };
             if !seen.insert(stage.kind()) {
@@ -299,13 +401,30 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
         let mut out = Vec::new();
         for (i, p) in projects {
             let path = format!("projects[{i}]");
-            if p.id.is_empty() || !p.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-                self.issue(&format!("{path}.id"), format!("invalid project id {:?} (letters, digits, - and _ only)", p.id));
+            if p.id.is_empty()
+                || !p
+                    .id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                self.issue(
+                    &format!("{path}.id"),
+                    format!(
+                        "invalid project id {:?} (letters, digits, - and _ only)",
+                        p.id
+                    ),
+                );
             } else if !ids.insert(p.id.clone()) {
-                self.issue(&format!("{path}.id"), format!("duplicate project id {:?}", p.id));
+                self.issue(
+                    &format!("{path}.id"),
+                    format!("duplicate project id {:?}", p.id),
+                );
             }
             if p.keys.is_empty() {
-                self.issue(&format!("{path}.keys"), "needs at least one key hash (create one with `pag0 keys new`)");
+                self.issue(
+                    &format!("{path}.keys"),
+                    "needs at least one key hash (create one with `pag0 keys new`)",
+                );
             }
             let mut key_hashes = Vec::new();
             for (j, k) in p.keys.iter().enumerate() {
@@ -316,7 +435,11 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
                 }
             }
             let rate_limit = self.rate_limit(p.rate_limit, &format!("{path}.rate_limit"));
-            out.push(Arc::new(Project { id: p.id, key_hashes, rate_limit }));
+            out.push(Arc::new(Project {
+                id: p.id,
+                key_hashes,
+                rate_limit,
+            }));
         }
         out
     }
@@ -326,10 +449,24 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
         let mut out = Vec::new();
         for (i, r) in routes {
             let path = format!("routes[{i}]");
-            if r.name.is_empty() || !r.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-                self.issue(&format!("{path}.name"), format!("invalid route name {:?} (letters, digits, -, _ and . only)", r.name));
+            if r.name.is_empty()
+                || !r
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
+                self.issue(
+                    &format!("{path}.name"),
+                    format!(
+                        "invalid route name {:?} (letters, digits, -, _ and . only)",
+                        r.name
+                    ),
+                );
             } else if !names.insert(r.name.clone()) {
-                self.issue(&format!("{path}.name"), format!("duplicate route name {:?}", r.name));
+                self.issue(
+                    &format!("{path}.name"),
+                    format!("duplicate route name {:?}", r.name),
+                );
             }
             if r.host.is_none() && r.path_prefix.is_none() {
                 self.issue(&path, "needs host, path_prefix or both");
@@ -337,12 +474,18 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
             if let Some(prefix) = &r.path_prefix
                 && !prefix.starts_with('/')
             {
-                self.issue(&format!("{path}.path_prefix"), format!("must start with '/' (got {prefix:?})"));
+                self.issue(
+                    &format!("{path}.path_prefix"),
+                    format!("must start with '/' (got {prefix:?})"),
+                );
             }
             let upstream = match parse_upstream(&r.upstream) {
                 Ok(u) => Some(u),
                 Err(why) => {
-                    self.issue(&format!("{path}.upstream"), format!("invalid URL {:?}: {why}", r.upstream));
+                    self.issue(
+                        &format!("{path}.upstream"),
+                        format!("invalid URL {:?}: {why}", r.upstream),
+                    );
                     None
                 }
             };
@@ -352,7 +495,10 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
                 Some(file) => match load_ca(file) {
                     Ok(ca) => Some(ca),
                     Err(why) => {
-                        self.issue(&format!("{path}.ca_file"), format!("{}: {why}", file.display()));
+                        self.issue(
+                            &format!("{path}.ca_file"),
+                            format!("{}: {why}", file.display()),
+                        );
                         None
                     }
                 },
@@ -364,6 +510,7 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
                     path_prefix: r.path_prefix.map(|p| p.trim_end_matches('/').to_string()),
                     upstream,
                     strip_prefix: r.strip_prefix.unwrap_or(DEFAULT_STRIP_PREFIX),
+                    trust_group: ca_file.as_ref().map_or(0, |f| trust_group(f)),
                     ca,
                     ca_file,
                 }));
@@ -371,6 +518,14 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
         }
         out
     }
+}
+
+/// A non-zero pool partition id for upstream connections verified against `ca_file`.
+fn trust_group(ca_file: &Path) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    ca_file.hash(&mut h);
+    h.finish() | 1
 }
 
 /// Parses `sha256:<64 hex>` into the digest bytes.
@@ -383,7 +538,9 @@ pub fn parse_key_hash(raw: &str) -> Option<[u8; 32]> {
 
 /// Parses a CIDR, or a single address as a host-sized network.
 pub fn parse_net(raw: &str) -> Option<IpNet> {
-    raw.parse::<IpNet>().ok().or_else(|| raw.parse::<IpAddr>().ok().map(IpNet::from))
+    raw.parse::<IpNet>()
+        .ok()
+        .or_else(|| raw.parse::<IpAddr>().ok().map(IpNet::from))
 }
 
 /// Parses an upstream base URL: `http(s)://host[:port][/base/path]`, nothing else.
@@ -407,7 +564,12 @@ pub fn parse_upstream(raw: &str) -> Result<UpstreamUrl, String> {
         return Err("query and fragment are not allowed in a base URL".into());
     }
     let port = url.port_or_known_default().ok_or("missing port")?;
-    Ok(UpstreamUrl { tls, host, port, base_path: url.path().trim_end_matches('/').to_string() })
+    Ok(UpstreamUrl {
+        tls,
+        host,
+        port,
+        base_path: url.path().trim_end_matches('/').to_string(),
+    })
 }
 
 /// Loads the certificates of a PEM CA file, checking each parses.
@@ -428,11 +590,16 @@ fn load_ca(file: &Path) -> Result<Arc<[WrappedX509]>, String> {
 fn rustls_pemfile_certs(pem: &[u8]) -> Result<Vec<Vec<u8>>, String> {
     use rustls_pki_types::{CertificateDer, pem::PemObject};
     CertificateDer::pem_slice_iter(pem)
-        .map(|c| c.map(|c| c.to_vec()).map_err(|e| format!("invalid PEM: {e:?}")))
+        .map(|c| {
+            c.map(|c| c.to_vec())
+                .map_err(|e| format!("invalid PEM: {e:?}"))
+        })
         .collect()
 }
 
 fn x509_parser_check(der: &[u8]) -> Result<(), String> {
     use pingora::tls::{CertificateDer, RootCertStore};
-    RootCertStore::empty().add(CertificateDer::from(der.to_vec())).map_err(|e| format!("invalid certificate: {e}"))
+    RootCertStore::empty()
+        .add(CertificateDer::from(der.to_vec()))
+        .map_err(|e| format!("invalid certificate: {e}"))
 }

@@ -100,6 +100,8 @@ pub struct Route {
     /// CA certificates from `ca_file`, replacing the system roots for this route.
     pub ca: Option<Arc<[WrappedX509]>>,
     pub ca_file: Option<PathBuf>,
+    /// Upstream connection-pool partition for routes with their own CA (0 = system roots).
+    pub trust_group: u64,
 }
 
 impl std::fmt::Debug for Route {
@@ -129,7 +131,15 @@ impl UpstreamUrl {
     /// The Host header value for this upstream (port omitted when it is the scheme default).
     pub fn host_header(&self) -> String {
         let default_port = if self.tls { 443 } else { 80 };
-        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
-        if self.port == default_port { host } else { format!("{host}:{}", self.port) }
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == default_port {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
     }
 }

@@ -34,7 +34,10 @@ impl Secret {
             (None, Some(d)) if !d.is_empty() => d.to_string(),
             _ => return Err(format!("environment variable {var} is not set")),
         };
-        Ok(Secret { reference: format!("${{{var}}}"), value })
+        Ok(Secret {
+            reference: format!("${{{var}}}"),
+            value,
+        })
     }
 
     /// The secret itself. Callers must not log it.
@@ -72,14 +75,27 @@ mod tests {
 
     #[test]
     fn default_applies_only_when_unset() {
-        assert_eq!(Secret::resolve("${UNSET:-dev}", env).unwrap().expose(), "dev");
-        assert_eq!(Secret::resolve("${SET:-dev}", env).unwrap().expose(), "s3cret-value");
+        assert_eq!(
+            Secret::resolve("${UNSET:-dev}", env).unwrap().expose(),
+            "dev"
+        );
+        assert_eq!(
+            Secret::resolve("${SET:-dev}", env).unwrap().expose(),
+            "s3cret-value"
+        );
     }
 
     #[test]
     fn literal_and_missing_are_errors() {
-        assert!(Secret::resolve("plain-token", env).unwrap_err().contains("environment reference"));
-        assert_eq!(Secret::resolve("${UNSET}", env).unwrap_err(), "environment variable UNSET is not set");
+        assert!(
+            Secret::resolve("plain-token", env)
+                .unwrap_err()
+                .contains("environment reference")
+        );
+        assert_eq!(
+            Secret::resolve("${UNSET}", env).unwrap_err(),
+            "environment variable UNSET is not set"
+        );
         assert!(Secret::resolve("${BAD-NAME}", env).is_err());
     }
 }

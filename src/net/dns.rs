@@ -29,8 +29,13 @@ impl Resolver {
     /// IP literals, `localhost` and `/etc/hosts` resolve, when the system config is unreadable).
     pub fn new(settings: &DnsSettings) -> Resolver {
         let mut builder = TokioResolver::builder_tokio().unwrap_or_else(|e| {
-            log::warn!("cannot read the system DNS configuration ({e}); only /etc/hosts names will resolve");
-            TokioResolver::builder_with_config(ResolverConfig::default(), TokioRuntimeProvider::default())
+            log::warn!(
+                "cannot read the system DNS configuration ({e}); only /etc/hosts names will resolve"
+            );
+            TokioResolver::builder_with_config(
+                ResolverConfig::default(),
+                TokioRuntimeProvider::default(),
+            )
         });
         let opts: &mut ResolverOpts = builder.options_mut();
         opts.timeout = settings.timeout;
@@ -40,20 +45,36 @@ impl Resolver {
         Resolver { inner }
     }
 
-    /// All addresses of `host` (an IP literal is returned as is, without a lookup).
+    /// All addresses of `host`, IPv4 first (an IP literal is returned as is, without a lookup).
     pub async fn resolve(&self, host: &str) -> Result<Vec<IpAddr>, ResolveError> {
-        let literal = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        let literal = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
         if let Ok(ip) = literal.parse::<IpAddr>() {
             return Ok(vec![ip]);
         }
-        let answer = self
-            .inner
-            .lookup_ip(host)
-            .await
-            .map_err(|e| ResolveError { host: host.to_string(), reason: e.to_string() })?;
-        let ips: Vec<IpAddr> = answer.iter().collect();
+        let answer = self.inner.lookup_ip(host).await.map_err(|e| {
+            let reason = e.to_string();
+            // hickory's NXDOMAIN text embeds the whole query; agents need less.
+            let reason = if reason.contains("no records found") {
+                "no such host".to_string()
+            } else {
+                reason
+            };
+            ResolveError {
+                host: host.to_string(),
+                reason,
+            }
+        })?;
+        let mut ips: Vec<IpAddr> = answer.iter().collect();
+        // Prefer IPv4 (the proxy connects to the first address; many hosts listen on v4 only).
+        ips.sort_by_key(|ip| ip.is_ipv6());
         if ips.is_empty() {
-            return Err(ResolveError { host: host.to_string(), reason: "no addresses".into() });
+            return Err(ResolveError {
+                host: host.to_string(),
+                reason: "no addresses".into(),
+            });
         }
         Ok(ips)
     }

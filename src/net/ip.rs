@@ -41,7 +41,10 @@ pub fn classify(ip: IpAddr) -> Option<Restricted> {
 
 fn classify_v4(ip: Ipv4Addr) -> Option<Restricted> {
     let [a, b, c, _] = ip.octets();
-    if ip == Ipv4Addr::new(169, 254, 169, 254) || ip == Ipv4Addr::new(100, 100, 100, 200) || ip == Ipv4Addr::new(192, 0, 0, 192) {
+    if ip == Ipv4Addr::new(169, 254, 169, 254)
+        || ip == Ipv4Addr::new(100, 100, 100, 200)
+        || ip == Ipv4Addr::new(192, 0, 0, 192)
+    {
         return Some(Restricted::CloudMetadata);
     }
     Some(match () {
@@ -52,7 +55,12 @@ fn classify_v4(ip: Ipv4Addr) -> Option<Restricted> {
         _ if ip.is_multicast() => Restricted::Multicast,
         _ if a == 0 || a >= 240 => Restricted::Reserved, // "this network", reserved, broadcast
         _ if a == 192 && b == 0 && c == 0 => Restricted::Reserved, // IETF protocol assignments
-        _ if (a, b, c) == (192, 0, 2) || (a, b, c) == (198, 51, 100) || (a, b, c) == (203, 0, 113) => Restricted::Reserved,
+        _ if (a, b, c) == (192, 0, 2)
+            || (a, b, c) == (198, 51, 100)
+            || (a, b, c) == (203, 0, 113) =>
+        {
+            Restricted::Reserved
+        }
         _ if a == 198 && (b == 18 || b == 19) => Restricted::Reserved, // benchmarking
         _ => return None,
     })
@@ -64,10 +72,20 @@ fn classify_v6(ip: Ipv6Addr) -> Option<Restricted> {
     }
     let seg = ip.segments();
     if seg[0] == 0x64 && seg[1] == 0xff9b && seg[2..6] == [0, 0, 0, 0] {
-        return classify_v4(Ipv4Addr::new((seg[6] >> 8) as u8, seg[6] as u8, (seg[7] >> 8) as u8, seg[7] as u8));
+        return classify_v4(Ipv4Addr::new(
+            (seg[6] >> 8) as u8,
+            seg[6] as u8,
+            (seg[7] >> 8) as u8,
+            seg[7] as u8,
+        ));
     }
     if seg[0] == 0x2002 {
-        return classify_v4(Ipv4Addr::new((seg[1] >> 8) as u8, seg[1] as u8, (seg[2] >> 8) as u8, seg[2] as u8));
+        return classify_v4(Ipv4Addr::new(
+            (seg[1] >> 8) as u8,
+            seg[1] as u8,
+            (seg[2] >> 8) as u8,
+            seg[2] as u8,
+        ));
     }
     if ip == "fd00:ec2::254".parse::<Ipv6Addr>().expect("literal") {
         return Some(Restricted::CloudMetadata);

@@ -54,7 +54,13 @@ pub struct RequestCtx {
 
 impl RequestCtx {
     pub fn new(live: Arc<Live>) -> RequestCtx {
-        RequestCtx { live, started: Instant::now(), target: None, project: None, error: None }
+        RequestCtx {
+            live,
+            started: Instant::now(),
+            target: None,
+            project: None,
+            error: None,
+        }
     }
 
     pub fn project_label(&self) -> &str {

@@ -47,7 +47,9 @@ impl ErrorCode {
             ErrorCode::ProxyAuthRequired => 407,
             ErrorCode::RateLimitExceeded => 429,
             ErrorCode::InternalError => 500,
-            ErrorCode::DnsResolutionFailed | ErrorCode::UpstreamConnectFailed | ErrorCode::UpstreamError => 502,
+            ErrorCode::DnsResolutionFailed
+            | ErrorCode::UpstreamConnectFailed
+            | ErrorCode::UpstreamError => 502,
             ErrorCode::UpstreamTimeout => 504,
         }
     }
@@ -81,7 +83,12 @@ pub struct Reply {
 
 impl Reply {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Reply {
-        Reply { code, message: message.into(), details: None, headers: Vec::new() }
+        Reply {
+            code,
+            message: message.into(),
+            details: None,
+            headers: Vec::new(),
+        }
     }
 
     pub fn details(mut self, details: Value) -> Reply {

@@ -30,8 +30,18 @@ impl Pag0Proxy {
     }
 
     /// Sends `reply` and records which stage (or `proxy`) produced it.
-    async fn answer(&self, session: &mut Session, ctx: &mut RequestCtx, source: &str, reply: Reply) -> Result<bool> {
-        self.shared.metrics.stage_rejections.with_label_values(&[source, reply.code.as_str()]).inc();
+    async fn answer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        source: &str,
+        reply: Reply,
+    ) -> Result<bool> {
+        self.shared
+            .metrics
+            .stage_rejections
+            .with_label_values(&[source, reply.code.as_str()])
+            .inc();
         ctx.error = Some(reply.code);
         reply.send(session).await?;
         Ok(true)
@@ -42,9 +52,13 @@ impl Pag0Proxy {
 fn classify_error(e: &Error) -> Option<ErrorCode> {
     use ErrorType::*;
     match e.etype() {
-        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => Some(ErrorCode::UpstreamTimeout),
-        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | TLSHandshakeFailure | InvalidCert
-        | BindError | SocketError => Some(ErrorCode::UpstreamConnectFailed),
+        ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
+            Some(ErrorCode::UpstreamTimeout)
+        }
+        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure
+        | TLSHandshakeFailure | InvalidCert | BindError | SocketError => {
+            Some(ErrorCode::UpstreamConnectFailed)
+        }
         _ => match e.esource() {
             ErrorSource::Upstream => Some(ErrorCode::UpstreamError),
             ErrorSource::Downstream => match e.etype() {
@@ -73,7 +87,11 @@ impl ProxyHttp for Pag0Proxy {
             Err(reply) => return self.answer(session, ctx, "proxy", reply).await,
         }
         let live = ctx.live.clone();
-        match live.pipeline.request_filter(session.req_header(), ctx).await {
+        match live
+            .pipeline
+            .request_filter(session.req_header(), ctx)
+            .await
+        {
             None => Ok(false),
             Some((stage, reply)) => self.answer(session, ctx, stage, reply).await,
         }
@@ -81,9 +99,16 @@ impl ProxyHttp for Pag0Proxy {
 
     /// Builds the peer from a `SocketAddr`: the one a stage vetted, else an async DNS answer.
     /// (Never `HttpPeer::new` with a name: it resolves synchronously and panics on failure.)
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let live = ctx.live.clone();
-        let target = ctx.target.as_mut().ok_or_else(|| Error::explain(ErrorType::InternalError, "no target"))?;
+        let target = ctx
+            .target
+            .as_mut()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no target"))?;
         let addr = match target.addr {
             Some(addr) => addr,
             None => match self.shared.resolver.resolve(&target.host).await {
@@ -98,7 +123,11 @@ impl ProxyHttp for Pag0Proxy {
                 }
             },
         };
-        let sni = if target.tls { target.host.clone() } else { String::new() };
+        let sni = if target.tls {
+            target.host.clone()
+        } else {
+            String::new()
+        };
         let mut peer = HttpPeer::new(addr, target.tls, sni);
         let up = &live.config.upstream;
         peer.options.connection_timeout = Some(up.connect_timeout);
@@ -110,6 +139,9 @@ impl ProxyHttp for Pag0Proxy {
             && let Some(ca) = &route.ca
         {
             peer.options.ca = Some(ca.clone());
+            // Pingora's pool key ignores the CA: without this, a connection verified against
+            // this route's private CA could be reused by a route that trusts only system roots.
+            peer.group_key = route.trust_group;
         }
         Ok(Box::new(peer))
     }
@@ -122,21 +154,39 @@ impl ProxyHttp for Pag0Proxy {
         req: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let target = ctx.target.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no target"))?;
-        let uri = http::Uri::try_from(target.path.as_str()).or_err(ErrorType::InternalError, "origin-form target")?;
+        let target = ctx
+            .target
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no target"))?;
+        let uri = http::Uri::try_from(target.path.as_str())
+            .or_err(ErrorType::InternalError, "origin-form target")?;
         req.set_uri(uri);
         match &target.kind {
-            TargetKind::Route(route) => req.insert_header(http::header::HOST, route.upstream.host_header())?,
+            TargetKind::Route(route) => {
+                req.insert_header(http::header::HOST, route.upstream.host_header())?
+            }
             TargetKind::Forward if req.headers.get(http::header::HOST).is_none() => {
                 let default_port = if target.tls { 443 } else { 80 };
-                let host = if target.host.contains(':') { format!("[{}]", target.host) } else { target.host.clone() };
-                let host = if target.port == default_port { host } else { format!("{host}:{}", target.port) };
+                let host = if target.host.contains(':') {
+                    format!("[{}]", target.host)
+                } else {
+                    target.host.clone()
+                };
+                let host = if target.port == default_port {
+                    host
+                } else {
+                    format!("{host}:{}", target.port)
+                };
                 req.insert_header(http::header::HOST, host)?;
             }
             TargetKind::Forward => {}
         }
-        let ours: Vec<http::HeaderName> =
-            req.headers.keys().filter(|k| k.as_str().starts_with(PAG0_HEADER_PREFIX)).cloned().collect();
+        let ours: Vec<http::HeaderName> = req
+            .headers
+            .keys()
+            .filter(|k| k.as_str().starts_with(PAG0_HEADER_PREFIX))
+            .cloned()
+            .collect();
         for name in ours {
             req.remove_header(&name);
         }
@@ -147,11 +197,25 @@ impl ProxyHttp for Pag0Proxy {
 
     /// Runs when proxying failed: answers with a JSON error (502/504/...) instead of
     /// Pingora's empty error page.
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let code = ctx.error.or_else(|| classify_error(e));
-        let Some(code) = code else { return FailToProxy { error_code: 0, can_reuse_downstream: false } };
+        let Some(code) = code else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
         ctx.error = Some(code);
-        self.shared.metrics.upstream_errors.with_label_values(&[ctx.route_label(), code.as_str()]).inc();
+        self.shared
+            .metrics
+            .upstream_errors
+            .with_label_values(&[ctx.route_label(), code.as_str()])
+            .inc();
         log::debug!("proxy error ({}): {e}", code.as_str());
         if session.response_written().is_none() {
             let message = match code {
@@ -160,13 +224,20 @@ impl ProxyHttp for Pag0Proxy {
                 ErrorCode::DnsResolutionFailed => "cannot resolve the upstream host".to_string(),
                 _ => format!("proxy error: {}", e.etype().as_str()),
             };
-            let host = ctx.target.as_ref().map(|t| t.host.clone()).unwrap_or_default();
+            let host = ctx
+                .target
+                .as_ref()
+                .map(|t| t.host.clone())
+                .unwrap_or_default();
             let reply = Reply::new(code, message).details(serde_json::json!({"host": host}));
             if let Err(write_err) = reply.send(session).await {
                 log::debug!("cannot send the error response: {write_err}");
             }
         }
-        FailToProxy { error_code: code.status(), can_reuse_downstream: false }
+        FailToProxy {
+            error_code: code.status(),
+            can_reuse_downstream: false,
+        }
     }
 
     /// Records the request in metrics once it is done (no per-request log line at info).
@@ -175,7 +246,9 @@ impl ProxyHttp for Pag0Proxy {
         let labels = [ctx.project_label(), ctx.route_label(), status_class(status)];
         let m = &self.shared.metrics;
         m.requests.with_label_values(&labels).inc();
-        m.request_duration.with_label_values(&labels).observe(ctx.started.elapsed().as_secs_f64());
+        m.request_duration
+            .with_label_values(&labels)
+            .observe(ctx.started.elapsed().as_secs_f64());
     }
 
     /// Keeps Pingora from logging routine client/upstream failures at error level; they are

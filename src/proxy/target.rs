@@ -16,21 +16,47 @@ pub fn resolve(req: &RequestHeader, routes: &[Arc<Route>]) -> Result<Target, Rep
     if raw.first() == Some(&b'/') {
         return route_target(req, routes);
     }
-    let uri = Uri::try_from(raw).map_err(|_| Reply::new(ErrorCode::InvalidTarget, "the request target is not a valid URL"))?;
+    let uri = Uri::try_from(raw).map_err(|_| {
+        Reply::new(
+            ErrorCode::InvalidTarget,
+            "the request target is not a valid URL",
+        )
+    })?;
     let tls = match uri.scheme_str() {
         Some("http") => false,
         Some("https") => true,
-        _ => return Err(Reply::new(ErrorCode::InvalidTarget, "only http:// and https:// targets are proxied")),
+        _ => {
+            return Err(Reply::new(
+                ErrorCode::InvalidTarget,
+                "only http:// and https:// targets are proxied",
+            ));
+        }
     };
-    let authority = uri.authority().ok_or_else(|| Reply::new(ErrorCode::InvalidTarget, "the request target has no host"))?;
-    let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    let authority = uri
+        .authority()
+        .ok_or_else(|| Reply::new(ErrorCode::InvalidTarget, "the request target has no host"))?;
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
     if host.is_empty() || authority.as_str().contains('@') {
-        return Err(Reply::new(ErrorCode::InvalidTarget, "the request target has an invalid authority"));
+        return Err(Reply::new(
+            ErrorCode::InvalidTarget,
+            "the request target has an invalid authority",
+        ));
     }
     let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
     let path = if path.is_empty() { "/" } else { path };
-    Ok(Target { kind: TargetKind::Forward, tls, host, port, path: path.to_string(), addr: None })
+    Ok(Target {
+        kind: TargetKind::Forward,
+        tls,
+        host,
+        port,
+        path: path.to_string(),
+        addr: None,
+    })
 }
 
 fn route_target(req: &RequestHeader, routes: &[Arc<Route>]) -> Result<Target, Reply> {
@@ -72,11 +98,16 @@ fn route_target(req: &RequestHeader, routes: &[Arc<Route>]) -> Result<Target, Re
 
 /// Segment-wise prefix match: `/v1` matches `/v1` and `/v1/x`, not `/v10`.
 fn prefix_matches(prefix: &str, path: &str) -> bool {
-    path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || prefix.is_empty())
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/') || prefix.is_empty())
 }
 
 fn host_without_port(host: &str) -> String {
-    let host = if let Some(v6) = host.strip_prefix('[') { v6.split(']').next().unwrap_or(v6) } else { host.split(':').next().unwrap_or(host) };
+    let host = if let Some(v6) = host.strip_prefix('[') {
+        v6.split(']').next().unwrap_or(v6)
+    } else {
+        host.split(':').next().unwrap_or(host)
+    };
     host.to_ascii_lowercase()
 }
 
@@ -85,7 +116,13 @@ mod tests {
     use super::*;
     use crate::config::parse_upstream;
 
-    fn route(name: &str, host: Option<&str>, prefix: Option<&str>, upstream: &str, strip: bool) -> Arc<Route> {
+    fn route(
+        name: &str,
+        host: Option<&str>,
+        prefix: Option<&str>,
+        upstream: &str,
+        strip: bool,
+    ) -> Arc<Route> {
         Arc::new(Route {
             name: name.into(),
             host: host.map(Into::into),
@@ -94,6 +131,7 @@ mod tests {
             strip_prefix: strip,
             ca: None,
             ca_file: None,
+            trust_group: 0,
         })
     }
 
@@ -109,7 +147,10 @@ mod tests {
     fn absolute_form_is_forward() {
         let t = resolve(&req("http://Example.com:8080/a/b?q=1", None), &[]).unwrap();
         assert!(matches!(t.kind, TargetKind::Forward));
-        assert_eq!((t.tls, t.host.as_str(), t.port, t.path.as_str()), (false, "example.com", 8080, "/a/b?q=1"));
+        assert_eq!(
+            (t.tls, t.host.as_str(), t.port, t.path.as_str()),
+            (false, "example.com", 8080, "/a/b?q=1")
+        );
         let t = resolve(&req("https://[::1]/", None), &[]).unwrap();
         assert_eq!((t.tls, t.host.as_str(), t.port), (true, "::1", 443));
     }
@@ -117,25 +158,60 @@ mod tests {
     #[test]
     fn bad_targets_are_rejected() {
         for bad in ["ftp://example.com/", "http://user:pw@example.com/"] {
-            assert_eq!(resolve(&req(bad, None), &[]).unwrap_err().code, ErrorCode::InvalidTarget, "{bad}");
+            assert_eq!(
+                resolve(&req(bad, None), &[]).unwrap_err().code,
+                ErrorCode::InvalidTarget,
+                "{bad}"
+            );
         }
-        assert_eq!(resolve(&req("/x", Some("a")), &[]).unwrap_err().code, ErrorCode::NoRoute);
+        assert_eq!(
+            resolve(&req("/x", Some("a")), &[]).unwrap_err().code,
+            ErrorCode::NoRoute
+        );
     }
 
     #[test]
     fn routes_match_host_and_prefix_in_order() {
         let routes = vec![
-            route("api", Some("api.local"), Some("/v1"), "https://up.example/base", true),
+            route(
+                "api",
+                Some("api.local"),
+                Some("/v1"),
+                "https://up.example/base",
+                true,
+            ),
             route("keep", None, Some("/keep"), "http://10.0.0.9:81", false),
-            route("any", Some("api.local"), None, "http://127.0.0.1:9000/", true),
+            route(
+                "any",
+                Some("api.local"),
+                None,
+                "http://127.0.0.1:9000/",
+                true,
+            ),
         ];
         let t = resolve(&req("/v1/items?x=1", Some("API.local:8402")), &routes).unwrap();
         assert_eq!(t.route_label(), "api");
-        assert_eq!((t.tls, t.host.as_str(), t.port, t.path.as_str()), (true, "up.example", 443, "/base/items?x=1"));
-        assert_eq!(resolve(&req("/v1", Some("api.local")), &routes).unwrap().path, "/base");
-        assert_eq!(resolve(&req("/v10", Some("api.local")), &routes).unwrap().route_label(), "any");
+        assert_eq!(
+            (t.tls, t.host.as_str(), t.port, t.path.as_str()),
+            (true, "up.example", 443, "/base/items?x=1")
+        );
+        assert_eq!(
+            resolve(&req("/v1", Some("api.local")), &routes)
+                .unwrap()
+                .path,
+            "/base"
+        );
+        assert_eq!(
+            resolve(&req("/v10", Some("api.local")), &routes)
+                .unwrap()
+                .route_label(),
+            "any"
+        );
         let t = resolve(&req("/keep/me", Some("whatever")), &routes).unwrap();
-        assert_eq!((t.route_label(), t.path.as_str(), t.port), ("keep", "/keep/me", 81));
+        assert_eq!(
+            (t.route_label(), t.path.as_str(), t.port),
+            ("keep", "/keep/me", 81)
+        );
         assert!(resolve(&req("/v1/items", Some("other")), &routes).is_err());
     }
 }

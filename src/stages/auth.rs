@@ -24,7 +24,9 @@ fn credentials(req: &RequestHeader) -> Option<(Option<String>, String)> {
         if !scheme.eq_ignore_ascii_case("basic") {
             return None;
         }
-        let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .ok()?;
         let decoded = String::from_utf8(decoded).ok()?;
         let (user, key) = decoded.split_once(':')?;
         return Some((Some(user.to_string()), key.to_string()));
@@ -57,15 +59,28 @@ impl Stage for AuthStage {
             ctx.project = Some(project);
             return Flow::Continue;
         }
-        let message = if found.is_some() { "invalid credentials" } else { "credentials required" };
-        let forward = matches!(ctx.target.as_ref().map(|t| &t.kind), Some(TargetKind::Forward) | None);
+        let message = if found.is_some() {
+            "invalid credentials"
+        } else {
+            "credentials required"
+        };
+        let forward = matches!(
+            ctx.target.as_ref().map(|t| &t.kind),
+            Some(TargetKind::Forward) | None
+        );
         let challenge = format!("Basic realm=\"{AUTH_REALM}\"");
         Flow::Respond(if forward {
-            Reply::new(ErrorCode::ProxyAuthRequired, format!("{message}: use http://PROJECT:KEY@ as proxy URL"))
-                .header("proxy-authenticate", challenge)
+            Reply::new(
+                ErrorCode::ProxyAuthRequired,
+                format!("{message}: use http://PROJECT:KEY@ as proxy URL"),
+            )
+            .header("proxy-authenticate", challenge)
         } else {
-            Reply::new(ErrorCode::Unauthorized, format!("{message}: send X-Pag0-API-Key"))
-                .header("www-authenticate", challenge)
+            Reply::new(
+                ErrorCode::Unauthorized,
+                format!("{message}: send X-Pag0-API-Key"),
+            )
+            .header("www-authenticate", challenge)
         })
     }
 }

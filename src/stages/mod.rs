@@ -66,8 +66,12 @@ impl Pipeline {
             .map(|c| -> Box<dyn Stage> {
                 match c {
                     StageConfig::Auth => Box::new(AuthStage),
-                    StageConfig::SsrfGuard { allow } => Box::new(SsrfGuardStage::new(allow.clone(), shared.resolver.clone())),
-                    StageConfig::RateLimit { default } => Box::new(RateLimitStage::new(*default, shared.rate_limiter.clone())),
+                    StageConfig::SsrfGuard { allow } => {
+                        Box::new(SsrfGuardStage::new(allow.clone(), shared.resolver.clone()))
+                    }
+                    StageConfig::RateLimit { default } => {
+                        Box::new(RateLimitStage::new(*default, shared.rate_limiter.clone()))
+                    }
                 }
             })
             .collect();
@@ -76,7 +80,11 @@ impl Pipeline {
 
     /// Runs every stage's `request_filter` until one answers. Returns the answering stage's
     /// name with its reply.
-    pub async fn request_filter(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Option<(&'static str, Reply)> {
+    pub async fn request_filter(
+        &self,
+        req: &RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Option<(&'static str, Reply)> {
         for stage in &self.stages {
             if let Flow::Respond(reply) = stage.request_filter(req, ctx).await {
                 return Some((stage.name(), reply));

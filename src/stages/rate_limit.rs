@@ -30,19 +30,26 @@ impl Stage for RateLimitStage {
     }
 
     async fn request_filter(&self, _req: &RequestHeader, ctx: &mut RequestCtx) -> Flow {
-        let limit = ctx.project.as_ref().and_then(|p| p.rate_limit).unwrap_or(self.default);
+        let limit = ctx
+            .project
+            .as_ref()
+            .and_then(|p| p.rate_limit)
+            .unwrap_or(self.default);
         match self.limiter.acquire(ctx.project_label(), limit).await {
             Ok(()) => Flow::Continue,
             Err(wait) => {
                 let retry_after = wait.as_secs_f64().ceil().max(1.0) as u64;
                 Flow::Respond(
-                    Reply::new(ErrorCode::RateLimitExceeded, "rate limit exceeded for this project")
-                        .details(json!({
-                            "requests_per_second": limit.requests_per_second,
-                            "burst": limit.burst,
-                            "retry_after_seconds": retry_after,
-                        }))
-                        .header("retry-after", retry_after.to_string()),
+                    Reply::new(
+                        ErrorCode::RateLimitExceeded,
+                        "rate limit exceeded for this project",
+                    )
+                    .details(json!({
+                        "requests_per_second": limit.requests_per_second,
+                        "burst": limit.burst,
+                        "retry_after_seconds": retry_after,
+                    }))
+                    .header("retry-after", retry_after.to_string()),
                 )
             }
         }

@@ -37,7 +37,9 @@ impl Stage for SsrfGuardStage {
     }
 
     async fn request_filter(&self, _req: &RequestHeader, ctx: &mut RequestCtx) -> Flow {
-        let Some(target) = ctx.target.as_mut() else { return Flow::Continue };
+        let Some(target) = ctx.target.as_mut() else {
+            return Flow::Continue;
+        };
         if !matches!(target.kind, TargetKind::Forward) {
             return Flow::Continue;
         }
@@ -45,14 +47,17 @@ impl Stage for SsrfGuardStage {
             Ok(ips) => ips,
             Err(e) => {
                 return Flow::Respond(
-                    Reply::new(ErrorCode::DnsResolutionFailed, e.to_string()).details(json!({"host": target.host})),
+                    Reply::new(ErrorCode::DnsResolutionFailed, e.to_string())
+                        .details(json!({"host": target.host})),
                 );
             }
         };
         let mut refused = None;
         for ip in &ips {
             match classify(*ip) {
-                Some(why) if !self.allow.iter().any(|net| net.contains(ip)) => refused = refused.or(Some((*ip, why))),
+                Some(why) if !self.allow.iter().any(|net| net.contains(ip)) => {
+                    refused = refused.or(Some((*ip, why)))
+                }
                 _ => {
                     target.addr = Some(SocketAddr::new(*ip, target.port));
                     return Flow::Continue;
@@ -61,8 +66,17 @@ impl Stage for SsrfGuardStage {
         }
         let (ip, why) = refused.expect("resolve returns at least one address");
         Flow::Respond(
-            Reply::new(ErrorCode::TargetForbidden, format!("target {} resolves to a {} address", target.host, why.as_str()))
-                .details(json!({"host": target.host, "address": ip.to_string(), "reason": why.as_str()})),
+            Reply::new(
+                ErrorCode::TargetForbidden,
+                format!(
+                    "target {} resolves to a {} address",
+                    target.host,
+                    why.as_str()
+                ),
+            )
+            .details(
+                json!({"host": target.host, "address": ip.to_string(), "reason": why.as_str()}),
+            ),
         )
     }
 }

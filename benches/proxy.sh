@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Throughput and latency of pag0 against the same upstream reached directly and through nginx,
+# all measured in one run on this machine (ratios matter, absolute numbers depend on the box).
+#
+#   benches/proxy.sh                 # DURATION=10 THREADS=1 CONNS=50 by default
+#
+# Phases per target: (1) closed-loop saturation with wrk (req/s, p99); (2) a paced load of
+# ~1000 req/s (CONNS_PACED connections, each waiting PACE_MS between requests via wrk's delay()),
+# whose p99 minus the direct p99 is the latency pag0 adds. Needs wrk; nginx is optional (the
+# upstream falls back to... nginx too, so the script installs both when apt-get is available).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+THREADS=${THREADS:-1}          # worker threads of pag0 = worker_processes of nginx
+CONNS=${CONNS:-50}
+CONNS_PACED=${CONNS_PACED:-10}
+PACE_MS=${PACE_MS:-10}
+KEY=pag0_demo_dev_only_key
+
+for tool in wrk nginx; do
+  if ! command -v "$tool" >/dev/null 2>&1 && [ -x /usr/sbin/$tool ]; then export PATH=$PATH:/usr/sbin; fi
+  if ! command -v "$tool" >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    pkg=$tool; [ "$tool" = nginx ] && pkg=nginx-light
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null || true
+  fi
+done
+export PATH=$PATH:/usr/sbin
+command -v wrk >/dev/null || { echo "wrk is required (apt-get install wrk)" >&2; exit 1; }
+command -v nginx >/dev/null || { echo "nginx is required for the upstream (apt-get install nginx-light)" >&2; exit 1; }
+
+cargo build --release --locked --bin pag0 >&2
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+UP=$(port); NGX=$(port); P0=$(port); ADM=$(port)
+
+# Fast local upstream: nginx answering a fixed 64-byte body (1 worker, never the bottleneck role).
+nginx_conf() { # $1 = name, $2 = workers, $3 = server block
+  cat > "$work/$1.conf" <<CONF
+worker_processes $2;
+daemon off;
+pid $work/$1.pid;
+error_log $work/$1.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 100000;
+  upstream backend { server 127.0.0.1:$UP; keepalive 256; }
+  $3
+}
+CONF
+}
+nginx_conf upstream 1 "server { listen 127.0.0.1:$UP; location / { return 200 '0123456789012345678901234567890123456789012345678901234567890123'; } }"
+nginx_conf proxy "$THREADS" "server { listen 127.0.0.1:$NGX; location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
+nginx -c "$work/upstream.conf" & pids+=($!)
+nginx -c "$work/proxy.conf" & pids+=($!)
+
+cat > "$work/pag0.yaml" <<YAML
+server:
+  listen: ["127.0.0.1:$P0"]
+  threads: $THREADS
+  pid_file: $work/pag0.pid
+  upgrade_sock: $work/pag0.sock
+admin:
+  listen: 127.0.0.1:$ADM
+  token: \${BENCH_TOKEN:-bench-admin-token-0123456789}
+stages:
+  - kind: auth
+  - kind: rate_limit
+    default: { requests_per_second: 10000000, burst: 10000000 }
+  - kind: ssrf_guard
+    allow: ["127.0.0.1"]
+projects:
+  - id: demo
+    keys: ["sha256:79f8ca837c673888f582d0c8204f8b6ab31c8b0a7930512e94a4bd0a518bf83a"]
+routes:
+  - name: bench
+    path_prefix: /
+    upstream: http://127.0.0.1:$UP
+YAML
+RUST_LOG=warn target/release/pag0 -c "$work/pag0.yaml" >/dev/null & pids+=($!)
+
+for p in $UP $NGX $P0; do
+  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
+done
+
+cat > "$work/reverse.lua" <<LUA
+wrk.headers["X-Pag0-API-Key"] = "$KEY"
+LUA
+cat > "$work/forward.lua" <<LUA
+wrk.path = "http://127.0.0.1:$UP/"
+wrk.headers["Host"] = "127.0.0.1:$UP"
+wrk.headers["Proxy-Authorization"] = "Basic $(printf 'demo:%s' "$KEY" | base64 -w0)"
+LUA
+cat > "$work/pace.lua" <<LUA
+function delay() return $PACE_MS end
+LUA
+
+# wrk's --latency p99 in ms and Requests/sec.
+measure() { # $1 url, $2 lua (or ""), $3 conns, $4 pace(0/1)
+  local script=$work/run.lua
+  : > "$script"
+  [ -n "$2" ] && cat "$2" >> "$script"
+  [ "$4" = 1 ] && cat "$work/pace.lua" >> "$script"
+  local out
+  out=$(wrk -t1 -c"$3" -d"${DURATION}s" --latency -s "$script" "$1")
+  local rps p99
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub("us","",v); v=v/1000} else if (v ~ /ms$/) {sub("ms","",v)} else if (v ~ /s$/) {sub("s","",v); v=v*1000}; print v}' <<<"$out")
+  local errors
+  errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
+  echo "$rps $p99 ${errors:-}"
+}
+
+# Warm-up (connection pools, DNS cache).
+wrk -t1 -c10 -d2s -s "$work/reverse.lua" "http://127.0.0.1:$P0/" >/dev/null
+wrk -t1 -c10 -d2s "http://127.0.0.1:$NGX/" >/dev/null
+
+declare -A RPS P99 PRPS PP99
+for target in direct nginx pag0-reverse pag0-forward; do
+  case $target in
+    direct) url="http://127.0.0.1:$UP/"; lua="" ;;
+    nginx) url="http://127.0.0.1:$NGX/"; lua="" ;;
+    pag0-reverse) url="http://127.0.0.1:$P0/"; lua="$work/reverse.lua" ;;
+    pag0-forward) url="http://127.0.0.1:$P0/"; lua="$work/forward.lua" ;;
+  esac
+  read -r r p e < <(measure "$url" "$lua" "$CONNS" 0)
+  [ -n "${e:-}" ] && echo "warning: $target saturation: $e" >&2
+  RPS[$target]=$r; P99[$target]=$p
+  read -r r p e < <(measure "$url" "$lua" "$CONNS_PACED" 1)
+  [ -n "${e:-}" ] && echo "warning: $target paced: $e" >&2
+  PRPS[$target]=$r; PP99[$target]=$p
+done
+
+echo
+echo "pag0 benchmark  $(date -u +%Y-%m-%dT%H:%MZ)  $(nproc) cores  threads/workers=$THREADS  duration=${DURATION}s"
+printf "%-14s %12s %10s   %14s %12s %14s\n" target "req/s" "p99 ms" "paced req/s" "paced p99" "added p99 ms"
+for t in direct nginx pag0-reverse pag0-forward; do
+  added=$(awk -v a="${PP99[$t]}" -v b="${PP99[direct]}" 'BEGIN {printf "%.3f", a-b}')
+  printf "%-14s %12s %10s   %14s %12s %14s\n" "$t" "${RPS[$t]}" "${P99[$t]}" "${PRPS[$t]}" "${PP99[$t]}" "$added"
+done
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
+echo
+echo "ratios (saturation req/s):"
+echo "  pag0-reverse / nginx   = $(ratio "${RPS[pag0-reverse]}" "${RPS[nginx]}")"
+echo "  pag0-forward / nginx   = $(ratio "${RPS[pag0-forward]}" "${RPS[nginx]}")"
+echo "  pag0-reverse / direct  = $(ratio "${RPS[pag0-reverse]}" "${RPS[direct]}")"
+echo "  pag0-forward / direct  = $(ratio "${RPS[pag0-forward]}" "${RPS[direct]}")"

@@ -1,0 +1,122 @@
+//! The `pag0` binary: `-t`, `keys new`, and SIGHUP reload of a running process.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn pag0() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pag0"))
+}
+
+#[test]
+fn check_flag_exits_0_or_1_with_paths() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let ok = pag0()
+        .args(["-t", "-c", &format!("{root}/conf/pag0.yaml")])
+        .output()
+        .unwrap();
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let bad = pag0()
+        .args([
+            "-t",
+            "-c",
+            &format!("{root}/tests/fixtures/config/bad/bad-routes.yaml"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("routes[2].upstream: invalid URL \"htp:/x\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("routes[1].path_prefix"),
+        "all problems at once: {stderr}"
+    );
+    let missing = pag0()
+        .args(["-t", "-c", "/nonexistent/pag0.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+}
+
+#[test]
+fn keys_new_prints_a_key_and_its_hash() {
+    let out = pag0().args(["keys", "new"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let key = text.lines().find_map(|l| l.strip_prefix("key:  ")).unwrap();
+    let hash = text.lines().find_map(|l| l.strip_prefix("hash: ")).unwrap();
+    assert_eq!(hash, format!("sha256:{}", sha256_hex(key.as_bytes())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_running_process() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, admin) = (free_port(), free_port());
+    let d = dir.path().display();
+    let write = |extra: &str| {
+        let yaml = format!(
+            "server:\n  listen: [\"127.0.0.1:{proxy}\"]\n  pid_file: {d}/p.pid\n  upgrade_sock: {d}/u.sock\n  grace_period_seconds: 0\nadmin:\n  listen: 127.0.0.1:{admin}\n  token: ${{PAG0_TEST_ADMIN_TOKEN:-{ADMIN_TOKEN}}}\n{}{extra}",
+            demo_project()
+        );
+        std::fs::write(dir.path().join("pag0.yaml"), yaml).unwrap();
+    };
+    write("");
+    let mut child = pag0()
+        .args(["-c", &dir.path().join("pag0.yaml").display().to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let get = |path: &str| {
+        client
+            .get(format!("http://127.0.0.1:{proxy}{path}"))
+            .header("x-pag0-api-key", DEMO_KEY)
+            .send()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(resp) = get("/r/x").await {
+            assert_eq!(resp.status().as_u16(), 404, "no route yet");
+            break;
+        }
+        assert!(Instant::now() < deadline, "pag0 did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    write(&format!(
+        "routes:\n  - name: r\n    path_prefix: /r\n    upstream: http://{}\n",
+        up.addr
+    ));
+    let status = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = get("/r/x").await.unwrap().status().as_u16();
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "route not applied after SIGHUP (still {status})"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+}
