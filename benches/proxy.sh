@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10}
 THREADS=${THREADS:-1}          # worker threads of pag0 = worker_processes of nginx
+WORK_STEALING=${WORK_STEALING:-true}
 CONNS=${CONNS:-50}
 CONNS_PACED=${CONNS_PACED:-10}
 PACE_MS=${PACE_MS:-10}
@@ -63,6 +64,7 @@ cat > "$work/pag0.yaml" <<YAML
 server:
   listen: ["127.0.0.1:$P0"]
   threads: $THREADS
+  work_stealing: ${WORK_STEALING:-true}
   pid_file: $work/pag0.pid
   upgrade_sock: $work/pag0.sock
 admin:

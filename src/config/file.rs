@@ -12,6 +12,8 @@ pub const DEFAULT_PROXY_LISTEN: &str = "127.0.0.1:8402";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9402";
 /// Worker threads of the proxy service (Pingora's own default is 1).
 pub const DEFAULT_THREADS: usize = 2;
+/// Pingora work stealing between worker threads (false: one single-threaded runtime per thread).
+pub const DEFAULT_WORK_STEALING: bool = true;
 /// Idle upstream connections kept for reuse, across all upstreams.
 pub const DEFAULT_UPSTREAM_KEEPALIVE_POOL_SIZE: usize = 1024;
 /// Seconds between a graceful-terminate signal and the start of runtime shutdown.
@@ -53,6 +55,8 @@ pub struct FileServer {
     pub listen: Option<Vec<String>>,
     /// Worker threads of the proxy service.
     pub threads: Option<usize>,
+    /// Let idle worker threads steal tasks from busy ones.
+    pub work_stealing: Option<bool>,
     /// Idle upstream connections kept for reuse.
     pub upstream_keepalive_pool_size: Option<usize>,
     /// Seconds to keep serving after SIGTERM before shutting runtimes down.

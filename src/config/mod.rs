@@ -137,6 +137,41 @@ pub fn parse(
     }
 }
 
+/// Upper bound on problems reported for one section or list entry.
+const MAX_ERRORS_PER_SECTION: usize = 32;
+
+/// Removes the mapping key that `path` points at (for a list element: the key holding the
+/// list). Returns false when there is nothing left to remove (the error is about the node itself).
+fn prune(value: &mut Value, path: &serde_path_to_error::Path) -> bool {
+    use serde_path_to_error::Segment;
+    let segments: Vec<&Segment> = path.iter().collect();
+    // The last map key on the path is what gets removed.
+    let Some(last_map) = segments
+        .iter()
+        .rposition(|s| matches!(s, Segment::Map { .. }))
+    else {
+        return false;
+    };
+    let mut node = value;
+    for segment in &segments[..last_map] {
+        node = match (segment, node) {
+            (Segment::Map { key }, Value::Mapping(m)) => match m.get_mut(key.as_str()) {
+                Some(v) => v,
+                None => return false,
+            },
+            (Segment::Seq { index }, Value::Sequence(s)) => match s.get_mut(*index) {
+                Some(v) => v,
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match (segments[last_map], node) {
+        (Segment::Map { key }, Value::Mapping(m)) => m.remove(key.as_str()).is_some(),
+        _ => false,
+    }
+}
+
 fn yaml_key(key: &Value) -> String {
     match key {
         Value::String(s) => s.clone(),
@@ -175,30 +210,42 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
         });
     }
 
-    /// Deserializes one section, recording the error (with its full path) on failure.
+    /// Deserializes one section, recording every error with its full path. After an error the
+    /// offending key is pruned and deserialization retried, so one typo does not hide the next;
+    /// what remains is returned for semantic checks (the recorded issues already fail the load).
     fn section<T: DeserializeOwned>(&mut self, value: Option<Value>, path: &str) -> Option<T> {
-        let value = value?;
+        let mut value = value?;
         if value.is_null() {
             return None;
         }
-        match serde_path_to_error::deserialize::<_, T>(value) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                let inner = e.path().to_string();
-                let full = if inner == "." {
-                    path.to_string()
-                } else if inner.starts_with('[') {
-                    format!("{path}{inner}")
-                } else {
-                    format!("{path}.{inner}")
-                };
-                self.issue(&full, e.into_inner().to_string());
-                None
+        let mut pruned: Vec<String> = Vec::new();
+        for _ in 0..MAX_ERRORS_PER_SECTION {
+            let error = match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+                Ok(t) => return Some(t),
+                Err(e) => e,
+            };
+            let inner = error.path().to_string();
+            let message = error.inner().to_string();
+            // A required key we pruned ourselves is reported as missing: already covered.
+            if pruned.iter().any(|p| {
+                message == format!("missing field `{}`", p.rsplit('.').next().unwrap_or(p))
+            }) {
+                return None;
             }
+            let full = match inner.as_str() {
+                "." => path.to_string(),
+                i if i.starts_with('[') => format!("{path}{i}"),
+                i => format!("{path}.{i}"),
+            };
+            self.issue(&full, message);
+            if !prune(&mut value, error.path()) {
+                return None;
+            }
+            pruned.push(inner);
         }
+        None
     }
 
-    /// Deserializes a list entry by entry; bad entries are recorded and skipped.
     /// Entries keep their index in the file so later messages name the right entry.
     fn list<T: DeserializeOwned>(&mut self, value: Value, path: &str) -> Vec<(usize, T)> {
         match value {
@@ -262,6 +309,7 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
         ServerSettings {
             listen,
             threads,
+            work_stealing: f.work_stealing.unwrap_or(DEFAULT_WORK_STEALING),
             upstream_keepalive_pool_size: f
                 .upstream_keepalive_pool_size
                 .unwrap_or(DEFAULT_UPSTREAM_KEEPALIVE_POOL_SIZE),

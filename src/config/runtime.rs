@@ -27,6 +27,7 @@ pub struct Config {
 pub struct ServerSettings {
     pub listen: Vec<SocketAddr>,
     pub threads: usize,
+    pub work_stealing: bool,
     pub upstream_keepalive_pool_size: usize,
     pub grace_period: Duration,
     pub graceful_shutdown_timeout: Duration,
