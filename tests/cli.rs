@@ -120,3 +120,111 @@ async fn sighup_reloads_the_running_process() {
         .status();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_upgrade_hands_over_listeners_without_refusing_requests() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy, admin) = (free_port(), free_port());
+    let d = dir.path().display();
+    let yaml = format!(
+        "server:\n  listen: [\"127.0.0.1:{proxy}\"]\n  pid_file: {d}/p.pid\n  upgrade_sock: {d}/u.sock\n  grace_period_seconds: 1\n  graceful_shutdown_timeout_seconds: 1\nadmin:\n  listen: 127.0.0.1:{admin}\n  token: ${{PAG0_TEST_ADMIN_TOKEN:-{ADMIN_TOKEN}}}\n{}routes:\n  - name: r\n    path_prefix: /r\n    upstream: http://{}\n",
+        demo_project(),
+        up.addr
+    );
+    let conf = dir.path().join("pag0.yaml");
+    std::fs::write(&conf, yaml).unwrap();
+    let conf = conf.display().to_string();
+    let spawn = |upgrade: bool| {
+        let mut cmd = pag0();
+        cmd.args(["-c", &conf])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if upgrade {
+            cmd.arg("--upgrade");
+        }
+        cmd.spawn().unwrap()
+    };
+    let mut old = spawn(false);
+    // A fresh connection per request: the listening socket itself must never refuse.
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{proxy}/r/x");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client
+        .get(&url)
+        .header("x-pag0-api-key", DEMO_KEY)
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "old pag0 did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn({
+        let (client, url, stop) = (client.clone(), url.clone(), stop.clone());
+        async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match client
+                    .get(&url)
+                    .header("x-pag0-api-key", DEMO_KEY)
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(r) => failed.push(r.status().to_string()),
+                    Err(e) => failed.push(e.to_string()),
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            (ok, failed)
+        }
+    });
+
+    let mut new = spawn(true);
+    tokio::time::sleep(Duration::from_millis(800)).await; // the new process waits on upgrade_sock
+    assert!(
+        Command::new("kill")
+            .args(["-QUIT", &old.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let exited = tokio::task::spawn_blocking(move || old.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        exited.success(),
+        "old process exits cleanly after handing over: {exited:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = load.await.unwrap();
+    assert!(
+        new.try_wait().unwrap().is_none(),
+        "the new process keeps running"
+    );
+    // The new process serves, including the admin listener it bound next to the old one.
+    let health = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{admin}/health"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    let _ = Command::new("kill")
+        .args(["-INT", &new.id().to_string()])
+        .status();
+    let _ = new.wait();
+    assert!(
+        failed.is_empty(),
+        "{} ok, failures during the upgrade: {failed:?}",
+        ok
+    );
+    assert!(ok > 50, "load ran through the upgrade ({ok} requests)");
+}

@@ -27,7 +27,9 @@ struct AdminState {
 }
 
 /// The admin HTTP service. The socket is bound when the server is built so a taken port is a
-/// startup error, not a log line.
+/// startup error, not a log line. It is bound with `SO_REUSEPORT` so that a graceful upgrade
+/// (`pag0 --upgrade`) can bind it while the old process is still draining (Pingora hands over
+/// the proxy listeners itself, but not this one).
 pub struct AdminService {
     listener: std::sync::Mutex<Option<StdTcpListener>>,
     state: AdminState,
@@ -36,8 +38,17 @@ pub struct AdminService {
 impl AdminService {
     pub fn bind(reloader: Arc<Reloader>) -> std::io::Result<AdminService> {
         let addr = reloader.live.load().config.admin.listen;
-        let listener = StdTcpListener::bind(addr)?;
-        listener.set_nonblocking(true)?;
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        socket.set_nonblocking(true)?;
+        let listener: StdTcpListener = socket.into();
         Ok(AdminService {
             listener: std::sync::Mutex::new(Some(listener)),
             state: AdminState {
