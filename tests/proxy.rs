@@ -111,6 +111,7 @@ async fn chunked_request_body_and_keep_alive_reuse() {
     );
     assert_eq!(responses[1].2["path"], "/second");
     assert_eq!(responses[2].2["path"], "/third");
+    assert_eq!(responses[2].2["headers"]["host"], up.addr.to_string());
     // ...and pag0 reused its pooled upstream connection.
     let seen = up.seen();
     assert_eq!(seen.requests, 3);

@@ -128,19 +128,17 @@ pub struct UpstreamUrl {
     pub base_path: String,
 }
 
-impl UpstreamUrl {
-    /// The Host header value for this upstream (port omitted when it is the scheme default).
-    pub fn host_header(&self) -> String {
-        let default_port = if self.tls { 443 } else { 80 };
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        if self.port == default_port {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
+/// A Host header value: IPv6 in brackets, port omitted when it is the scheme's default.
+pub fn host_header(host: &str, port: u16, tls: bool) -> String {
+    let default_port = if tls { 443 } else { 80 };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    if port == default_port {
+        host
+    } else {
+        format!("{host}:{port}")
     }
 }

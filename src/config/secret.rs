@@ -40,6 +40,14 @@ impl Secret {
         })
     }
 
+    /// A placeholder for a secret that failed validation (the config is rejected anyway).
+    pub(crate) fn unset() -> Secret {
+        Secret {
+            reference: "<unset>".into(),
+            value: String::new(),
+        }
+    }
+
     /// The secret itself. Callers must not log it.
     pub fn expose(&self) -> &str {
         &self.value

@@ -32,6 +32,12 @@ pub struct Target {
 }
 
 impl Target {
+    /// The Host header the upstream gets: always the target's own authority (for absolute-form
+    /// requests RFC 9112 §3.2.2 makes the proxy replace whatever Host the client sent).
+    pub fn host_header(&self) -> String {
+        crate::config::host_header(&self.host, self.port, self.tls)
+    }
+
     /// Label used in metrics: the route name, or `forward`.
     pub fn route_label(&self) -> &str {
         match &self.kind {

@@ -146,7 +146,7 @@ impl ProxyHttp for Pag0Proxy {
         Ok(Box::new(peer))
     }
 
-    /// Sends an origin-form target upstream, fixes Host for routes, and strips pag0's own
+    /// Sends an origin-form target upstream with the target's own Host, and strips pag0's own
     /// headers (`X-Pag0-*`; Pingora already removed hop-by-hop `Proxy-Authorization`).
     async fn upstream_request_filter(
         &self,
@@ -161,26 +161,7 @@ impl ProxyHttp for Pag0Proxy {
         let uri = http::Uri::try_from(target.path.as_str())
             .or_err(ErrorType::InternalError, "origin-form target")?;
         req.set_uri(uri);
-        match &target.kind {
-            TargetKind::Route(route) => {
-                req.insert_header(http::header::HOST, route.upstream.host_header())?
-            }
-            TargetKind::Forward if req.headers.get(http::header::HOST).is_none() => {
-                let default_port = if target.tls { 443 } else { 80 };
-                let host = if target.host.contains(':') {
-                    format!("[{}]", target.host)
-                } else {
-                    target.host.clone()
-                };
-                let host = if target.port == default_port {
-                    host
-                } else {
-                    format!("{host}:{}", target.port)
-                };
-                req.insert_header(http::header::HOST, host)?;
-            }
-            TargetKind::Forward => {}
-        }
+        req.insert_header(http::header::HOST, target.host_header())?;
         let ours: Vec<http::HeaderName> = req
             .headers
             .keys()
