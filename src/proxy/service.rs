@@ -74,6 +74,10 @@ fn classify_error(e: &Error) -> Option<ErrorCode> {
 impl ProxyHttp for Pag0Proxy {
     type CTX = RequestCtx;
 
+    /// No downstream modules: Pingora's default adds a (disabled) compression module that still
+    /// runs on every request. pag0 does not compress responses.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     /// Takes the current config snapshot; the request keeps it until it ends.
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx::new(self.live.load_full())
