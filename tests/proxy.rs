@@ -311,6 +311,13 @@ async fn unknown_host_502_and_upstream_timeout_504() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    // After a failed proxy attempt pag0 closes the connection and says so, so that pooled
+    // clients do not race the close (a stage's own answer keeps the connection alive).
+    let connection = resp
+        .headers()
+        .get("connection")
+        .map(|v| v.to_str().unwrap().to_string());
+    assert_eq!(connection.as_deref(), Some("close"));
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "UPSTREAM_CONNECT_FAILED");
 

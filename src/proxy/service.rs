@@ -203,6 +203,9 @@ impl ProxyHttp for Pag0Proxy {
             .inc();
         log::debug!("proxy error ({}): {e}", code.as_str());
         if session.response_written().is_none() {
+            // The connection is closed after this reply (the request body may be unread), so
+            // say so: `Connection: close` keeps clients from reusing it and racing the close.
+            session.set_keepalive(None);
             let message = match code {
                 ErrorCode::UpstreamTimeout => "the upstream did not answer in time".to_string(),
                 ErrorCode::UpstreamConnectFailed => "cannot connect to the upstream".to_string(),
