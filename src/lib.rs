@@ -14,3 +14,4 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod server;
 pub mod stages;
+pub mod x402;
