@@ -44,7 +44,7 @@ pub struct Live {
 
 impl Live {
     pub fn build(config: Config, generation: u64, shared: &Arc<Shared>) -> Live {
-        let pipeline = Pipeline::build(&config.stages, shared);
+        let pipeline = Pipeline::build(&config, shared);
         let projects_by_key = config
             .projects
             .iter()

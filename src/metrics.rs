@@ -23,6 +23,9 @@ pub struct Metrics {
     pub stage_rejections: IntCounterVec,
     /// `pag0_upstream_errors_total{route,code}`: failures talking to upstreams.
     pub upstream_errors: IntCounterVec,
+    /// `pag0_payments_total{project,outcome}`: 402s paid (`signed`), `declined`, or whose paid
+    /// attempt was refused again (`rejected`).
+    pub payments: IntCounterVec,
     /// `pag0_config_reloads_total{result}`
     pub config_reloads: IntCounterVec,
     /// `pag0_config_generation`: increments on every applied config.
@@ -65,6 +68,14 @@ impl Metrics {
             &["route", "code"],
         )
         .expect("valid metric");
+        let payments = IntCounterVec::new(
+            Opts::new(
+                "pag0_payments_total",
+                "x402 payment decisions by project and outcome",
+            ),
+            &["project", "outcome"],
+        )
+        .expect("valid metric");
         let config_reloads = IntCounterVec::new(
             Opts::new("pag0_config_reloads_total", "Config reload attempts"),
             &["result"],
@@ -88,6 +99,7 @@ impl Metrics {
             Box::new(request_duration.clone()),
             Box::new(stage_rejections.clone()),
             Box::new(upstream_errors.clone()),
+            Box::new(payments.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_generation.clone()),
             Box::new(build_info),
@@ -100,6 +112,7 @@ impl Metrics {
             request_duration,
             stage_rejections,
             upstream_errors,
+            payments,
             config_reloads,
             config_generation,
         }

@@ -15,9 +15,14 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Env lookup for tests: every referenced variable is "set" (to a long dummy value).
-fn any_env(_: &str) -> Option<String> {
-    Some("dummy-secret-value-for-validation".to_string())
+/// Env lookup for tests: every referenced variable is "set": wallet keys to a public dev key,
+/// everything else to a long dummy value.
+fn any_env(name: &str) -> Option<String> {
+    Some(if name.ends_with("_WALLET_KEY") {
+        "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d".to_string()
+    } else {
+        "dummy-secret-value-for-validation".to_string()
+    })
 }
 
 #[test]

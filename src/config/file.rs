@@ -44,8 +44,50 @@ pub const AUTH_REALM: &str = "pag0";
 /// The whole file. Sections are deserialized one by one (see [`super::load`]) so that
 /// a problem in one section does not hide problems in the others.
 pub const SECTIONS: &[&str] = &[
-    "server", "upstream", "admin", "dns", "stages", "projects", "routes",
+    "server", "upstream", "admin", "dns", "payments", "stages", "projects", "routes",
 ];
+
+/// Per-payment ceiling when an asset sets none: 0.10 of the asset's unit (a safe default that
+/// applies even without any spend policy).
+pub const DEFAULT_MAX_PER_PAYMENT: &str = "0.10";
+/// Payment schemes accepted when `payments.schemes` is absent.
+pub const DEFAULT_SCHEMES: &[&str] = &["exact"];
+
+/// `payments:` — what pag0 may pay with, for every project.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePayments {
+    /// The only assets pag0 pays with (an offer in any other asset is declined).
+    #[serde(default)]
+    pub assets: Vec<FileAsset>,
+    /// Accepted schemes (default `[exact]`).
+    pub schemes: Option<Vec<String>>,
+    /// If non-empty, the only recipients pag0 pays.
+    #[serde(default)]
+    pub pay_to: Vec<String>,
+}
+
+/// One allowed asset on one network.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAsset {
+    /// CAIP-2 (`eip155:8453`) or x402 v1 name (`base`).
+    pub network: String,
+    /// Token contract address.
+    pub address: String,
+    pub symbol: String,
+    pub decimals: u8,
+    /// Ceiling per payment in asset units (`"0.10"` or `"0.10 USDC"`).
+    pub max_per_payment: Option<String>,
+}
+
+/// `projects[].wallet` — the key pag0 signs this project's payments with.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileWallet {
+    /// Hex private key as an `${ENV_VAR}` reference.
+    pub private_key: String,
+}
 
 /// `server:` — the proxy listener and Pingora's own server settings.
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +152,8 @@ pub enum FileStage {
         #[serde(default)]
         allow: Vec<String>,
     },
+    /// Pay x402 `402 Payment Required` answers with the project's wallet and replay.
+    Payment {},
     /// Per-project token bucket.
     RateLimit {
         /// Limit for projects that do not set their own `rate_limit`.
@@ -134,6 +178,8 @@ pub struct FileProject {
     #[serde(default)]
     pub keys: Vec<String>,
     pub rate_limit: Option<FileRateLimit>,
+    /// Wallet for paying 402s (projects without one never pay).
+    pub wallet: Option<FileWallet>,
 }
 
 /// One entry of `routes:` — a reverse-proxy route.

@@ -110,6 +110,9 @@ pub fn parse(
         .section::<FileAdmin>(take("admin"), "admin")
         .unwrap_or_default();
     let dns = v.section::<FileDns>(take("dns"), "dns").unwrap_or_default();
+    let payments = v
+        .section::<FilePayments>(take("payments"), "payments")
+        .unwrap_or_default();
     let stages = take("stages").map(|value| v.list::<FileStage>(value, "stages"));
     let projects = v.list::<FileProject>(take("projects").unwrap_or(Value::Null), "projects");
     let routes = v.list::<FileRoute>(take("routes").unwrap_or(Value::Null), "routes");
@@ -126,6 +129,7 @@ pub fn parse(
             )),
             cache_size: dns.cache_size.unwrap_or(DEFAULT_DNS_CACHE_SIZE),
         },
+        payments: v.payments(payments),
         stages: v.stages(stages),
         projects: v.projects(projects),
         routes: v.routes(routes),
@@ -409,6 +413,7 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
             let path = format!("stages[{i}]");
             let stage = match stage {
                 FileStage::Auth {} => StageConfig::Auth,
+                FileStage::Payment {} => StageConfig::Payment,
                 FileStage::SsrfGuard { allow } => StageConfig::SsrfGuard {
                     allow: allow
                         .iter()
@@ -482,13 +487,116 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
                 }
             }
             let rate_limit = self.rate_limit(p.rate_limit, &format!("{path}.rate_limit"));
+            let wallet = p
+                .wallet
+                .and_then(|w| self.wallet(w, &format!("{path}.wallet")));
             out.push(Arc::new(Project {
                 id: p.id,
                 key_hashes,
                 rate_limit,
+                wallet,
             }));
         }
         out
+    }
+
+    fn wallet(&mut self, w: FileWallet, path: &str) -> Option<Wallet> {
+        let secret = match Secret::resolve(&w.private_key, self.env) {
+            Ok(s) => s,
+            Err(msg) => {
+                self.issue(&format!("{path}.private_key"), msg);
+                return None;
+            }
+        };
+        match crate::x402::Eip3009Signer::from_hex(secret.expose()) {
+            Ok(signer) => Some(Wallet(Arc::new(signer))),
+            Err(msg) => {
+                // The message never contains the key.
+                self.issue(&format!("{path}.private_key"), format!("{msg} in {secret}"));
+                None
+            }
+        }
+    }
+
+    fn payments(&mut self, f: FilePayments) -> Payments {
+        let mut assets: Vec<Asset> = Vec::new();
+        for (i, a) in f.assets.iter().enumerate() {
+            let path = format!("payments.assets[{i}]");
+            let chain_id = crate::x402::networks::chain_id(&a.network);
+            if chain_id.is_none() {
+                self.issue(
+                    &format!("{path}.network"),
+                    format!(
+                        "unknown EVM network {:?} (use eip155:<chain id>)",
+                        a.network
+                    ),
+                );
+            }
+            let address: Option<alloy_primitives::Address> = a.address.parse().ok();
+            if address.is_none() {
+                self.issue(
+                    &format!("{path}.address"),
+                    format!("invalid address {:?}", a.address),
+                );
+            }
+            if a.decimals > 36 {
+                self.issue(&format!("{path}.decimals"), "must be at most 36");
+            }
+            let ceiling_text = a
+                .max_per_payment
+                .as_deref()
+                .unwrap_or(DEFAULT_MAX_PER_PAYMENT);
+            let ceiling = match parse_units(ceiling_text, a.decimals.min(36), &a.symbol) {
+                Ok(c) => Some(c),
+                Err(why) => {
+                    self.issue(
+                        &format!("{path}.max_per_payment"),
+                        format!("{why} ({ceiling_text:?})"),
+                    );
+                    None
+                }
+            };
+            if let (Some(chain_id), Some(address), Some(max_per_payment)) =
+                (chain_id, address, ceiling)
+            {
+                if assets
+                    .iter()
+                    .any(|x| x.chain_id == chain_id && x.address == address)
+                {
+                    self.issue(&path, "this asset is listed twice");
+                }
+                assets.push(Asset {
+                    chain_id,
+                    address,
+                    symbol: a.symbol.clone(),
+                    decimals: a.decimals,
+                    max_per_payment,
+                });
+            }
+        }
+        let pay_to = f
+            .pay_to
+            .iter()
+            .enumerate()
+            .filter_map(|(i, raw)| match raw.parse() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    self.issue(
+                        &format!("payments.pay_to[{i}]"),
+                        format!("invalid address {raw:?}"),
+                    );
+                    None
+                }
+            })
+            .collect();
+        let schemes = f
+            .schemes
+            .unwrap_or_else(|| DEFAULT_SCHEMES.iter().map(|s| s.to_string()).collect());
+        Payments {
+            assets,
+            schemes,
+            pay_to,
+        }
     }
 
     fn routes(&mut self, routes: Vec<(usize, FileRoute)>) -> Vec<Arc<Route>> {
@@ -575,6 +683,42 @@ fn trust_group(ca_file: &Path) -> u64 {
     h.finish() | 1
 }
 
+/// Converts a decimal amount in asset units (`"2.50"` or `"2.50 USDC"`) to base units, exactly
+/// (no floating point). The optional symbol must match the asset's.
+pub fn parse_units(
+    raw: &str,
+    decimals: u8,
+    symbol: &str,
+) -> Result<alloy_primitives::U256, String> {
+    use alloy_primitives::U256;
+    let mut parts = raw.split_whitespace();
+    let number = parts.next().ok_or("empty amount")?;
+    if let Some(sym) = parts.next()
+        && sym != symbol
+    {
+        return Err(format!("symbol {sym} does not match the asset ({symbol})"));
+    }
+    if parts.next().is_some() {
+        return Err("expected \"<amount> [SYMBOL]\"".into());
+    }
+    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+    if int.is_empty() && frac.is_empty() {
+        return Err("not a number".into());
+    }
+    if !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("not a decimal number".into());
+    }
+    if frac.len() > decimals as usize {
+        return Err(format!("more than {decimals} decimal places"));
+    }
+    let digits = format!("{int}{frac:0<width$}", width = decimals as usize);
+    let digits = digits.trim_start_matches('0');
+    if digits.is_empty() {
+        return Ok(U256::ZERO);
+    }
+    U256::from_str_radix(digits, 10).map_err(|_| "amount too large".to_string())
+}
+
 /// Parses `sha256:<64 hex>` into the digest bytes.
 pub fn parse_key_hash(raw: &str) -> Option<[u8; 32]> {
     let hex_part = raw.strip_prefix("sha256:")?;
@@ -649,4 +793,38 @@ fn x509_parser_check(der: &[u8]) -> Result<(), String> {
     RootCertStore::empty()
         .add(CertificateDer::from(der.to_vec()))
         .map_err(|e| format!("invalid certificate: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy_primitives::U256;
+
+    #[test]
+    fn units_are_converted_exactly() {
+        assert_eq!(parse_units("0.10", 6, "USDC"), Ok(U256::from(100_000)));
+        assert_eq!(
+            parse_units("2.50 USDC", 6, "USDC"),
+            Ok(U256::from(2_500_000))
+        );
+        assert_eq!(
+            parse_units("1", 18, "DAI"),
+            Ok(U256::from(10).pow(U256::from(18)))
+        );
+        assert_eq!(parse_units(".5", 2, "X"), Ok(U256::from(50)));
+        assert_eq!(parse_units("0", 6, "USDC"), Ok(U256::ZERO));
+        assert!(
+            parse_units("0.1234567", 6, "USDC")
+                .unwrap_err()
+                .contains("decimal places")
+        );
+        assert!(
+            parse_units("1 DAI", 6, "USDC")
+                .unwrap_err()
+                .contains("does not match")
+        );
+        for bad in ["", "-1", "1e3", "0x10", "1.2.3", "."] {
+            assert!(parse_units(bad, 6, "USDC").is_err(), "{bad:?}");
+        }
+    }
 }

@@ -5,10 +5,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use alloy_primitives::{Address, U256};
 use ipnet::IpNet;
 use pingora::utils::tls::WrappedX509;
 
 use super::secret::Secret;
+use crate::x402::PaymentSigner;
 
 /// Everything pag0 runs with. Built by [`super::load`]; never constructed from unchecked input.
 #[derive(Debug)]
@@ -17,6 +19,7 @@ pub struct Config {
     pub upstream: UpstreamSettings,
     pub admin: AdminSettings,
     pub dns: DnsSettings,
+    pub payments: Payments,
     pub stages: Vec<StageConfig>,
     pub projects: Vec<Arc<Project>>,
     pub routes: Vec<Arc<Route>>,
@@ -56,10 +59,49 @@ pub struct DnsSettings {
     pub cache_size: u64,
 }
 
+/// What pag0 may pay with (`payments:`).
+#[derive(Debug, Clone, Default)]
+pub struct Payments {
+    pub assets: Vec<Asset>,
+    pub schemes: Vec<String>,
+    /// Empty: any recipient.
+    pub pay_to: Vec<Address>,
+}
+
+/// An allowed asset with its per-payment ceiling, in base units.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asset {
+    pub chain_id: u64,
+    pub address: Address,
+    pub symbol: String,
+    pub decimals: u8,
+    pub max_per_payment: U256,
+}
+
+impl Payments {
+    /// The allowed asset matching a chain and contract.
+    pub fn asset(&self, chain_id: u64, address: Address) -> Option<&Asset> {
+        self.assets
+            .iter()
+            .find(|a| a.chain_id == chain_id && a.address == address)
+    }
+}
+
+/// A project's signing wallet. `Debug` shows the address only.
+#[derive(Clone)]
+pub struct Wallet(pub Arc<dyn PaymentSigner>);
+
+impl std::fmt::Debug for Wallet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Wallet({})", self.0.address())
+    }
+}
+
 /// An enabled pipeline stage and its settings.
 #[derive(Debug, Clone)]
 pub enum StageConfig {
     Auth,
+    Payment,
     SsrfGuard { allow: Vec<IpNet> },
     RateLimit { default: RateLimit },
 }
@@ -69,6 +111,7 @@ impl StageConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             StageConfig::Auth => "auth",
+            StageConfig::Payment => "payment",
             StageConfig::SsrfGuard { .. } => "ssrf_guard",
             StageConfig::RateLimit { .. } => "rate_limit",
         }
@@ -89,6 +132,7 @@ pub struct Project {
     /// SHA-256 digests of the project's API keys.
     pub key_hashes: Vec<[u8; 32]>,
     pub rate_limit: Option<RateLimit>,
+    pub wallet: Option<Wallet>,
 }
 
 /// A reverse-proxy route.

@@ -47,6 +47,31 @@ impl Target {
     }
 }
 
+/// x402 state of one request (filled by the `payment` stage).
+#[derive(Debug, Default)]
+pub struct PaymentState {
+    /// Header (name, value) sent on the paid attempt; `Some` means pag0 already paid once.
+    pub header: Option<(&'static str, String)>,
+    /// Set when a 402 was answered by signing: the request must be replayed.
+    pub replay_requested: bool,
+    /// Whether Pingora's retry buffer still holds the whole request body (≤ 64 KiB).
+    pub body_replayable: bool,
+    /// What the paid attempt costs.
+    pub charge: Option<Charge>,
+    /// Why pag0 did not pay a 402.
+    pub declined: Option<String>,
+}
+
+/// The price of a paid attempt.
+#[derive(Debug, Clone)]
+pub struct Charge {
+    /// Base units.
+    pub amount: alloy_primitives::U256,
+    pub symbol: String,
+    /// CAIP-2 network id.
+    pub network: String,
+}
+
 /// Per-request state, created in `new_ctx` and turned into metrics in `logging`.
 pub struct RequestCtx {
     /// The configuration snapshot this request runs under (a reload never changes it mid-request).
@@ -56,6 +81,7 @@ pub struct RequestCtx {
     pub project: Option<Arc<Project>>,
     /// Set when pag0 answered (or failed) the request itself.
     pub error: Option<ErrorCode>,
+    pub payment: PaymentState,
 }
 
 impl RequestCtx {
@@ -66,6 +92,7 @@ impl RequestCtx {
             target: None,
             project: None,
             error: None,
+            payment: PaymentState::default(),
         }
     }
 

@@ -177,7 +177,55 @@ impl ProxyHttp for Pag0Proxy {
         }
         req.remove_header(&http::header::PROXY_AUTHORIZATION);
         req.remove_header("proxy-connection");
-        Ok(())
+        let live = ctx.live.clone();
+        live.pipeline.upstream_request_filter(req, ctx)
+    }
+
+    /// Runs on the upstream response header before the client or cache sees it; the payment
+    /// stage turns a 402 into a paid replay here.
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.payment.body_replayable = !session.retry_buffer_truncated();
+        let live = ctx.live.clone();
+        live.pipeline.upstream_response_filter(resp, ctx).await
+    }
+
+    /// Runs just before the response header goes to the client (X-Pag0-* metadata).
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let live = ctx.live.clone();
+        live.pipeline.response_filter(resp, ctx)
+    }
+
+    /// Decides whether a failed attempt is retried. A paid replay requested by the payment
+    /// stage is retried (POST too) as long as the whole body is still in the retry buffer;
+    /// everything else keeps Pingora's policy (idempotent methods only).
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let truncated = session.retry_buffer_truncated();
+        if std::mem::take(&mut ctx.payment.replay_requested) {
+            e.set_retry(!truncated);
+        } else if !session.req_header().method.is_idempotent() || truncated {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
     }
 
     /// Runs when proxying failed: answers with a JSON error (502/504/...) instead of

@@ -15,20 +15,22 @@
 //! cache rules) adds a variant to `StageConfig` and a file here, without touching the others.
 
 mod auth;
+mod payment;
 mod rate_limit;
 mod ssrf_guard;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 
-use crate::config::StageConfig;
+use crate::config::{Config, StageConfig};
 use crate::live::Shared;
 use crate::proxy::RequestCtx;
 use crate::proxy::respond::Reply;
 
 pub use auth::{API_KEY_HEADER, AuthStage, key_digest};
+pub use payment::PaymentStage;
 pub use rate_limit::RateLimitStage;
 pub use ssrf_guard::SsrfGuardStage;
 
@@ -51,6 +53,35 @@ pub trait Stage: Send + Sync {
     async fn request_filter(&self, _req: &RequestHeader, _ctx: &mut RequestCtx) -> Flow {
         Flow::Continue
     }
+
+    /// Runs in `upstream_request_filter` on every attempt (a paid replay included), after the
+    /// core set the target and Host.
+    fn upstream_request_filter(
+        &self,
+        _req: &mut RequestHeader,
+        _ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        Ok(())
+    }
+
+    /// Runs in `upstream_response_filter`, before anything reaches the client or the cache.
+    /// An error marked `retry` replays the request (the x402 pay-and-replay recipe).
+    async fn upstream_response_filter(
+        &self,
+        _resp: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        Ok(())
+    }
+
+    /// Runs in `response_filter`, just before the response header goes to the client.
+    fn response_filter(
+        &self,
+        _resp: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        Ok(())
+    }
 }
 
 /// The enabled stages, in order.
@@ -60,12 +91,17 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// Instantiates the stages listed in the config; long-lived services come from `shared`.
-    pub fn build(configs: &[StageConfig], shared: &Arc<Shared>) -> Pipeline {
-        let stages = configs
+    pub fn build(config: &Config, shared: &Arc<Shared>) -> Pipeline {
+        let stages = config
+            .stages
             .iter()
             .map(|c| -> Box<dyn Stage> {
                 match c {
                     StageConfig::Auth => Box::new(AuthStage),
+                    StageConfig::Payment => Box::new(PaymentStage::new(
+                        config.payments.clone(),
+                        shared.metrics.clone(),
+                    )),
                     StageConfig::SsrfGuard { allow } => {
                         Box::new(SsrfGuardStage::new(allow.clone(), shared.resolver.clone()))
                     }
@@ -91,6 +127,37 @@ impl Pipeline {
             }
         }
         None
+    }
+
+    pub fn upstream_request_filter(
+        &self,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        self.stages
+            .iter()
+            .try_for_each(|s| s.upstream_request_filter(req, ctx))
+    }
+
+    pub async fn upstream_response_filter(
+        &self,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        for stage in &self.stages {
+            stage.upstream_response_filter(resp, ctx).await?;
+        }
+        Ok(())
+    }
+
+    pub fn response_filter(
+        &self,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        self.stages
+            .iter()
+            .try_for_each(|s| s.response_filter(resp, ctx))
     }
 
     pub fn names(&self) -> Vec<&'static str> {

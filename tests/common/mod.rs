@@ -1,6 +1,8 @@
 //! Test harness: pag0 in-process on ephemeral ports, and small real upstream servers.
 #![allow(dead_code)]
 
+pub mod paywall;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::io::{Read, Write};

@@ -1,0 +1,263 @@
+//! `payment`: pays x402 `402 Payment Required` answers with the project's wallet and replays
+//! the request (Pingora recipe: an error marked `retry` from `upstream_response_filter`).
+//!
+//! ```text
+//! attempt 1 (unpaid) ── 402 + PAYMENT-REQUIRED ──▶ choose offer ▶ sign ▶ retry
+//! attempt 2 (PAYMENT-SIGNATURE / X-PAYMENT) ──▶ paid response (+ receipt) to the agent
+//! ```
+//!
+//! Guards: only assets listed in `payments.assets`, only allowed schemes and recipients, never
+//! above the asset's per-payment ceiling; the cheapest acceptable offer wins. Never pays twice
+//! for one request: a 402 to the paid attempt goes to the agent as is. A body larger than the
+//! retry buffer (64 KiB) cannot be replayed, so such a 402 is passed on unpaid.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use alloy_primitives::U256;
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::{Error, ErrorType};
+
+use super::Stage;
+use crate::config::Payments;
+use crate::metrics::Metrics;
+use crate::proxy::RequestCtx;
+use crate::proxy::ctx::Charge;
+use crate::x402::{self, Offer, PaymentRequired, networks};
+
+/// Response header telling the agent what pag0 did with a 402.
+pub const PAYMENT_STATUS_HEADER: &str = "x-pag0-payment";
+/// Human-readable reason for `x-pag0-payment: declined`.
+pub const PAYMENT_REASON_HEADER: &str = "x-pag0-payment-reason";
+
+pub struct PaymentStage {
+    payments: Payments,
+    metrics: Arc<Metrics>,
+}
+
+impl PaymentStage {
+    pub fn new(payments: Payments, metrics: Arc<Metrics>) -> PaymentStage {
+        PaymentStage { payments, metrics }
+    }
+
+    /// Marks the 402 as not paid and says why; it then goes to the agent unchanged otherwise.
+    fn decline(
+        &self,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+        status: &str,
+        reason: String,
+    ) -> pingora::Result<()> {
+        self.metrics
+            .payments
+            .with_label_values(&[ctx.project_label(), "declined"])
+            .inc();
+        resp.insert_header(PAYMENT_STATUS_HEADER, status)?;
+        // Header values must stay printable ASCII.
+        let printable: String = reason
+            .chars()
+            .map(|c| {
+                if c.is_ascii_graphic() || c == ' ' {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .take(512)
+            .collect();
+        resp.insert_header(PAYMENT_REASON_HEADER, printable)?;
+        ctx.payment.declined = Some(reason);
+        Ok(())
+    }
+}
+
+/// The cheapest offer that passes every guard, or why none does.
+pub fn choose<'a>(payments: &Payments, required: &'a PaymentRequired) -> Result<&'a Offer, String> {
+    let mut reasons: Vec<String> = required
+        .unusable
+        .iter()
+        .map(|(i, why)| format!("offer {i}: {why}"))
+        .collect();
+    let mut best: Option<(&Offer, U256)> = None;
+    for offer in &required.offers {
+        let i = offer.index;
+        if !payments.schemes.contains(&offer.scheme) {
+            reasons.push(format!("offer {i}: scheme {} not allowed", offer.scheme));
+            continue;
+        }
+        let Some(asset) = payments.asset(offer.chain_id, offer.asset) else {
+            reasons.push(format!(
+                "offer {i}: asset {} on {} not allowed",
+                offer.asset,
+                networks::caip2(offer.chain_id)
+            ));
+            continue;
+        };
+        if !payments.pay_to.is_empty() && !payments.pay_to.contains(&offer.pay_to) {
+            reasons.push(format!("offer {i}: recipient {} not allowed", offer.pay_to));
+            continue;
+        }
+        if offer.amount > asset.max_per_payment {
+            reasons.push(format!(
+                "offer {i}: {} {} exceeds the per-payment ceiling of {}",
+                offer.amount, asset.symbol, asset.max_per_payment
+            ));
+            continue;
+        }
+        // Compare across assets on one scale (36 decimals); amounts are bounded by the ceiling.
+        let scaled = offer
+            .amount
+            .saturating_mul(U256::from(10).pow(U256::from(36 - asset.decimals.min(36))));
+        if best.is_none_or(|(_, b)| scaled < b) {
+            best = Some((offer, scaled));
+        }
+    }
+    best.map(|(o, _)| o).ok_or_else(|| {
+        if reasons.is_empty() {
+            "no acceptable offer".into()
+        } else {
+            reasons.join("; ")
+        }
+    })
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+#[async_trait]
+impl Stage for PaymentStage {
+    fn name(&self) -> &'static str {
+        "payment"
+    }
+
+    /// Paid attempt: add the payment header. Unpaid probe: reference servers answer browsers
+    /// (Accept has text/html AND User-Agent has Mozilla) with an HTML paywall and no offer, so
+    /// only in that case the probe asks for JSON.
+    fn upstream_request_filter(
+        &self,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if let Some((name, value)) = &ctx.payment.header {
+            req.insert_header(*name, value.as_str())?;
+            return Ok(());
+        }
+        let header = |name: http::header::HeaderName| {
+            req.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+        };
+        if header(http::header::ACCEPT).contains("text/html")
+            && header(http::header::USER_AGENT).contains("Mozilla")
+        {
+            req.insert_header(http::header::ACCEPT, "application/json")?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if resp.status.as_u16() != 402 {
+            return Ok(());
+        }
+        if ctx.payment.header.is_some() {
+            // The paid attempt was refused: hand it over, never pay twice.
+            self.metrics
+                .payments
+                .with_label_values(&[ctx.project_label(), "rejected"])
+                .inc();
+            resp.insert_header(PAYMENT_STATUS_HEADER, "rejected")?;
+            return Ok(());
+        }
+        let Some(wallet) = ctx.project.as_ref().and_then(|p| p.wallet.clone()) else {
+            return self.decline(resp, ctx, "declined", "the project has no wallet".into());
+        };
+        if !ctx.payment.body_replayable {
+            return self.decline(
+                resp,
+                ctx,
+                "body-too-large",
+                "the request body exceeds the 64 KiB replay buffer".into(),
+            );
+        }
+        let required = match resp.headers.get(x402::PAYMENT_REQUIRED_HEADER) {
+            Some(value) => x402::parse_v2_header(value.as_bytes()),
+            None => {
+                return self.decline(
+                    resp,
+                    ctx,
+                    "declined",
+                    "no x402 v2 offer (PAYMENT-REQUIRED header) in the 402".into(),
+                );
+            }
+        };
+        let required = match required {
+            Ok(r) => r,
+            Err(e) => return self.decline(resp, ctx, "declined", format!("malformed offer: {e}")),
+        };
+        let offer = match choose(&self.payments, &required) {
+            Ok(o) => o,
+            Err(reason) => return self.decline(resp, ctx, "declined", reason),
+        };
+        let signed = match wallet.0.sign(offer, unix_now()).await {
+            Ok(s) => s,
+            Err(e) => return self.decline(resp, ctx, "declined", e.to_string()),
+        };
+        let symbol = self
+            .payments
+            .asset(offer.chain_id, offer.asset)
+            .map_or_else(String::new, |a| a.symbol.clone());
+        ctx.payment.header = Some((
+            offer.version.payment_header(),
+            x402::payment_header(&required, offer, &signed),
+        ));
+        ctx.payment.charge = Some(Charge {
+            amount: offer.amount,
+            symbol,
+            network: networks::caip2(offer.chain_id),
+        });
+        ctx.payment.replay_requested = true;
+        self.metrics
+            .payments
+            .with_label_values(&[ctx.project_label(), "signed"])
+            .inc();
+        let mut e = Error::explain(ErrorType::HTTPStatus(402), "x402: paying and replaying");
+        e.set_retry(true);
+        Err(e)
+    }
+
+    /// Tells the agent what was paid: `X-Pag0-Paid`, `X-Pag0-Cost`, `X-Pag0-Network`, `X-Pag0-Tx`.
+    fn response_filter(
+        &self,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let Some(charge) = ctx.payment.charge.clone() else {
+            resp.insert_header("x-pag0-paid", "false")?;
+            return Ok(());
+        };
+        let receipt = x402::RECEIPT_HEADERS
+            .iter()
+            .find_map(|name| resp.headers.get(*name))
+            .and_then(|v| x402::parse_receipt(v.as_bytes()).ok());
+        let paid = resp.status.is_success() && receipt.as_ref().is_none_or(|r| r.success);
+        resp.insert_header("x-pag0-paid", if paid { "true" } else { "false" })?;
+        resp.insert_header(
+            "x-pag0-cost",
+            format!("{} {}", charge.amount, charge.symbol),
+        )?;
+        resp.insert_header("x-pag0-network", charge.network)?;
+        if let Some(tx) = receipt.and_then(|r| r.transaction) {
+            resp.insert_header("x-pag0-tx", tx)?;
+        }
+        Ok(())
+    }
+}

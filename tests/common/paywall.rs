@@ -1,0 +1,279 @@
+//! A small real x402 v2 paywall for tests. It verifies every payment on its own (EIP-712
+//! recovery with alloy, not pag0's code), counts payments and answers with a receipt.
+//!
+//! Routes: `/free`; `/paid` (10000 units); `/multi` (three offers: an unknown asset at 1, 50000,
+//! 20000); `/expensive` (500000); `/wrong-network` (eip155:1); `/always402` (verifies, then
+//! refuses anyway). Every 200 echoes `{method, path, body_len, body_sha256}`.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use alloy_primitives::{Address, B256, U256};
+use alloy_sol_types::{Eip712Domain, SolStruct, sol};
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+sol! {
+    struct TransferWithAuthorization {
+        address from;
+        address to;
+        uint256 value;
+        uint256 validAfter;
+        uint256 validBefore;
+        bytes32 nonce;
+    }
+}
+
+/// The test asset (Base Sepolia USDC's address and EIP-712 domain).
+pub const ASSET: &str = "0x036CbD53842c5426634e7929541eC2318f3dCF7e";
+pub const NETWORK: &str = "eip155:84532";
+pub const PAY_TO: &str = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
+/// Anvil test key #1 and its address (public dev key; never funded).
+pub const WALLET_KEY: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d";
+pub const WALLET_ADDRESS: &str = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
+
+/// The `payments:` + wallet YAML that lets pag0 pay this paywall (ceiling 0.10 USDC).
+pub fn payments_yaml() -> String {
+    format!(
+        "payments:\n  assets:\n    - network: {NETWORK}\n      address: \"{ASSET}\"\n      symbol: USDC\n      decimals: 6\n"
+    )
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct PaywallStats {
+    /// Requests that reached the paywall.
+    pub requests: usize,
+    /// Valid payments accepted (each with a fresh nonce).
+    pub paid: usize,
+    /// Payment headers that failed verification, with the reason.
+    pub invalid: Vec<String>,
+    /// Amounts of the accepted payments.
+    pub amounts: Vec<U256>,
+}
+
+#[derive(Default)]
+struct State {
+    stats: PaywallStats,
+    nonces: HashSet<(Address, B256)>,
+}
+
+pub struct Paywall {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+}
+
+fn offer(amount: u64, network: &str, asset: &str) -> Value {
+    json!({
+        "scheme": "exact", "network": network, "amount": amount.to_string(), "asset": asset,
+        "payTo": PAY_TO, "maxTimeoutSeconds": 60, "extra": {"name": "USDC", "version": "2"}
+    })
+}
+
+fn offers_for(path: &str) -> Option<Vec<Value>> {
+    Some(match path {
+        "/paid" | "/always402" => vec![offer(10_000, NETWORK, ASSET)],
+        "/multi" => vec![
+            offer(1, NETWORK, "0x0000000000000000000000000000000000000bad"),
+            offer(50_000, NETWORK, ASSET),
+            offer(20_000, NETWORK, ASSET),
+        ],
+        "/expensive" => vec![offer(500_000, NETWORK, ASSET)],
+        "/wrong-network" => vec![offer(10_000, "eip155:1", ASSET)],
+        _ => return None,
+    })
+}
+
+impl Paywall {
+    pub async fn start() -> Paywall {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(Mutex::new(State::default()));
+        let st = state.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| handle(req, st.clone(), addr));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Paywall { addr, state }
+    }
+
+    pub fn stats(&self) -> PaywallStats {
+        self.state.lock().unwrap().stats.clone()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+fn b64(v: &Value) -> String {
+    base64::engine::general_purpose::STANDARD.encode(v.to_string())
+}
+
+async fn handle(
+    req: Request<hyper::body::Incoming>,
+    state: Arc<Mutex<State>>,
+    addr: SocketAddr,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let payment = req
+        .headers()
+        .get("payment-signature")
+        .map(|v| v.to_str().unwrap_or("").to_string());
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    state.lock().unwrap().stats.requests += 1;
+    let echo = json!({"method": method, "path": path, "body_len": body.len(), "body_sha256": hex::encode(Sha256::digest(&body))});
+    let Some(offers) = offers_for(&path) else {
+        return Ok(respond(StatusCode::OK, echo.to_string(), None));
+    };
+    let required = json!({
+        "x402Version": 2, "error": "PAYMENT-SIGNATURE header is required",
+        "resource": {"url": format!("http://{addr}{path}"), "mimeType": "application/json"},
+        "accepts": offers,
+    });
+    let Some(payment) = payment else {
+        return Ok(respond(
+            StatusCode::PAYMENT_REQUIRED,
+            "{}".into(),
+            Some(("payment-required", b64(&required))),
+        ));
+    };
+    match verify(&payment, &offers, &state) {
+        Err(reason) => {
+            state.lock().unwrap().stats.invalid.push(reason.clone());
+            let mut again = required.clone();
+            again["error"] = json!(reason);
+            Ok(respond(
+                StatusCode::PAYMENT_REQUIRED,
+                "{}".into(),
+                Some(("payment-required", b64(&again))),
+            ))
+        }
+        Ok(_) if path == "/always402" => Ok(respond(
+            StatusCode::PAYMENT_REQUIRED,
+            "{}".into(),
+            Some(("payment-required", b64(&required))),
+        )),
+        Ok((payer, nonce)) => {
+            let receipt = json!({"success": true, "transaction": format!("0x{}", hex::encode(Sha256::digest(nonce))), "network": NETWORK, "payer": payer.to_checksum(None)});
+            Ok(respond(
+                StatusCode::OK,
+                echo.to_string(),
+                Some(("payment-response", b64(&receipt))),
+            ))
+        }
+    }
+}
+
+fn respond(
+    status: StatusCode,
+    body: String,
+    header: Option<(&'static str, String)>,
+) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    if let Some((name, value)) = header {
+        resp.headers_mut().insert(name, value.parse().unwrap());
+    }
+    resp
+}
+
+/// Checks a PAYMENT-SIGNATURE against the offers: accepted deep-equals an offer, value =
+/// amount, to = payTo, window contains now, nonce unused, EIP-712 signature recovers `from`.
+fn verify(header: &str, offers: &[Value], state: &Mutex<State>) -> Result<(Address, B256), String> {
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(header)
+        .map_err(|_| "bad base64")?;
+    let p: Value = serde_json::from_slice(&raw).map_err(|_| "bad json")?;
+    if p["x402Version"] != 2 {
+        return Err("not v2".into());
+    }
+    let accepted = &p["accepted"];
+    if !offers.contains(accepted) {
+        return Err("No matching payment requirements found".into());
+    }
+    let a = &p["payload"]["authorization"];
+    let s = |v: &Value| v.as_str().unwrap_or("").to_string();
+    let from: Address = s(&a["from"]).parse().map_err(|_| "bad from")?;
+    let to: Address = s(&a["to"]).parse().map_err(|_| "bad to")?;
+    let value = U256::from_str_radix(&s(&a["value"]), 10).map_err(|_| "bad value")?;
+    let valid_after: u64 = s(&a["validAfter"]).parse().map_err(|_| "bad validAfter")?;
+    let valid_before: u64 = s(&a["validBefore"])
+        .parse()
+        .map_err(|_| "bad validBefore")?;
+    let nonce: B256 = s(&a["nonce"]).parse().map_err(|_| "bad nonce")?;
+    if value != U256::from_str_radix(&s(&accepted["amount"]), 10).unwrap() {
+        return Err("value differs from amount".into());
+    }
+    if to != PAY_TO.parse::<Address>().unwrap() {
+        return Err("wrong payTo".into());
+    }
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    if valid_after > now || valid_before < now + 6 {
+        return Err("outside the validity window".into());
+    }
+    let domain = Eip712Domain::new(
+        Some(s(&accepted["extra"]["name"]).into()),
+        Some(s(&accepted["extra"]["version"]).into()),
+        Some(U256::from(84532)),
+        Some(s(&accepted["asset"]).parse().map_err(|_| "bad asset")?),
+        None,
+    );
+    let message = TransferWithAuthorization {
+        from,
+        to,
+        value,
+        validAfter: U256::from(valid_after),
+        validBefore: U256::from(valid_before),
+        nonce,
+    };
+    let sig_hex = s(&p["payload"]["signature"]);
+    let sig_bytes =
+        hex::decode(sig_hex.trim_start_matches("0x")).map_err(|_| "bad signature hex")?;
+    let sig =
+        alloy_primitives::Signature::try_from(sig_bytes.as_slice()).map_err(|_| "bad signature")?;
+    let signer = sig
+        .recover_address_from_prehash(&message.eip712_signing_hash(&domain))
+        .map_err(|_| "unrecoverable")?;
+    if signer != from {
+        return Err(format!(
+            "invalid_signature: recovered {signer}, from {from}"
+        ));
+    }
+    let mut st = state.lock().unwrap();
+    if !st.nonces.insert((from, nonce)) {
+        return Err("nonce already used".into());
+    }
+    st.stats.paid += 1;
+    st.stats.amounts.push(value);
+    Ok((from, nonce))
+}

@@ -1,0 +1,241 @@
+//! x402 v2 end to end: agent → pag0 (forward proxy) → paywall that verifies every payment.
+
+mod common;
+
+use alloy_primitives::U256;
+use common::paywall::{self, Paywall};
+use common::*;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+const NO_WALLET_KEY: &str = "nowallet-key-0123456789";
+
+fn config() -> String {
+    format!(
+        "{}stages:\n  - kind: auth\n  - kind: ssrf_guard\n    allow: [\"127.0.0.0/8\"]\n  - kind: payment\nprojects:\n  - id: demo\n    keys: [\"{DEMO_HASH}\"]\n    wallet:\n      private_key: ${{PAG0_TEST_WALLET_KEY:-{}}}\n  - id: nowallet\n    keys: [\"sha256:{}\"]\n",
+        paywall::payments_yaml(),
+        paywall::WALLET_KEY,
+        sha256_hex(NO_WALLET_KEY.as_bytes()),
+    )
+}
+
+fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_is_paid_once_and_the_agent_sees_the_paid_response() {
+    let wall = Paywall::start().await;
+    let pag0 = Pag0::start(&config());
+    let resp = pag0
+        .client("demo", DEMO_KEY)
+        .get(wall.url("/paid"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "{:?}", wall.stats());
+    assert_eq!(header(&resp, "x-pag0-paid").as_deref(), Some("true"));
+    assert_eq!(header(&resp, "x-pag0-cost").as_deref(), Some("10000 USDC"));
+    assert_eq!(
+        header(&resp, "x-pag0-network").as_deref(),
+        Some(paywall::NETWORK)
+    );
+    assert!(header(&resp, "x-pag0-tx").is_some_and(|t| t.starts_with("0x") && t.len() == 66));
+    assert!(
+        header(&resp, "payment-response").is_some(),
+        "the upstream receipt is passed on"
+    );
+    let echo: Value = resp.json().await.unwrap();
+    assert_eq!(echo["path"], "/paid");
+    let stats = wall.stats();
+    assert_eq!(
+        (stats.paid, stats.requests),
+        (1, 2),
+        "one 402 probe, one paid replay: {stats:?}"
+    );
+    assert!(stats.invalid.is_empty(), "{:?}", stats.invalid);
+
+    // A free route is not touched.
+    let resp = pag0
+        .client("demo", DEMO_KEY)
+        .get(wall.url("/free"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(header(&resp, "x-pag0-paid").as_deref(), Some("false"));
+    assert_eq!(wall.stats().paid, 1);
+
+    let (_, metrics) = pag0.admin(reqwest::Method::GET, "/metrics").await;
+    assert!(
+        metrics.contains(r#"pag0_payments_total{outcome="signed",project="demo"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn post_bodies_are_replayed_identically() {
+    let wall = Paywall::start().await;
+    let pag0 = Pag0::start(&config());
+    let body = serde_json::to_vec(&serde_json::json!({"query": "x".repeat(10_000)})).unwrap();
+    let resp = pag0
+        .client("demo", DEMO_KEY)
+        .post(wall.url("/paid"))
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let echo: Value = resp.json().await.unwrap();
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(
+        echo["body_sha256"],
+        sha256_hex(&body),
+        "the paid attempt carried the same body"
+    );
+
+    // Chunked request body, over a raw socket.
+    let auth = basic("demo", DEMO_KEY);
+    let wire = format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\nProxy-Authorization: {auth}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+        wall.url("/paid"),
+        wall.addr
+    );
+    let (status, head, echo) = raw_exchange(pag0.proxy, wire.as_bytes());
+    assert_eq!(status, 200, "{head}");
+    assert_eq!(echo["body_sha256"], sha256_hex(b"hello world"));
+    assert_eq!(wall.stats().paid, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cheapest_acceptable_offer_wins() {
+    let wall = Paywall::start().await;
+    let pag0 = Pag0::start(&config());
+    let resp = pag0
+        .client("demo", DEMO_KEY)
+        .get(wall.url("/multi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        header(&resp, "x-pag0-cost").as_deref(),
+        Some("20000 USDC"),
+        "not the unknown asset at 1, not 50000"
+    );
+    assert_eq!(wall.stats().amounts, vec![U256::from(20_000)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unacceptable_offers_are_declined_with_a_reason() {
+    let wall = Paywall::start().await;
+    let pag0 = Pag0::start(&config());
+    let client = pag0.client("demo", DEMO_KEY);
+    for (path, reason) in [
+        ("/expensive", "exceeds the per-payment ceiling"),
+        ("/wrong-network", "not allowed"),
+    ] {
+        let resp = client.get(wall.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::PAYMENT_REQUIRED, "{path}");
+        assert_eq!(
+            header(&resp, "x-pag0-payment").as_deref(),
+            Some("declined"),
+            "{path}"
+        );
+        let why = header(&resp, "x-pag0-payment-reason").unwrap();
+        assert!(why.contains(reason), "{path}: {why}");
+        assert!(
+            header(&resp, "payment-required").is_some(),
+            "the offer reaches the agent"
+        );
+    }
+    // A project without a wallet never pays.
+    let resp = pag0
+        .client("nowallet", NO_WALLET_KEY)
+        .get(wall.url("/paid"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYMENT_REQUIRED);
+    assert!(
+        header(&resp, "x-pag0-payment-reason")
+            .unwrap()
+            .contains("no wallet")
+    );
+    assert_eq!(wall.stats().paid, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_over_the_replay_buffer_are_not_paid() {
+    let wall = Paywall::start().await;
+    let pag0 = Pag0::start(&config());
+    let resp = pag0
+        .client("demo", DEMO_KEY)
+        .post(wall.url("/paid"))
+        .body(vec![b'x'; 100 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(
+        header(&resp, "x-pag0-payment").as_deref(),
+        Some("body-too-large")
+    );
+    assert_eq!(wall.stats().paid, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_402_to_the_paid_attempt_is_never_paid_again() {
+    let wall = Paywall::start().await;
+    let pag0 = Pag0::start(&config());
+    let resp = pag0
+        .client("demo", DEMO_KEY)
+        .get(wall.url("/always402"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(header(&resp, "x-pag0-payment").as_deref(), Some("rejected"));
+    let stats = wall.stats();
+    assert_eq!(
+        (stats.paid, stats.requests),
+        (1, 2),
+        "exactly one signed payment: {stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_paid_calls_are_each_paid_exactly_once() {
+    let wall = Paywall::start().await;
+    let pag0 = Pag0::start(&config());
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        // Several clients, so several downstream connections.
+        let client = pag0.client("demo", DEMO_KEY);
+        let url = wall.url("/paid");
+        tasks.push(tokio::spawn(async move {
+            let resp = client
+                .post(url)
+                .body(format!("call {i}"))
+                .send()
+                .await
+                .unwrap();
+            (resp.status(), resp.json::<Value>().await.unwrap())
+        }));
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        let (status, echo) = task.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "call {i}");
+        assert_eq!(
+            echo["body_sha256"],
+            sha256_hex(format!("call {i}").as_bytes())
+        );
+    }
+    let stats = wall.stats();
+    assert_eq!(stats.paid, 50, "{stats:?}");
+    assert_eq!(stats.requests, 100, "one probe and one paid attempt each");
+    assert!(stats.invalid.is_empty(), "{:?}", stats.invalid);
+}
