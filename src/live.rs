@@ -15,6 +15,7 @@ use crate::metrics::Metrics;
 use crate::net::dns::Resolver;
 use crate::ratelimit::{LocalRateLimiter, RateLimiter};
 use crate::stages::Pipeline;
+use crate::x402::{LocalPriceMemory, PriceMemory};
 
 /// Services that live as long as the process and survive reloads (their state too: rate-limit
 /// buckets are not reset by a reload).
@@ -22,6 +23,8 @@ pub struct Shared {
     pub resolver: Arc<Resolver>,
     pub rate_limiter: Arc<dyn RateLimiter>,
     pub metrics: Arc<Metrics>,
+    /// Remembered x402 offers (survive reloads).
+    pub price_memory: Arc<dyn PriceMemory>,
 }
 
 impl Shared {
@@ -30,6 +33,7 @@ impl Shared {
             resolver: Arc::new(Resolver::new(&config.dns)),
             rate_limiter: Arc::new(LocalRateLimiter::default()),
             metrics: Arc::new(Metrics::new()),
+            price_memory: Arc::new(LocalPriceMemory::default()),
         })
     }
 }

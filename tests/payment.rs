@@ -239,3 +239,100 @@ async fn fifty_concurrent_paid_calls_are_each_paid_exactly_once() {
     assert_eq!(stats.requests, 100, "one probe and one paid attempt each");
     assert!(stats.invalid.is_empty(), "{:?}", stats.invalid);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn price_memory_makes_repeat_calls_one_round_trip() {
+    let wall = Paywall::start().await;
+    let pag0 = Pag0::start(&config());
+    let client = pag0.client("demo", DEMO_KEY);
+    for call in 1..=3 {
+        let resp = client
+            .get(wall.url(&format!("/paid?call={call}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "call {call}");
+        assert_eq!(header(&resp, "x-pag0-paid").as_deref(), Some("true"));
+    }
+    let stats = wall.stats();
+    assert_eq!(stats.paid, 3, "{stats:?}");
+    assert_eq!(
+        stats.requests, 4,
+        "2 round trips for the first call, then 1 each (query ignored)"
+    );
+
+    // Known price: a body over the 64 KiB replay buffer is paid up front, nothing to replay.
+    let big = vec![b'y'; 100 * 1024];
+    let resp = client
+        .post(wall.url("/paid"))
+        .body(b"learn".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = client
+        .post(wall.url("/paid"))
+        .body(big.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let echo: Value = resp.json().await.unwrap();
+    assert_eq!(echo["body_sha256"], sha256_hex(&big));
+    assert_eq!(wall.stats().paid, 5);
+
+    // Another project does not use demo's memory.
+    let other = wall.stats().requests;
+    let resp = pag0
+        .client("nowallet", NO_WALLET_KEY)
+        .get(wall.url("/paid"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(wall.stats().requests, other + 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_price_falls_back_to_the_normal_replay_once() {
+    let wall = Paywall::start().await;
+    let pag0 = Pag0::start(&config());
+    let client = pag0.client("demo", DEMO_KEY);
+    let resp = client.get(wall.url("/price-change")).send().await.unwrap();
+    assert_eq!(header(&resp, "x-pag0-cost").as_deref(), Some("10000 USDC"));
+    // The price is now 15000: the pre-signed 10000 is refused, pag0 pays the new offer once.
+    let resp = client.get(wall.url("/price-change")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(header(&resp, "x-pag0-cost").as_deref(), Some("15000 USDC"));
+    let stats = wall.stats();
+    assert_eq!(stats.amounts, vec![U256::from(10_000), U256::from(15_000)]);
+    assert_eq!(
+        stats.invalid.len(),
+        1,
+        "the stale pre-signed payment: {stats:?}"
+    );
+    // Call 1: probe + paid replay. Call 2: the stale pre-signed attempt's 402 already carries
+    // the new offer, so the fallback pays from it: one more attempt, no extra probe.
+    assert_eq!(stats.requests, 2 + 2, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_that_pays_itself_is_passed_through() {
+    let wall = Paywall::start().await;
+    let pag0 = Pag0::start(&config());
+    let resp = pag0
+        .client("demo", DEMO_KEY)
+        .get(wall.url("/paid"))
+        .header("payment-signature", "eyJ4NDAyVmVyc2lvbiI6Mn0=")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::PAYMENT_REQUIRED,
+        "the agent's own (invalid) payment is its business"
+    );
+    assert!(header(&resp, "x-pag0-payment").is_none());
+    let stats = wall.stats();
+    assert_eq!((stats.paid, stats.requests, stats.invalid.len()), (0, 1, 1));
+}

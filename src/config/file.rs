@@ -50,6 +50,8 @@ pub const SECTIONS: &[&str] = &[
 /// Per-payment ceiling when an asset sets none: 0.10 of the asset's unit (a safe default that
 /// applies even without any spend policy).
 pub const DEFAULT_MAX_PER_PAYMENT: &str = "0.10";
+/// Seconds a paid endpoint's offer is remembered, so the next call is signed up front.
+pub const DEFAULT_PRICE_MEMORY_SECONDS: u64 = 300;
 /// Payment schemes accepted when `payments.schemes` is absent.
 pub const DEFAULT_SCHEMES: &[&str] = &["exact"];
 
@@ -65,6 +67,8 @@ pub struct FilePayments {
     /// If non-empty, the only recipients pag0 pays.
     #[serde(default)]
     pub pay_to: Vec<String>,
+    /// Seconds to remember a paid endpoint's offer (0: never pre-sign).
+    pub price_memory_seconds: Option<u64>,
 }
 
 /// One allowed asset on one network.

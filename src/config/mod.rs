@@ -592,10 +592,15 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
         let schemes = f
             .schemes
             .unwrap_or_else(|| DEFAULT_SCHEMES.iter().map(|s| s.to_string()).collect());
+        let price_memory = Duration::from_secs(
+            f.price_memory_seconds
+                .unwrap_or(DEFAULT_PRICE_MEMORY_SECONDS),
+        );
         Payments {
             assets,
             schemes,
             pay_to,
+            price_memory,
         }
     }
 

@@ -66,6 +66,8 @@ pub struct Payments {
     pub schemes: Vec<String>,
     /// Empty: any recipient.
     pub pay_to: Vec<Address>,
+    /// How long a paid offer is remembered (zero: price memory off).
+    pub price_memory: std::time::Duration,
 }
 
 /// An allowed asset with its per-payment ceiling, in base units.

@@ -60,6 +60,16 @@ pub struct PaymentState {
     pub charge: Option<Charge>,
     /// Why pag0 did not pay a 402.
     pub declined: Option<String>,
+    /// Price-memory key of this request (project, method, URL without query).
+    pub memory_key: Option<String>,
+    /// The payment header was signed up front from price memory.
+    pub presigned: bool,
+    /// The one fallback after a pre-signed attempt got a 402 (price changed) was used.
+    pub fallback_used: bool,
+    /// The agent sent its own payment header: pag0 does not pay for this request.
+    pub agent_signed: bool,
+    /// Offer to remember once the paid response turns out successful.
+    pub to_remember: Option<std::sync::Arc<crate::x402::Remembered>>,
 }
 
 /// The price of a paid attempt.

@@ -202,7 +202,7 @@ impl ProxyHttp for Pag0Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let live = ctx.live.clone();
-        live.pipeline.response_filter(resp, ctx)
+        live.pipeline.response_filter(resp, ctx).await
     }
 
     /// Decides whether a failed attempt is retried. A paid replay requested by the payment

@@ -75,7 +75,7 @@ pub trait Stage: Send + Sync {
     }
 
     /// Runs in `response_filter`, just before the response header goes to the client.
-    fn response_filter(
+    async fn response_filter(
         &self,
         _resp: &mut ResponseHeader,
         _ctx: &mut RequestCtx,
@@ -101,6 +101,7 @@ impl Pipeline {
                     StageConfig::Payment => Box::new(PaymentStage::new(
                         config.payments.clone(),
                         shared.metrics.clone(),
+                        shared.price_memory.clone(),
                     )),
                     StageConfig::SsrfGuard { allow } => {
                         Box::new(SsrfGuardStage::new(allow.clone(), shared.resolver.clone()))
@@ -150,14 +151,15 @@ impl Pipeline {
         Ok(())
     }
 
-    pub fn response_filter(
+    pub async fn response_filter(
         &self,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        self.stages
-            .iter()
-            .try_for_each(|s| s.response_filter(resp, ctx))
+        for stage in &self.stages {
+            stage.response_filter(resp, ctx).await?;
+        }
+        Ok(())
     }
 
     pub fn names(&self) -> Vec<&'static str> {

@@ -6,6 +6,11 @@
 //! attempt 2 (PAYMENT-SIGNATURE / X-PAYMENT) ──▶ paid response (+ receipt) to the agent
 //! ```
 //!
+//! Price memory: after a successful paid call the accepted offer is remembered per (project,
+//! method, URL without query); the next call is signed in `request_filter` and sent once. If
+//! that pre-signed attempt gets a 402 anyway (price changed), the entry is forgotten and the
+//! new 402 is paid with the normal replay, exactly once.
+//!
 //! Guards: only assets listed in `payments.assets`, only allowed schemes and recipients, never
 //! above the asset's per-payment ceiling; the cheapest acceptable offer wins. Never pays twice
 //! for one request: a 402 to the paid attempt goes to the agent as is. A body larger than the
@@ -19,12 +24,12 @@ use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::{Error, ErrorType};
 
-use super::Stage;
-use crate::config::Payments;
+use super::{Flow, Stage};
+use crate::config::{Payments, Wallet};
 use crate::metrics::Metrics;
 use crate::proxy::RequestCtx;
 use crate::proxy::ctx::Charge;
-use crate::x402::{self, Offer, PaymentRequired, networks};
+use crate::x402::{self, Offer, PaymentRequired, PriceMemory, Remembered, networks};
 
 /// Response header telling the agent what pag0 did with a 402.
 pub const PAYMENT_STATUS_HEADER: &str = "x-pag0-payment";
@@ -34,11 +39,20 @@ pub const PAYMENT_REASON_HEADER: &str = "x-pag0-payment-reason";
 pub struct PaymentStage {
     payments: Payments,
     metrics: Arc<Metrics>,
+    memory: Arc<dyn PriceMemory>,
 }
 
 impl PaymentStage {
-    pub fn new(payments: Payments, metrics: Arc<Metrics>) -> PaymentStage {
-        PaymentStage { payments, metrics }
+    pub fn new(
+        payments: Payments,
+        metrics: Arc<Metrics>,
+        memory: Arc<dyn PriceMemory>,
+    ) -> PaymentStage {
+        PaymentStage {
+            payments,
+            metrics,
+            memory,
+        }
     }
 
     /// Marks the 402 as not paid and says why; it then goes to the agent unchanged otherwise.
@@ -69,6 +83,43 @@ impl PaymentStage {
         resp.insert_header(PAYMENT_REASON_HEADER, printable)?;
         ctx.payment.declined = Some(reason);
         Ok(())
+    }
+
+    /// Chooses and signs an offer of `required`; records the header and charge in the context.
+    async fn sign(
+        &self,
+        wallet: &Wallet,
+        required: &PaymentRequired,
+        ctx: &mut RequestCtx,
+    ) -> Result<(), String> {
+        let offer = choose(&self.payments, required)?;
+        let signed = wallet
+            .0
+            .sign(offer, unix_now())
+            .await
+            .map_err(|e| e.to_string())?;
+        let symbol = self
+            .payments
+            .asset(offer.chain_id, offer.asset)
+            .map_or_else(String::new, |a| a.symbol.clone());
+        ctx.payment.header = Some((
+            offer.version.payment_header(),
+            x402::payment_header(required, offer, &signed),
+        ));
+        ctx.payment.charge = Some(Charge {
+            amount: offer.amount,
+            symbol,
+            network: networks::caip2(offer.chain_id),
+        });
+        self.metrics
+            .payments
+            .with_label_values(&[ctx.project_label(), "signed"])
+            .inc();
+        Ok(())
+    }
+
+    fn memory_enabled(&self) -> bool {
+        !self.payments.price_memory.is_zero()
     }
 }
 
@@ -128,10 +179,52 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Price-memory key: project, method and target URL without the query.
+fn memory_key(req: &RequestHeader, ctx: &RequestCtx) -> Option<String> {
+    let t = ctx.target.as_ref()?;
+    let path = t.path.split('?').next().unwrap_or("/");
+    let scheme = if t.tls { "https" } else { "http" };
+    Some(format!(
+        "{}|{}|{scheme}://{}:{}{path}",
+        ctx.project_label(),
+        req.method,
+        t.host,
+        t.port
+    ))
+}
+
 #[async_trait]
 impl Stage for PaymentStage {
     fn name(&self) -> &'static str {
         "payment"
+    }
+
+    /// Signs up front when the price of this endpoint is remembered (one round trip; also
+    /// works for bodies over the replay buffer, since nothing needs replaying).
+    async fn request_filter(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Flow {
+        if req.headers.contains_key(x402::PAYMENT_SIGNATURE_HEADER)
+            || req.headers.contains_key(x402::X_PAYMENT_HEADER)
+        {
+            // The agent paid itself (its own x402 client): pass through, never pay on top.
+            ctx.payment.agent_signed = true;
+            return Flow::Continue;
+        }
+        let Some(wallet) = ctx.project.as_ref().and_then(|p| p.wallet.clone()) else {
+            return Flow::Continue;
+        };
+        if !self.memory_enabled() {
+            return Flow::Continue;
+        }
+        let Some(key) = memory_key(req, ctx) else {
+            return Flow::Continue;
+        };
+        if let Some(known) = self.memory.recall(&key).await
+            && self.sign(&wallet, &known.required, ctx).await.is_ok()
+        {
+            ctx.payment.presigned = true;
+        }
+        ctx.payment.memory_key = Some(key);
+        Flow::Continue
     }
 
     /// Paid attempt: add the payment header. Unpaid probe: reference servers answer browsers
@@ -165,17 +258,32 @@ impl Stage for PaymentStage {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        if resp.status.as_u16() != 402 {
+        if resp.status.as_u16() != 402 || ctx.payment.agent_signed {
             return Ok(());
         }
         if ctx.payment.header.is_some() {
-            // The paid attempt was refused: hand it over, never pay twice.
-            self.metrics
-                .payments
-                .with_label_values(&[ctx.project_label(), "rejected"])
-                .inc();
-            resp.insert_header(PAYMENT_STATUS_HEADER, "rejected")?;
-            return Ok(());
+            if ctx.payment.presigned && !ctx.payment.fallback_used {
+                // The remembered price no longer holds: forget it and pay this 402, once.
+                if let Some(key) = &ctx.payment.memory_key {
+                    self.memory.forget(key).await;
+                }
+                self.metrics
+                    .payments
+                    .with_label_values(&[ctx.project_label(), "price_changed"])
+                    .inc();
+                ctx.payment.header = None;
+                ctx.payment.charge = None;
+                ctx.payment.presigned = false;
+                ctx.payment.fallback_used = true;
+            } else {
+                // The paid attempt was refused: hand it over, never pay twice.
+                self.metrics
+                    .payments
+                    .with_label_values(&[ctx.project_label(), "rejected"])
+                    .inc();
+                resp.insert_header(PAYMENT_STATUS_HEADER, "rejected")?;
+                return Ok(());
+            }
         }
         let Some(wallet) = ctx.project.as_ref().and_then(|p| p.wallet.clone()) else {
             return self.decline(resp, ctx, "declined", "the project has no wallet".into());
@@ -203,39 +311,25 @@ impl Stage for PaymentStage {
             Ok(r) => r,
             Err(e) => return self.decline(resp, ctx, "declined", format!("malformed offer: {e}")),
         };
-        let offer = match choose(&self.payments, &required) {
-            Ok(o) => o,
-            Err(reason) => return self.decline(resp, ctx, "declined", reason),
-        };
-        let signed = match wallet.0.sign(offer, unix_now()).await {
-            Ok(s) => s,
-            Err(e) => return self.decline(resp, ctx, "declined", e.to_string()),
-        };
-        let symbol = self
-            .payments
-            .asset(offer.chain_id, offer.asset)
-            .map_or_else(String::new, |a| a.symbol.clone());
-        ctx.payment.header = Some((
-            offer.version.payment_header(),
-            x402::payment_header(&required, offer, &signed),
-        ));
-        ctx.payment.charge = Some(Charge {
-            amount: offer.amount,
-            symbol,
-            network: networks::caip2(offer.chain_id),
-        });
+        if let Err(reason) = self.sign(&wallet, &required, ctx).await {
+            return self.decline(resp, ctx, "declined", reason);
+        }
+        if self.memory_enabled() {
+            let offer_index = choose(&self.payments, &required).map_or(0, |o| o.index);
+            ctx.payment.to_remember = Some(Arc::new(Remembered {
+                required,
+                offer_index,
+            }));
+        }
         ctx.payment.replay_requested = true;
-        self.metrics
-            .payments
-            .with_label_values(&[ctx.project_label(), "signed"])
-            .inc();
         let mut e = Error::explain(ErrorType::HTTPStatus(402), "x402: paying and replaying");
         e.set_retry(true);
         Err(e)
     }
 
-    /// Tells the agent what was paid: `X-Pag0-Paid`, `X-Pag0-Cost`, `X-Pag0-Network`, `X-Pag0-Tx`.
-    fn response_filter(
+    /// Tells the agent what was paid (`X-Pag0-Paid`, `-Cost`, `-Network`, `-Tx`) and remembers
+    /// the offer of a successful paid call.
+    async fn response_filter(
         &self,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
@@ -257,6 +351,16 @@ impl Stage for PaymentStage {
         resp.insert_header("x-pag0-network", charge.network)?;
         if let Some(tx) = receipt.and_then(|r| r.transaction) {
             resp.insert_header("x-pag0-tx", tx)?;
+        }
+        if paid
+            && let (Some(key), Some(offer)) = (
+                ctx.payment.memory_key.clone(),
+                ctx.payment.to_remember.take(),
+            )
+        {
+            self.memory
+                .remember(key, offer, self.payments.price_memory)
+                .await;
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 //!
 //! References: `shared/reference/x402-protocol.md` (§ numbers in comments point there).
 
+pub mod memory;
 pub mod networks;
 pub mod receipt;
 pub mod sign;
@@ -10,6 +11,7 @@ pub mod wire;
 
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 
+pub use memory::{LocalPriceMemory, PriceMemory, Remembered};
 pub use receipt::{DecodedPayment, Receipt, decode_payment_header, parse_receipt};
 pub use sign::{
     Authorization, Eip3009Signer, PaymentSigner, SignError, SignedPayment, payment_header,

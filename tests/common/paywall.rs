@@ -3,7 +3,7 @@
 //!
 //! Routes: `/free`; `/paid` (10000 units); `/multi` (three offers: an unknown asset at 1, 50000,
 //! 20000); `/expensive` (500000); `/wrong-network` (eip155:1); `/always402` (verifies, then
-//! refuses anyway). Every 200 echoes `{method, path, body_len, body_sha256}`.
+//! refuses anyway); `/price-change` (10000, +5000 after every payment on it). Every 200 echoes `{method, path, body_len, body_sha256}`.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -63,6 +63,7 @@ pub struct PaywallStats {
 #[derive(Default)]
 struct State {
     stats: PaywallStats,
+    price_changes: u64,
     nonces: HashSet<(Address, B256)>,
 }
 
@@ -78,8 +79,9 @@ fn offer(amount: u64, network: &str, asset: &str) -> Value {
     })
 }
 
-fn offers_for(path: &str) -> Option<Vec<Value>> {
+fn offers_for(path: &str, price_changes: u64) -> Option<Vec<Value>> {
     Some(match path {
+        "/price-change" => vec![offer(10_000 + 5_000 * price_changes, NETWORK, ASSET)],
         "/paid" | "/always402" => vec![offer(10_000, NETWORK, ASSET)],
         "/multi" => vec![
             offer(1, NETWORK, "0x0000000000000000000000000000000000000bad"),
@@ -147,7 +149,8 @@ async fn handle(
         .unwrap_or_default();
     state.lock().unwrap().stats.requests += 1;
     let echo = json!({"method": method, "path": path, "body_len": body.len(), "body_sha256": hex::encode(Sha256::digest(&body))});
-    let Some(offers) = offers_for(&path) else {
+    let price_changes = state.lock().unwrap().price_changes;
+    let Some(offers) = offers_for(&path, price_changes) else {
         return Ok(respond(StatusCode::OK, echo.to_string(), None));
     };
     let required = json!({
@@ -179,6 +182,9 @@ async fn handle(
             Some(("payment-required", b64(&required))),
         )),
         Ok((payer, nonce)) => {
+            if path == "/price-change" {
+                state.lock().unwrap().price_changes += 1;
+            }
             let receipt = json!({"success": true, "transaction": format!("0x{}", hex::encode(Sha256::digest(nonce))), "network": NETWORK, "payer": payer.to_checksum(None)});
             Ok(respond(
                 StatusCode::OK,
