@@ -336,3 +336,61 @@ async fn an_agent_that_pays_itself_is_passed_through() {
     let stats = wall.stats();
     assert_eq!((stats.paid, stats.requests, stats.invalid.len()), (0, 1, 1));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x402_v1_offers_in_the_body_are_paid_via_one_side_request() {
+    let wall = Paywall::start().await;
+    let pag0 = Pag0::start(&config());
+    let client = pag0.client("demo", DEMO_KEY);
+    let resp = client.get(wall.url("/v1/paid")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "{:?}", wall.stats());
+    assert_eq!(header(&resp, "x-pag0-paid").as_deref(), Some("true"));
+    assert_eq!(header(&resp, "x-pag0-cost").as_deref(), Some("10000 USDC"));
+    assert!(
+        header(&resp, "x-pag0-tx").is_some(),
+        "X-PAYMENT-RESPONSE is read too"
+    );
+    let stats = wall.stats();
+    assert_eq!(stats.paid, 1);
+    assert_eq!(
+        stats.requests, 3,
+        "first v1 contact: unpaid attempt, unpaid side request, paid attempt"
+    );
+
+    // POST with a body: every attempt (side request included) carries the same bytes.
+    let body = vec![b'p'; 20_000];
+    let resp = client
+        .post(wall.url("/v1/multi"))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::OK,
+        "{:?} {:?}",
+        header(&resp, "x-pag0-payment-reason"),
+        wall.stats()
+    );
+    assert_eq!(header(&resp, "x-pag0-cost").as_deref(), Some("20000 USDC"));
+    let echo: Value = resp.json().await.unwrap();
+    assert_eq!(echo["body_sha256"], sha256_hex(&body));
+
+    // Price memory removes the side request for repeat calls.
+    let before = wall.stats().requests;
+    let resp = client.get(wall.url("/v1/paid")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(wall.stats().requests, before + 1);
+
+    // Declines work the same for v1.
+    let resp = client.get(wall.url("/v1/expensive")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYMENT_REQUIRED);
+    assert!(
+        header(&resp, "x-pag0-payment-reason")
+            .unwrap()
+            .contains("ceiling")
+    );
+    let stats = wall.stats();
+    assert_eq!(stats.paid, 3);
+    assert!(stats.invalid.is_empty(), "{:?}", stats.invalid);
+}

@@ -4,6 +4,7 @@ pub mod ctx;
 pub mod respond;
 pub mod service;
 pub mod target;
+pub mod upstream;
 
 pub use ctx::{RequestCtx, Target, TargetKind};
 pub use service::Pag0Proxy;

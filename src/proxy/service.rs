@@ -14,10 +14,7 @@ use pingora::{ErrorSource, ErrorType};
 use crate::live::{Live, Shared};
 use crate::metrics::status_class;
 use crate::proxy::respond::{ErrorCode, Reply};
-use crate::proxy::{RequestCtx, TargetKind, target};
-
-/// Prefix of pag0's own request headers; none of them is forwarded upstream.
-const PAG0_HEADER_PREFIX: &str = "x-pag0-";
+use crate::proxy::{RequestCtx, target, upstream};
 
 pub struct Pag0Proxy {
     live: Arc<ArcSwap<Live>>,
@@ -127,26 +124,7 @@ impl ProxyHttp for Pag0Proxy {
                 }
             },
         };
-        let sni = if target.tls {
-            target.host.clone()
-        } else {
-            String::new()
-        };
-        let mut peer = HttpPeer::new(addr, target.tls, sni);
-        let up = &live.config.upstream;
-        peer.options.connection_timeout = Some(up.connect_timeout);
-        peer.options.total_connection_timeout = Some(up.connect_timeout);
-        peer.options.read_timeout = Some(up.read_timeout);
-        peer.options.write_timeout = Some(up.write_timeout);
-        peer.options.idle_timeout = Some(up.idle_timeout);
-        if let TargetKind::Route(route) = &target.kind
-            && let Some(ca) = &route.ca
-        {
-            peer.options.ca = Some(ca.clone());
-            // Pingora's pool key ignores the CA: without this, a connection verified against
-            // this route's private CA could be reused by a route that trusts only system roots.
-            peer.group_key = route.trust_group;
-        }
+        let peer = upstream::peer(target, addr, &live.config.upstream);
         Ok(Box::new(peer))
     }
 
@@ -162,21 +140,7 @@ impl ProxyHttp for Pag0Proxy {
             .target
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no target"))?;
-        let uri = http::Uri::try_from(target.path.as_str())
-            .or_err(ErrorType::InternalError, "origin-form target")?;
-        req.set_uri(uri);
-        req.insert_header(http::header::HOST, target.host_header())?;
-        let ours: Vec<http::HeaderName> = req
-            .headers
-            .keys()
-            .filter(|k| k.as_str().starts_with(PAG0_HEADER_PREFIX))
-            .cloned()
-            .collect();
-        for name in ours {
-            req.remove_header(&name);
-        }
-        req.remove_header(&http::header::PROXY_AUTHORIZATION);
-        req.remove_header("proxy-connection");
+        upstream::prepare_request(req, target)?;
         let live = ctx.live.clone();
         live.pipeline.upstream_request_filter(req, ctx)
     }
@@ -191,7 +155,9 @@ impl ProxyHttp for Pag0Proxy {
     ) -> Result<()> {
         ctx.payment.body_replayable = !session.retry_buffer_truncated();
         let live = ctx.live.clone();
-        live.pipeline.upstream_response_filter(resp, ctx).await
+        live.pipeline
+            .upstream_response_filter(session, resp, ctx)
+            .await
     }
 
     /// Runs just before the response header goes to the client (X-Pag0-* metadata).

@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
 
 use crate::config::{Config, StageConfig};
 use crate::live::Shared;
@@ -68,6 +69,7 @@ pub trait Stage: Send + Sync {
     /// An error marked `retry` replays the request (the x402 pay-and-replay recipe).
     async fn upstream_response_filter(
         &self,
+        _session: &mut Session,
         _resp: &mut ResponseHeader,
         _ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
@@ -142,11 +144,12 @@ impl Pipeline {
 
     pub async fn upstream_response_filter(
         &self,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         for stage in &self.stages {
-            stage.upstream_response_filter(resp, ctx).await?;
+            stage.upstream_response_filter(session, resp, ctx).await?;
         }
         Ok(())
     }

@@ -2,7 +2,8 @@
 //! the request (Pingora recipe: an error marked `retry` from `upstream_response_filter`).
 //!
 //! ```text
-//! attempt 1 (unpaid) ── 402 + PAYMENT-REQUIRED ──▶ choose offer ▶ sign ▶ retry
+//! attempt 1 (unpaid) ── 402 + PAYMENT-REQUIRED (v2) ──▶ choose offer ▶ sign ▶ retry
+//!                   └─ 402 without it (v1) ──▶ side request reads the JSON body offer ──┘
 //! attempt 2 (PAYMENT-SIGNATURE / X-PAYMENT) ──▶ paid response (+ receipt) to the agent
 //! ```
 //!
@@ -21,14 +22,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use alloy_primitives::U256;
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
 
 use super::{Flow, Stage};
 use crate::config::{Payments, Wallet};
 use crate::metrics::Metrics;
-use crate::proxy::RequestCtx;
 use crate::proxy::ctx::Charge;
+use crate::proxy::{RequestCtx, upstream};
 use crate::x402::{self, Offer, PaymentRequired, PriceMemory, Remembered, networks};
 
 /// Response header telling the agent what pag0 did with a 402.
@@ -118,6 +121,28 @@ impl PaymentStage {
         Ok(())
     }
 
+    /// Reads an x402 v1 offer (402 JSON body) with one unpaid side request.
+    async fn fetch_v1_offer(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+    ) -> Result<Bytes, String> {
+        let target = ctx.target.as_ref().ok_or("no target")?;
+        let up = &ctx.live.config.upstream;
+        match upstream::side_request(session, target, up, x402::MAX_HEADER_LEN, normalise_probe)
+            .await
+        {
+            Ok((402, body)) => Ok(body),
+            Ok((status, _)) => Err(format!(
+                "no x402 offer: the 402 had no PAYMENT-REQUIRED header and a second look answered {status}"
+            )),
+            Err(e) => Err(format!(
+                "cannot read the x402 v1 offer: {}",
+                e.etype().as_str()
+            )),
+        }
+    }
+
     fn memory_enabled(&self) -> bool {
         !self.payments.price_memory.is_zero()
     }
@@ -179,6 +204,23 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Reference servers answer browsers (Accept has text/html AND User-Agent has Mozilla) with an
+/// HTML paywall and no offer, so only in that case the unpaid probe asks for JSON.
+fn normalise_probe(req: &mut RequestHeader) -> pingora::Result<()> {
+    let header = |name: http::header::HeaderName| {
+        req.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    };
+    if header(http::header::ACCEPT).contains("text/html")
+        && header(http::header::USER_AGENT).contains("Mozilla")
+    {
+        req.insert_header(http::header::ACCEPT, "application/json")?;
+    }
+    Ok(())
+}
+
 /// Price-memory key: project, method and target URL without the query.
 fn memory_key(req: &RequestHeader, ctx: &RequestCtx) -> Option<String> {
     let t = ctx.target.as_ref()?;
@@ -227,9 +269,7 @@ impl Stage for PaymentStage {
         Flow::Continue
     }
 
-    /// Paid attempt: add the payment header. Unpaid probe: reference servers answer browsers
-    /// (Accept has text/html AND User-Agent has Mozilla) with an HTML paywall and no offer, so
-    /// only in that case the probe asks for JSON.
+    /// Paid attempt: add the payment header. Unpaid probe: see [`normalise_probe`].
     fn upstream_request_filter(
         &self,
         req: &mut RequestHeader,
@@ -239,22 +279,12 @@ impl Stage for PaymentStage {
             req.insert_header(*name, value.as_str())?;
             return Ok(());
         }
-        let header = |name: http::header::HeaderName| {
-            req.headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-        };
-        if header(http::header::ACCEPT).contains("text/html")
-            && header(http::header::USER_AGENT).contains("Mozilla")
-        {
-            req.insert_header(http::header::ACCEPT, "application/json")?;
-        }
-        Ok(())
+        normalise_probe(req)
     }
 
     async fn upstream_response_filter(
         &self,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
@@ -298,14 +328,12 @@ impl Stage for PaymentStage {
         }
         let required = match resp.headers.get(x402::PAYMENT_REQUIRED_HEADER) {
             Some(value) => x402::parse_v2_header(value.as_bytes()),
-            None => {
-                return self.decline(
-                    resp,
-                    ctx,
-                    "declined",
-                    "no x402 v2 offer (PAYMENT-REQUIRED header) in the 402".into(),
-                );
-            }
+            // x402 v1: the offer is in the 402 body, which this hook cannot read. One unpaid
+            // side request (same method, URL, headers, body) fetches it.
+            None => match self.fetch_v1_offer(session, ctx).await {
+                Ok(body) => x402::parse_v1_body(&body),
+                Err(reason) => return self.decline(resp, ctx, "declined", reason),
+            },
         };
         let required = match required {
             Ok(r) => r,

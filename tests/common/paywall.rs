@@ -3,7 +3,9 @@
 //!
 //! Routes: `/free`; `/paid` (10000 units); `/multi` (three offers: an unknown asset at 1, 50000,
 //! 20000); `/expensive` (500000); `/wrong-network` (eip155:1); `/always402` (verifies, then
-//! refuses anyway); `/price-change` (10000, +5000 after every payment on it). Every 200 echoes `{method, path, body_len, body_sha256}`.
+//! refuses anyway); `/price-change` (10000, +5000 after every payment on it). Every route also
+//! exists as x402 v1 under `/v1/...` (offer in the 402 JSON body, `X-PAYMENT`, network name
+//! `base-sepolia`, `X-PAYMENT-RESPONSE`). Every 200 echoes `{method, path, body_len, body_sha256}`.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -79,6 +81,28 @@ fn offer(amount: u64, network: &str, asset: &str) -> Value {
     })
 }
 
+/// The v1 form of a v2 offer entry (§2.1).
+fn to_v1(offer: &Value, url: &str) -> Value {
+    let mut o = offer.clone();
+    let amount = o["amount"].take();
+    let m = o.as_object_mut().unwrap();
+    m.remove("amount");
+    m.insert("maxAmountRequired".into(), amount);
+    m.insert(
+        "network".into(),
+        json!(if offer["network"] == NETWORK {
+            "base-sepolia"
+        } else {
+            "ethereum"
+        }),
+    );
+    m.insert("resource".into(), json!(url));
+    m.insert("description".into(), json!(""));
+    m.insert("mimeType".into(), json!("application/json"));
+    m.insert("outputSchema".into(), Value::Null);
+    o
+}
+
 fn offers_for(path: &str, price_changes: u64) -> Option<Vec<Value>> {
     Some(match path {
         "/price-change" => vec![offer(10_000 + 5_000 * price_changes, NETWORK, ASSET)],
@@ -136,10 +160,17 @@ async fn handle(
     addr: SocketAddr,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().to_string();
-    let path = req.uri().path().to_string();
+    let full_path = req.uri().path().to_string();
+    let v1 = full_path.starts_with("/v1/");
+    let path = if v1 {
+        full_path[3..].to_string()
+    } else {
+        full_path.clone()
+    };
+    let pay_header = if v1 { "x-payment" } else { "payment-signature" };
     let payment = req
         .headers()
-        .get("payment-signature")
+        .get(pay_header)
         .map(|v| v.to_str().unwrap_or("").to_string());
     let body = req
         .into_body()
@@ -148,48 +179,63 @@ async fn handle(
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     state.lock().unwrap().stats.requests += 1;
-    let echo = json!({"method": method, "path": path, "body_len": body.len(), "body_sha256": hex::encode(Sha256::digest(&body))});
+    let echo = json!({"method": method, "path": full_path, "body_len": body.len(), "body_sha256": hex::encode(Sha256::digest(&body))});
     let price_changes = state.lock().unwrap().price_changes;
     let Some(offers) = offers_for(&path, price_changes) else {
         return Ok(respond(StatusCode::OK, echo.to_string(), None));
     };
-    let required = json!({
-        "x402Version": 2, "error": "PAYMENT-SIGNATURE header is required",
-        "resource": {"url": format!("http://{addr}{path}"), "mimeType": "application/json"},
-        "accepts": offers,
-    });
-    let Some(payment) = payment else {
-        return Ok(respond(
-            StatusCode::PAYMENT_REQUIRED,
-            "{}".into(),
-            Some(("payment-required", b64(&required))),
-        ));
+    let url = format!("http://{addr}{full_path}");
+    let offers: Vec<Value> = if v1 {
+        offers.iter().map(|o| to_v1(o, &url)).collect()
+    } else {
+        offers
     };
-    match verify(&payment, &offers, &state) {
+    let required = if v1 {
+        json!({"x402Version": 1, "error": "X-PAYMENT header is required", "accepts": offers})
+    } else {
+        json!({
+            "x402Version": 2, "error": "PAYMENT-SIGNATURE header is required",
+            "resource": {"url": url, "mimeType": "application/json"},
+            "accepts": offers,
+        })
+    };
+    let unpaid = |required: &Value| {
+        if v1 {
+            respond(StatusCode::PAYMENT_REQUIRED, required.to_string(), None)
+        } else {
+            respond(
+                StatusCode::PAYMENT_REQUIRED,
+                "{}".into(),
+                Some(("payment-required", b64(required))),
+            )
+        }
+    };
+    let Some(payment) = payment else {
+        return Ok(unpaid(&required));
+    };
+    match verify(&payment, v1, &offers, &state) {
         Err(reason) => {
             state.lock().unwrap().stats.invalid.push(reason.clone());
             let mut again = required.clone();
             again["error"] = json!(reason);
-            Ok(respond(
-                StatusCode::PAYMENT_REQUIRED,
-                "{}".into(),
-                Some(("payment-required", b64(&again))),
-            ))
+            Ok(unpaid(&again))
         }
-        Ok(_) if path == "/always402" => Ok(respond(
-            StatusCode::PAYMENT_REQUIRED,
-            "{}".into(),
-            Some(("payment-required", b64(&required))),
-        )),
+        Ok(_) if path == "/always402" => Ok(unpaid(&required)),
         Ok((payer, nonce)) => {
             if path == "/price-change" {
                 state.lock().unwrap().price_changes += 1;
             }
-            let receipt = json!({"success": true, "transaction": format!("0x{}", hex::encode(Sha256::digest(nonce))), "network": NETWORK, "payer": payer.to_checksum(None)});
+            let network = if v1 { "base-sepolia" } else { NETWORK };
+            let receipt = json!({"success": true, "transaction": format!("0x{}", hex::encode(Sha256::digest(nonce))), "network": network, "payer": payer.to_checksum(None)});
+            let name = if v1 {
+                "x-payment-response"
+            } else {
+                "payment-response"
+            };
             Ok(respond(
                 StatusCode::OK,
                 echo.to_string(),
-                Some(("payment-response", b64(&receipt))),
+                Some((name, b64(&receipt))),
             ))
         }
     }
@@ -210,20 +256,39 @@ fn respond(
     resp
 }
 
-/// Checks a PAYMENT-SIGNATURE against the offers: accepted deep-equals an offer, value =
-/// amount, to = payTo, window contains now, nonce unused, EIP-712 signature recovers `from`.
-fn verify(header: &str, offers: &[Value], state: &Mutex<State>) -> Result<(Address, B256), String> {
+/// Checks a payment against the offers: v2 `accepted` deep-equals an offer (v1: scheme and
+/// network match one), value = amount, to = payTo, window contains now, nonce unused, and the
+/// EIP-712 signature recovers `from`.
+fn verify(
+    header: &str,
+    v1: bool,
+    offers: &[Value],
+    state: &Mutex<State>,
+) -> Result<(Address, B256), String> {
     let raw = base64::engine::general_purpose::STANDARD
         .decode(header)
         .map_err(|_| "bad base64")?;
     let p: Value = serde_json::from_slice(&raw).map_err(|_| "bad json")?;
-    if p["x402Version"] != 2 {
-        return Err("not v2".into());
+    if p["x402Version"] != if v1 { 1 } else { 2 } {
+        return Err("wrong x402Version".into());
     }
-    let accepted = &p["accepted"];
-    if !offers.contains(accepted) {
-        return Err("No matching payment requirements found".into());
-    }
+    let accepted = if v1 {
+        offers
+            .iter()
+            // v1 payments name only scheme + network; the signed value picks among offers.
+            .find(|o| {
+                o["scheme"] == p["scheme"]
+                    && o["network"] == p["network"]
+                    && o["maxAmountRequired"] == p["payload"]["authorization"]["value"]
+            })
+            .ok_or("No matching payment requirements found")?
+    } else {
+        offers
+            .iter()
+            .find(|o| **o == p["accepted"])
+            .ok_or("No matching payment requirements found")?
+    };
+    let amount_field = if v1 { "maxAmountRequired" } else { "amount" };
     let a = &p["payload"]["authorization"];
     let s = |v: &Value| v.as_str().unwrap_or("").to_string();
     let from: Address = s(&a["from"]).parse().map_err(|_| "bad from")?;
@@ -234,7 +299,7 @@ fn verify(header: &str, offers: &[Value], state: &Mutex<State>) -> Result<(Addre
         .parse()
         .map_err(|_| "bad validBefore")?;
     let nonce: B256 = s(&a["nonce"]).parse().map_err(|_| "bad nonce")?;
-    if value != U256::from_str_radix(&s(&accepted["amount"]), 10).unwrap() {
+    if value != U256::from_str_radix(&s(&accepted[amount_field]), 10).unwrap() {
         return Err("value differs from amount".into());
     }
     if to != PAY_TO.parse::<Address>().unwrap() {
