@@ -6,6 +6,8 @@
 //! | `pag0 -t -c FILE` | validate the file, print every problem, exit 0/1 |
 //! | `pag0 keys new` | print a new API key and the hash to put in `projects[].keys` |
 //! | `pag0 healthcheck -c FILE` | GET the admin `/health` (for container health checks) |
+//! | `pag0 wallet new [--dir D] [--name N]` | create an encrypted keystore (password: `PAG0_WALLET_PASSWORD`) |
+//! | `pag0 wallet address -c FILE` | print each project's payment address |
 //!
 //! Signals: SIGHUP reloads the config; SIGTERM drains and exits; SIGINT exits at once;
 //! SIGQUIT hands the listeners to a new `pag0 --upgrade` process (Pingora graceful upgrade).
@@ -60,6 +62,26 @@ enum Command {
     },
     /// Query the admin /health endpoint of a running pag0 (exit 0 when healthy).
     Healthcheck,
+    /// Payment wallets.
+    Wallet {
+        #[command(subcommand)]
+        action: WalletAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum WalletAction {
+    /// Create an encrypted JSON keystore (password from PAG0_WALLET_PASSWORD) and print its address.
+    New {
+        /// Directory for the keystore file.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// File name (default: a random UUID).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Print the payment address of every project in the config.
+    Address,
 }
 
 #[derive(Subcommand)]
@@ -83,6 +105,12 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Some(Command::Healthcheck) => return healthcheck(&cli.conf),
+        Some(Command::Wallet {
+            action: WalletAction::New { dir, name },
+        }) => return wallet_new(&dir, name.as_deref()),
+        Some(Command::Wallet {
+            action: WalletAction::Address,
+        }) => return wallet_address(&cli.conf),
         None => {}
     }
     let config = match config::load(&cli.conf) {
@@ -117,6 +145,57 @@ fn main() -> ExitCode {
     }
     println!("pag0 admin listening on http://{admin} (/health, /metrics, /reload; bearer token)");
     pag0.run(RunArgs::default());
+    ExitCode::SUCCESS
+}
+
+/// Environment variable holding the password of keystores created by `pag0 wallet new`.
+const WALLET_PASSWORD_ENV: &str = "PAG0_WALLET_PASSWORD";
+
+fn wallet_new(dir: &std::path::Path, name: Option<&str>) -> ExitCode {
+    let password = match std::env::var(WALLET_PASSWORD_ENV) {
+        Ok(p) if p.len() >= 8 => p,
+        _ => {
+            eprintln!("set {WALLET_PASSWORD_ENV} (at least 8 characters) to the keystore password");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        eprintln!("cannot create {}: {e}", dir.display());
+        return ExitCode::FAILURE;
+    }
+    let mut rng = rand08::rngs::OsRng;
+    match alloy_signer_local::PrivateKeySigner::new_keystore(dir, &mut rng, password, name) {
+        Ok((signer, uuid)) => {
+            let file = dir.join(name.unwrap_or(&uuid));
+            println!("keystore: {}", file.display());
+            println!("address:  {}", signer.address());
+            println!(
+                "\nIn the YAML:  wallet: {{ keystore: {}, password: ${{{WALLET_PASSWORD_ENV}}} }}",
+                file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot create the keystore: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn wallet_address(conf: &std::path::Path) -> ExitCode {
+    let config = match config::load(conf) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{}: invalid configuration:\n{errors}", conf.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    for project in &config.projects {
+        match &project.wallet {
+            Some(wallet) => println!("{}\t{}", project.id, wallet.0.address()),
+            None => println!("{}\t(no wallet)", project.id),
+        }
+    }
     ExitCode::SUCCESS
 }
 

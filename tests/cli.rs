@@ -228,3 +228,101 @@ async fn graceful_upgrade_hands_over_listeners_without_refusing_requests() {
     );
     assert!(ok > 50, "load ran through the upgrade ({ok} requests)");
 }
+
+#[test]
+fn wallets_from_keystore_key_file_and_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let created = pag0()
+        .args([
+            "wallet",
+            "new",
+            "--dir",
+            &d.display().to_string(),
+            "--name",
+            "agent.json",
+        ])
+        .env("PAG0_WALLET_PASSWORD", "correct horse battery")
+        .output()
+        .unwrap();
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let out = String::from_utf8(created.stdout).unwrap();
+    let keystore_address = out
+        .lines()
+        .find_map(|l| l.strip_prefix("address:  "))
+        .unwrap()
+        .to_string();
+    assert!(d.join("agent.json").exists());
+    // Without a password nothing is created.
+    let refused = pag0()
+        .args(["wallet", "new", "--dir", &d.display().to_string()])
+        .env_remove("PAG0_WALLET_PASSWORD")
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+
+    // Anvil key #1 in a key file (owner-only), and the same key from the environment.
+    let key_file = d.join("agent.key");
+    std::fs::write(&key_file, format!("{}\n", common::paywall::WALLET_KEY)).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let yaml = format!(
+        "admin:\n  token: ${{PAG0_TEST_ADMIN_TOKEN:-{ADMIN_TOKEN}}}\nprojects:\n  - id: ks\n    keys: [\"{DEMO_HASH}\"]\n    wallet: {{ keystore: agent.json, password: \"${{PAG0_WALLET_PASSWORD}}\" }}\n  - id: kf\n    keys: [\"sha256:{}\"]\n    wallet: {{ key_file: agent.key }}\n  - id: env\n    keys: [\"sha256:{}\"]\n    wallet: {{ private_key: \"${{TEST_AGENT_KEY}}\" }}\n  - id: none\n    keys: [\"sha256:{}\"]\n",
+        sha256_hex(b"k2"),
+        sha256_hex(b"k3"),
+        sha256_hex(b"k4")
+    );
+    let conf = d.join("pag0.yaml");
+    std::fs::write(&conf, yaml).unwrap();
+    let conf = conf.display().to_string();
+    let listed = pag0()
+        .args(["wallet", "address", "-c", &conf])
+        .env("PAG0_WALLET_PASSWORD", "correct horse battery")
+        .env("TEST_AGENT_KEY", common::paywall::WALLET_KEY)
+        .output()
+        .unwrap();
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let text = String::from_utf8(listed.stdout).unwrap();
+    assert!(text.contains(&format!("ks\t{keystore_address}")), "{text}");
+    assert!(
+        text.contains(&format!("kf\t{}", common::paywall::WALLET_ADDRESS)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("env\t{}", common::paywall::WALLET_ADDRESS)),
+        "{text}"
+    );
+    assert!(text.contains("none\t(no wallet)"), "{text}");
+
+    // Wrong password, and a key file others can read: refused, naming the YAML path, no secret shown.
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let bad = pag0()
+        .args(["-t", "-c", &conf])
+        .env("PAG0_WALLET_PASSWORD", "not-the-password-42")
+        .env("TEST_AGENT_KEY", common::paywall::WALLET_KEY)
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("projects[0].wallet.keystore") && stderr.contains("cannot decrypt"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("projects[1].wallet.key_file") && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("not-the-password-42")
+            && !stderr.contains(&common::paywall::WALLET_KEY[2..]),
+        "{stderr}"
+    );
+}

@@ -85,12 +85,19 @@ pub struct FileAsset {
     pub max_per_payment: Option<String>,
 }
 
-/// `projects[].wallet` — the key pag0 signs this project's payments with.
+/// `projects[].wallet` — the key pag0 signs this project's payments with: exactly one of
+/// `private_key`, `key_file` or `keystore` (+ `password`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileWallet {
     /// Hex private key as an `${ENV_VAR}` reference.
-    pub private_key: String,
+    pub private_key: Option<String>,
+    /// File holding the hex private key (mode 600: not readable by group or others).
+    pub key_file: Option<String>,
+    /// Encrypted JSON keystore (from `pag0 wallet new`).
+    pub keystore: Option<String>,
+    /// Keystore password as an `${ENV_VAR}` reference.
+    pub password: Option<String>,
 }
 
 /// `server:` — the proxy listener and Pingora's own server settings.

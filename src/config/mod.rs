@@ -501,18 +501,69 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
     }
 
     fn wallet(&mut self, w: FileWallet, path: &str) -> Option<Wallet> {
-        let secret = match Secret::resolve(&w.private_key, self.env) {
-            Ok(s) => s,
-            Err(msg) => {
-                self.issue(&format!("{path}.private_key"), msg);
-                return None;
-            }
+        use crate::x402::Eip3009Signer;
+        let sources = [
+            w.private_key.is_some(),
+            w.key_file.is_some(),
+            w.keystore.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            self.issue(
+                path,
+                "needs exactly one of private_key, key_file or keystore",
+            );
+            return None;
+        }
+        if w.password.is_some() != w.keystore.is_some() {
+            self.issue(
+                &format!("{path}.password"),
+                "a password goes with (and only with) a keystore",
+            );
+            return None;
+        }
+        let signer = if let Some(raw) = w.private_key {
+            let secret = self.secret(&raw, &format!("{path}.private_key"))?;
+            // The message never contains the key.
+            Eip3009Signer::from_hex(secret.expose())
+                .map_err(|msg| (format!("{path}.private_key"), format!("{msg} in {secret}")))
+        } else if let Some(file) = w.key_file {
+            let file = self.base_dir.join(file);
+            read_key_file(&file).map_err(|why| {
+                (
+                    format!("{path}.key_file"),
+                    format!("{}: {why}", file.display()),
+                )
+            })
+        } else {
+            let file = self.base_dir.join(w.keystore.unwrap_or_default());
+            let password =
+                self.secret(&w.password.unwrap_or_default(), &format!("{path}.password"))?;
+            alloy_signer_local::PrivateKeySigner::decrypt_keystore(&file, password.expose())
+                .map(Eip3009Signer::new)
+                .map_err(|_| {
+                    (
+                        format!("{path}.keystore"),
+                        format!(
+                            "{}: cannot decrypt (wrong password or not a keystore)",
+                            file.display()
+                        ),
+                    )
+                })
         };
-        match crate::x402::Eip3009Signer::from_hex(secret.expose()) {
+        match signer {
             Ok(signer) => Some(Wallet(Arc::new(signer))),
+            Err((at, msg)) => {
+                self.issue(&at, msg);
+                None
+            }
+        }
+    }
+
+    fn secret(&mut self, raw: &str, path: &str) -> Option<Secret> {
+        match Secret::resolve(raw, self.env) {
+            Ok(s) => Some(s),
             Err(msg) => {
-                // The message never contains the key.
-                self.issue(&format!("{path}.private_key"), format!("{msg} in {secret}"));
+                self.issue(path, msg);
                 None
             }
         }
@@ -722,6 +773,17 @@ pub fn parse_units(
         return Ok(U256::ZERO);
     }
     U256::from_str_radix(digits, 10).map_err(|_| "amount too large".to_string())
+}
+
+/// Reads a hex private key from a file that only its owner can read. Errors never contain the key.
+fn read_key_file(file: &Path) -> Result<crate::x402::Eip3009Signer, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(file).map_err(|e| e.to_string())?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err("readable by group or others; chmod 600 it".into());
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| e.to_string())?;
+    crate::x402::Eip3009Signer::from_hex(text.trim()).map_err(str::to_string)
 }
 
 /// Parses `sha256:<64 hex>` into the digest bytes.
