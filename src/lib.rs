@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod idempotency;
 pub mod keys;
 pub mod live;
 pub mod metrics;

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 
 use crate::config::{self, Config, ConfigErrors, Project};
+use crate::idempotency::{IdempotencyStore, LocalIdempotencyStore};
 use crate::metrics::Metrics;
 use crate::net::dns::Resolver;
 use crate::ratelimit::{LocalRateLimiter, RateLimiter};
@@ -25,6 +26,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Remembered x402 offers (survive reloads).
     pub price_memory: Arc<dyn PriceMemory>,
+    /// Idempotency records (survive reloads).
+    pub idempotency: Arc<dyn IdempotencyStore>,
 }
 
 impl Shared {
@@ -34,6 +37,7 @@ impl Shared {
             rate_limiter: Arc::new(LocalRateLimiter::default()),
             metrics: Arc::new(Metrics::new()),
             price_memory: Arc::new(LocalPriceMemory::default()),
+            idempotency: Arc::new(LocalIdempotencyStore::default()),
         })
     }
 }

@@ -12,7 +12,7 @@ const NO_WALLET_KEY: &str = "nowallet-key-0123456789";
 
 fn config() -> String {
     format!(
-        "{}stages:\n  - kind: auth\n  - kind: ssrf_guard\n    allow: [\"127.0.0.0/8\"]\n  - kind: payment\nprojects:\n  - id: demo\n    keys: [\"{DEMO_HASH}\"]\n    wallet:\n      private_key: ${{PAG0_TEST_WALLET_KEY:-{}}}\n  - id: nowallet\n    keys: [\"sha256:{}\"]\n",
+        "{}stages:\n  - kind: auth\n  - kind: ssrf_guard\n    allow: [\"127.0.0.0/8\"]\n  - kind: idempotency\n  - kind: payment\nprojects:\n  - id: demo\n    keys: [\"{DEMO_HASH}\"]\n    wallet:\n      private_key: ${{PAG0_TEST_WALLET_KEY:-{}}}\n  - id: nowallet\n    keys: [\"sha256:{}\"]\n",
         paywall::payments_yaml(),
         paywall::WALLET_KEY,
         sha256_hex(NO_WALLET_KEY.as_bytes()),
@@ -393,4 +393,130 @@ async fn x402_v1_offers_in_the_body_are_paid_via_one_side_request() {
     let stats = wall.stats();
     assert_eq!(stats.paid, 3);
     assert!(stats.invalid.is_empty(), "{:?}", stats.invalid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_retry_gets_the_first_paid_response_and_never_signs_again() {
+    let wall = Paywall::start().await;
+    let pag0 = Pag0::start(&config());
+    let client = pag0.client("demo", DEMO_KEY);
+    let send = |body: &'static str| {
+        client
+            .post(wall.url("/paid"))
+            .header("idempotency-key", "order-42")
+            .body(body)
+            .send()
+    };
+    let first = send("buy 1").await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert!(header(&first, "x-pag0-idempotent-replay").is_none());
+    let first_tx = header(&first, "x-pag0-tx");
+    let first_body = first.text().await.unwrap();
+
+    let again = send("buy 1").await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(
+        header(&again, "x-pag0-idempotent-replay").as_deref(),
+        Some("true")
+    );
+    assert_eq!(
+        header(&again, "x-pag0-tx"),
+        first_tx,
+        "the stored paid response, pag0 headers included"
+    );
+    assert_eq!(again.text().await.unwrap(), first_body);
+    let stats = wall.stats();
+    assert_eq!(
+        (stats.paid, stats.requests),
+        (1, 2),
+        "the retry never reached the upstream: {stats:?}"
+    );
+
+    // Same key, different body: 422, nothing paid.
+    let other = send("buy 2").await.unwrap();
+    assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let body: Value = other.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "IDEMPOTENCY_KEY_REUSED");
+    // The key is per project.
+    let nowallet = pag0
+        .client("nowallet", NO_WALLET_KEY)
+        .post(wall.url("/free"))
+        .header("idempotency-key", "order-42")
+        .body("buy 2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(nowallet.status(), StatusCode::OK);
+    assert_eq!(wall.stats().paid, 1);
+
+    // Unpaid responses are not kept: the key is free again afterwards.
+    for _ in 0..2 {
+        let resp = client
+            .get(wall.url("/free"))
+            .header("idempotency-key", "free-1")
+            .send()
+            .await
+            .unwrap();
+        assert!(header(&resp, "x-pag0-idempotent-replay").is_none());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotent_retry_during_the_first_request_gets_409() {
+    let wall = Paywall::start().await;
+    let pag0 = Pag0::start(&config());
+    let client = pag0.client("demo", DEMO_KEY);
+    let first = tokio::spawn({
+        let client = client.clone();
+        let url = wall.url("/slow-paid");
+        async move {
+            client
+                .get(url)
+                .header("idempotency-key", "slow-1")
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let retry = client
+        .get(wall.url("/slow-paid"))
+        .header("idempotency-key", "slow-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(retry.status(), StatusCode::CONFLICT);
+    assert!(header(&retry, "retry-after").is_some());
+    let body: Value = retry.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "IDEMPOTENCY_IN_FLIGHT");
+    assert_eq!(first.await.unwrap(), StatusCode::OK);
+    let replayed = client
+        .get(wall.url("/slow-paid"))
+        .header("idempotency-key", "slow-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        header(&replayed, "x-pag0-idempotent-replay").as_deref(),
+        Some("true")
+    );
+    assert_eq!(wall.stats().paid, 1);
+
+    // Bodies over 64 KiB cannot be fingerprinted before forwarding: refused, not hung.
+    let big = client
+        .post(wall.url("/paid"))
+        .header("idempotency-key", "big")
+        .body(vec![0u8; 70_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(big.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let bad = client
+        .get(wall.url("/paid"))
+        .header("idempotency-key", "")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
 }

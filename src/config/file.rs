@@ -52,6 +52,8 @@ pub const SECTIONS: &[&str] = &[
 pub const DEFAULT_MAX_PER_PAYMENT: &str = "0.10";
 /// Seconds a paid endpoint's offer is remembered, so the next call is signed up front.
 pub const DEFAULT_PRICE_MEMORY_SECONDS: u64 = 300;
+/// Seconds an `Idempotency-Key` is remembered.
+pub const DEFAULT_IDEMPOTENCY_WINDOW_SECONDS: u64 = 24 * 3600;
 /// Payment schemes accepted when `payments.schemes` is absent.
 pub const DEFAULT_SCHEMES: &[&str] = &["exact"];
 
@@ -162,6 +164,11 @@ pub enum FileStage {
         /// CIDRs (or single addresses) that are allowed even though they are not public.
         #[serde(default)]
         allow: Vec<String>,
+    },
+    /// Replay the first paid response for a repeated `Idempotency-Key` instead of paying again.
+    Idempotency {
+        /// Seconds a key is remembered (default 24 h).
+        window_seconds: Option<u64>,
     },
     /// Pay x402 `402 Payment Required` answers with the project's wallet and replay.
     Payment {},

@@ -414,6 +414,13 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
             let stage = match stage {
                 FileStage::Auth {} => StageConfig::Auth,
                 FileStage::Payment {} => StageConfig::Payment,
+                FileStage::Idempotency { window_seconds } => StageConfig::Idempotency {
+                    window: Duration::from_secs(self.positive(
+                        window_seconds,
+                        DEFAULT_IDEMPOTENCY_WINDOW_SECONDS,
+                        &format!("{path}.window_seconds"),
+                    )),
+                },
                 FileStage::SsrfGuard { allow } => StageConfig::SsrfGuard {
                     allow: allow
                         .iter()

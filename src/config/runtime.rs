@@ -103,6 +103,7 @@ impl std::fmt::Debug for Wallet {
 #[derive(Debug, Clone)]
 pub enum StageConfig {
     Auth,
+    Idempotency { window: std::time::Duration },
     Payment,
     SsrfGuard { allow: Vec<IpNet> },
     RateLimit { default: RateLimit },
@@ -113,6 +114,7 @@ impl StageConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             StageConfig::Auth => "auth",
+            StageConfig::Idempotency { .. } => "idempotency",
             StageConfig::Payment => "payment",
             StageConfig::SsrfGuard { .. } => "ssrf_guard",
             StageConfig::RateLimit { .. } => "rate_limit",

@@ -92,6 +92,7 @@ pub struct RequestCtx {
     /// Set when pag0 answered (or failed) the request itself.
     pub error: Option<ErrorCode>,
     pub payment: PaymentState,
+    pub idempotency: crate::stages::IdempotencyState,
 }
 
 impl RequestCtx {
@@ -103,6 +104,7 @@ impl RequestCtx {
             project: None,
             error: None,
             payment: PaymentState::default(),
+            idempotency: Default::default(),
         }
     }
 

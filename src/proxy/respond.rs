@@ -35,12 +35,27 @@ pub enum ErrorCode {
     UpstreamTimeout,
     /// 400: the client sent a malformed request.
     BadRequest,
+    /// 400: `Idempotency-Key` is empty, too long or not visible ASCII.
+    InvalidIdempotencyKey,
+    /// 409: the first request with this `Idempotency-Key` is still running.
+    IdempotencyInFlight,
+    /// 409: the key was paid for, but its response was too large to keep for replay.
+    IdempotencyResponseUnavailable,
+    /// 413: a request with `Idempotency-Key` has a body over 64 KiB.
+    IdempotencyBodyTooLarge,
+    /// 422: the `Idempotency-Key` was used for a different request.
+    IdempotencyKeyReused,
 }
 
 impl ErrorCode {
     pub fn status(self) -> u16 {
         match self {
-            ErrorCode::InvalidTarget | ErrorCode::BadRequest => 400,
+            ErrorCode::InvalidTarget | ErrorCode::BadRequest | ErrorCode::InvalidIdempotencyKey => {
+                400
+            }
+            ErrorCode::IdempotencyInFlight | ErrorCode::IdempotencyResponseUnavailable => 409,
+            ErrorCode::IdempotencyBodyTooLarge => 413,
+            ErrorCode::IdempotencyKeyReused => 422,
             ErrorCode::Unauthorized => 401,
             ErrorCode::TargetForbidden => 403,
             ErrorCode::NoRoute => 404,
@@ -58,6 +73,11 @@ impl ErrorCode {
         match self {
             ErrorCode::InvalidTarget => "INVALID_TARGET",
             ErrorCode::BadRequest => "BAD_REQUEST",
+            ErrorCode::InvalidIdempotencyKey => "INVALID_IDEMPOTENCY_KEY",
+            ErrorCode::IdempotencyInFlight => "IDEMPOTENCY_IN_FLIGHT",
+            ErrorCode::IdempotencyResponseUnavailable => "IDEMPOTENCY_RESPONSE_UNAVAILABLE",
+            ErrorCode::IdempotencyBodyTooLarge => "IDEMPOTENCY_BODY_TOO_LARGE",
+            ErrorCode::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             ErrorCode::Unauthorized => "UNAUTHORIZED",
             ErrorCode::TargetForbidden => "TARGET_FORBIDDEN",
             ErrorCode::NoRoute => "NO_ROUTE",

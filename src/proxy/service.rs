@@ -15,6 +15,7 @@ use crate::live::{Live, Shared};
 use crate::metrics::status_class;
 use crate::proxy::respond::{ErrorCode, Reply};
 use crate::proxy::{RequestCtx, target, upstream};
+use crate::stages::Flow;
 
 pub struct Pag0Proxy {
     live: Arc<ArcSwap<Live>>,
@@ -88,13 +89,10 @@ impl ProxyHttp for Pag0Proxy {
             Err(reply) => return self.answer(session, ctx, "proxy", reply).await,
         }
         let live = ctx.live.clone();
-        match live
-            .pipeline
-            .request_filter(session.req_header(), ctx)
-            .await
-        {
-            None => Ok(false),
-            Some((stage, reply)) => self.answer(session, ctx, stage, reply).await,
+        match live.pipeline.request_filter(session, ctx).await {
+            None | Some((_, Flow::Continue)) => Ok(false),
+            Some((stage, Flow::Respond(reply))) => self.answer(session, ctx, stage, reply).await,
+            Some((_, Flow::Served)) => Ok(true),
         }
     }
 
@@ -251,6 +249,22 @@ impl ProxyHttp for Pag0Proxy {
         m.request_duration
             .with_label_values(&labels)
             .observe(ctx.started.elapsed().as_secs_f64());
+        let live = ctx.live.clone();
+        live.pipeline.logging(ctx).await;
+    }
+
+    /// Sees each response body chunk on its way to the client (idempotency captures paid
+    /// responses here).
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        let live = ctx.live.clone();
+        live.pipeline.response_body_filter(body, end_of_stream, ctx);
+        Ok(None)
     }
 
     /// Keeps Pingora from logging routine client/upstream failures at error level; they are

@@ -4,6 +4,7 @@
 use async_trait::async_trait;
 use base64::Engine;
 use pingora::http::RequestHeader;
+use pingora::proxy::Session;
 use sha2::{Digest, Sha256};
 
 use super::{Flow, Stage};
@@ -46,8 +47,8 @@ impl Stage for AuthStage {
         "auth"
     }
 
-    async fn request_filter(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Flow {
-        let found = credentials(req);
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Flow {
+        let found = credentials(session.req_header());
         let project = found.as_ref().and_then(|(user, key)| {
             let project = ctx.live.projects_by_key.get(&key_digest(key))?;
             match user {

@@ -13,8 +13,13 @@
 //!
 //! A stage implements [`Stage`] for the hooks it needs; adding a stage (payment, policy,
 //! cache rules) adds a variant to `StageConfig` and a file here, without touching the others.
+//!
+//! Request-side hooks run in list order; response-side hooks (`upstream_response_filter`,
+//! `response_filter`, `response_body_filter`) run in reverse, like nested middleware, so an
+//! outer stage sees what the inner ones did to the response.
 
 mod auth;
+mod idempotency;
 mod payment;
 mod rate_limit;
 mod ssrf_guard;
@@ -31,6 +36,7 @@ use crate::proxy::RequestCtx;
 use crate::proxy::respond::Reply;
 
 pub use auth::{API_KEY_HEADER, AuthStage, key_digest};
+pub use idempotency::{IdempotencyStage, IdempotencyState};
 pub use payment::PaymentStage;
 pub use rate_limit::RateLimitStage;
 pub use ssrf_guard::SsrfGuardStage;
@@ -42,6 +48,8 @@ pub enum Flow {
     Continue,
     /// Answer the client with this reply; later stages and the upstream are skipped.
     Respond(Reply),
+    /// The stage wrote a complete response itself (e.g. a stored replay).
+    Served,
 }
 
 /// One pipeline stage. Every hook has a no-op default.
@@ -51,7 +59,7 @@ pub trait Stage: Send + Sync {
     fn name(&self) -> &'static str;
 
     /// Runs in `request_filter`, after the target is known and before any upstream work.
-    async fn request_filter(&self, _req: &RequestHeader, _ctx: &mut RequestCtx) -> Flow {
+    async fn request_filter(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Flow {
         Flow::Continue
     }
 
@@ -84,6 +92,18 @@ pub trait Stage: Send + Sync {
     ) -> pingora::Result<()> {
         Ok(())
     }
+
+    /// Runs in `response_body_filter` for every chunk of the response body sent to the client.
+    fn response_body_filter(
+        &self,
+        _body: &Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        _ctx: &mut RequestCtx,
+    ) {
+    }
+
+    /// Runs in `logging`, once the request is over (also when it failed or the client left).
+    async fn logging(&self, _ctx: &mut RequestCtx) {}
 }
 
 /// The enabled stages, in order.
@@ -100,6 +120,9 @@ impl Pipeline {
             .map(|c| -> Box<dyn Stage> {
                 match c {
                     StageConfig::Auth => Box::new(AuthStage),
+                    StageConfig::Idempotency { window } => {
+                        Box::new(IdempotencyStage::new(shared.idempotency.clone(), *window))
+                    }
                     StageConfig::Payment => Box::new(PaymentStage::new(
                         config.payments.clone(),
                         shared.metrics.clone(),
@@ -119,14 +142,17 @@ impl Pipeline {
 
     /// Runs every stage's `request_filter` until one answers. Returns the answering stage's
     /// name with its reply.
+    /// Runs every stage's `request_filter` until one does not continue; returns that stage's
+    /// name and its decision.
     pub async fn request_filter(
         &self,
-        req: &RequestHeader,
+        session: &mut Session,
         ctx: &mut RequestCtx,
-    ) -> Option<(&'static str, Reply)> {
+    ) -> Option<(&'static str, Flow)> {
         for stage in &self.stages {
-            if let Flow::Respond(reply) = stage.request_filter(req, ctx).await {
-                return Some((stage.name(), reply));
+            match stage.request_filter(session, ctx).await {
+                Flow::Continue => {}
+                flow => return Some((stage.name(), flow)),
             }
         }
         None
@@ -148,7 +174,7 @@ impl Pipeline {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        for stage in &self.stages {
+        for stage in self.stages.iter().rev() {
             stage.upstream_response_filter(session, resp, ctx).await?;
         }
         Ok(())
@@ -159,10 +185,27 @@ impl Pipeline {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        for stage in &self.stages {
+        for stage in self.stages.iter().rev() {
             stage.response_filter(resp, ctx).await?;
         }
         Ok(())
+    }
+
+    pub fn response_body_filter(
+        &self,
+        body: &Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) {
+        for stage in self.stages.iter().rev() {
+            stage.response_body_filter(body, end_of_stream, ctx);
+        }
+    }
+
+    pub async fn logging(&self, ctx: &mut RequestCtx) {
+        for stage in &self.stages {
+            stage.logging(ctx).await;
+        }
     }
 
     pub fn names(&self) -> Vec<&'static str> {

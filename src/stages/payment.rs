@@ -243,7 +243,8 @@ impl Stage for PaymentStage {
 
     /// Signs up front when the price of this endpoint is remembered (one round trip; also
     /// works for bodies over the replay buffer, since nothing needs replaying).
-    async fn request_filter(&self, req: &RequestHeader, ctx: &mut RequestCtx) -> Flow {
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Flow {
+        let req = session.req_header();
         if req.headers.contains_key(x402::PAYMENT_SIGNATURE_HEADER)
             || req.headers.contains_key(x402::X_PAYMENT_HEADER)
         {

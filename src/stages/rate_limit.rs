@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use pingora::http::RequestHeader;
+use pingora::proxy::Session;
 use serde_json::json;
 
 use super::{Flow, Stage};
@@ -29,7 +29,7 @@ impl Stage for RateLimitStage {
         "rate_limit"
     }
 
-    async fn request_filter(&self, _req: &RequestHeader, ctx: &mut RequestCtx) -> Flow {
+    async fn request_filter(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Flow {
         let limit = ctx
             .project
             .as_ref()

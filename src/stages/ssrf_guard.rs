@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ipnet::IpNet;
-use pingora::http::RequestHeader;
+use pingora::proxy::Session;
 use serde_json::json;
 
 use super::{Flow, Stage};
@@ -36,7 +36,7 @@ impl Stage for SsrfGuardStage {
         "ssrf_guard"
     }
 
-    async fn request_filter(&self, _req: &RequestHeader, ctx: &mut RequestCtx) -> Flow {
+    async fn request_filter(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Flow {
         let Some(target) = ctx.target.as_mut() else {
             return Flow::Continue;
         };

@@ -3,7 +3,8 @@
 //!
 //! Routes: `/free`; `/paid` (10000 units); `/multi` (three offers: an unknown asset at 1, 50000,
 //! 20000); `/expensive` (500000); `/wrong-network` (eip155:1); `/always402` (verifies, then
-//! refuses anyway); `/price-change` (10000, +5000 after every payment on it). Every route also
+//! refuses anyway); `/price-change` (10000, +5000 after every payment on it); `/slow-paid`
+//! (10000, answers 800 ms after a valid payment). Every route also
 //! exists as x402 v1 under `/v1/...` (offer in the 402 JSON body, `X-PAYMENT`, network name
 //! `base-sepolia`, `X-PAYMENT-RESPONSE`). Every 200 echoes `{method, path, body_len, body_sha256}`.
 
@@ -106,7 +107,7 @@ fn to_v1(offer: &Value, url: &str) -> Value {
 fn offers_for(path: &str, price_changes: u64) -> Option<Vec<Value>> {
     Some(match path {
         "/price-change" => vec![offer(10_000 + 5_000 * price_changes, NETWORK, ASSET)],
-        "/paid" | "/always402" => vec![offer(10_000, NETWORK, ASSET)],
+        "/paid" | "/always402" | "/slow-paid" => vec![offer(10_000, NETWORK, ASSET)],
         "/multi" => vec![
             offer(1, NETWORK, "0x0000000000000000000000000000000000000bad"),
             offer(50_000, NETWORK, ASSET),
@@ -224,6 +225,9 @@ async fn handle(
         Ok((payer, nonce)) => {
             if path == "/price-change" {
                 state.lock().unwrap().price_changes += 1;
+            }
+            if path == "/slow-paid" {
+                tokio::time::sleep(std::time::Duration::from_millis(800)).await;
             }
             let network = if v1 { "base-sepolia" } else { NETWORK };
             let receipt = json!({"success": true, "transaction": format!("0x{}", hex::encode(Sha256::digest(nonce))), "network": network, "payer": payer.to_checksum(None)});

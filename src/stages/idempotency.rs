@@ -1,0 +1,234 @@
+//! `idempotency`: a request carrying `Idempotency-Key` is paid at most once. Its fingerprint
+//! (method, target URL, SHA-256 of the body) is claimed for the project and key; while the first
+//! request runs, a retry gets 409; the same key with a different request gets 422; afterwards
+//! the first *paid* response is replayed from memory (`X-Pag0-Idempotent-Replay: true`) with no
+//! upstream call and no signature. Unpaid outcomes release the key (nothing to protect).
+//!
+//! List it before `payment`: response-side hooks run in reverse stage order, so this stage sees
+//! the response with the payment stage's headers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::{Flow, Stage};
+use crate::idempotency::{Begin, IdempotencyStore, StoredResponse};
+use crate::proxy::RequestCtx;
+use crate::proxy::respond::{ErrorCode, Reply};
+
+/// The request header agents send.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+/// Request bodies are hashed in `request_filter`; they must fit Pingora's 64 KiB retry buffer.
+pub const MAX_IDEMPOTENT_BODY: usize = 64 * 1024;
+/// Paid response bodies kept for replay at most.
+pub const MAX_STORED_BODY: usize = 1024 * 1024;
+
+pub struct IdempotencyStage {
+    store: Arc<dyn IdempotencyStore>,
+    window: Duration,
+}
+
+/// Response headers as (name, value) pairs.
+pub type Headers = Vec<(String, Vec<u8>)>;
+
+/// Per-request state of this stage.
+#[derive(Debug, Default)]
+pub struct IdempotencyState {
+    /// Store key (`project|key`) claimed by this request.
+    pub key: Option<String>,
+    /// The response being captured: header part, body so far, overflowed, complete.
+    pub captured: Option<(u16, Headers)>,
+    pub body: BytesMut,
+    pub too_large: bool,
+    pub complete: bool,
+}
+
+impl IdempotencyStage {
+    pub fn new(store: Arc<dyn IdempotencyStore>, window: Duration) -> IdempotencyStage {
+        IdempotencyStage { store, window }
+    }
+}
+
+async fn replay(session: &mut Session, stored: &StoredResponse) -> pingora::Result<()> {
+    let Some(body) = stored.body.clone() else {
+        let reply = Reply::new(
+            ErrorCode::IdempotencyResponseUnavailable,
+            "this key was already paid for; its response was too large to keep",
+        )
+        .header("x-pag0-idempotent-replay", "true");
+        return reply.send(session).await;
+    };
+    let mut resp = ResponseHeader::build(stored.status, Some(stored.headers.len() + 2))?;
+    for (name, value) in &stored.headers {
+        if !name.eq_ignore_ascii_case("content-length")
+            && !name.eq_ignore_ascii_case("transfer-encoding")
+        {
+            resp.append_header(name.clone(), value.as_slice())?;
+        }
+    }
+    resp.insert_header("content-length", body.len().to_string())?;
+    resp.insert_header("x-pag0-idempotent-replay", "true")?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+#[async_trait]
+impl Stage for IdempotencyStage {
+    fn name(&self) -> &'static str {
+        "idempotency"
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Flow {
+        let Some(raw) = session.req_header().headers.get(IDEMPOTENCY_KEY_HEADER) else {
+            return Flow::Continue;
+        };
+        let key = match raw.to_str() {
+            Ok(k) if !k.is_empty() && k.len() <= 255 => k.to_string(),
+            _ => {
+                return Flow::Respond(Reply::new(
+                    ErrorCode::InvalidIdempotencyKey,
+                    "Idempotency-Key must be 1-255 visible ASCII characters",
+                ));
+            }
+        };
+        // Hash the body now (it stays in the retry buffer and is sent from there).
+        session.enable_retry_buffering();
+        let mut hasher = Sha256::new();
+        let mut len = 0usize;
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    len += chunk.len();
+                    if len > MAX_IDEMPOTENT_BODY {
+                        return Flow::Respond(Reply::new(
+                            ErrorCode::IdempotencyBodyTooLarge,
+                            format!(
+                                "requests with Idempotency-Key may carry at most {MAX_IDEMPOTENT_BODY} bytes of body"
+                            ),
+                        ));
+                    }
+                    hasher.update(&chunk);
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    return Flow::Respond(Reply::new(
+                        ErrorCode::BadRequest,
+                        "cannot read the request body",
+                    ));
+                }
+            }
+        }
+        let req = session.req_header();
+        let target = ctx.target.as_ref().map(|t| {
+            format!(
+                "{}://{}:{}{}",
+                if t.tls { "https" } else { "http" },
+                t.host,
+                t.port,
+                t.path
+            )
+        });
+        let fingerprint: [u8; 32] = Sha256::new()
+            .chain_update(req.method.as_str())
+            .chain_update(b"\n")
+            .chain_update(target.unwrap_or_default())
+            .chain_update(b"\n")
+            .chain_update(hasher.finalize())
+            .finalize()
+            .into();
+        let store_key = format!("{}|{key}", ctx.project_label());
+        match self.store.begin(&store_key, fingerprint, self.window).await {
+            Begin::New => {
+                ctx.idempotency.key = Some(store_key);
+                Flow::Continue
+            }
+            Begin::InFlight => Flow::Respond(
+                Reply::new(
+                    ErrorCode::IdempotencyInFlight,
+                    "a request with this Idempotency-Key is still in flight",
+                )
+                .header("retry-after", "1"),
+            ),
+            Begin::Mismatch => Flow::Respond(
+                Reply::new(
+                    ErrorCode::IdempotencyKeyReused,
+                    "this Idempotency-Key was used for a different request",
+                )
+                .details(json!({"key": key})),
+            ),
+            Begin::Done(stored) => match replay(session, &stored).await {
+                Ok(()) => Flow::Served,
+                Err(_) => Flow::Served, // the client went away; nothing else to do
+            },
+        }
+    }
+
+    /// Captures the response of a paid, claimed request (headers here, body below).
+    async fn response_filter(
+        &self,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if ctx.idempotency.key.is_some() && ctx.payment.charge.is_some() && resp.status.is_success()
+        {
+            let headers = resp
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect();
+            ctx.idempotency.captured = Some((resp.status.as_u16(), headers));
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        body: &Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) {
+        let state = &mut ctx.idempotency;
+        if state.captured.is_none() {
+            return;
+        }
+        if let Some(chunk) = body
+            && !state.too_large
+        {
+            if state.body.len() + chunk.len() > MAX_STORED_BODY {
+                state.too_large = true;
+                state.body = BytesMut::new();
+            } else {
+                state.body.extend_from_slice(chunk);
+            }
+        }
+        state.complete |= end_of_stream;
+    }
+
+    async fn logging(&self, ctx: &mut RequestCtx) {
+        let state = std::mem::take(&mut ctx.idempotency);
+        let Some(key) = state.key else { return };
+        match state.captured {
+            Some((status, headers)) if state.complete => {
+                let body = (!state.too_large).then(|| state.body.freeze());
+                self.store
+                    .complete(
+                        &key,
+                        Arc::new(StoredResponse {
+                            status,
+                            headers,
+                            body,
+                        }),
+                        self.window,
+                    )
+                    .await;
+            }
+            _ => self.store.release(&key).await,
+        }
+    }
+}
