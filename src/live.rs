@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::net::dns::Resolver;
 use crate::ratelimit::{LocalRateLimiter, RateLimiter};
 use crate::stages::Pipeline;
-use crate::x402::{LocalPriceMemory, PriceMemory};
+use crate::x402::{LocalNonceGuard, LocalPriceMemory, NonceGuard, PriceMemory};
 
 /// Services that live as long as the process and survive reloads (their state too: rate-limit
 /// buckets are not reset by a reload).
@@ -28,6 +28,8 @@ pub struct Shared {
     pub price_memory: Arc<dyn PriceMemory>,
     /// Idempotency records (survive reloads).
     pub idempotency: Arc<dyn IdempotencyStore>,
+    /// Nonces of agent-signed payments already relayed.
+    pub nonce_guard: Arc<dyn NonceGuard>,
 }
 
 impl Shared {
@@ -38,6 +40,7 @@ impl Shared {
             metrics: Arc::new(Metrics::new()),
             price_memory: Arc::new(LocalPriceMemory::default()),
             idempotency: Arc::new(LocalIdempotencyStore::default()),
+            nonce_guard: Arc::new(LocalNonceGuard::default()),
         })
     }
 }

@@ -61,8 +61,11 @@ fn bad_fixtures_report_every_expected_path() {
             "{} has no '# expect:' line",
             file.display()
         );
-        let env = |name: &str| {
-            (name != "UNSET_FOR_TEST").then(|| "dummy-secret-value-for-validation".to_string())
+        // Wallet keys get a valid dev key, except PAG0_TEST_BAD_KEY, which a fixture expects to fail.
+        let env = |name: &str| match name {
+            "UNSET_FOR_TEST" => None,
+            "PAG0_TEST_BAD_KEY" => Some("dummy-secret-value-for-validation".to_string()),
+            other => any_env(other),
         };
         let errors = match pag0::config::parse(&text, &dir, env) {
             Ok(_) => panic!("{} validated but must fail", file.display()),

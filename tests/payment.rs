@@ -9,13 +9,15 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 const NO_WALLET_KEY: &str = "nowallet-key-0123456789";
+const RELAY_KEY: &str = "relay-key-0123456789";
 
 fn config() -> String {
     format!(
-        "{}stages:\n  - kind: auth\n  - kind: ssrf_guard\n    allow: [\"127.0.0.0/8\"]\n  - kind: idempotency\n  - kind: payment\nprojects:\n  - id: demo\n    keys: [\"{DEMO_HASH}\"]\n    wallet:\n      private_key: ${{PAG0_TEST_WALLET_KEY:-{}}}\n  - id: nowallet\n    keys: [\"sha256:{}\"]\n",
+        "{}stages:\n  - kind: auth\n  - kind: ssrf_guard\n    allow: [\"127.0.0.0/8\"]\n  - kind: idempotency\n  - kind: payment\nprojects:\n  - id: demo\n    keys: [\"{DEMO_HASH}\"]\n    wallet:\n      private_key: ${{PAG0_TEST_WALLET_KEY:-{}}}\n  - id: nowallet\n    keys: [\"sha256:{}\"]\n  - id: relay\n    mode: relay\n    keys: [\"sha256:{}\"]\n",
         paywall::payments_yaml(),
         paywall::WALLET_KEY,
         sha256_hex(NO_WALLET_KEY.as_bytes()),
+        sha256_hex(RELAY_KEY.as_bytes()),
     )
 }
 
@@ -152,7 +154,7 @@ async fn unacceptable_offers_are_declined_with_a_reason() {
             "the offer reaches the agent"
         );
     }
-    // A project without a wallet never pays.
+    // A project without a wallet (mode off) never pays.
     let resp = pag0
         .client("nowallet", NO_WALLET_KEY)
         .get(wall.url("/paid"))
@@ -160,11 +162,7 @@ async fn unacceptable_offers_are_declined_with_a_reason() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::PAYMENT_REQUIRED);
-    assert!(
-        header(&resp, "x-pag0-payment-reason")
-            .unwrap()
-            .contains("no wallet")
-    );
+    assert_eq!(header(&resp, "x-pag0-payment").as_deref(), Some("off"));
     assert_eq!(wall.stats().paid, 0);
 }
 
@@ -519,4 +517,134 @@ async fn an_idempotent_retry_during_the_first_request_gets_409() {
         .await
         .unwrap();
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+}
+
+/// The agent's own x402 client: signs an offer with its own key (pag0's library as a client).
+async fn agent_pays(offer_source: &reqwest::Response, v1_body: Option<&[u8]>) -> (String, String) {
+    use pag0::x402::{self, PaymentSigner};
+    let required = match v1_body {
+        Some(body) => x402::parse_v1_body(body).unwrap(),
+        None => {
+            x402::parse_v2_header(offer_source.headers()["payment-required"].as_bytes()).unwrap()
+        }
+    };
+    let signer = x402::Eip3009Signer::from_hex(paywall::WALLET_KEY).unwrap();
+    let offer = &required.offers[0];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let signed = signer.sign(offer, now).await.unwrap();
+    (
+        offer.version.payment_header().to_string(),
+        x402::payment_header(&required, offer, &signed),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_mode_checks_agent_payments_and_forwards_them_unchanged() {
+    let wall = Paywall::start().await;
+    let pag0 = Pag0::start(&config());
+    let client = pag0.client("relay", RELAY_KEY);
+
+    // The 402 reaches the agent (pag0 does not sign in relay mode).
+    let offer = client.get(wall.url("/paid")).send().await.unwrap();
+    assert_eq!(offer.status(), StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(header(&offer, "x-pag0-payment").as_deref(), Some("relay"));
+    let (name, value) = agent_pays(&offer, None).await;
+    let paid = client
+        .get(wall.url("/paid"))
+        .header(name.as_str(), value.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paid.status(), StatusCode::OK, "{:?}", wall.stats());
+    assert_eq!(wall.stats().paid, 1);
+
+    // Replaying the same authorization is refused by pag0 before the upstream sees it.
+    let before = wall.stats().requests;
+    let replay = client
+        .get(wall.url("/paid"))
+        .header(name.as_str(), value.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), StatusCode::CONFLICT);
+    let body: Value = replay.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "PAYMENT_NONCE_REUSED");
+    assert_eq!(wall.stats().requests, before);
+
+    // Undecodable header: 400. Above the ceiling: 403. Forged signature: 403.
+    let bad = client
+        .get(wall.url("/paid"))
+        .header("payment-signature", "not base64!")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        bad.json::<Value>().await.unwrap()["error"]["code"],
+        "INVALID_PAYMENT_HEADER"
+    );
+    let expensive_offer = client.get(wall.url("/expensive")).send().await.unwrap();
+    let (name, value) = agent_pays(&expensive_offer, None).await;
+    let expensive = client
+        .get(wall.url("/expensive"))
+        .header(name.as_str(), value.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(expensive.status(), StatusCode::FORBIDDEN);
+    let body: Value = expensive.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "PAYMENT_NOT_ALLOWED");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ceiling")
+    );
+    let offer = client.get(wall.url("/paid")).send().await.unwrap();
+    let (name, value) = agent_pays(&offer, None).await;
+    let mut json: Value = serde_json::from_slice(&base64_decode(&value)).unwrap();
+    json["payload"]["authorization"]["to"] = serde_json::json!(paywall::WALLET_ADDRESS);
+    json["accepted"]["payTo"] = serde_json::json!(paywall::WALLET_ADDRESS);
+    let forged = base64_encode(json.to_string().as_bytes());
+    let resp = client
+        .get(wall.url("/paid"))
+        .header(name.as_str(), forged.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::FORBIDDEN,
+        "payTo changed after signing"
+    );
+
+    // v1: the offer is in the body, the agent answers with X-PAYMENT.
+    let offer = client.get(wall.url("/v1/paid")).send().await.unwrap();
+    assert_eq!(offer.status(), StatusCode::PAYMENT_REQUIRED);
+    let body = offer.bytes().await.unwrap();
+    let dummy = client.get(wall.url("/free")).send().await.unwrap();
+    let (name, value) = agent_pays(&dummy, Some(&body)).await;
+    assert_eq!(name, "x-payment");
+    let paid = client
+        .get(wall.url("/v1/paid"))
+        .header(name.as_str(), value.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paid.status(), StatusCode::OK);
+    let stats = wall.stats();
+    assert_eq!(stats.paid, 2, "{stats:?}");
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
 }

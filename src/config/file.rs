@@ -198,6 +198,9 @@ pub struct FileProject {
     pub rate_limit: Option<FileRateLimit>,
     /// Wallet for paying 402s (projects without one never pay).
     pub wallet: Option<FileWallet>,
+    /// `wallet` (pag0 signs; default with a wallet), `relay` (the agent signs, pag0 checks and
+    /// forwards), `off` (402s pass through; default without a wallet).
+    pub mode: Option<String>,
 }
 
 /// One entry of `routes:` — a reverse-proxy route.

@@ -494,14 +494,39 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
                 }
             }
             let rate_limit = self.rate_limit(p.rate_limit, &format!("{path}.rate_limit"));
+            let has_wallet = p.wallet.is_some();
             let wallet = p
                 .wallet
                 .and_then(|w| self.wallet(w, &format!("{path}.wallet")));
+            let mode = match (p.mode.as_deref(), has_wallet) {
+                (None, true) | (Some("wallet"), true) => PaymentMode::Wallet,
+                (None, false) | (Some("off"), _) => PaymentMode::Off,
+                (Some("relay"), false) => PaymentMode::Relay,
+                (Some("relay"), true) => {
+                    self.issue(
+                        &format!("{path}.mode"),
+                        "relay projects do not sign: remove the wallet",
+                    );
+                    PaymentMode::Relay
+                }
+                (Some("wallet"), false) => {
+                    self.issue(&format!("{path}.mode"), "wallet mode needs a wallet");
+                    PaymentMode::Off
+                }
+                (Some(other), _) => {
+                    self.issue(
+                        &format!("{path}.mode"),
+                        format!("unknown mode {other:?}, expected wallet, relay or off"),
+                    );
+                    PaymentMode::Off
+                }
+            };
             out.push(Arc::new(Project {
                 id: p.id,
                 key_hashes,
                 rate_limit,
                 wallet,
+                mode,
             }));
         }
         out

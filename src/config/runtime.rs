@@ -137,6 +137,18 @@ pub struct Project {
     pub key_hashes: Vec<[u8; 32]>,
     pub rate_limit: Option<RateLimit>,
     pub wallet: Option<Wallet>,
+    pub mode: PaymentMode,
+}
+
+/// Who signs a project's payments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PaymentMode {
+    /// pag0 signs with the project's wallet.
+    Wallet,
+    /// The agent signs; pag0 checks the payment header against policy and forwards it.
+    Relay,
+    /// Nobody: 402s pass through.
+    Off,
 }
 
 /// A reverse-proxy route.

@@ -45,6 +45,12 @@ pub enum ErrorCode {
     IdempotencyBodyTooLarge,
     /// 422: the `Idempotency-Key` was used for a different request.
     IdempotencyKeyReused,
+    /// 400: relay mode: the agent's payment header does not decode.
+    InvalidPaymentHeader,
+    /// 403: relay mode: the agent's payment is outside the allowlists, ceiling or window.
+    PaymentNotAllowed,
+    /// 409: relay mode: the agent's payment nonce was already relayed.
+    PaymentNonceReused,
 }
 
 impl ErrorCode {
@@ -56,6 +62,9 @@ impl ErrorCode {
             ErrorCode::IdempotencyInFlight | ErrorCode::IdempotencyResponseUnavailable => 409,
             ErrorCode::IdempotencyBodyTooLarge => 413,
             ErrorCode::IdempotencyKeyReused => 422,
+            ErrorCode::InvalidPaymentHeader => 400,
+            ErrorCode::PaymentNotAllowed => 403,
+            ErrorCode::PaymentNonceReused => 409,
             ErrorCode::Unauthorized => 401,
             ErrorCode::TargetForbidden => 403,
             ErrorCode::NoRoute => 404,
@@ -78,6 +87,9 @@ impl ErrorCode {
             ErrorCode::IdempotencyResponseUnavailable => "IDEMPOTENCY_RESPONSE_UNAVAILABLE",
             ErrorCode::IdempotencyBodyTooLarge => "IDEMPOTENCY_BODY_TOO_LARGE",
             ErrorCode::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
+            ErrorCode::InvalidPaymentHeader => "INVALID_PAYMENT_HEADER",
+            ErrorCode::PaymentNotAllowed => "PAYMENT_NOT_ALLOWED",
+            ErrorCode::PaymentNonceReused => "PAYMENT_NONCE_REUSED",
             ErrorCode::Unauthorized => "UNAUTHORIZED",
             ErrorCode::TargetForbidden => "TARGET_FORBIDDEN",
             ErrorCode::NoRoute => "NO_ROUTE",

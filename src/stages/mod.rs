@@ -127,6 +127,7 @@ impl Pipeline {
                         config.payments.clone(),
                         shared.metrics.clone(),
                         shared.price_memory.clone(),
+                        shared.nonce_guard.clone(),
                     )),
                     StageConfig::SsrfGuard { allow } => {
                         Box::new(SsrfGuardStage::new(allow.clone(), shared.resolver.clone()))

@@ -12,6 +12,10 @@
 //! that pre-signed attempt gets a 402 anyway (price changed), the entry is forgotten and the
 //! new 402 is paid with the normal replay, exactly once.
 //!
+//! Modes (per project): `wallet` as above; `relay`: the agent signs, and its `X-PAYMENT` /
+//! `PAYMENT-SIGNATURE` is decoded, checked against the same guards, the validity window and a
+//! nonce replay guard, then forwarded unchanged; `off`: 402s pass through.
+//!
 //! Guards: only assets listed in `payments.assets`, only allowed schemes and recipients, never
 //! above the asset's per-payment ceiling; the cheapest acceptable offer wins. Never pays twice
 //! for one request: a 402 to the paid attempt goes to the agent as is. A body larger than the
@@ -28,11 +32,14 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
 
 use super::{Flow, Stage};
-use crate::config::{Payments, Wallet};
+use crate::config::{PaymentMode, Payments, Wallet};
 use crate::metrics::Metrics;
 use crate::proxy::ctx::Charge;
+use crate::proxy::respond::{ErrorCode, Reply};
 use crate::proxy::{RequestCtx, upstream};
-use crate::x402::{self, Offer, PaymentRequired, PriceMemory, Remembered, networks};
+use crate::x402::{
+    self, DecodedPayment, NonceGuard, Offer, PaymentRequired, PriceMemory, Remembered, networks,
+};
 
 /// Response header telling the agent what pag0 did with a 402.
 pub const PAYMENT_STATUS_HEADER: &str = "x-pag0-payment";
@@ -43,6 +50,7 @@ pub struct PaymentStage {
     payments: Payments,
     metrics: Arc<Metrics>,
     memory: Arc<dyn PriceMemory>,
+    nonce_guard: Arc<dyn NonceGuard>,
 }
 
 impl PaymentStage {
@@ -50,12 +58,43 @@ impl PaymentStage {
         payments: Payments,
         metrics: Arc<Metrics>,
         memory: Arc<dyn PriceMemory>,
+        nonce_guard: Arc<dyn NonceGuard>,
     ) -> PaymentStage {
         PaymentStage {
             payments,
             metrics,
             memory,
+            nonce_guard,
         }
+    }
+
+    /// Relay mode: checks an agent-signed payment header before it is forwarded unchanged.
+    async fn check_relayed_header(&self, value: &[u8], ctx: &RequestCtx) -> Result<(), Reply> {
+        let payment = x402::decode_payment_header(value).map_err(|e| {
+            Reply::new(
+                ErrorCode::InvalidPaymentHeader,
+                format!("cannot decode the payment header: {e}"),
+            )
+        })?;
+        let now = unix_now();
+        check_relayed(&self.payments, &payment, now)
+            .map_err(|why| Reply::new(ErrorCode::PaymentNotAllowed, why))?;
+        let a = &payment.authorization;
+        if !self
+            .nonce_guard
+            .claim(a.from, a.nonce, a.valid_before, now)
+            .await
+        {
+            return Err(Reply::new(
+                ErrorCode::PaymentNonceReused,
+                "this payment authorization was already relayed",
+            ));
+        }
+        self.metrics
+            .payments
+            .with_label_values(&[ctx.project_label(), "relayed"])
+            .inc();
+        Ok(())
     }
 
     /// Marks the 402 as not paid and says why; it then goes to the agent unchanged otherwise.
@@ -146,6 +185,83 @@ impl PaymentStage {
     fn memory_enabled(&self) -> bool {
         !self.payments.price_memory.is_zero()
     }
+}
+
+/// Accepted clock difference for an agent's `validAfter`.
+pub const RELAY_CLOCK_SKEW_SECONDS: u64 = 60;
+
+/// Checks an agent-signed payment against the allowlists and ceiling pag0 applies to its own
+/// payments, the validity window, and (v2, domain known) that the signature is the payer's.
+pub fn check_relayed(payments: &Payments, p: &DecodedPayment, now: u64) -> Result<(), String> {
+    use alloy_primitives::Address;
+    use serde_json::Value;
+    if !payments.schemes.contains(&p.scheme) {
+        return Err(format!("scheme {} not allowed", p.scheme));
+    }
+    let chain_id = p
+        .chain_id
+        .ok_or_else(|| format!("unsupported network {}", p.network))?;
+    let a = &p.authorization;
+    let ceiling = match &p.accepted {
+        Some(accepted) => {
+            let field = |k: &str| accepted.get(k).and_then(Value::as_str);
+            let asset: Address = field("asset")
+                .and_then(|s| s.parse().ok())
+                .ok_or("accepted.asset is missing or invalid")?;
+            let allowed = payments.asset(chain_id, asset).ok_or_else(|| {
+                format!("asset {asset} on {} not allowed", networks::caip2(chain_id))
+            })?;
+            if p.accepted_amount() != Some(a.value) {
+                return Err("authorization.value differs from accepted.amount".into());
+            }
+            if field("payTo").and_then(|s| s.parse::<Address>().ok()) != Some(a.to) {
+                return Err("authorization.to differs from accepted.payTo".into());
+            }
+            let extra = accepted.get("extra");
+            let domain_part = |k: &str| {
+                extra
+                    .and_then(|e| e.get(k))
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+            };
+            if let (Some(name), Some(version)) = (domain_part("name"), domain_part("version")) {
+                let domain = x402::sign::TokenDomain {
+                    name,
+                    version,
+                    chain_id,
+                    verifying_contract: asset,
+                };
+                if x402::sign::recover_signer(&domain, a, &p.signature) != Some(a.from) {
+                    return Err("the signature is not the payer's".into());
+                }
+            }
+            allowed.max_per_payment
+        }
+        // v1 payloads do not name the asset: the tightest ceiling of the network's assets applies.
+        None => payments
+            .assets
+            .iter()
+            .filter(|x| x.chain_id == chain_id)
+            .map(|x| x.max_per_payment)
+            .min()
+            .ok_or_else(|| format!("no allowed asset on {}", networks::caip2(chain_id)))?,
+    };
+    if a.value > ceiling {
+        return Err(format!(
+            "{} exceeds the per-payment ceiling of {ceiling}",
+            a.value
+        ));
+    }
+    if !payments.pay_to.is_empty() && !payments.pay_to.contains(&a.to) {
+        return Err(format!("recipient {} not allowed", a.to));
+    }
+    if a.valid_before <= now {
+        return Err("the authorization has expired".into());
+    }
+    if a.valid_after > now + RELAY_CLOCK_SKEW_SECONDS {
+        return Err("the authorization is not valid yet".into());
+    }
+    Ok(())
 }
 
 /// The cheapest offer that passes every guard, or why none does.
@@ -245,11 +361,28 @@ impl Stage for PaymentStage {
     /// works for bodies over the replay buffer, since nothing needs replaying).
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Flow {
         let req = session.req_header();
-        if req.headers.contains_key(x402::PAYMENT_SIGNATURE_HEADER)
-            || req.headers.contains_key(x402::X_PAYMENT_HEADER)
-        {
-            // The agent paid itself (its own x402 client): pass through, never pay on top.
+        let mode = ctx.project.as_ref().map_or(PaymentMode::Off, |p| p.mode);
+        let agent_header = req
+            .headers
+            .get(x402::PAYMENT_SIGNATURE_HEADER)
+            .or_else(|| req.headers.get(x402::X_PAYMENT_HEADER))
+            .map(|v| v.as_bytes().to_vec());
+        if let Some(value) = agent_header {
+            // The agent paid itself (its own x402 client): never pay on top. In relay mode the
+            // payment is checked first and then forwarded unchanged.
             ctx.payment.agent_signed = true;
+            if mode == PaymentMode::Relay
+                && let Err(reply) = self.check_relayed_header(&value, ctx).await
+            {
+                self.metrics
+                    .payments
+                    .with_label_values(&[ctx.project_label(), "refused"])
+                    .inc();
+                return Flow::Respond(reply);
+            }
+            return Flow::Continue;
+        }
+        if mode != PaymentMode::Wallet {
             return Flow::Continue;
         }
         let Some(wallet) = ctx.project.as_ref().and_then(|p| p.wallet.clone()) else {
@@ -315,6 +448,17 @@ impl Stage for PaymentStage {
                 resp.insert_header(PAYMENT_STATUS_HEADER, "rejected")?;
                 return Ok(());
             }
+        }
+        match ctx.project.as_ref().map_or(PaymentMode::Off, |p| p.mode) {
+            PaymentMode::Relay => {
+                resp.insert_header(PAYMENT_STATUS_HEADER, "relay")?;
+                return Ok(());
+            }
+            PaymentMode::Off => {
+                resp.insert_header(PAYMENT_STATUS_HEADER, "off")?;
+                return Ok(());
+            }
+            PaymentMode::Wallet => {}
         }
         let Some(wallet) = ctx.project.as_ref().and_then(|p| p.wallet.clone()) else {
             return self.decline(resp, ctx, "declined", "the project has no wallet".into());

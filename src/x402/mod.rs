@@ -3,6 +3,7 @@
 //!
 //! References: `shared/reference/x402-protocol.md` (§ numbers in comments point there).
 
+pub mod guard;
 pub mod memory;
 pub mod networks;
 pub mod receipt;
@@ -11,6 +12,7 @@ pub mod wire;
 
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 
+pub use guard::{LocalNonceGuard, NonceGuard};
 pub use memory::{LocalPriceMemory, PriceMemory, Remembered};
 pub use receipt::{DecodedPayment, Receipt, decode_payment_header, parse_receipt};
 pub use sign::{
