@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::net::dns::Resolver;
 use crate::ratelimit::{LocalRateLimiter, RateLimiter};
 use crate::stages::Pipeline;
+use crate::x402::facilitator::Facilitator;
 use crate::x402::{LocalNonceGuard, LocalPriceMemory, NonceGuard, PriceMemory};
 
 /// Services that live as long as the process and survive reloads (their state too: rate-limit
@@ -30,6 +31,8 @@ pub struct Shared {
     pub idempotency: Arc<dyn IdempotencyStore>,
     /// Nonces of agent-signed payments already relayed.
     pub nonce_guard: Arc<dyn NonceGuard>,
+    /// The x402 facilitator, when `payments.facilitator` is set (changes need a restart).
+    pub facilitator: Option<Arc<Facilitator>>,
 }
 
 impl Shared {
@@ -41,6 +44,14 @@ impl Shared {
             price_memory: Arc::new(LocalPriceMemory::default()),
             idempotency: Arc::new(LocalIdempotencyStore::default()),
             nonce_guard: Arc::new(LocalNonceGuard::default()),
+            facilitator: config.payments.facilitator.as_ref().map(|f| {
+                Arc::new(Facilitator::new(
+                    &f.url,
+                    f.token.clone(),
+                    f.verify_before_pay,
+                    f.timeout,
+                ))
+            }),
         })
     }
 }
@@ -139,6 +150,15 @@ impl Reloader {
         }
         if config.admin.listen != current.config.admin.listen {
             kept.push("admin.listen changed; it applies after a restart".to_string());
+        }
+        let facilitator_url = |c: &Config| {
+            c.payments
+                .facilitator
+                .as_ref()
+                .map(|f| (f.url.clone(), f.verify_before_pay))
+        };
+        if facilitator_url(&config) != facilitator_url(&current.config) {
+            kept.push("payments.facilitator changed; it applies after a restart".to_string());
         }
         if config.dns != current.config.dns {
             kept.push("dns settings changed; they apply after a restart".to_string());

@@ -9,7 +9,7 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 
-use crate::admin::{AdminService, SighupReloader};
+use crate::admin::{AdminService, FacilitatorProbe, SighupReloader};
 use crate::config::Config;
 use crate::live::{Reloader, Shared};
 use crate::proxy::Pag0Proxy;
@@ -89,6 +89,11 @@ pub fn build(config: Config, path: Option<PathBuf>, opts: &StartOptions) -> anyh
     let mut admin = background_service("pag0 admin", admin);
     admin.threads = Some(1);
     server.add_service(admin);
+    if let Some(facilitator) = reloader.shared.facilitator.clone() {
+        let mut probe = background_service("pag0 facilitator", FacilitatorProbe(facilitator));
+        probe.threads = Some(1);
+        server.add_service(probe);
+    }
     let mut hup = background_service("pag0 sighup", SighupReloader(reloader.clone()));
     hup.threads = Some(1);
     server.add_service(hup);

@@ -234,7 +234,9 @@ async fn fifty_concurrent_paid_calls_are_each_paid_exactly_once() {
     }
     let stats = wall.stats();
     assert_eq!(stats.paid, 50, "{stats:?}");
-    assert_eq!(stats.requests, 100, "one probe and one paid attempt each");
+    // One paid attempt each, plus an unpaid probe for every call that started before the
+    // first payment was remembered (price memory pre-signs the rest).
+    assert!((51..=100).contains(&stats.requests), "{stats:?}");
     assert!(stats.invalid.is_empty(), "{:?}", stats.invalid);
 }
 

@@ -96,22 +96,38 @@ async fn require_token(State(state): State<AdminState>, req: Request, next: Next
 /// The embedded default has no external dependency; Redis and PostgreSQL join this list when
 /// configured.
 async fn health(State(state): State<AdminState>) -> Response {
+    use crate::x402::facilitator::Supported;
     let live = state.reloader.live.load();
-    let dependencies = json!({
-        "config": {"status": "up", "generation": live.generation},
-        "dns": {"status": "up"},
+    let mut dependencies = json!({
+        "config": {"status": "up", "required": true, "generation": live.generation},
+        "dns": {"status": "up", "required": true},
     });
-    let all_up = dependencies
-        .as_object()
-        .is_some_and(|d| d.values().all(|v| v["status"] == "up"));
+    if let Some(f) = &state.reloader.shared.facilitator {
+        // Only required when payments wait for its verdict (verify_before_pay).
+        let entry = match f.supported() {
+            Supported::Unknown => json!({"status": "unknown"}),
+            Supported::Up { kinds, checked_at } => {
+                json!({"status": "up", "kinds": kinds, "checked_at": checked_at})
+            }
+            Supported::Down { error, checked_at } => {
+                json!({"status": "down", "error": error, "checked_at": checked_at})
+            }
+        };
+        dependencies["facilitator"] = entry;
+        dependencies["facilitator"]["required"] = json!(f.verify_before_pay);
+    }
+    let healthy = dependencies.as_object().is_some_and(|d| {
+        d.values()
+            .all(|v| v["required"] != true || v["status"] == "up")
+    });
     let body = json!({
-        "status": if all_up { "ok" } else { "degraded" },
+        "status": if healthy { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs(),
         "stages": live.pipeline.names(),
         "dependencies": dependencies,
     });
-    let status = if all_up {
+    let status = if healthy {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -192,6 +208,32 @@ impl BackgroundService for AdminService {
             .await
         {
             log::error!("admin listener failed: {e}");
+        }
+    }
+}
+
+/// Probes the facilitator's `GET /supported` at startup and then every few minutes.
+pub struct FacilitatorProbe(pub Arc<crate::x402::facilitator::Facilitator>);
+
+/// Seconds between facilitator probes.
+pub const FACILITATOR_PROBE_INTERVAL_SECONDS: u64 = 300;
+
+#[async_trait]
+impl BackgroundService for FacilitatorProbe {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use crate::x402::facilitator::Supported;
+        loop {
+            match self.0.probe().await {
+                Supported::Up { kinds, .. } => {
+                    log::info!(kinds:? = kinds; "x402 facilitator is up")
+                }
+                Supported::Down { error, .. } => log::warn!("x402 facilitator is down: {error}"),
+                Supported::Unknown => {}
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(std::time::Duration::from_secs(FACILITATOR_PROBE_INTERVAL_SECONDS)) => {}
+                _ = shutdown.changed() => return,
+            }
         }
     }
 }

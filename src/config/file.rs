@@ -71,6 +71,25 @@ pub struct FilePayments {
     pub pay_to: Vec<String>,
     /// Seconds to remember a paid endpoint's offer (0: never pre-sign).
     pub price_memory_seconds: Option<u64>,
+    /// Optional x402 facilitator (health and verify-before-pay).
+    pub facilitator: Option<FileFacilitator>,
+}
+
+/// Timeout of one facilitator call.
+pub const DEFAULT_FACILITATOR_TIMEOUT_MS: u64 = 5_000;
+
+/// `payments.facilitator`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileFacilitator {
+    /// Base URL, e.g. `https://x402.org/facilitator`.
+    pub url: String,
+    /// Bearer token as an `${ENV_VAR}` reference.
+    pub token: Option<String>,
+    /// `POST /verify` each payment pag0 signed before sending it (default false).
+    #[serde(default)]
+    pub verify_before_pay: bool,
+    pub timeout_ms: Option<u64>,
 }
 
 /// One allowed asset on one network.

@@ -679,11 +679,36 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
             f.price_memory_seconds
                 .unwrap_or(DEFAULT_PRICE_MEMORY_SECONDS),
         );
+        let facilitator = f.facilitator.and_then(|fc| {
+            let url_ok =
+                url::Url::parse(&fc.url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+            if !url_ok {
+                self.issue(
+                    "payments.facilitator.url",
+                    format!("invalid URL {:?} (http or https)", fc.url),
+                );
+            }
+            let token = fc
+                .token
+                .and_then(|t| self.secret(&t, "payments.facilitator.token"));
+            let timeout = Duration::from_millis(self.positive(
+                fc.timeout_ms,
+                DEFAULT_FACILITATOR_TIMEOUT_MS,
+                "payments.facilitator.timeout_ms",
+            ));
+            url_ok.then_some(FacilitatorConfig {
+                url: fc.url,
+                token,
+                verify_before_pay: fc.verify_before_pay,
+                timeout,
+            })
+        });
         Payments {
             assets,
             schemes,
             pay_to,
             price_memory,
+            facilitator,
         }
     }
 

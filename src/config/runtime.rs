@@ -68,6 +68,16 @@ pub struct Payments {
     pub pay_to: Vec<Address>,
     /// How long a paid offer is remembered (zero: price memory off).
     pub price_memory: std::time::Duration,
+    pub facilitator: Option<FacilitatorConfig>,
+}
+
+/// `payments.facilitator`, validated.
+#[derive(Debug, Clone)]
+pub struct FacilitatorConfig {
+    pub url: String,
+    pub token: Option<Secret>,
+    pub verify_before_pay: bool,
+    pub timeout: std::time::Duration,
 }
 
 /// An allowed asset with its per-payment ceiling, in base units.

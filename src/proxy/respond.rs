@@ -51,6 +51,8 @@ pub enum ErrorCode {
     PaymentNotAllowed,
     /// 409: relay mode: the agent's payment nonce was already relayed.
     PaymentNonceReused,
+    /// 502: `verify_before_pay` is on and the facilitator did not answer.
+    FacilitatorUnavailable,
 }
 
 impl ErrorCode {
@@ -65,6 +67,7 @@ impl ErrorCode {
             ErrorCode::InvalidPaymentHeader => 400,
             ErrorCode::PaymentNotAllowed => 403,
             ErrorCode::PaymentNonceReused => 409,
+            ErrorCode::FacilitatorUnavailable => 502,
             ErrorCode::Unauthorized => 401,
             ErrorCode::TargetForbidden => 403,
             ErrorCode::NoRoute => 404,
@@ -90,6 +93,7 @@ impl ErrorCode {
             ErrorCode::InvalidPaymentHeader => "INVALID_PAYMENT_HEADER",
             ErrorCode::PaymentNotAllowed => "PAYMENT_NOT_ALLOWED",
             ErrorCode::PaymentNonceReused => "PAYMENT_NONCE_REUSED",
+            ErrorCode::FacilitatorUnavailable => "FACILITATOR_UNAVAILABLE",
             ErrorCode::Unauthorized => "UNAUTHORIZED",
             ErrorCode::TargetForbidden => "TARGET_FORBIDDEN",
             ErrorCode::NoRoute => "NO_ROUTE",

@@ -182,7 +182,10 @@ impl ProxyHttp for Pag0Proxy {
     ) -> Box<Error> {
         let mut e = e.more_context(format!("Peer: {peer}"));
         let truncated = session.retry_buffer_truncated();
-        if std::mem::take(&mut ctx.payment.replay_requested) {
+        if ctx.error.is_some() {
+            // pag0 decided this request's fate (e.g. facilitator down): no retry.
+            e.set_retry(false);
+        } else if std::mem::take(&mut ctx.payment.replay_requested) {
             e.set_retry(!truncated);
         } else if !session.req_header().method.is_idempotent() || truncated {
             e.set_retry(false);
@@ -222,6 +225,9 @@ impl ProxyHttp for Pag0Proxy {
                 ErrorCode::UpstreamTimeout => "the upstream did not answer in time".to_string(),
                 ErrorCode::UpstreamConnectFailed => "cannot connect to the upstream".to_string(),
                 ErrorCode::DnsResolutionFailed => "cannot resolve the upstream host".to_string(),
+                ErrorCode::FacilitatorUnavailable => {
+                    "the x402 facilitator did not answer; nothing was paid".to_string()
+                }
                 _ => format!("proxy error: {}", e.etype().as_str()),
             };
             let host = ctx

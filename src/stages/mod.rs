@@ -128,6 +128,7 @@ impl Pipeline {
                         shared.metrics.clone(),
                         shared.price_memory.clone(),
                         shared.nonce_guard.clone(),
+                        shared.facilitator.clone(),
                     )),
                     StageConfig::SsrfGuard { allow } => {
                         Box::new(SsrfGuardStage::new(allow.clone(), shared.resolver.clone()))

@@ -37,6 +37,7 @@ use crate::metrics::Metrics;
 use crate::proxy::ctx::Charge;
 use crate::proxy::respond::{ErrorCode, Reply};
 use crate::proxy::{RequestCtx, upstream};
+use crate::x402::facilitator::{Facilitator, FacilitatorError, Verdict};
 use crate::x402::{
     self, DecodedPayment, NonceGuard, Offer, PaymentRequired, PriceMemory, Remembered, networks,
 };
@@ -51,6 +52,15 @@ pub struct PaymentStage {
     metrics: Arc<Metrics>,
     memory: Arc<dyn PriceMemory>,
     nonce_guard: Arc<dyn NonceGuard>,
+    facilitator: Option<Arc<Facilitator>>,
+}
+
+/// Why no payment header was produced.
+enum SignFailure {
+    /// Policy, signer or facilitator said no: the 402 goes to the agent with the reason.
+    Declined(String),
+    /// `verify_before_pay` is on and the facilitator did not answer.
+    Facilitator(FacilitatorError),
 }
 
 impl PaymentStage {
@@ -59,12 +69,14 @@ impl PaymentStage {
         metrics: Arc<Metrics>,
         memory: Arc<dyn PriceMemory>,
         nonce_guard: Arc<dyn NonceGuard>,
+        facilitator: Option<Arc<Facilitator>>,
     ) -> PaymentStage {
         PaymentStage {
             payments,
             metrics,
             memory,
             nonce_guard,
+            facilitator,
         }
     }
 
@@ -127,27 +139,37 @@ impl PaymentStage {
         Ok(())
     }
 
-    /// Chooses and signs an offer of `required`; records the header and charge in the context.
+    /// Chooses and signs an offer of `required` (and, with `verify_before_pay`, has the
+    /// facilitator verify it); records the header and charge in the context.
     async fn sign(
         &self,
         wallet: &Wallet,
         required: &PaymentRequired,
         ctx: &mut RequestCtx,
-    ) -> Result<(), String> {
-        let offer = choose(&self.payments, required)?;
+    ) -> Result<(), SignFailure> {
+        let offer = choose(&self.payments, required).map_err(SignFailure::Declined)?;
         let signed = wallet
             .0
             .sign(offer, unix_now())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| SignFailure::Declined(e.to_string()))?;
+        let header = x402::payment_header(required, offer, &signed);
+        if let Some(f) = self.facilitator.as_ref().filter(|f| f.verify_before_pay) {
+            match f.verify(&header, offer).await {
+                Ok(Verdict::Valid) => {}
+                Ok(Verdict::Invalid(reason)) => {
+                    return Err(SignFailure::Declined(format!(
+                        "the facilitator rejected the payment: {reason}"
+                    )));
+                }
+                Err(e) => return Err(SignFailure::Facilitator(e)),
+            }
+        }
         let symbol = self
             .payments
             .asset(offer.chain_id, offer.asset)
             .map_or_else(String::new, |a| a.symbol.clone());
-        ctx.payment.header = Some((
-            offer.version.payment_header(),
-            x402::payment_header(required, offer, &signed),
-        ));
+        ctx.payment.header = Some((offer.version.payment_header(), header));
         ctx.payment.charge = Some(Charge {
             amount: offer.amount,
             symbol,
@@ -394,10 +416,17 @@ impl Stage for PaymentStage {
         let Some(key) = memory_key(req, ctx) else {
             return Flow::Continue;
         };
-        if let Some(known) = self.memory.recall(&key).await
-            && self.sign(&wallet, &known.required, ctx).await.is_ok()
-        {
-            ctx.payment.presigned = true;
+        if let Some(known) = self.memory.recall(&key).await {
+            match self.sign(&wallet, &known.required, ctx).await {
+                Ok(()) => ctx.payment.presigned = true,
+                Err(SignFailure::Facilitator(e)) => {
+                    return Flow::Respond(Reply::new(
+                        ErrorCode::FacilitatorUnavailable,
+                        format!("{e}; nothing was paid"),
+                    ));
+                }
+                Err(SignFailure::Declined(_)) => {} // no pre-signing; the 402 path decides
+            }
         }
         ctx.payment.memory_key = Some(key);
         Flow::Continue
@@ -484,8 +513,15 @@ impl Stage for PaymentStage {
             Ok(r) => r,
             Err(e) => return self.decline(resp, ctx, "declined", format!("malformed offer: {e}")),
         };
-        if let Err(reason) = self.sign(&wallet, &required, ctx).await {
-            return self.decline(resp, ctx, "declined", reason);
+        match self.sign(&wallet, &required, ctx).await {
+            Ok(()) => {}
+            Err(SignFailure::Declined(reason)) => {
+                return self.decline(resp, ctx, "declined", reason);
+            }
+            Err(SignFailure::Facilitator(e)) => {
+                ctx.error = Some(ErrorCode::FacilitatorUnavailable);
+                return Err(Error::explain(ErrorType::HTTPStatus(502), e.to_string()));
+            }
         }
         if self.memory_enabled() {
             let offer_index = choose(&self.payments, &required).map_or(0, |o| o.index);

@@ -3,6 +3,7 @@
 //!
 //! References: `shared/reference/x402-protocol.md` (§ numbers in comments point there).
 
+pub mod facilitator;
 pub mod guard;
 pub mod memory;
 pub mod networks;
