@@ -650,3 +650,38 @@ fn base64_encode(b: &[u8]) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(b)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_declined_402_without_a_body_gets_a_json_reason() {
+    let wall = Paywall::start().await;
+    let pag0 = Pag0::start(&config());
+    let resp = pag0
+        .client("demo", DEMO_KEY)
+        .get(wall.url("/expensive-empty"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(header(&resp, "x-pag0-payment").as_deref(), Some("declined"));
+    assert!(
+        header(&resp, "payment-required").is_some(),
+        "the offer is still there for the agent"
+    );
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "PAYMENT_DECLINED");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ceiling"),
+        "{body}"
+    );
+    // A 402 that has a body keeps it.
+    let resp = pag0
+        .client("demo", DEMO_KEY)
+        .get(wall.url("/expensive"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.text().await.unwrap(), "{}");
+}

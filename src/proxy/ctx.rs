@@ -66,6 +66,7 @@ pub struct PaymentState {
     pub presigned: bool,
     /// The one fallback after a pre-signed attempt got a 402 (price changed) was used.
     pub fallback_used: bool,
+
     /// The agent sent its own payment header: pag0 does not pay for this request.
     pub agent_signed: bool,
     /// Offer to remember once the paid response turns out successful.
@@ -91,6 +92,8 @@ pub struct RequestCtx {
     pub project: Option<Arc<Project>>,
     /// Set when pag0 answered (or failed) the request itself.
     pub error: Option<ErrorCode>,
+    /// A reply a stage prepared for `fail_to_proxy` to send instead of the generic one.
+    pub reply: Option<crate::proxy::respond::Reply>,
     pub payment: PaymentState,
     pub idempotency: crate::stages::IdempotencyState,
 }
@@ -103,6 +106,7 @@ impl RequestCtx {
             target: None,
             project: None,
             error: None,
+            reply: None,
             payment: PaymentState::default(),
             idempotency: Default::default(),
         }

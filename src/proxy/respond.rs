@@ -53,6 +53,8 @@ pub enum ErrorCode {
     PaymentNonceReused,
     /// 502: `verify_before_pay` is on and the facilitator did not answer.
     FacilitatorUnavailable,
+    /// 402: pag0 did not pay this 402 (body of a declined 402 whose upstream body was empty).
+    PaymentDeclined,
 }
 
 impl ErrorCode {
@@ -68,6 +70,7 @@ impl ErrorCode {
             ErrorCode::PaymentNotAllowed => 403,
             ErrorCode::PaymentNonceReused => 409,
             ErrorCode::FacilitatorUnavailable => 502,
+            ErrorCode::PaymentDeclined => 402,
             ErrorCode::Unauthorized => 401,
             ErrorCode::TargetForbidden => 403,
             ErrorCode::NoRoute => 404,
@@ -94,6 +97,7 @@ impl ErrorCode {
             ErrorCode::PaymentNotAllowed => "PAYMENT_NOT_ALLOWED",
             ErrorCode::PaymentNonceReused => "PAYMENT_NONCE_REUSED",
             ErrorCode::FacilitatorUnavailable => "FACILITATOR_UNAVAILABLE",
+            ErrorCode::PaymentDeclined => "PAYMENT_DECLINED",
             ErrorCode::Unauthorized => "UNAUTHORIZED",
             ErrorCode::TargetForbidden => "TARGET_FORBIDDEN",
             ErrorCode::NoRoute => "NO_ROUTE",

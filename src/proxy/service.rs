@@ -203,6 +203,17 @@ impl ProxyHttp for Pag0Proxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if let Some(reply) = ctx.reply.take() {
+            // A stage prepared the answer (e.g. a declined 402 with a JSON reason).
+            session.set_keepalive(None);
+            if let Err(write_err) = reply.send(session).await {
+                log::debug!("cannot send the reply: {write_err}");
+            }
+            return FailToProxy {
+                error_code: reply.code.status(),
+                can_reuse_downstream: false,
+            };
+        }
         let code = ctx.error.or_else(|| classify_error(e));
         let Some(code) = code else {
             return FailToProxy {

@@ -189,7 +189,7 @@ impl Stage for IdempotencyStage {
 
     fn response_body_filter(
         &self,
-        body: &Option<Bytes>,
+        body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) {

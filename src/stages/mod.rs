@@ -96,7 +96,7 @@ pub trait Stage: Send + Sync {
     /// Runs in `response_body_filter` for every chunk of the response body sent to the client.
     fn response_body_filter(
         &self,
-        _body: &Option<bytes::Bytes>,
+        _body: &mut Option<bytes::Bytes>,
         _end_of_stream: bool,
         _ctx: &mut RequestCtx,
     ) {
@@ -195,7 +195,7 @@ impl Pipeline {
 
     pub fn response_body_filter(
         &self,
-        body: &Option<bytes::Bytes>,
+        body: &mut Option<bytes::Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) {

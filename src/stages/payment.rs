@@ -134,8 +134,30 @@ impl PaymentStage {
             })
             .take(512)
             .collect();
-        resp.insert_header(PAYMENT_REASON_HEADER, printable)?;
-        ctx.payment.declined = Some(reason);
+        resp.insert_header(PAYMENT_REASON_HEADER, printable.clone())?;
+        ctx.payment.declined = Some(reason.clone());
+        // An empty 402 body: pag0 answers itself, with the same headers (offer included) and
+        // a JSON reason, so the agent has something to read.
+        if resp
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() == b"0")
+        {
+            let mut reply = Reply::new(ErrorCode::PaymentDeclined, reason)
+                .details(serde_json::json!({"payment": status}))
+                .header(PAYMENT_STATUS_HEADER, status)
+                .header(PAYMENT_REASON_HEADER, printable);
+            if let Some(offer) = resp
+                .headers
+                .get(x402::PAYMENT_REQUIRED_HEADER)
+                .and_then(|v| v.to_str().ok())
+            {
+                reply = reply.header(x402::PAYMENT_REQUIRED_HEADER, offer);
+            }
+            ctx.error = Some(ErrorCode::PaymentDeclined);
+            ctx.reply = Some(reply);
+            return Err(Error::explain(ErrorType::HTTPStatus(402), "x402: declined"));
+        }
         Ok(())
     }
 
