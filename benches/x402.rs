@@ -1,0 +1,69 @@
+//! Helper for `benches/paid.sh` (run with `cargo bench --bench x402 -- <command>`):
+//!
+//! * `paywall <addr> [--no-verify]`: serves the test x402 paywall (tests/common/paywall.rs)
+//!   until killed; `--no-verify` skips signature recovery so the upstream stays cheap.
+//! * `sign <iterations>`: EIP-3009 signing cost per call with pag0's signer.
+
+#[allow(dead_code)]
+#[path = "../tests/common/paywall.rs"]
+mod paywall;
+
+use std::time::Instant;
+
+use pag0::x402::{self, PaymentSigner};
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    match args.first().map(String::as_str) {
+        Some("paywall") => {
+            let addr = args
+                .get(1)
+                .cloned()
+                .unwrap_or_else(|| "127.0.0.1:18080".into());
+            let verify = !args.iter().any(|a| a == "--no-verify");
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let wall = paywall::Paywall::start_on(&addr, verify).await;
+                eprintln!("paywall listening on {} (verify: {verify})", wall.addr);
+                std::future::pending::<()>().await;
+            });
+        }
+        Some("sign") => {
+            let n: u32 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(2000);
+            let body = format!(
+                r#"{{"x402Version":1,"accepts":[{{"scheme":"exact","network":"base-sepolia","maxAmountRequired":"10000","payTo":"{}","maxTimeoutSeconds":60,"asset":"{}","extra":{{"name":"USDC","version":"2"}}}}]}}"#,
+                paywall::PAY_TO,
+                paywall::ASSET
+            );
+            let required = x402::parse_v1_body(body.as_bytes()).unwrap();
+            let signer = x402::Eip3009Signer::from_hex(paywall::WALLET_KEY).unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let start = Instant::now();
+            for _ in 0..n {
+                let signed = rt
+                    .block_on(signer.sign(&required.offers[0], 1_800_000_000))
+                    .unwrap();
+                std::hint::black_box(x402::payment_header(
+                    &required,
+                    &required.offers[0],
+                    &signed,
+                ));
+            }
+            let per = start.elapsed() / n;
+            println!(
+                "sign+encode per call: {:.1} us ({n} iterations)",
+                per.as_secs_f64() * 1e6
+            );
+        }
+        _ => eprintln!("usage: x402 paywall <addr> [--no-verify] | x402 sign <iterations>"),
+    }
+}
