@@ -139,6 +139,10 @@ async fn unacceptable_offers_are_declined_with_a_reason() {
     for (path, reason) in [
         ("/expensive", "exceeds the per-payment ceiling"),
         ("/wrong-network", "not allowed"),
+        (
+            "/unknown-asset",
+            "asset 0x0000000000000000000000000000000000000bad on eip155:84532 not allowed",
+        ),
     ] {
         let resp = client.get(wall.url(path)).send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::PAYMENT_REQUIRED, "{path}");
@@ -148,7 +152,7 @@ async fn unacceptable_offers_are_declined_with_a_reason() {
             "{path}"
         );
         let why = header(&resp, "x-pag0-payment-reason").unwrap();
-        assert!(why.contains(reason), "{path}: {why}");
+        assert!(why.to_lowercase().contains(reason), "{path}: {why}");
         assert!(
             header(&resp, "payment-required").is_some(),
             "the offer reaches the agent"
@@ -684,4 +688,22 @@ async fn a_declined_402_without_a_body_gets_a_json_reason() {
         .await
         .unwrap();
     assert_eq!(resp.text().await.unwrap(), "{}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x402_v1_with_a_chunked_body() {
+    let wall = Paywall::start().await;
+    let pag0 = Pag0::start(&config());
+    let auth = basic("demo", DEMO_KEY);
+    let wire = format!(
+        "POST {} HTTP/1.1\r\nHost: {}\r\nProxy-Authorization: {auth}\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n7\r\n{{\"q\":1}}\r\nb\r\n, \"more\": 2\r\n0\r\n\r\n",
+        wall.url("/v1/paid"),
+        wall.addr
+    );
+    let (status, head, echo) = raw_exchange(pag0.proxy, wire.as_bytes());
+    assert_eq!(status, 200, "{head} {:?}", wall.stats());
+    // All three attempts (unpaid, side request, paid) carried the same 18 bytes.
+    assert_eq!(echo["body_sha256"], sha256_hex(b"{\"q\":1}, \"more\": 2"));
+    let stats = wall.stats();
+    assert_eq!((stats.paid, stats.requests), (1, 3), "{stats:?}");
 }

@@ -4,7 +4,7 @@
 //! Routes: `/free`; `/paid` (10000 units); `/multi` (three offers: an unknown asset at 1, 50000,
 //! 20000); `/expensive` (500000); `/wrong-network` (eip155:1); `/always402` (verifies, then
 //! refuses anyway); `/price-change` (10000, +5000 after every payment on it); `/slow-paid`
-//! (10000, answers 800 ms after a valid payment); `/expensive-empty` (a 402 with an empty body). Every route also
+//! (10000, answers 800 ms after a valid payment); `/expensive-empty` (a 402 with an empty body); `/unknown-asset` (an asset pag0 does not allow). Every route also
 //! exists as x402 v1 under `/v1/...` (offer in the 402 JSON body, `X-PAYMENT`, network name
 //! `base-sepolia`, `X-PAYMENT-RESPONSE`). Every 200 echoes `{method, path, body_len, body_sha256}`.
 
@@ -116,6 +116,11 @@ fn offers_for(path: &str, price_changes: u64) -> Option<Vec<Value>> {
             offer(20_000, NETWORK, ASSET),
         ],
         "/expensive" | "/expensive-empty" => vec![offer(500_000, NETWORK, ASSET)],
+        "/unknown-asset" => vec![offer(
+            1_000,
+            NETWORK,
+            "0x0000000000000000000000000000000000000bad",
+        )],
         "/wrong-network" => vec![offer(10_000, "eip155:1", ASSET)],
         _ => return None,
     })
