@@ -5,7 +5,7 @@ use alloy_primitives::{Address, B256, U256};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::sign::Authorization;
+use super::sign::{Authorization, WirePayload};
 use super::wire::{ParseError, Version};
 use super::{decode_b64, networks, parse_amount};
 
@@ -73,24 +73,7 @@ struct RawPayment {
     network: Option<String>,
     #[serde(default)]
     accepted: Option<Value>,
-    payload: RawPayload,
-}
-
-#[derive(Deserialize)]
-struct RawPayload {
-    signature: String,
-    authorization: RawAuthorization,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct RawAuthorization {
-    from: String,
-    to: String,
-    value: String,
-    valid_after: String,
-    valid_before: String,
-    nonce: String,
+    payload: WirePayload,
 }
 
 fn field(field: &'static str, reason: impl Into<String>) -> ParseError {

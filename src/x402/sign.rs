@@ -210,21 +210,24 @@ impl PaymentSigner for Eip3009Signer {
 
 // === the payment header (§3.2, §3.3) ===
 
-#[derive(Serialize)]
+/// `payload.authorization` on the wire (§3.2): every field a string. Written by pag0's signer,
+/// read back when relaying an agent's payment.
+#[derive(Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct WireAuthorization {
-    from: String,
-    to: String,
-    value: String,
-    valid_after: String,
-    valid_before: String,
-    nonce: String,
+pub(crate) struct WireAuthorization {
+    pub from: String,
+    pub to: String,
+    pub value: String,
+    pub valid_after: String,
+    pub valid_before: String,
+    pub nonce: String,
 }
 
-#[derive(Serialize)]
-struct WirePayload {
-    signature: String,
-    authorization: WireAuthorization,
+/// `payload` on the wire: signature and authorization.
+#[derive(Serialize, serde::Deserialize)]
+pub(crate) struct WirePayload {
+    pub signature: String,
+    pub authorization: WireAuthorization,
 }
 
 #[derive(Serialize)]
