@@ -34,7 +34,7 @@ UP=$(port)
 "$HELPER" paywall "127.0.0.1:$UP" --no-verify 2>/dev/null & pids+=($!)
 wait_port "$UP"
 
-start_pag0() { # $1 = name, $2 = price_memory_seconds; prints the proxy port
+start_pag0() { # $1 = name, $2 = price_memory_seconds; sets PAG0_PORT (no subshell: pids+= must stick)
   local p a
   p=$(port); a=$(port)
   cat > "$work/$1.yaml" <<YAML
@@ -63,11 +63,13 @@ YAML
   BENCH_WALLET_KEY=$WALLET RUST_LOG=warn target/release/pag0 -c "$work/$1.yaml" >/dev/null 2>&1 &
   pids+=($!)
   wait_port "$p"
-  echo "$p"
+  PAG0_PORT=$p
 }
 
-MEM=$(start_pag0 memory 300)
-NOMEM=$(start_pag0 nomemory 0)
+start_pag0 memory 300
+MEM=$PAG0_PORT
+start_pag0 nomemory 0
+NOMEM=$PAG0_PORT
 
 lua() { # $1 = path on the paywall
   cat > "$work/run.lua" <<LUA
