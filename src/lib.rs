@@ -5,6 +5,7 @@
 //! [`admin`] (health/metrics/reload), [`live`] (reloadable state), [`server`] (assembly).
 
 pub mod admin;
+pub mod budget;
 pub mod config;
 pub mod idempotency;
 pub mod keys;
@@ -15,4 +16,5 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod server;
 pub mod stages;
+pub mod store;
 pub mod x402;

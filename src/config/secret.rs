@@ -40,6 +40,16 @@ impl Secret {
         })
     }
 
+    /// A value that holds no secret (e.g. a database URL without a password), carried where
+    /// a [`Secret`] is expected; it prints as itself.
+    pub fn plain(value: impl Into<String>) -> Secret {
+        let value = value.into();
+        Secret {
+            reference: value.clone(),
+            value,
+        }
+    }
+
     /// A placeholder for a secret that failed validation (the config is rejected anyway).
     pub(crate) fn unset() -> Secret {
         Secret {

@@ -1,0 +1,424 @@
+//! In-process ledger: the embedded default, and the fallback when Redis is down (if allowed).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use alloy_primitives::U256;
+use async_trait::async_trait;
+
+use super::{
+    BudgetKey, Denial, Ledger, LedgerError, Limits, Reservation, SpendHistory, Usage, WindowUsage,
+    Windows, check, new_reservation_id,
+};
+
+/// Budgets in this process's memory. A window it has no state for is rebuilt from the spend
+/// journal on first use (after a restart, today's and this month's spending is not forgotten).
+pub struct LocalLedger {
+    history: Arc<dyn SpendHistory>,
+    reservation_ttl: Duration,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    /// (key, window label) → usage. Day labels are `YYYY-MM-DD`, month labels `YYYY-MM`.
+    windows: HashMap<(BudgetKey, String), WindowUsage>,
+    /// Open reservations by id.
+    holds: HashMap<String, Hold>,
+    /// Recently committed ids (commit is idempotent), with the unix second they can be forgotten.
+    committed: HashMap<String, u64>,
+}
+
+struct Hold {
+    key: BudgetKey,
+    amount: U256,
+    day: String,
+    month: String,
+    expires_at: u64,
+}
+
+impl LocalLedger {
+    pub fn new(history: Arc<dyn SpendHistory>, reservation_ttl: Duration) -> LocalLedger {
+        LocalLedger {
+            history,
+            reservation_ttl,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Makes sure both windows of `key` exist, seeding absent ones from the journal.
+    async fn ensure_windows(&self, key: &BudgetKey, w: &Windows) -> Result<(), LedgerError> {
+        let missing = {
+            let state = self.state.lock().expect("ledger lock");
+            !state.windows.contains_key(&(key.clone(), w.day.clone()))
+                || !state.windows.contains_key(&(key.clone(), w.month.clone()))
+        };
+        if !missing {
+            return Ok(());
+        }
+        let (day, month) =
+            self.history.window_totals(key, w).await.map_err(|e| {
+                LedgerError(format!("cannot rebuild the budget from the journal: {e}"))
+            })?;
+        let mut state = self.state.lock().expect("ledger lock");
+        for (label, spent) in [(&w.day, day), (&w.month, month)] {
+            state
+                .windows
+                .entry((key.clone(), label.clone()))
+                .or_insert(WindowUsage {
+                    spent,
+                    held: U256::ZERO,
+                });
+        }
+        Ok(())
+    }
+}
+
+impl State {
+    fn usage(&self, key: &BudgetKey, label: &str) -> WindowUsage {
+        self.windows
+            .get(&(key.clone(), label.to_string()))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn window(&mut self, key: &BudgetKey, label: &str) -> &mut WindowUsage {
+        self.windows
+            .entry((key.clone(), label.to_string()))
+            .or_default()
+    }
+
+    /// Reclaims expired holds and forgets old committed ids and windows.
+    fn sweep(&mut self, now: u64, current: &Windows) {
+        let expired: Vec<String> = self
+            .holds
+            .iter()
+            .filter(|(_, h)| h.expires_at <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            if let Some(h) = self.holds.remove(&id) {
+                self.unhold(&h);
+            }
+        }
+        self.committed.retain(|_, until| *until > now);
+        // Windows older than the current month can no longer be reserved in; keep the current
+        // ones and those with open holds.
+        let holds = &self.holds;
+        self.windows.retain(|(key, label), _| {
+            label >= &current.month
+                || holds
+                    .values()
+                    .any(|h| &h.key == key && (&h.day == label || &h.month == label))
+        });
+    }
+
+    fn unhold(&mut self, h: &Hold) {
+        for label in [&h.day, &h.month] {
+            let w = self.window(&h.key, label);
+            w.held = w.held.saturating_sub(h.amount);
+        }
+    }
+}
+
+#[async_trait]
+impl Ledger for LocalLedger {
+    async fn reserve(
+        &self,
+        key: &BudgetKey,
+        amount: U256,
+        limits: Limits,
+        now: u64,
+    ) -> Result<Result<Reservation, Denial>, LedgerError> {
+        let windows = Windows::at(now);
+        self.ensure_windows(key, &windows).await?;
+        let mut state = self.state.lock().expect("ledger lock");
+        state.sweep(now, &windows);
+        let day = state.usage(key, &windows.day);
+        let month = state.usage(key, &windows.month);
+        if let Err(denial) = check(&day, &month, amount, limits) {
+            return Ok(Err(denial));
+        }
+        for label in [&windows.day, &windows.month] {
+            let w = state.window(key, label);
+            w.held = w.held.saturating_add(amount);
+        }
+        let id = new_reservation_id();
+        let expires_at = now + self.reservation_ttl.as_secs().max(1);
+        state.holds.insert(
+            id.clone(),
+            Hold {
+                key: key.clone(),
+                amount,
+                day: windows.day.clone(),
+                month: windows.month.clone(),
+                expires_at,
+            },
+        );
+        let usage = Usage {
+            day: state.usage(key, &windows.day),
+            month: state.usage(key, &windows.month),
+            windows: windows.clone(),
+        };
+        Ok(Ok(Reservation {
+            id,
+            key: key.clone(),
+            amount,
+            windows,
+            reserved_at: now,
+            expires_at,
+            usage,
+            fallback: false,
+        }))
+    }
+
+    async fn commit(&self, r: &Reservation) -> Result<(), LedgerError> {
+        let mut state = self.state.lock().expect("ledger lock");
+        if state.committed.contains_key(&r.id) {
+            return Ok(());
+        }
+        if let Some(h) = state.holds.remove(&r.id) {
+            state.unhold(&h);
+        }
+        // Counted even when the hold had expired: the payment happened.
+        for label in [&r.windows.day, &r.windows.month] {
+            let w = state.window(&r.key, label);
+            w.spent = w.spent.saturating_add(r.amount);
+        }
+        state
+            .committed
+            .insert(r.id.clone(), r.windows.month_ends.max(r.expires_at));
+        Ok(())
+    }
+
+    async fn release(&self, r: &Reservation) -> Result<(), LedgerError> {
+        let mut state = self.state.lock().expect("ledger lock");
+        if let Some(h) = state.holds.remove(&r.id) {
+            state.unhold(&h);
+        }
+        Ok(())
+    }
+
+    async fn usage(&self, key: &BudgetKey, now: u64) -> Result<Usage, LedgerError> {
+        let windows = Windows::at(now);
+        self.ensure_windows(key, &windows).await?;
+        let mut state = self.state.lock().expect("ledger lock");
+        state.sweep(now, &windows);
+        Ok(Usage {
+            day: state.usage(key, &windows.day),
+            month: state.usage(key, &windows.month),
+            windows,
+        })
+    }
+
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::budget::{NoHistory, Window};
+
+    const NOV_30_LAST_SECOND: u64 = 1_796_083_199;
+
+    fn ledger() -> LocalLedger {
+        LocalLedger::new(Arc::new(NoHistory), Duration::from_secs(60))
+    }
+
+    fn limits(daily: u64, monthly: u64) -> Limits {
+        Limits {
+            daily: Some(U256::from(daily)),
+            monthly: Some(U256::from(monthly)),
+        }
+    }
+
+    fn key() -> BudgetKey {
+        BudgetKey::new("p", "USDC")
+    }
+
+    #[tokio::test]
+    async fn holds_count_against_the_budget_until_released() {
+        let l = ledger();
+        let now = NOV_30_LAST_SECOND - 3600;
+        let a = l
+            .reserve(&key(), U256::from(60), limits(100, 1000), now)
+            .await
+            .unwrap()
+            .unwrap();
+        let denied = l
+            .reserve(&key(), U256::from(50), limits(100, 1000), now)
+            .await
+            .unwrap();
+        assert_eq!(denied.unwrap_err().window, Window::Daily);
+        l.release(&a).await.unwrap();
+        l.release(&a).await.unwrap(); // idempotent
+        let b = l
+            .reserve(&key(), U256::from(100), limits(100, 1000), now)
+            .await
+            .unwrap()
+            .unwrap();
+        l.commit(&b).await.unwrap();
+        l.commit(&b).await.unwrap(); // idempotent
+        let u = l.usage(&key(), now).await.unwrap();
+        assert_eq!(
+            u.day,
+            WindowUsage {
+                spent: U256::from(100),
+                held: U256::ZERO
+            }
+        );
+        assert!(
+            l.reserve(&key(), U256::from(1), limits(100, 1000), now)
+                .await
+                .unwrap()
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_day_rolls_over_at_utc_midnight_and_the_month_at_month_end() {
+        let l = ledger();
+        let r = l
+            .reserve(
+                &key(),
+                U256::from(100),
+                limits(100, 150),
+                NOV_30_LAST_SECOND,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        l.commit(&r).await.unwrap();
+        // Same day: the daily budget is used up.
+        let same_day = l
+            .reserve(&key(), U256::from(1), limits(100, 150), NOV_30_LAST_SECOND)
+            .await;
+        assert_eq!(same_day.unwrap().unwrap_err().window, Window::Daily);
+        // One second later it is December: new day and new month.
+        let next = l
+            .reserve(
+                &key(),
+                U256::from(100),
+                limits(100, 150),
+                NOV_30_LAST_SECOND + 1,
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.windows.day, "2026-12-01");
+        assert_eq!(next.usage.month.held, U256::from(100));
+    }
+
+    #[tokio::test]
+    async fn a_new_day_in_the_same_month_keeps_the_monthly_total() {
+        let l = ledger();
+        let day1 = NOV_30_LAST_SECOND - 86_400 - 3600; // Nov 29, 22:59:59
+        let r = l
+            .reserve(&key(), U256::from(100), limits(100, 150), day1)
+            .await
+            .unwrap()
+            .unwrap();
+        l.commit(&r).await.unwrap();
+        let denied = l
+            .reserve(&key(), U256::from(60), limits(100, 150), day1 + 1)
+            .await
+            .unwrap();
+        assert_eq!(denied.unwrap_err().window, Window::Daily);
+        let denied = l
+            .reserve(&key(), U256::from(60), limits(100, 150), day1 + 2)
+            .await
+            .unwrap();
+        assert_eq!(denied.unwrap_err().window, Window::Daily);
+        // Next day: the daily budget is fresh, the monthly one is not.
+        let denied = l
+            .reserve(&key(), U256::from(60), limits(100, 150), day1 + 86_400)
+            .await;
+        assert_eq!(denied.unwrap().unwrap_err().window, Window::Monthly);
+        assert!(
+            l.reserve(&key(), U256::from(50), limits(100, 150), day1 + 86_400)
+                .await
+                .unwrap()
+                .is_ok()
+        );
+    }
+
+    #[tokio::test]
+    async fn expired_reservations_are_reclaimed_and_late_commits_still_count() {
+        let l = ledger();
+        let now = NOV_30_LAST_SECOND - 7200;
+        let r = l
+            .reserve(&key(), U256::from(100), limits(100, 1000), now)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            l.reserve(&key(), U256::from(1), limits(100, 1000), now + 59)
+                .await
+                .unwrap()
+                .is_err()
+        );
+        // After the TTL the hold is gone…
+        let s = l
+            .reserve(&key(), U256::from(40), limits(100, 1000), now + 60)
+            .await
+            .unwrap()
+            .unwrap();
+        // …but a commit of the expired reservation still counts what was paid.
+        l.commit(&r).await.unwrap();
+        let u = l.usage(&key(), now + 61).await.unwrap();
+        assert_eq!(u.day.spent, U256::from(100));
+        assert_eq!(u.day.held, U256::from(40));
+        l.release(&s).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn amounts_beyond_64_bits_are_exact() {
+        let l = ledger();
+        let eighteen = U256::from(10).pow(U256::from(18));
+        let budget = Limits {
+            daily: Some(eighteen * U256::from(100)),
+            monthly: Some(eighteen * U256::from(1000)),
+        };
+        for _ in 0..100 {
+            let r = l
+                .reserve(&key(), eighteen, budget, NOV_30_LAST_SECOND - 10)
+                .await
+                .unwrap()
+                .unwrap();
+            l.commit(&r).await.unwrap();
+        }
+        let d = l
+            .reserve(&key(), U256::from(1), budget, NOV_30_LAST_SECOND - 10)
+            .await
+            .unwrap();
+        assert_eq!(d.unwrap_err().used, eighteen * U256::from(100));
+    }
+
+    struct Journal(U256);
+    #[async_trait]
+    impl SpendHistory for Journal {
+        async fn window_totals(&self, _: &BudgetKey, _: &Windows) -> Result<(U256, U256), String> {
+            Ok((self.0, self.0 * U256::from(2)))
+        }
+    }
+
+    #[tokio::test]
+    async fn windows_are_rebuilt_from_the_journal() {
+        let l = LocalLedger::new(Arc::new(Journal(U256::from(90))), Duration::from_secs(60));
+        let u = l.usage(&key(), NOV_30_LAST_SECOND).await.unwrap();
+        assert_eq!(u.day.spent, U256::from(90));
+        assert_eq!(u.month.spent, U256::from(180));
+        let d = l
+            .reserve(
+                &key(),
+                U256::from(11),
+                limits(100, 1000),
+                NOV_30_LAST_SECOND,
+            )
+            .await;
+        assert_eq!(d.unwrap().unwrap_err().window, Window::Daily);
+    }
+}

@@ -1,0 +1,422 @@
+//! SQL storage (sqlx): the durable spend journal, on PostgreSQL or the embedded SQLite file.
+//!
+//! Writes never get lost: a row the database cannot take right now (PostgreSQL down, disk
+//! full) is appended to a local spool file (fsynced JSON lines) and written later by
+//! [`Store::replay_spool`]; rows are keyed by the reservation id, so a replay never duplicates.
+//! Reads that rebuild budgets add what still waits in the spool.
+
+mod spool;
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use alloy_primitives::U256;
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+use crate::budget::{BudgetKey, SpendHistory, Windows};
+pub use spool::Spool;
+
+/// Where the journal lives.
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// `sqlite:<file>` or `postgres://…` (the secret part never printed: see [`Self::redacted`]).
+    pub url: crate::config::Secret,
+    pub kind: DatabaseKind,
+    /// Rows waiting for the database.
+    pub spool_file: PathBuf,
+    /// Connect / acquire timeout.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    Sqlite,
+    Postgres,
+}
+
+/// One committed payment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpendRecord {
+    pub id: String,
+    pub project: String,
+    /// Budget pool it counted in (`""` when the project has no budget for the asset).
+    pub pool: String,
+    pub network: String,
+    pub asset: String,
+    pub pay_to: String,
+    pub payer: String,
+    /// Base units, decimal.
+    #[serde(with = "u256_decimal")]
+    pub amount: U256,
+    pub nonce: String,
+    pub tx_hash: Option<String>,
+    pub url: String,
+    pub window_day: String,
+    pub window_month: String,
+    pub reserved_at: i64,
+    pub committed_at: i64,
+}
+
+mod u256_decimal {
+    use alloy_primitives::U256;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &U256, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<U256, D::Error> {
+        let s = String::deserialize(d)?;
+        U256::from_str_radix(&s, 10).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Clone)]
+enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// The spend journal.
+pub struct Store {
+    db: Db,
+    spool: Spool,
+}
+
+/// Why the store could not be opened or queried (never contains the database password).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StoreError(pub String);
+
+fn err(context: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError(format!("{context}: {e}"))
+}
+
+impl Store {
+    /// Opens the database (creating the SQLite file) and applies the migrations. PostgreSQL is
+    /// connected lazily: if it is down now, pag0 still starts, spools journal rows and applies
+    /// the migrations once it is back ([`Store::maintain`]).
+    pub async fn open(config: &DatabaseConfig) -> Result<Store, StoreError> {
+        let db = match config.kind {
+            DatabaseKind::Sqlite => {
+                let options = SqliteConnectOptions::from_str(config.url.expose())
+                    .map_err(|e| err("database.url", e))?
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
+                    .busy_timeout(config.timeout);
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(config.timeout)
+                    .connect_with(options)
+                    .await
+                    .map_err(|e| err("cannot open the SQLite database", e))?;
+                sqlx::migrate!("./migrations/sqlite")
+                    .run(&pool)
+                    .await
+                    .map_err(|e| err("cannot apply the SQLite migrations", e))?;
+                Db::Sqlite(pool)
+            }
+            DatabaseKind::Postgres => {
+                let pool = PgPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(config.timeout)
+                    .connect_lazy(config.url.expose())
+                    .map_err(|e| err("database.url", redact(e, config)))?;
+                Db::Postgres(pool)
+            }
+        };
+        let store = Store {
+            db,
+            spool: Spool::new(config.spool_file.clone()),
+        };
+        if let Err(e) = store.migrate().await {
+            log::warn!("database not ready, journal rows are spooled until it is: {e}");
+        }
+        Ok(store)
+    }
+
+    /// Applies pending migrations.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match &self.db {
+            Db::Sqlite(p) => sqlx::migrate!("./migrations/sqlite").run(p).await,
+            Db::Postgres(p) => sqlx::migrate!("./migrations/postgres").run(p).await,
+        }
+        .map_err(|e| err("migrations", e))
+    }
+
+    /// `sqlite` or `postgres`.
+    pub fn kind(&self) -> &'static str {
+        match self.db {
+            Db::Sqlite(_) => "sqlite",
+            Db::Postgres(_) => "postgres",
+        }
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        match &self.db {
+            Db::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await.map(|_| ()),
+            Db::Postgres(p) => sqlx::query("SELECT 1").execute(p).await.map(|_| ()),
+        }
+        .map_err(|e| err("database", e))
+    }
+
+    /// Rows waiting in the spool.
+    pub async fn spooled(&self) -> usize {
+        self.spool.read().await.map_or(0, |rows| rows.len())
+    }
+
+    /// Records a committed payment: in the database, or in the spool when the database
+    /// cannot take it. Only fails if both fail (then the error is logged loudly by the caller).
+    pub async fn record_spend(&self, rec: &SpendRecord) -> Result<(), StoreError> {
+        match self.insert(rec).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                log::warn!(id = rec.id.as_str(); "journal write failed, spooling the row: {e}");
+                self.spool.append(rec).await
+            }
+        }
+    }
+
+    async fn insert(&self, r: &SpendRecord) -> Result<(), StoreError> {
+        let amount = r.amount.to_string();
+        let result = match &self.db {
+            Db::Sqlite(p) => {
+                sqlx::query(
+                    "INSERT INTO spend_journal (id, project, pool, network, asset, pay_to, payer, amount, nonce, tx_hash, url, window_day, window_month, reserved_at, committed_at)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(&r.id).bind(&r.project).bind(&r.pool).bind(&r.network).bind(&r.asset)
+                .bind(&r.pay_to).bind(&r.payer).bind(&amount).bind(&r.nonce).bind(&r.tx_hash)
+                .bind(&r.url).bind(&r.window_day).bind(&r.window_month).bind(r.reserved_at)
+                .bind(r.committed_at)
+                .execute(p)
+                .await
+                .map(|_| ())
+            }
+            Db::Postgres(p) => {
+                sqlx::query(
+                    "INSERT INTO spend_journal (id, project, pool, network, asset, pay_to, payer, amount, nonce, tx_hash, url, window_day, window_month, reserved_at, committed_at)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(&r.id).bind(&r.project).bind(&r.pool).bind(&r.network).bind(&r.asset)
+                .bind(&r.pay_to).bind(&r.payer).bind(&amount).bind(&r.nonce).bind(&r.tx_hash)
+                .bind(&r.url).bind(&r.window_day).bind(&r.window_month).bind(r.reserved_at)
+                .bind(r.committed_at)
+                .execute(p)
+                .await
+                .map(|_| ())
+            }
+        };
+        result.map_err(|e| err("journal insert", e))
+    }
+
+    /// Writes spooled rows to the database; keeps the spool if the database is still away.
+    /// Returns how many rows were moved.
+    pub async fn replay_spool(&self) -> Result<usize, StoreError> {
+        let mut guard = self.spool.lock().await;
+        let rows = guard.read()?;
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        self.migrate().await?;
+        for r in &rows {
+            self.insert(r).await?;
+        }
+        guard.clear()?;
+        Ok(rows.len())
+    }
+
+    /// Applies migrations and drains the spool every `every`, forever (run it in a task).
+    pub async fn maintain(&self, every: Duration) {
+        loop {
+            tokio::time::sleep(every).await;
+            match self.replay_spool().await {
+                Ok(0) => {}
+                Ok(n) => log::info!("wrote {n} spooled journal rows to the database"),
+                Err(e) => log::debug!("spooled journal rows wait for the database: {e}"),
+            }
+        }
+    }
+
+    /// Journal rows of `project` committed in `[from, to)` (unix seconds), oldest first,
+    /// spooled rows included.
+    pub async fn spend(
+        &self,
+        project: &str,
+        from: i64,
+        to: i64,
+        limit: i64,
+    ) -> Result<Vec<SpendRecord>, StoreError> {
+        const COLUMNS: &str = "id, project, pool, network, asset, pay_to, payer, amount, nonce, tx_hash, url, window_day, window_month, reserved_at, committed_at";
+        let rows = match &self.db {
+            Db::Sqlite(p) => sqlx::query(&format!(
+                "SELECT {COLUMNS} FROM spend_journal WHERE project = ? AND committed_at >= ? AND committed_at < ? ORDER BY committed_at, id LIMIT ?"
+            ))
+            .bind(project).bind(from).bind(to).bind(limit)
+            .fetch_all(p)
+            .await
+            .map_err(|e| err("journal query", e))?
+            .iter()
+            .map(|row| record(row, row.try_get::<String, _>("amount")))
+            .collect::<Result<Vec<_>, _>>()?,
+            Db::Postgres(p) => sqlx::query(&format!(
+                "SELECT {} FROM spend_journal WHERE project = $1 AND committed_at >= $2 AND committed_at < $3 ORDER BY committed_at, id LIMIT $4",
+                COLUMNS.replace("amount,", "amount::text AS amount,")
+            ))
+            .bind(project).bind(from).bind(to).bind(limit)
+            .fetch_all(p)
+            .await
+            .map_err(|e| err("journal query", e))?
+            .iter()
+            .map(|row| record(row, row.try_get::<String, _>("amount")))
+            .collect::<Result<Vec<_>, _>>()?,
+        };
+        let mut rows = rows;
+        let known: std::collections::HashSet<String> = rows.iter().map(|r| r.id.clone()).collect();
+        for r in self.spool.read().await.unwrap_or_default() {
+            if r.project == project
+                && r.committed_at >= from
+                && r.committed_at < to
+                && !known.contains(&r.id)
+            {
+                rows.push(r);
+            }
+        }
+        rows.sort_by(|a, b| (a.committed_at, &a.id).cmp(&(b.committed_at, &b.id)));
+        rows.truncate(limit.max(0) as usize);
+        Ok(rows)
+    }
+}
+
+fn record<R: Row>(row: &R, amount: Result<String, sqlx::Error>) -> Result<SpendRecord, StoreError>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    String: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<String>: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: for<'r> sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let text = |c: &str| row.try_get::<String, _>(c).map_err(|e| err(c, e));
+    let amount = amount.map_err(|e| err("amount", e))?;
+    Ok(SpendRecord {
+        id: text("id")?,
+        project: text("project")?,
+        pool: text("pool")?,
+        network: text("network")?,
+        asset: text("asset")?,
+        pay_to: text("pay_to")?,
+        payer: text("payer")?,
+        amount: U256::from_str_radix(&amount, 10).map_err(|e| err("amount", e))?,
+        nonce: text("nonce")?,
+        tx_hash: row.try_get("tx_hash").map_err(|e| err("tx_hash", e))?,
+        url: text("url")?,
+        window_day: text("window_day")?,
+        window_month: text("window_month")?,
+        reserved_at: row
+            .try_get("reserved_at")
+            .map_err(|e| err("reserved_at", e))?,
+        committed_at: row
+            .try_get("committed_at")
+            .map_err(|e| err("committed_at", e))?,
+    })
+}
+
+/// sqlx errors can quote the URL; never let the password through.
+fn redact(e: impl std::fmt::Display, config: &DatabaseConfig) -> String {
+    e.to_string().replace(config.url.expose(), "<database.url>")
+}
+
+#[async_trait]
+impl SpendHistory for Store {
+    async fn window_totals(&self, key: &BudgetKey, w: &Windows) -> Result<(U256, U256), String> {
+        let mut day = U256::ZERO;
+        let mut month = U256::ZERO;
+        let mut seen = std::collections::HashSet::new();
+        let add = |sum: &mut U256, text: &str| -> Result<(), String> {
+            *sum = sum.saturating_add(U256::from_str_radix(text, 10).map_err(|e| e.to_string())?);
+            Ok(())
+        };
+        match &self.db {
+            Db::Sqlite(p) => {
+                let rows = sqlx::query(
+                    "SELECT id, amount, window_day FROM spend_journal WHERE project = ? AND pool = ? AND window_month = ?",
+                )
+                .bind(&key.project).bind(&key.pool).bind(&w.month)
+                .fetch_all(p)
+                .await
+                .map_err(|e| e.to_string())?;
+                for row in rows {
+                    let amount: String = row.try_get("amount").map_err(|e| e.to_string())?;
+                    let window_day: String =
+                        row.try_get("window_day").map_err(|e| e.to_string())?;
+                    add(&mut month, &amount)?;
+                    if window_day == w.day {
+                        add(&mut day, &amount)?;
+                    }
+                    seen.insert(row.try_get::<String, _>("id").map_err(|e| e.to_string())?);
+                }
+            }
+            Db::Postgres(p) => {
+                let row = sqlx::query(
+                    "SELECT COALESCE(SUM(amount) FILTER (WHERE window_day = $4), 0)::text AS day,
+                            COALESCE(SUM(amount), 0)::text AS month
+                     FROM spend_journal WHERE project = $1 AND pool = $2 AND window_month = $3",
+                )
+                .bind(&key.project)
+                .bind(&key.pool)
+                .bind(&w.month)
+                .bind(&w.day)
+                .fetch_one(p)
+                .await
+                .map_err(|e| e.to_string())?;
+                add(
+                    &mut day,
+                    &row.try_get::<String, _>("day").map_err(|e| e.to_string())?,
+                )?;
+                add(
+                    &mut month,
+                    &row.try_get::<String, _>("month")
+                        .map_err(|e| e.to_string())?,
+                )?;
+                // Spooled rows that also reached the database must not count twice.
+                let ids: Vec<String> = self
+                    .spool
+                    .read()
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|r| r.id)
+                    .collect();
+                if !ids.is_empty() {
+                    let present = sqlx::query("SELECT id FROM spend_journal WHERE id = ANY($1)")
+                        .bind(&ids)
+                        .fetch_all(p)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    for row in present {
+                        seen.insert(row.try_get::<String, _>("id").map_err(|e| e.to_string())?);
+                    }
+                }
+            }
+        }
+        for r in self.spool.read().await.map_err(|e| e.to_string())? {
+            if r.project == key.project
+                && r.pool == key.pool
+                && r.window_month == w.month
+                && !seen.contains(&r.id)
+            {
+                month = month.saturating_add(r.amount);
+                if r.window_day == w.day {
+                    day = day.saturating_add(r.amount);
+                }
+            }
+        }
+        Ok((day, month))
+    }
+}
