@@ -12,6 +12,7 @@ pub mod keys;
 pub mod live;
 pub mod metrics;
 pub mod net;
+pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
 pub mod server;

@@ -10,12 +10,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 
-use crate::config::{self, Config, ConfigErrors, Project};
+use crate::budget::{FallbackLedger, Ledger, LocalLedger, RedisLedger};
+use crate::config::{self, Config, ConfigErrors, LedgerKind, Project, RedisDown};
 use crate::idempotency::{IdempotencyStore, LocalIdempotencyStore};
 use crate::metrics::Metrics;
 use crate::net::dns::Resolver;
 use crate::ratelimit::{LocalRateLimiter, RateLimiter};
 use crate::stages::Pipeline;
+use crate::store::Store;
 use crate::x402::facilitator::Facilitator;
 use crate::x402::{LocalNonceGuard, LocalPriceMemory, NonceGuard, PriceMemory};
 
@@ -33,11 +35,78 @@ pub struct Shared {
     pub nonce_guard: Arc<dyn NonceGuard>,
     /// The x402 facilitator, when `payments.facilitator` is set (changes need a restart).
     pub facilitator: Option<Arc<Facilitator>>,
+    /// The spend journal (changes to `database:` need a restart).
+    pub store: Arc<Store>,
+    /// Budgets (changes to `budgets.ledger` / `redis:` need a restart).
+    pub ledger: Arc<dyn Ledger>,
+    /// The Redis ledger behind `ledger`, when budgets are kept in Redis (for `/health`).
+    pub redis_ledger: Option<Arc<RedisLedger>>,
+    /// Runs background upkeep (spool replay, retried commits) for the process's lifetime.
+    _state: StateRuntime,
 }
 
+/// A small runtime of its own for the store and ledger upkeep: it must outlive any one Pingora
+/// service and exists before they start (the store is opened before serving).
+struct StateRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for StateRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Seconds between upkeep rounds (spool replay, commits waiting for Redis).
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Shared {
-    pub fn new(config: &Config) -> Arc<Shared> {
-        Arc::new(Shared {
+    /// Opens the spend journal (applying migrations) and builds the process-lifetime services.
+    pub fn new(config: &Config) -> anyhow::Result<Arc<Shared>> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("pag0-state")
+            .enable_all()
+            .build()?;
+        // block_on from a thread of our own: the caller may itself run inside a runtime.
+        let store = std::thread::scope(|s| {
+            s.spawn(|| rt.block_on(Store::open(&config.database)))
+                .join()
+                .expect("store open does not panic")
+        })
+        .map_err(|e| anyhow::anyhow!("database: {e}"))?;
+        let store = Arc::new(store);
+        let budgets = &config.budgets;
+        let local = || LocalLedger::new(store.clone(), budgets.reservation_ttl);
+        let (ledger, redis_ledger): (Arc<dyn Ledger>, _) =
+            match (budgets.ledger, config.redis.as_ref()) {
+                (LedgerKind::Redis, Some(r)) => {
+                    let redis = Arc::new(
+                        RedisLedger::new(
+                            r.url.expose(),
+                            &r.key_prefix,
+                            r.timeout,
+                            budgets.reservation_ttl,
+                            store.clone(),
+                        )
+                        .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?,
+                    );
+                    let fallback = (budgets.redis_down == RedisDown::InProcess).then(local);
+                    let upkeep = redis.clone();
+                    rt.spawn(async move { upkeep.maintain(UPKEEP_INTERVAL).await });
+                    (
+                        Arc::new(FallbackLedger {
+                            primary: redis.clone(),
+                            fallback,
+                        }),
+                        Some(redis),
+                    )
+                }
+                _ => (Arc::new(local()), None),
+            };
+        let upkeep = store.clone();
+        rt.spawn(async move { upkeep.maintain(UPKEEP_INTERVAL).await });
+        Ok(Arc::new(Shared {
             resolver: Arc::new(Resolver::new(&config.dns)),
             rate_limiter: Arc::new(LocalRateLimiter::default()),
             metrics: Arc::new(Metrics::new()),
@@ -52,7 +121,11 @@ impl Shared {
                     f.timeout,
                 ))
             }),
-        })
+            store,
+            ledger,
+            redis_ledger,
+            _state: StateRuntime(Some(rt)),
+        }))
     }
 }
 
@@ -159,6 +232,19 @@ impl Reloader {
         };
         if facilitator_url(&config) != facilitator_url(&current.config) {
             kept.push("payments.facilitator changed; it applies after a restart".to_string());
+        }
+        if config.database.url.expose() != current.config.database.url.expose()
+            || config.budgets.ledger != current.config.budgets.ledger
+            || config.redis.as_ref().map(|r| r.url.expose().to_string())
+                != current
+                    .config
+                    .redis
+                    .as_ref()
+                    .map(|r| r.url.expose().to_string())
+        {
+            kept.push(
+                "database, redis or budgets.ledger changed; they apply after a restart".to_string(),
+            );
         }
         if config.dns != current.config.dns {
             kept.push("dns settings changed; they apply after a restart".to_string());

@@ -26,6 +26,12 @@ pub struct Metrics {
     /// `pag0_payments_total{project,outcome}`: 402s paid (`signed`), `declined`, or whose paid
     /// attempt was refused again (`rejected`).
     pub payments: IntCounterVec,
+    /// `pag0_policy_violations_total{project,code,enforced}`: policy decisions that refused
+    /// (`enforced="false"`: dry run, the request went on).
+    pub policy_violations: IntCounterVec,
+    /// `pag0_budget_operations_total{project,op}`: ledger `reserved`, `denied`, `committed`,
+    /// `released`, `unavailable` (ledger down), `journal_failed` (journal and spool failed).
+    pub budget_operations: IntCounterVec,
     /// `pag0_config_reloads_total{result}`
     pub config_reloads: IntCounterVec,
     /// `pag0_config_generation`: increments on every applied config.
@@ -76,6 +82,22 @@ impl Metrics {
             &["project", "outcome"],
         )
         .expect("valid metric");
+        let policy_violations = IntCounterVec::new(
+            Opts::new(
+                "pag0_policy_violations_total",
+                "Spend-policy refusals by project and code (enforced=false: dry run)",
+            ),
+            &["project", "code", "enforced"],
+        )
+        .expect("valid metric");
+        let budget_operations = IntCounterVec::new(
+            Opts::new(
+                "pag0_budget_operations_total",
+                "Budget ledger operations by project and outcome",
+            ),
+            &["project", "op"],
+        )
+        .expect("valid metric");
         let config_reloads = IntCounterVec::new(
             Opts::new("pag0_config_reloads_total", "Config reload attempts"),
             &["result"],
@@ -100,6 +122,8 @@ impl Metrics {
             Box::new(stage_rejections.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(payments.clone()),
+            Box::new(policy_violations.clone()),
+            Box::new(budget_operations.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_generation.clone()),
             Box::new(build_info),
@@ -113,6 +137,8 @@ impl Metrics {
             stage_rejections,
             upstream_errors,
             payments,
+            policy_violations,
+            budget_operations,
             config_reloads,
             config_generation,
         }

@@ -64,7 +64,7 @@ pub fn build(config: Config, path: Option<PathBuf>, opts: &StartOptions) -> anyh
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let shared = Shared::new(&config);
+    let shared = Shared::new(&config)?;
     let reloader = Reloader::new(config, path, shared.clone());
 
     let proxy = Pag0Proxy::new(reloader.live.clone(), shared);

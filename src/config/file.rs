@@ -44,8 +44,103 @@ pub const AUTH_REALM: &str = "pag0";
 /// The whole file. Sections are deserialized one by one (see [`super::load`]) so that
 /// a problem in one section does not hide problems in the others.
 pub const SECTIONS: &[&str] = &[
-    "server", "upstream", "admin", "dns", "payments", "stages", "projects", "routes",
+    "server", "upstream", "admin", "dns", "database", "redis", "budgets", "payments", "stages",
+    "projects", "routes",
 ];
+
+/// Spend journal database when `database.url` is absent: a SQLite file next to the config.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite:pag0.db";
+/// Journal rows wait here while the database cannot take them (relative to the config file).
+pub const DEFAULT_SPOOL_FILE: &str = "pag0-spool.jsonl";
+/// Database connect/acquire timeout.
+pub const DEFAULT_DATABASE_TIMEOUT_MS: u64 = 5_000;
+/// Prefix of every Redis key pag0 writes.
+pub const DEFAULT_REDIS_KEY_PREFIX: &str = "pag0";
+/// Timeout of one Redis call (a budget reservation waits at most this long).
+pub const DEFAULT_REDIS_TIMEOUT_MS: u64 = 250;
+/// Seconds a budget reservation holds its amount if it is neither committed nor released
+/// (a crashed request); longer than any paid request may take.
+pub const DEFAULT_RESERVATION_TTL_SECONDS: u64 = 300;
+/// Whether a 2xx paid response without a settlement receipt counts as spent.
+pub const DEFAULT_COMMIT_WITHOUT_RECEIPT: bool = true;
+
+/// `database:` — the SQL database of the spend journal.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDatabase {
+    /// `sqlite:<file>` (relative to the config file) or `postgres://…`; a URL with a password
+    /// must be an `${ENV_VAR}` reference.
+    pub url: Option<String>,
+    pub spool_file: Option<String>,
+    pub timeout_ms: Option<u64>,
+}
+
+/// `redis:` — shared state for several pag0 instances.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRedis {
+    /// `redis://host:port[/db]`; a URL with a password must be an `${ENV_VAR}` reference.
+    pub url: String,
+    pub key_prefix: Option<String>,
+    pub timeout_ms: Option<u64>,
+}
+
+/// `budgets:` — where budgets are kept.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBudgets {
+    /// `memory` (default: this process) or `redis` (shared by every instance; needs `redis:`).
+    pub ledger: Option<String>,
+    /// With the Redis ledger, what paid requests do while Redis is down: `fail_closed`
+    /// (default: 503 BUDGET_UNAVAILABLE) or `in_process` (this instance's own ledger).
+    pub redis_down: Option<String>,
+    pub reservation_ttl_seconds: Option<u64>,
+    pub commit_without_receipt: Option<bool>,
+}
+
+/// `projects[].policy` — the project's spend firewall.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePolicy {
+    /// false: dry run (decisions are logged and counted, nothing is blocked). Default true.
+    pub enforce: Option<bool>,
+    #[serde(default)]
+    pub budgets: Vec<FileBudget>,
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
+    #[serde(default)]
+    pub block_hosts: Vec<String>,
+    #[serde(default)]
+    pub host_caps: Vec<FileHostCap>,
+    /// Allowed networks (CAIP-2 or v1 names); empty: all of `payments.assets`.
+    #[serde(default)]
+    pub networks: Vec<String>,
+    #[serde(default)]
+    pub pay_to: Vec<String>,
+}
+
+/// `projects[].policy.budgets[]` — limits for one asset symbol (optionally one network).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBudget {
+    /// Asset symbol from `payments.assets` (e.g. `USDC`).
+    pub asset: String,
+    /// Only this network's asset (CAIP-2); absent: the symbol on every network, one budget.
+    pub network: Option<String>,
+    /// Amounts in asset units, e.g. `"0.10"` or `"2.50 USDC"`.
+    pub per_request: Option<String>,
+    pub daily: Option<String>,
+    pub monthly: Option<String>,
+}
+
+/// `projects[].policy.host_caps[]` — the most one call to matching hosts may cost.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHostCap {
+    pub host: String,
+    /// With the symbol: `"0.01 USDC"`.
+    pub max: String,
+}
 
 /// Per-payment ceiling when an asset sets none: 0.10 of the asset's unit (a safe default that
 /// applies even without any spend policy).
@@ -191,6 +286,8 @@ pub enum FileStage {
     },
     /// Pay x402 `402 Payment Required` answers with the project's wallet and replay.
     Payment {},
+    /// Enforce each project's `policy.allow_hosts` / `block_hosts` on every request.
+    Policy {},
     /// Per-project token bucket.
     RateLimit {
         /// Limit for projects that do not set their own `rate_limit`.
@@ -220,6 +317,8 @@ pub struct FileProject {
     /// `wallet` (pag0 signs; default with a wallet), `relay` (the agent signs, pag0 checks and
     /// forwards), `off` (402s pass through; default without a wallet).
     pub mode: Option<String>,
+    /// Spend firewall; absent: only the `payments` guards apply.
+    pub policy: Option<FilePolicy>,
 }
 
 /// One entry of `routes:` — a reverse-proxy route.

@@ -7,6 +7,7 @@
 pub mod file;
 pub mod runtime;
 pub mod secret;
+mod spend;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -113,10 +114,20 @@ pub fn parse(
     let payments = v
         .section::<FilePayments>(take("payments"), "payments")
         .unwrap_or_default();
+    let database = v
+        .section::<FileDatabase>(take("database"), "database")
+        .unwrap_or_default();
+    let redis = v.section::<FileRedis>(take("redis"), "redis");
+    let budgets = v
+        .section::<FileBudgets>(take("budgets"), "budgets")
+        .unwrap_or_default();
     let stages = take("stages").map(|value| v.list::<FileStage>(value, "stages"));
     let projects = v.list::<FileProject>(take("projects").unwrap_or(Value::Null), "projects");
     let routes = v.list::<FileRoute>(take("routes").unwrap_or(Value::Null), "routes");
 
+    let payments = v.payments(payments);
+    let redis = redis.and_then(|r| v.redis(r));
+    let budgets = v.budgets(budgets, redis.is_some());
     let config = Config {
         server: v.server(server),
         upstream: v.upstream(upstream),
@@ -129,9 +140,12 @@ pub fn parse(
             )),
             cache_size: dns.cache_size.unwrap_or(DEFAULT_DNS_CACHE_SIZE),
         },
-        payments: v.payments(payments),
+        database: v.database(database),
+        redis,
+        budgets,
         stages: v.stages(stages),
-        projects: v.projects(projects),
+        projects: v.projects(projects, &payments),
+        payments,
         routes: v.routes(routes),
     };
     if v.issues.is_empty() {
@@ -414,6 +428,7 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
             let stage = match stage {
                 FileStage::Auth {} => StageConfig::Auth,
                 FileStage::Payment {} => StageConfig::Payment,
+                FileStage::Policy {} => StageConfig::Policy,
                 FileStage::Idempotency { window_seconds } => StageConfig::Idempotency {
                     window: Duration::from_secs(self.positive(
                         window_seconds,
@@ -454,7 +469,11 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
         out
     }
 
-    fn projects(&mut self, projects: Vec<(usize, FileProject)>) -> Vec<Arc<Project>> {
+    fn projects(
+        &mut self,
+        projects: Vec<(usize, FileProject)>,
+        payments: &Payments,
+    ) -> Vec<Arc<Project>> {
         let mut ids = HashSet::new();
         let mut all_keys = HashSet::new();
         let mut out = Vec::new();
@@ -521,12 +540,16 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
                     PaymentMode::Off
                 }
             };
+            let policy = p
+                .policy
+                .map(|f| self.policy(f, payments, &format!("{path}.policy")));
             out.push(Arc::new(Project {
                 id: p.id,
                 key_hashes,
                 rate_limit,
                 wallet,
                 mode,
+                policy,
             }));
         }
         out

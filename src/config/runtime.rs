@@ -19,6 +19,9 @@ pub struct Config {
     pub upstream: UpstreamSettings,
     pub admin: AdminSettings,
     pub dns: DnsSettings,
+    pub database: crate::store::DatabaseConfig,
+    pub redis: Option<RedisSettings>,
+    pub budgets: BudgetSettings,
     pub payments: Payments,
     pub stages: Vec<StageConfig>,
     pub projects: Vec<Arc<Project>>,
@@ -57,6 +60,39 @@ pub struct AdminSettings {
 pub struct DnsSettings {
     pub timeout: Duration,
     pub cache_size: u64,
+}
+
+/// `redis:`, validated.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: Secret,
+    pub key_prefix: String,
+    pub timeout: Duration,
+}
+
+/// Where budgets are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LedgerKind {
+    Memory,
+    Redis,
+}
+
+/// What paid requests do while the Redis ledger is unavailable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisDown {
+    /// 503 `BUDGET_UNAVAILABLE` (free traffic is unaffected).
+    FailClosed,
+    /// Use this instance's in-process ledger until Redis is back.
+    InProcess,
+}
+
+/// `budgets:`, validated.
+#[derive(Debug, Clone)]
+pub struct BudgetSettings {
+    pub ledger: LedgerKind,
+    pub redis_down: RedisDown,
+    pub reservation_ttl: Duration,
+    pub commit_without_receipt: bool,
 }
 
 /// What pag0 may pay with (`payments:`).
@@ -115,6 +151,7 @@ pub enum StageConfig {
     Auth,
     Idempotency { window: std::time::Duration },
     Payment,
+    Policy,
     SsrfGuard { allow: Vec<IpNet> },
     RateLimit { default: RateLimit },
 }
@@ -126,6 +163,7 @@ impl StageConfig {
             StageConfig::Auth => "auth",
             StageConfig::Idempotency { .. } => "idempotency",
             StageConfig::Payment => "payment",
+            StageConfig::Policy => "policy",
             StageConfig::SsrfGuard { .. } => "ssrf_guard",
             StageConfig::RateLimit { .. } => "rate_limit",
         }
@@ -148,6 +186,8 @@ pub struct Project {
     pub rate_limit: Option<RateLimit>,
     pub wallet: Option<Wallet>,
     pub mode: PaymentMode,
+    /// Spend firewall (`None`: only the `payments` guards apply).
+    pub policy: Option<crate::policy::Policy>,
 }
 
 /// Who signs a project's payments.

@@ -71,9 +71,23 @@ pub struct PaymentState {
     pub agent_signed: bool,
     /// Offer to remember once the paid response turns out successful.
     pub to_remember: Option<std::sync::Arc<crate::x402::Remembered>>,
+    /// Budget held for the paid attempt: committed in `logging` if it succeeded, else released.
+    pub reservation: Option<Reservation>,
+    /// Whether the paid attempt counts as spent (2xx with a successful receipt, or without a
+    /// receipt when `budgets.commit_without_receipt`); `None` until a paid response arrived.
+    pub settled: Option<bool>,
+    /// Settlement transaction from the receipt.
+    pub tx: Option<String>,
 }
 
-/// The price of a paid attempt.
+/// Budget held for a paid attempt, with the limits it was checked against.
+#[derive(Debug, Clone)]
+pub struct Reservation {
+    pub held: crate::budget::Reservation,
+    pub limits: crate::budget::Limits,
+}
+
+/// The price of a paid attempt and what the journal records about it.
 #[derive(Debug, Clone)]
 pub struct Charge {
     /// Base units.
@@ -81,6 +95,13 @@ pub struct Charge {
     pub symbol: String,
     /// CAIP-2 network id.
     pub network: String,
+    /// Token contract.
+    pub asset: alloy_primitives::Address,
+    pub pay_to: alloy_primitives::Address,
+    /// The project's wallet.
+    pub payer: alloy_primitives::Address,
+    /// EIP-3009 authorization nonce.
+    pub nonce: alloy_primitives::B256,
 }
 
 /// Per-request state, created in `new_ctx` and turned into metrics in `logging`.

@@ -55,6 +55,49 @@ pub enum ErrorCode {
     FacilitatorUnavailable,
     /// 402: pag0 did not pay this 402 (body of a declined 402 whose upstream body was empty).
     PaymentDeclined,
+    /// 403: the project's policy blocks this host.
+    HostBlocked,
+    /// 403: the host is not in the project's non-empty allow list.
+    HostNotAllowed,
+    /// 403: policy: no offer on an allowed network.
+    NetworkNotAllowed,
+    /// 403: policy: no offer in an asset with a budget.
+    AssetNotAllowed,
+    /// 403: policy: no offer to an allowed recipient.
+    PayToNotAllowed,
+    /// 403: policy: the price is above the per-request maximum.
+    PerRequestLimitExceeded,
+    /// 403: policy: the price is above the host's price cap.
+    HostPriceCapExceeded,
+    /// 403: the payment would exceed today's budget (UTC).
+    DailyBudgetExceeded,
+    /// 403: the payment would exceed this month's budget (UTC).
+    MonthlyBudgetExceeded,
+    /// 403: the approval webhook said no, or did not answer in time.
+    ApprovalDenied,
+    /// 503: the budget ledger (Redis) is unavailable; nothing was paid.
+    BudgetUnavailable,
+}
+
+impl ErrorCode {
+    /// The code of a policy violation (same string as [`crate::policy::Violation::code`]).
+    pub fn of_violation(v: &crate::policy::Violation) -> ErrorCode {
+        use crate::policy::Violation as V;
+        match v {
+            V::HostBlocked { .. } => ErrorCode::HostBlocked,
+            V::HostNotAllowed { .. } => ErrorCode::HostNotAllowed,
+            V::NetworkNotAllowed { .. } => ErrorCode::NetworkNotAllowed,
+            V::AssetNotAllowed { .. } => ErrorCode::AssetNotAllowed,
+            V::PayToNotAllowed { .. } => ErrorCode::PayToNotAllowed,
+            V::PerRequestLimit { .. } => ErrorCode::PerRequestLimitExceeded,
+            V::HostPriceCap { .. } => ErrorCode::HostPriceCapExceeded,
+            V::Budget { denial, .. } => match denial.window {
+                crate::budget::Window::Daily => ErrorCode::DailyBudgetExceeded,
+                crate::budget::Window::Monthly => ErrorCode::MonthlyBudgetExceeded,
+            },
+            V::ApprovalDenied { .. } => ErrorCode::ApprovalDenied,
+        }
+    }
 }
 
 impl ErrorCode {
@@ -71,6 +114,17 @@ impl ErrorCode {
             ErrorCode::PaymentNonceReused => 409,
             ErrorCode::FacilitatorUnavailable => 502,
             ErrorCode::PaymentDeclined => 402,
+            ErrorCode::HostBlocked
+            | ErrorCode::HostNotAllowed
+            | ErrorCode::NetworkNotAllowed
+            | ErrorCode::AssetNotAllowed
+            | ErrorCode::PayToNotAllowed
+            | ErrorCode::PerRequestLimitExceeded
+            | ErrorCode::HostPriceCapExceeded
+            | ErrorCode::DailyBudgetExceeded
+            | ErrorCode::MonthlyBudgetExceeded
+            | ErrorCode::ApprovalDenied => 403,
+            ErrorCode::BudgetUnavailable => 503,
             ErrorCode::Unauthorized => 401,
             ErrorCode::TargetForbidden => 403,
             ErrorCode::NoRoute => 404,
@@ -98,6 +152,17 @@ impl ErrorCode {
             ErrorCode::PaymentNonceReused => "PAYMENT_NONCE_REUSED",
             ErrorCode::FacilitatorUnavailable => "FACILITATOR_UNAVAILABLE",
             ErrorCode::PaymentDeclined => "PAYMENT_DECLINED",
+            ErrorCode::HostBlocked => "HOST_BLOCKED",
+            ErrorCode::HostNotAllowed => "HOST_NOT_ALLOWED",
+            ErrorCode::NetworkNotAllowed => "NETWORK_NOT_ALLOWED",
+            ErrorCode::AssetNotAllowed => "ASSET_NOT_ALLOWED",
+            ErrorCode::PayToNotAllowed => "PAY_TO_NOT_ALLOWED",
+            ErrorCode::PerRequestLimitExceeded => "PER_REQUEST_LIMIT_EXCEEDED",
+            ErrorCode::HostPriceCapExceeded => "HOST_PRICE_CAP_EXCEEDED",
+            ErrorCode::DailyBudgetExceeded => "DAILY_BUDGET_EXCEEDED",
+            ErrorCode::MonthlyBudgetExceeded => "MONTHLY_BUDGET_EXCEEDED",
+            ErrorCode::ApprovalDenied => "APPROVAL_DENIED",
+            ErrorCode::BudgetUnavailable => "BUDGET_UNAVAILABLE",
             ErrorCode::Unauthorized => "UNAUTHORIZED",
             ErrorCode::TargetForbidden => "TARGET_FORBIDDEN",
             ErrorCode::NoRoute => "NO_ROUTE",

@@ -5,7 +5,10 @@
 //!        │
 //!        ├─ auth         identify the project (Proxy-Authorization Basic / X-Pag0-API-Key)
 //!        ├─ rate_limit   per-project token bucket
-//!        └─ ssrf_guard   resolve the forward target, refuse non-public addresses
+//!        ├─ ssrf_guard   resolve the forward target, refuse non-public addresses
+//!        ├─ policy       the project's host allow/block lists
+//!        ├─ idempotency  replay the first paid response of a repeated Idempotency-Key
+//!        └─ payment      pay 402s within the policy and budgets (reserve → sign → replay)
 //!  upstream_peer ─────── async DNS (unless a stage resolved already), pooled connection, TLS+SNI
 //!  upstream_request_filter  origin-form target, Host, pag0's own headers stripped
 //!  logging ───────────── metrics from the RequestCtx
@@ -21,7 +24,9 @@
 mod auth;
 mod idempotency;
 mod payment;
+mod policy;
 mod rate_limit;
+mod spend;
 mod ssrf_guard;
 
 use std::sync::Arc;
@@ -38,7 +43,9 @@ use crate::proxy::respond::Reply;
 pub use auth::{API_KEY_HEADER, AuthStage, key_digest};
 pub use idempotency::{IdempotencyStage, IdempotencyState};
 pub use payment::PaymentStage;
+pub use policy::PolicyStage;
 pub use rate_limit::RateLimitStage;
+pub use spend::{BUDGET_REMAINING_HEADER, POLICY_HEADER, SpendGuard};
 pub use ssrf_guard::SsrfGuardStage;
 
 /// What a stage decided.
@@ -123,12 +130,19 @@ impl Pipeline {
                     StageConfig::Idempotency { window } => {
                         Box::new(IdempotencyStage::new(shared.idempotency.clone(), *window))
                     }
+                    StageConfig::Policy => Box::new(PolicyStage::new(shared.metrics.clone())),
                     StageConfig::Payment => Box::new(PaymentStage::new(
                         config.payments.clone(),
                         shared.metrics.clone(),
                         shared.price_memory.clone(),
                         shared.nonce_guard.clone(),
                         shared.facilitator.clone(),
+                        Arc::new(SpendGuard {
+                            ledger: shared.ledger.clone(),
+                            store: shared.store.clone(),
+                            metrics: shared.metrics.clone(),
+                        }),
+                        config.budgets.commit_without_receipt,
                     )),
                     StageConfig::SsrfGuard { allow } => {
                         Box::new(SsrfGuardStage::new(allow.clone(), shared.resolver.clone()))

@@ -31,8 +31,9 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
 
+use super::spend::{BUDGET_REMAINING_HEADER, SpendGuard, remaining};
 use super::{Flow, Stage};
-use crate::config::{PaymentMode, Payments, Wallet};
+use crate::config::{Asset, PaymentMode, Payments, Wallet};
 use crate::metrics::Metrics;
 use crate::proxy::ctx::Charge;
 use crate::proxy::respond::{ErrorCode, Reply};
@@ -53,12 +54,17 @@ pub struct PaymentStage {
     memory: Arc<dyn PriceMemory>,
     nonce_guard: Arc<dyn NonceGuard>,
     facilitator: Option<Arc<Facilitator>>,
+    spend: Arc<SpendGuard>,
+    commit_without_receipt: bool,
 }
 
 /// Why no payment header was produced.
 enum SignFailure {
-    /// Policy, signer or facilitator said no: the 402 goes to the agent with the reason.
+    /// The `payments` guards, signer or facilitator said no: the 402 goes to the agent with
+    /// the reason.
     Declined(String),
+    /// The project's spend policy refused (403) or the budget ledger is down (503).
+    Refused(Reply),
     /// `verify_before_pay` is on and the facilitator did not answer.
     Facilitator(FacilitatorError),
 }
@@ -70,6 +76,8 @@ impl PaymentStage {
         memory: Arc<dyn PriceMemory>,
         nonce_guard: Arc<dyn NonceGuard>,
         facilitator: Option<Arc<Facilitator>>,
+        spend: Arc<SpendGuard>,
+        commit_without_receipt: bool,
     ) -> PaymentStage {
         PaymentStage {
             payments,
@@ -77,6 +85,8 @@ impl PaymentStage {
             memory,
             nonce_guard,
             facilitator,
+            spend,
+            commit_without_receipt,
         }
     }
 
@@ -169,15 +179,42 @@ impl PaymentStage {
         required: &PaymentRequired,
         ctx: &mut RequestCtx,
     ) -> Result<(), SignFailure> {
-        let offer = choose(&self.payments, required).map_err(SignFailure::Declined)?;
-        let signed = wallet
-            .0
-            .sign(offer, unix_now())
-            .await
-            .map_err(|e| SignFailure::Declined(e.to_string()))?;
+        let candidates = candidates(&self.payments, required).map_err(SignFailure::Declined)?;
+        let now = unix_now();
+        let policy = ctx
+            .project
+            .as_ref()
+            .and_then(|p| p.policy.as_ref().map(|x| (p, x)));
+        let (offer, reservation) = match policy {
+            Some((project, policy)) => {
+                let host = ctx.target.as_ref().map_or("", |t| t.host.as_str());
+                self.spend
+                    .authorize(project, policy, host, &candidates, now)
+                    .await
+                    .map_err(SignFailure::Refused)?
+            }
+            None => (candidates[0].0, None),
+        };
+        // From here on a failure must give the reservation back.
+        let release = |reservation: Option<crate::proxy::ctx::Reservation>| async {
+            if let Some(r) = reservation {
+                let _ = self.spend.ledger.release(&r.held).await;
+            }
+        };
+        let signed = match wallet.0.sign(offer, now).await {
+            Ok(s) => s,
+            Err(e) => {
+                release(reservation).await;
+                return Err(SignFailure::Declined(e.to_string()));
+            }
+        };
         let header = x402::payment_header(required, offer, &signed);
         if let Some(f) = self.facilitator.as_ref().filter(|f| f.verify_before_pay) {
-            match f.verify(&header, offer).await {
+            let verdict = f.verify(&header, offer).await;
+            if !matches!(verdict, Ok(Verdict::Valid)) {
+                release(reservation.clone()).await;
+            }
+            match verdict {
                 Ok(Verdict::Valid) => {}
                 Ok(Verdict::Invalid(reason)) => {
                     return Err(SignFailure::Declined(format!(
@@ -196,7 +233,12 @@ impl PaymentStage {
             amount: offer.amount,
             symbol,
             network: networks::caip2(offer.chain_id),
+            asset: offer.asset,
+            pay_to: offer.pay_to,
+            payer: signed.authorization.from,
+            nonce: signed.authorization.nonce,
         });
+        ctx.payment.reservation = reservation;
         self.metrics
             .payments
             .with_label_values(&[ctx.project_label(), "signed"])
@@ -308,14 +350,23 @@ pub fn check_relayed(payments: &Payments, p: &DecodedPayment, now: u64) -> Resul
     Ok(())
 }
 
-/// The cheapest offer that passes every guard, or why none does.
+/// The cheapest offer that passes every `payments` guard, or why none does.
 pub fn choose<'a>(payments: &Payments, required: &'a PaymentRequired) -> Result<&'a Offer, String> {
+    candidates(payments, required).map(|c| c[0].0)
+}
+
+/// Every offer that passes the `payments` guards (allowed scheme, asset, recipient, under the
+/// asset's ceiling) with its asset, cheapest first; or why none does. Never empty.
+pub fn candidates<'a, 'p>(
+    payments: &'p Payments,
+    required: &'a PaymentRequired,
+) -> Result<Vec<(&'a Offer, &'p Asset)>, String> {
     let mut reasons: Vec<String> = required
         .unusable
         .iter()
         .map(|(i, why)| format!("offer {i}: {why}"))
         .collect();
-    let mut best: Option<(&Offer, U256)> = None;
+    let mut found: Vec<(&Offer, &Asset, U256)> = Vec::new();
     for offer in &required.offers {
         let i = offer.index;
         if !payments.schemes.contains(&offer.scheme) {
@@ -345,17 +396,18 @@ pub fn choose<'a>(payments: &Payments, required: &'a PaymentRequired) -> Result<
         let scaled = offer
             .amount
             .saturating_mul(U256::from(10).pow(U256::from(36 - asset.decimals.min(36))));
-        if best.is_none_or(|(_, b)| scaled < b) {
-            best = Some((offer, scaled));
-        }
+        found.push((offer, asset, scaled));
     }
-    best.map(|(o, _)| o).ok_or_else(|| {
-        if reasons.is_empty() {
+    if found.is_empty() {
+        return Err(if reasons.is_empty() {
             "no acceptable offer".into()
         } else {
             reasons.join("; ")
-        }
-    })
+        });
+    }
+    // Stable: among equal prices the server's order wins.
+    found.sort_by_key(|(_, _, scaled)| *scaled);
+    Ok(found.into_iter().map(|(o, a, _)| (o, a)).collect())
 }
 
 fn unix_now() -> u64 {
@@ -447,6 +499,7 @@ impl Stage for PaymentStage {
                         format!("{e}; nothing was paid"),
                     ));
                 }
+                Err(SignFailure::Refused(reply)) => return Flow::Respond(reply),
                 Err(SignFailure::Declined(_)) => {} // no pre-signing; the 402 path decides
             }
         }
@@ -486,6 +539,9 @@ impl Stage for PaymentStage {
                     .payments
                     .with_label_values(&[ctx.project_label(), "price_changed"])
                     .inc();
+                if let Some(r) = ctx.payment.reservation.take() {
+                    let _ = self.spend.ledger.release(&r.held).await;
+                }
                 ctx.payment.header = None;
                 ctx.payment.charge = None;
                 ctx.payment.presigned = false;
@@ -544,6 +600,15 @@ impl Stage for PaymentStage {
                 ctx.error = Some(ErrorCode::FacilitatorUnavailable);
                 return Err(Error::explain(ErrorType::HTTPStatus(502), e.to_string()));
             }
+            Err(SignFailure::Refused(reply)) => {
+                let status = reply.code.status();
+                ctx.error = Some(reply.code);
+                ctx.reply = Some(reply);
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(status),
+                    "spend policy",
+                ));
+            }
         }
         if self.memory_enabled() {
             let offer_index = choose(&self.payments, &required).map_or(0, |o| o.index);
@@ -575,13 +640,26 @@ impl Stage for PaymentStage {
             .and_then(|v| x402::parse_receipt(v.as_bytes()).ok());
         let paid = resp.status.is_success() && receipt.as_ref().is_none_or(|r| r.success);
         resp.insert_header("x-pag0-paid", if paid { "true" } else { "false" })?;
+        ctx.payment.settled = Some(
+            resp.status.is_success()
+                && receipt
+                    .as_ref()
+                    .map_or(self.commit_without_receipt, |r| r.success),
+        );
+        if let Some(r) = &ctx.payment.reservation {
+            resp.insert_header(
+                BUDGET_REMAINING_HEADER,
+                remaining(&r.held.key.pool, r.limits, &r.held.usage),
+            )?;
+        }
         resp.insert_header(
             "x-pag0-cost",
             format!("{} {}", charge.amount, charge.symbol),
         )?;
         resp.insert_header("x-pag0-network", charge.network)?;
         if let Some(tx) = receipt.and_then(|r| r.transaction) {
-            resp.insert_header("x-pag0-tx", tx)?;
+            resp.insert_header("x-pag0-tx", tx.as_str())?;
+            ctx.payment.tx = Some(tx);
         }
         if paid
             && let (Some(key), Some(offer)) = (
@@ -594,5 +672,10 @@ impl Stage for PaymentStage {
                 .await;
         }
         Ok(())
+    }
+
+    /// Journals and commits a settled payment's budget, or releases it.
+    async fn logging(&self, ctx: &mut RequestCtx) {
+        self.spend.finish(ctx).await;
     }
 }

@@ -1,0 +1,355 @@
+//! Validation of the spend-firewall sections: `database`, `redis`, `budgets` and
+//! `projects[].policy`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use alloy_primitives::U256;
+
+use super::Validator;
+use super::file::*;
+use super::runtime::*;
+use super::secret::Secret;
+use crate::policy::{BudgetRule, HostCap, HostPattern, Policy};
+use crate::store::{DatabaseConfig, DatabaseKind};
+
+impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
+    /// A URL that may carry a password: an `${ENV}` reference, or plain text without one.
+    fn url_secret(&mut self, raw: &str, path: &str) -> Option<Secret> {
+        if raw.trim_start().starts_with("${") {
+            return self.secret(raw, path);
+        }
+        if url::Url::parse(raw).is_ok_and(|u| u.password().is_some()) {
+            self.issue(
+                path,
+                "a URL with a password must be an environment reference like ${PAG0_DATABASE_URL}",
+            );
+            return None;
+        }
+        Some(Secret::plain(raw))
+    }
+
+    pub(super) fn database(&mut self, f: FileDatabase) -> DatabaseConfig {
+        let raw = f.url.as_deref().unwrap_or(DEFAULT_DATABASE_URL);
+        let url = self
+            .url_secret(raw, "database.url")
+            .unwrap_or_else(Secret::unset);
+        let value = url.expose().to_string();
+        let (kind, url) = if let Some(file) = value
+            .strip_prefix("sqlite://")
+            .or_else(|| value.strip_prefix("sqlite:"))
+        {
+            // A relative SQLite file lives next to the config file.
+            let (file, query) = file.split_once('?').unwrap_or((file, ""));
+            let path = if file == ":memory:" || Path::new(file).is_absolute() {
+                file.to_string()
+            } else {
+                self.base_dir.join(file).display().to_string()
+            };
+            let url = match query {
+                "" => format!("sqlite:{path}"),
+                q => format!("sqlite:{path}?{q}"),
+            };
+            (DatabaseKind::Sqlite, Secret::plain(url))
+        } else if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+            (DatabaseKind::Postgres, url)
+        } else {
+            if !value.is_empty() {
+                self.issue(
+                    "database.url",
+                    format!("unsupported database URL {url} (sqlite:<file> or postgres://…)"),
+                );
+            }
+            (DatabaseKind::Sqlite, url)
+        };
+        let spool = f.spool_file.as_deref().unwrap_or(DEFAULT_SPOOL_FILE);
+        DatabaseConfig {
+            url,
+            kind,
+            spool_file: self.base_dir.join(spool),
+            timeout: Duration::from_millis(self.positive(
+                f.timeout_ms,
+                DEFAULT_DATABASE_TIMEOUT_MS,
+                "database.timeout_ms",
+            )),
+        }
+    }
+
+    pub(super) fn redis(&mut self, f: FileRedis) -> Option<RedisSettings> {
+        let url = self.url_secret(&f.url, "redis.url")?;
+        if !url.expose().starts_with("redis://") && !url.expose().starts_with("rediss://") {
+            self.issue(
+                "redis.url",
+                format!("expected redis://host:port, got {url}"),
+            );
+            return None;
+        }
+        let key_prefix = f
+            .key_prefix
+            .unwrap_or_else(|| DEFAULT_REDIS_KEY_PREFIX.to_string());
+        if key_prefix.is_empty() || key_prefix.contains(['{', '}', ' ']) {
+            self.issue(
+                "redis.key_prefix",
+                "must be non-empty, without braces or spaces",
+            );
+        }
+        Some(RedisSettings {
+            url,
+            key_prefix,
+            timeout: Duration::from_millis(self.positive(
+                f.timeout_ms,
+                DEFAULT_REDIS_TIMEOUT_MS,
+                "redis.timeout_ms",
+            )),
+        })
+    }
+
+    pub(super) fn budgets(&mut self, f: FileBudgets, redis: bool) -> BudgetSettings {
+        let ledger = match f.ledger.as_deref() {
+            None | Some("memory") => LedgerKind::Memory,
+            Some("redis") => {
+                if !redis {
+                    self.issue("budgets.ledger", "the redis ledger needs a redis: section");
+                }
+                LedgerKind::Redis
+            }
+            Some(other) => {
+                self.issue(
+                    "budgets.ledger",
+                    format!("unknown ledger {other:?}, expected memory or redis"),
+                );
+                LedgerKind::Memory
+            }
+        };
+        let redis_down = match f.redis_down.as_deref() {
+            None | Some("fail_closed") => RedisDown::FailClosed,
+            Some("in_process") => RedisDown::InProcess,
+            Some(other) => {
+                self.issue(
+                    "budgets.redis_down",
+                    format!("unknown value {other:?}, expected fail_closed or in_process"),
+                );
+                RedisDown::FailClosed
+            }
+        };
+        BudgetSettings {
+            ledger,
+            redis_down,
+            reservation_ttl: Duration::from_secs(self.positive(
+                f.reservation_ttl_seconds,
+                DEFAULT_RESERVATION_TTL_SECONDS,
+                "budgets.reservation_ttl_seconds",
+            )),
+            commit_without_receipt: f
+                .commit_without_receipt
+                .unwrap_or(DEFAULT_COMMIT_WITHOUT_RECEIPT),
+        }
+    }
+
+    /// The decimals shared by every allowed asset with `symbol` (on `chain_id`, if given).
+    fn symbol_decimals(
+        &mut self,
+        payments: &Payments,
+        symbol: &str,
+        chain_id: Option<u64>,
+        path: &str,
+    ) -> Option<u8> {
+        let matching: Vec<&Asset> = payments
+            .assets
+            .iter()
+            .filter(|a| a.symbol == symbol && chain_id.is_none_or(|c| c == a.chain_id))
+            .collect();
+        let Some(first) = matching.first() else {
+            self.issue(
+                path,
+                format!(
+                    "no asset {symbol:?} in payments.assets{}",
+                    match chain_id {
+                        Some(c) => format!(" on {}", crate::x402::networks::caip2(c)),
+                        None => String::new(),
+                    }
+                ),
+            );
+            return None;
+        };
+        if matching.iter().any(|a| a.decimals != first.decimals) {
+            self.issue(
+                path,
+                format!("the {symbol} assets have different decimals: give each budget a network"),
+            );
+            return None;
+        }
+        Some(first.decimals)
+    }
+
+    fn amount(
+        &mut self,
+        raw: Option<&str>,
+        decimals: u8,
+        symbol: &str,
+        path: &str,
+    ) -> Option<U256> {
+        let raw = raw?;
+        match super::parse_units(raw, decimals, symbol) {
+            Ok(v) => Some(v),
+            Err(why) => {
+                self.issue(path, format!("{why} ({raw:?})"));
+                None
+            }
+        }
+    }
+
+    pub(super) fn policy(&mut self, f: FilePolicy, payments: &Payments, path: &str) -> Policy {
+        let mut budgets: Vec<BudgetRule> = Vec::new();
+        for (i, b) in f.budgets.iter().enumerate() {
+            let at = format!("{path}.budgets[{i}]");
+            let chain_id = match &b.network {
+                None => None,
+                Some(n) => match crate::x402::networks::chain_id(n) {
+                    Some(c) => Some(c),
+                    None => {
+                        self.issue(
+                            &format!("{at}.network"),
+                            format!("unknown EVM network {n:?}"),
+                        );
+                        continue;
+                    }
+                },
+            };
+            let Some(decimals) =
+                self.symbol_decimals(payments, &b.asset, chain_id, &format!("{at}.asset"))
+            else {
+                continue;
+            };
+            let per_request = self.amount(
+                b.per_request.as_deref(),
+                decimals,
+                &b.asset,
+                &format!("{at}.per_request"),
+            );
+            let daily = self.amount(
+                b.daily.as_deref(),
+                decimals,
+                &b.asset,
+                &format!("{at}.daily"),
+            );
+            let monthly = self.amount(
+                b.monthly.as_deref(),
+                decimals,
+                &b.asset,
+                &format!("{at}.monthly"),
+            );
+            let ordered = [per_request, daily, monthly];
+            let present: Vec<U256> = ordered.iter().flatten().copied().collect();
+            if present.windows(2).any(|w| w[0] > w[1]) {
+                self.issue(&at, "limits must satisfy per_request <= daily <= monthly");
+            }
+            if present.iter().any(|v| v.is_zero()) {
+                self.issue(
+                    &at,
+                    "a limit of 0 blocks every payment: remove the asset instead",
+                );
+            }
+            let pool = match chain_id {
+                Some(c) => format!("{}@{}", b.asset, crate::x402::networks::caip2(c)),
+                None => b.asset.clone(),
+            };
+            if budgets.iter().any(|r| r.pool == pool) {
+                self.issue(&at, format!("a budget for {pool} is listed twice"));
+                continue;
+            }
+            budgets.push(BudgetRule {
+                pool,
+                symbol: b.asset.clone(),
+                chain_id,
+                per_request,
+                daily,
+                monthly,
+            });
+        }
+        let mut patterns = |list: &[String], name: &str| -> Vec<HostPattern> {
+            list.iter()
+                .enumerate()
+                .filter_map(|(i, raw)| {
+                    let p = HostPattern::parse(raw);
+                    if p.is_none() {
+                        self.issue(
+                            &format!("{path}.{name}[{i}]"),
+                            format!("invalid host pattern {raw:?} (host, *.domain or *)"),
+                        );
+                    }
+                    p
+                })
+                .collect()
+        };
+        let allow_hosts = patterns(&f.allow_hosts, "allow_hosts");
+        let block_hosts = patterns(&f.block_hosts, "block_hosts");
+        let mut host_caps = Vec::new();
+        for (i, c) in f.host_caps.iter().enumerate() {
+            let at = format!("{path}.host_caps[{i}]");
+            let Some(pattern) = HostPattern::parse(&c.host) else {
+                self.issue(
+                    &format!("{at}.host"),
+                    format!("invalid host pattern {:?}", c.host),
+                );
+                continue;
+            };
+            let Some(symbol) = c.max.split_whitespace().nth(1) else {
+                self.issue(&format!("{at}.max"), "give the asset: \"0.01 USDC\"");
+                continue;
+            };
+            let symbol = symbol.to_string();
+            let Some(decimals) =
+                self.symbol_decimals(payments, &symbol, None, &format!("{at}.max"))
+            else {
+                continue;
+            };
+            if let Some(max) = self.amount(Some(&c.max), decimals, &symbol, &format!("{at}.max")) {
+                host_caps.push(HostCap {
+                    pattern,
+                    symbol,
+                    max,
+                });
+            }
+        }
+        let networks = f
+            .networks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| {
+                let c = crate::x402::networks::chain_id(n);
+                if c.is_none() {
+                    self.issue(
+                        &format!("{path}.networks[{i}]"),
+                        format!("unknown EVM network {n:?}"),
+                    );
+                }
+                c
+            })
+            .collect();
+        let pay_to = f
+            .pay_to
+            .iter()
+            .enumerate()
+            .filter_map(|(i, raw)| match raw.parse() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    self.issue(
+                        &format!("{path}.pay_to[{i}]"),
+                        format!("invalid address {raw:?}"),
+                    );
+                    None
+                }
+            })
+            .collect();
+        Policy {
+            enforce: f.enforce.unwrap_or(true),
+            budgets,
+            allow_hosts,
+            block_hosts,
+            host_caps,
+            networks,
+            pay_to,
+        }
+    }
+}

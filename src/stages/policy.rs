@@ -1,0 +1,46 @@
+//! `policy`: enforces each project's host allow/block lists on every request, paid or free
+//! (the payment stage checks them again, with the rest of the policy, before paying).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::proxy::Session;
+
+use super::spend::refuse;
+use super::{Flow, Stage};
+use crate::metrics::Metrics;
+use crate::proxy::RequestCtx;
+
+pub struct PolicyStage {
+    metrics: Arc<Metrics>,
+}
+
+impl PolicyStage {
+    pub fn new(metrics: Arc<Metrics>) -> PolicyStage {
+        PolicyStage { metrics }
+    }
+}
+
+#[async_trait]
+impl Stage for PolicyStage {
+    fn name(&self) -> &'static str {
+        "policy"
+    }
+
+    /// Runs after auth (the project is known) and before any upstream contact.
+    async fn request_filter(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Flow {
+        let (Some(project), Some(target)) = (ctx.project.as_ref(), ctx.target.as_ref()) else {
+            return Flow::Continue;
+        };
+        let Some(policy) = project.policy.as_ref() else {
+            return Flow::Continue;
+        };
+        match policy.check_host(&target.host) {
+            Ok(()) => Flow::Continue,
+            Err(v) => match refuse(&self.metrics, project, &v, None) {
+                Some(reply) => Flow::Respond(reply),
+                None => Flow::Continue,
+            },
+        }
+    }
+}

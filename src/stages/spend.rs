@@ -1,0 +1,274 @@
+//! The spend firewall as the payment stage uses it: policy check and budget reservation right
+//! before signing, journal + commit (or release) once the request is over.
+
+use std::sync::Arc;
+
+use alloy_primitives::U256;
+
+use crate::budget::{BudgetKey, Ledger, Limits, Usage};
+use crate::config::{Asset, Project};
+use crate::metrics::Metrics;
+use crate::policy::{Policy, Spend, Violation};
+use crate::proxy::RequestCtx;
+use crate::proxy::ctx::Reservation;
+use crate::proxy::respond::{ErrorCode, Reply};
+use crate::store::{SpendRecord, Store};
+use crate::x402::Offer;
+
+/// Header with what is left of the budget after this request (base units).
+pub const BUDGET_REMAINING_HEADER: &str = "x-pag0-budget-remaining";
+/// Header naming the policy code that refused a request.
+pub const POLICY_HEADER: &str = "x-pag0-policy";
+
+pub struct SpendGuard {
+    pub ledger: Arc<dyn Ledger>,
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// `daily=…; monthly=…; pool=…` from the limits and the usage (windows without a limit are left out).
+pub fn remaining(pool: &str, limits: Limits, usage: &Usage) -> String {
+    let mut parts = Vec::new();
+    if let Some(l) = limits.daily {
+        parts.push(format!("daily={}", usage.day.remaining(l)));
+    }
+    if let Some(l) = limits.monthly {
+        parts.push(format!("monthly={}", usage.month.remaining(l)));
+    }
+    parts.push(format!("pool={pool}"));
+    parts.join("; ")
+}
+
+/// Records a policy violation; `Some(reply)` (403) if the policy is enforced, `None` in a dry run.
+pub fn refuse(
+    metrics: &Metrics,
+    project: &Project,
+    v: &Violation,
+    remaining: Option<String>,
+) -> Option<Reply> {
+    let enforced = project.policy.as_ref().is_none_or(|p| p.enforce);
+    metrics
+        .policy_violations
+        .with_label_values(&[
+            project.id.as_str(),
+            v.code(),
+            if enforced { "true" } else { "false" },
+        ])
+        .inc();
+    if !enforced {
+        log::info!(project = project.id.as_str(), code = v.code(); "policy dry run would refuse: {v}");
+        return None;
+    }
+    log::debug!(project = project.id.as_str(), code = v.code(); "policy refused: {v}");
+    let mut reply = Reply::new(ErrorCode::of_violation(v), v.to_string())
+        .details(v.details())
+        .header(POLICY_HEADER, v.code());
+    if let Some(r) = remaining {
+        reply = reply.header(BUDGET_REMAINING_HEADER, r);
+    }
+    Some(reply)
+}
+
+impl SpendGuard {
+    fn count(&self, project: &str, op: &str) {
+        self.metrics
+            .budget_operations
+            .with_label_values(&[project, op])
+            .inc();
+    }
+
+    fn refuse(&self, project: &Project, v: &Violation, remaining: Option<String>) -> Option<Reply> {
+        refuse(&self.metrics, project, v, remaining)
+    }
+
+    /// Picks the cheapest of `candidates` (cheapest first, already within the `payments`
+    /// guards) that the project's policy allows and its budget can hold, and reserves it.
+    /// The reply is a 403 (policy) or 503 (ledger unavailable); nothing has been signed.
+    pub async fn authorize<'a>(
+        &self,
+        project: &Project,
+        policy: &Policy,
+        host: &str,
+        candidates: &[(&'a Offer, &Asset)],
+        now: u64,
+    ) -> Result<(&'a Offer, Option<Reservation>), Reply> {
+        if let Err(v) = policy.check_host(host)
+            && let Some(reply) = self.refuse(project, &v, None)
+        {
+            return Err(reply);
+        }
+        let mut first: Option<(Violation, Option<String>)> = None;
+        for (offer, asset) in candidates {
+            let spend = Spend {
+                host,
+                chain_id: offer.chain_id,
+                symbol: &asset.symbol,
+                asset: offer.asset,
+                pay_to: offer.pay_to,
+                amount: offer.amount,
+            };
+            let rule = match policy.check_spend(&spend) {
+                Ok(rule) => rule,
+                Err(v) => {
+                    first.get_or_insert((v, None));
+                    continue;
+                }
+            };
+            let Some(rule) = rule else {
+                return Ok((offer, None));
+            };
+            let key = BudgetKey::new(project.id.clone(), rule.pool.clone());
+            match self
+                .reserve(project, &key, offer.amount, rule.limits(), now)
+                .await?
+            {
+                Ok(r) => return Ok((offer, Some(r))),
+                Err(v) => {
+                    if first.is_none() {
+                        let usage = self.ledger.usage(&key, now).await.ok();
+                        let remaining = usage.map(|u| remaining(&rule.pool, rule.limits(), &u));
+                        first = Some((v, remaining));
+                    }
+                }
+            }
+        }
+        let (Some((violation, remaining)), Some(&(cheapest, asset))) = (first, candidates.first())
+        else {
+            return Err(Reply::new(
+                ErrorCode::InternalError,
+                "no offer to authorize",
+            ));
+        };
+        if let Some(reply) = self.refuse(project, &violation, remaining) {
+            return Err(reply);
+        }
+        // Dry run: pay the cheapest offer anyway; track it in its pool if it has one.
+        let offer = cheapest;
+        let rule = policy
+            .budgets
+            .iter()
+            .find(|b| b.covers(&asset.symbol, offer.chain_id));
+        let Some(rule) = rule else {
+            return Ok((offer, None));
+        };
+        let key = BudgetKey::new(project.id.clone(), rule.pool.clone());
+        let held = self
+            .reserve(project, &key, offer.amount, Limits::default(), now)
+            .await?;
+        Ok((
+            offer,
+            held.ok().map(|r| Reservation {
+                limits: rule.limits(),
+                ..r
+            }),
+        ))
+    }
+
+    async fn reserve(
+        &self,
+        project: &Project,
+        key: &BudgetKey,
+        amount: U256,
+        limits: Limits,
+        now: u64,
+    ) -> Result<Result<Reservation, Violation>, Reply> {
+        match self.ledger.reserve(key, amount, limits, now).await {
+            Ok(Ok(held)) => {
+                self.count(&project.id, "reserved");
+                Ok(Ok(Reservation { held, limits }))
+            }
+            Ok(Err(denial)) => {
+                self.count(&project.id, "denied");
+                Ok(Err(Violation::Budget {
+                    pool: key.pool.clone(),
+                    denial: Box::new(denial),
+                }))
+            }
+            Err(e) => {
+                self.count(&project.id, "unavailable");
+                log::warn!(project = project.id.as_str(); "{e}");
+                Err(Reply::new(
+                    ErrorCode::BudgetUnavailable,
+                    "the budget ledger is unavailable; nothing was paid",
+                ))
+            }
+        }
+    }
+
+    /// Runs in `logging`: a settled payment is written to the journal, then committed; any
+    /// other outcome (failure, timeout, client gone, refused) releases the reservation.
+    pub async fn finish(&self, ctx: &mut RequestCtx) {
+        let reservation = ctx.payment.reservation.take();
+        let project = ctx.project_label().to_string();
+        let settled = ctx.payment.settled == Some(true) && ctx.payment.header.is_some();
+        if !settled {
+            if let Some(r) = reservation {
+                if let Err(e) = self.ledger.release(&r.held).await {
+                    log::debug!("release failed (the hold expires by itself): {e}");
+                }
+                self.count(&project, "released");
+            }
+            return;
+        }
+        let Some(charge) = ctx.payment.charge.clone() else {
+            return;
+        };
+        let now = unix_now();
+        let (id, pool, windows, reserved_at) = match &reservation {
+            Some(r) => (
+                r.held.id.clone(),
+                r.held.key.pool.clone(),
+                r.held.windows.clone(),
+                r.held.reserved_at,
+            ),
+            None => (
+                crate::budget::new_reservation_id(),
+                String::new(),
+                crate::budget::Windows::at(now),
+                now,
+            ),
+        };
+        let record = SpendRecord {
+            id,
+            project: project.clone(),
+            pool,
+            network: charge.network.clone(),
+            asset: charge.asset.to_string(),
+            pay_to: charge.pay_to.to_string(),
+            payer: charge.payer.to_string(),
+            amount: charge.amount,
+            nonce: charge.nonce.to_string(),
+            tx_hash: ctx.payment.tx.clone(),
+            url: ctx.target.as_ref().map_or_else(String::new, |t| {
+                let scheme = if t.tls { "https" } else { "http" };
+                format!(
+                    "{scheme}://{}:{}{}",
+                    t.host,
+                    t.port,
+                    t.path.split('?').next().unwrap_or("/")
+                )
+            }),
+            window_day: windows.day,
+            window_month: windows.month,
+            reserved_at: reserved_at as i64,
+            committed_at: now as i64,
+        };
+        // Journal first: a budget rebuilt from it then never misses this payment.
+        if let Err(e) = self.store.record_spend(&record).await {
+            self.count(&project, "journal_failed");
+            log::error!(project = project.as_str(), id = record.id.as_str(); "SPEND NOT JOURNALED (database and spool failed): {e}; record: {}", serde_json::to_string(&record).unwrap_or_default());
+        }
+        if let Some(r) = reservation {
+            match self.ledger.commit(&r.held).await {
+                Ok(()) => self.count(&project, "committed"),
+                Err(e) => log::warn!("budget commit deferred until the ledger is back: {e}"),
+            }
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
