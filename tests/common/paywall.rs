@@ -4,7 +4,8 @@
 //! Routes: `/free`; `/paid` (10000 units); `/multi` (three offers: an unknown asset at 1, 50000,
 //! 20000); `/expensive` (500000); `/wrong-network` (eip155:1); `/always402` (verifies, then
 //! refuses anyway); `/price-change` (10000, +5000 after every payment on it); `/slow-paid`
-//! (10000, answers 800 ms after a valid payment); `/expensive-empty` (a 402 with an empty body); `/unknown-asset` (an asset pag0 does not allow). Every route also
+//! (10000, answers 800 ms after a valid payment); `/paid-500` (10000, answers 500 without a receipt
+//! after a valid payment); `/expensive-empty` (a 402 with an empty body); `/unknown-asset` (an asset pag0 does not allow). Every route also
 //! exists as x402 v1 under `/v1/...` (offer in the 402 JSON body, `X-PAYMENT`, network name
 //! `base-sepolia`, `X-PAYMENT-RESPONSE`). Every 200 echoes `{method, path, body_len, body_sha256}`.
 
@@ -109,7 +110,7 @@ fn to_v1(offer: &Value, url: &str) -> Value {
 fn offers_for(path: &str, price_changes: u64) -> Option<Vec<Value>> {
     Some(match path {
         "/price-change" => vec![offer(10_000 + 5_000 * price_changes, NETWORK, ASSET)],
-        "/paid" | "/always402" | "/slow-paid" => vec![offer(10_000, NETWORK, ASSET)],
+        "/paid" | "/always402" | "/slow-paid" | "/paid-500" => vec![offer(10_000, NETWORK, ASSET)],
         "/multi" => vec![
             offer(1, NETWORK, "0x0000000000000000000000000000000000000bad"),
             offer(50_000, NETWORK, ASSET),
@@ -242,6 +243,11 @@ async fn handle(
             Ok(unpaid(&again))
         }
         Ok(_) if path == "/always402" => Ok(unpaid(&required)),
+        Ok(_) if path == "/paid-500" => Ok(respond(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "{\"error\": \"settlement failed\"}".into(),
+            None,
+        )),
         Ok((payer, nonce)) => {
             if path == "/price-change" {
                 state.lock().unwrap().price_changes += 1;

@@ -1,0 +1,360 @@
+//! Spend firewall end to end: agent → pag0 → the test paywall, with budgets in the in-process
+//! ledger, in a shared Redis (two pag0 instances) and the journal on SQLite or PostgreSQL.
+
+mod common;
+
+use std::time::Duration;
+
+use common::paywall::{self, Paywall};
+use common::*;
+use reqwest::StatusCode;
+use serde_json::Value;
+use sqlx::Row;
+
+/// One paid call to `/paid` costs 10000 base units = 0.01 USDC.
+const PRICE: u64 = 10_000;
+
+fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap().to_string())
+}
+
+/// A config with the paywall's asset, the policy stage, and `policy` (YAML under `policy:`).
+fn config(policy: &str, extra: &str) -> String {
+    format!(
+        "{}{extra}stages:\n  - kind: auth\n  - kind: ssrf_guard\n    allow: [\"127.0.0.0/8\"]\n  - kind: policy\n  - kind: payment\nprojects:\n  - id: demo\n    keys: [\"{DEMO_HASH}\"]\n    wallet:\n      private_key: ${{PAG0_TEST_WALLET_KEY:-{}}}\n    policy:\n{policy}",
+        paywall::payments_yaml(),
+        paywall::WALLET_KEY,
+    )
+}
+
+fn budget(per_request: &str, daily: &str, monthly: &str) -> String {
+    format!(
+        "      budgets:\n        - asset: USDC\n          per_request: \"{per_request}\"\n          daily: \"{daily}\"\n          monthly: \"{monthly}\"\n"
+    )
+}
+
+async fn error_code(resp: reqwest::Response) -> String {
+    let body: Value = resp.json().await.unwrap();
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Sends `total` concurrent paid GETs spread over `instances` (each client opens its own
+/// connections); returns (successes, DAILY_BUDGET_EXCEEDED refusals).
+async fn storm(instances: &[&Pag0], url: &str, total: usize) -> (usize, usize) {
+    let clients: Vec<reqwest::Client> = instances
+        .iter()
+        .map(|p| p.client("demo", DEMO_KEY))
+        .collect();
+    let mut tasks = Vec::new();
+    for i in 0..total {
+        let client = clients[i % clients.len()].clone();
+        let url = url.to_string();
+        tasks.push(tokio::spawn(async move {
+            let resp = client.get(url).send().await.unwrap();
+            let status = resp.status();
+            let policy = header(&resp, "x-pag0-policy");
+            (status, policy)
+        }));
+    }
+    let (mut ok, mut denied) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            (StatusCode::OK, _) => ok += 1,
+            (StatusCode::FORBIDDEN, Some(code)) if code == "DAILY_BUDGET_EXCEEDED" => denied += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    (ok, denied)
+}
+
+async fn sqlite_journal(pag0: &Pag0) -> Vec<(String, String)> {
+    let db = pag0.dir.path().join("pag0.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("SELECT amount, pool FROM spend_journal WHERE project = 'demo'")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get("amount"), r.get("pool")))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn in_process_daily_budget_is_exact_under_a_storm_of_concurrent_paid_calls() {
+    const N: usize = 5;
+    let wall = Paywall::start().await;
+    let pag0 = Pag0::start(&config(&budget("0.01", "0.05", "1"), ""));
+    let (ok, denied) = storm(&[&pag0], &wall.url("/paid"), 20 * N).await;
+    assert_eq!((ok, denied), (N, 19 * N));
+    assert_eq!(
+        wall.stats().paid,
+        N,
+        "exactly N payments reached the upstream"
+    );
+    // Journaled in `logging`, which may finish just after the response.
+    let mut rows = Vec::new();
+    for _ in 0..50 {
+        rows = sqlite_journal(&pag0).await;
+        if rows.len() >= N {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rows.len(), N);
+    assert!(
+        rows.iter()
+            .all(|(amount, pool)| amount == "10000" && pool == "USDC")
+    );
+    let (_, metrics) = pag0.admin(reqwest::Method::GET, "/metrics").await;
+    assert!(
+        metrics.contains(&format!(
+            r#"pag0_policy_violations_total{{code="DAILY_BUDGET_EXCEEDED",enforced="true",project="demo"}} {}"#,
+            19 * N
+        )),
+        "{metrics}"
+    );
+}
+
+/// A throwaway PostgreSQL database on the shared server, dropped at the end.
+struct TempDatabase {
+    name: String,
+}
+
+impl TempDatabase {
+    async fn create() -> TempDatabase {
+        let name = format!("pag0_test_{}", hex::encode(rand::random::<[u8; 6]>()));
+        let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (see .ci/test)");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        TempDatabase { name }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+
+    async fn drop_now(self) {
+        let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
+            .await
+            .unwrap();
+        let _ = sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&admin)
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_budget_is_shared_by_two_instances_and_agrees_with_the_postgres_journal() {
+    const N: usize = 4;
+    let wall = Paywall::start().await;
+    let db = TempDatabase::create().await;
+    let prefix = format!("pag0test{}", hex::encode(rand::random::<[u8; 4]>()));
+    let shared = format!(
+        "database:\n  url: {}\nredis:\n  url: redis://127.0.0.1:6379\n  key_prefix: {prefix}\nbudgets:\n  ledger: redis\n",
+        db.url()
+    );
+    let cfg = config(&budget("0.01", "0.04", "1"), &shared);
+    let a = Pag0::start(&cfg);
+    let b = Pag0::start(&cfg);
+    let (ok, denied) = storm(&[&a, &b], &wall.url("/paid"), 20 * N).await;
+    assert_eq!((ok, denied), (N, 19 * N));
+    assert_eq!(wall.stats().paid, N);
+
+    let pool = sqlx::PgPool::connect(&db.url()).await.unwrap();
+    let mut total = String::new();
+    for _ in 0..50 {
+        let row = sqlx::query(
+            "SELECT COUNT(*) AS n, COALESCE(SUM(amount), 0)::text AS total FROM spend_journal",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        total = row.get("total");
+        if row.get::<i64, _>("n") == N as i64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(total, (PRICE * N as u64).to_string());
+    // Redis holds the same spent amount for today.
+    let day = pag0::budget::Windows::at(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs(),
+    )
+    .day;
+    let out = std::process::Command::new("redis-cli")
+        .args([
+            "HGET",
+            &format!("{prefix}:budget:{{demo/USDC}}:d:{day}"),
+            "spent",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), total);
+    drop((a, b));
+    pool.close().await;
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paid_responses_tell_the_remaining_budget_and_denials_explain_themselves() {
+    let wall = Paywall::start().await;
+    let pag0 = Pag0::start(&config(&budget("0.01", "0.02", "0.03"), ""));
+    let client = pag0.client("demo", DEMO_KEY);
+    let resp = client.get(wall.url("/paid")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(
+        header(&resp, "x-pag0-budget-remaining").as_deref(),
+        Some("daily=10000; monthly=20000; pool=USDC")
+    );
+    let resp = client.get(wall.url("/paid")).send().await.unwrap();
+    assert_eq!(
+        header(&resp, "x-pag0-budget-remaining").as_deref(),
+        Some("daily=0; monthly=10000; pool=USDC")
+    );
+    let resp = client.get(wall.url("/paid")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        header(&resp, "x-pag0-policy").as_deref(),
+        Some("DAILY_BUDGET_EXCEEDED")
+    );
+    assert_eq!(
+        header(&resp, "x-pag0-budget-remaining").as_deref(),
+        Some("daily=0; monthly=10000; pool=USDC")
+    );
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "DAILY_BUDGET_EXCEEDED");
+    assert_eq!(body["error"]["details"]["limit"], "20000");
+    assert_eq!(body["error"]["details"]["used"], "20000");
+    assert_eq!(body["error"]["details"]["amount"], "10000");
+    assert_eq!(
+        wall.stats().paid,
+        2,
+        "nothing was signed for the refused call"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_request_limit_host_lists_and_network_rules_refuse_with_their_codes() {
+    let wall = Paywall::start().await;
+    let policy = format!(
+        "{}      block_hosts: [\"blocked.example\"]\n",
+        budget("0.005", "1", "1")
+    );
+    let pag0 = Pag0::start(&config(&policy, ""));
+    let client = pag0.client("demo", DEMO_KEY);
+    let resp = client.get(wall.url("/paid")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert_eq!(error_code(resp).await, "PER_REQUEST_LIMIT_EXCEEDED");
+    assert_eq!(wall.stats().paid, 0);
+
+    // Allow list without the paywall's host: refused before any upstream contact, free or not.
+    let before = wall.stats().requests;
+    let policy = format!(
+        "{}      allow_hosts: [\"*.example.com\"]\n",
+        budget("0.01", "1", "1")
+    );
+    pag0.rewrite(&config(&policy, ""));
+    pag0.admin(reqwest::Method::POST, "/reload").await;
+    let resp = client.get(wall.url("/free")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        header(&resp, "x-pag0-policy").as_deref(),
+        Some("HOST_NOT_ALLOWED")
+    );
+    // Block list first, even over an allow-all list.
+    let policy = format!(
+        "{}      allow_hosts: [\"*\"]\n      block_hosts: [\"127.0.0.1\"]\n",
+        budget("0.01", "1", "1")
+    );
+    pag0.rewrite(&config(&policy, ""));
+    pag0.admin(reqwest::Method::POST, "/reload").await;
+    let resp = client.get(wall.url("/paid")).send().await.unwrap();
+    assert_eq!(error_code(resp).await, "HOST_BLOCKED");
+    assert_eq!(
+        wall.stats().requests,
+        before,
+        "refused before reaching the upstream"
+    );
+
+    // Only another network is allowed.
+    let policy = format!(
+        "{}      networks: [\"eip155:8453\"]\n",
+        budget("0.01", "1", "1")
+    );
+    pag0.rewrite(&config(&policy, ""));
+    pag0.admin(reqwest::Method::POST, "/reload").await;
+    let resp = client.get(wall.url("/paid")).send().await.unwrap();
+    assert_eq!(error_code(resp).await, "NETWORK_NOT_ALLOWED");
+    assert_eq!(wall.stats().paid, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_blocks_nothing_but_counts() {
+    let wall = Paywall::start().await;
+    let policy = format!("      enforce: false\n{}", budget("0.01", "0.01", "1"));
+    let pag0 = Pag0::start(&config(&policy, ""));
+    let client = pag0.client("demo", DEMO_KEY);
+    for _ in 0..3 {
+        let resp = client.get(wall.url("/paid")).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    assert_eq!(wall.stats().paid, 3);
+    let (_, metrics) = pag0.admin(reqwest::Method::GET, "/metrics").await;
+    assert!(
+        metrics.contains(
+            r#"pag0_policy_violations_total{code="DAILY_BUDGET_EXCEEDED",enforced="false",project="demo"} 2"#
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_timed_out_and_abandoned_paid_calls_release_their_budget() {
+    let wall = Paywall::start().await;
+    // Budget for exactly one call; reads time out after 300 ms (/slow-paid answers after 800).
+    let cfg = config(
+        &budget("0.01", "0.01", "1"),
+        "upstream:\n  read_timeout_ms: 300\n",
+    );
+    let pag0 = Pag0::start(&cfg);
+    let client = pag0.client("demo", DEMO_KEY);
+    let resp = client.get(wall.url("/paid-500")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let resp = client.get(wall.url("/slow-paid")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
+    // The client gives up while the paid attempt is in flight.
+    let impatient = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::all(format!("http://demo:{DEMO_KEY}@{}", pag0.proxy)).unwrap())
+        .timeout(Duration::from_millis(150))
+        .build()
+        .unwrap();
+    assert!(impatient.get(wall.url("/slow-paid")).send().await.is_err());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // All three released their hold: the one budgeted call still goes through, then no more.
+    let resp = client.get(wall.url("/paid")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = client.get(wall.url("/paid")).send().await.unwrap();
+    assert_eq!(
+        header(&resp, "x-pag0-policy").as_deref(),
+        Some("DAILY_BUDGET_EXCEEDED")
+    );
+    let journal = sqlite_journal(&pag0).await;
+    assert_eq!(journal.len(), 1, "only the settled payment is journaled");
+}
