@@ -358,3 +358,114 @@ async fn failed_timed_out_and_abandoned_paid_calls_release_their_budget() {
     let journal = sqlite_journal(&pag0).await;
     assert_eq!(journal.len(), 1, "only the settled payment is journaled");
 }
+
+fn redis_config(port: u16, redis_down: &str, policy: &str) -> String {
+    config(
+        policy,
+        &format!(
+            "redis:\n  url: redis://127.0.0.1:{port}\nbudgets:\n  ledger: redis\n  redis_down: {redis_down}\n"
+        ),
+    )
+}
+
+async fn paid_until_ok(client: &reqwest::Client, url: &str) -> reqwest::Response {
+    for _ in 0..50 {
+        let resp = client.get(url).send().await.unwrap();
+        if resp.status() == StatusCode::OK {
+            return resp;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{url} did not recover");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_fails_paid_calls_closed_keeps_free_traffic_and_recovers_by_itself() {
+    use common::services::PrivateRedis;
+    let wall = Paywall::start().await;
+    let port = free_port();
+    let redis = PrivateRedis::start_on(port);
+    let pag0 = Pag0::start(&redis_config(
+        port,
+        "fail_closed",
+        &budget("0.01", "1", "1"),
+    ));
+    let client = pag0.client("demo", DEMO_KEY);
+    assert_eq!(
+        client.get(wall.url("/paid")).send().await.unwrap().status(),
+        StatusCode::OK
+    );
+
+    drop(redis);
+    let resp = client.get(wall.url("/paid")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error_code(resp).await, "BUDGET_UNAVAILABLE");
+    let resp = client.get(wall.url("/free")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "free traffic is unaffected");
+    assert_eq!(
+        wall.stats().paid,
+        1,
+        "nothing was paid while the budget was unknown"
+    );
+
+    let _redis = PrivateRedis::start_on(port);
+    paid_until_ok(&client, &wall.url("/paid")).await;
+    assert_eq!(wall.stats().paid, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_can_fall_back_to_the_in_process_ledger() {
+    use common::services::PrivateRedis;
+    let wall = Paywall::start().await;
+    let port = free_port();
+    let redis = PrivateRedis::start_on(port);
+    let pag0 = Pag0::start(&redis_config(
+        port,
+        "in_process",
+        &budget("0.01", "0.02", "1"),
+    ));
+    let client = pag0.client("demo", DEMO_KEY);
+    drop(redis);
+    // The in-process ledger starts from the journal, and enforces the same budget.
+    for _ in 0..2 {
+        let resp = client.get(wall.url("/paid")).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+    let resp = client.get(wall.url("/paid")).send().await.unwrap();
+    assert_eq!(error_code(resp).await, "DAILY_BUDGET_EXCEEDED");
+    assert_eq!(wall.stats().paid, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushed_redis_is_rebuilt_from_the_journal_without_overspending() {
+    use common::services::PrivateRedis;
+    let wall = Paywall::start().await;
+    let redis = PrivateRedis::start();
+    let pag0 = Pag0::start(&redis_config(
+        redis.port,
+        "fail_closed",
+        &budget("0.01", "0.05", "1"),
+    ));
+    let client = pag0.client("demo", DEMO_KEY);
+    for _ in 0..3 {
+        assert_eq!(
+            client.get(wall.url("/paid")).send().await.unwrap().status(),
+            StatusCode::OK
+        );
+    }
+    // Let the last journal write land, then lose every key.
+    for _ in 0..50 {
+        if sqlite_journal(&pag0).await.len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(redis.cmd(&["FLUSHALL"]), "OK");
+    let (ok, denied) = storm(&[&pag0], &wall.url("/paid"), 20).await;
+    assert_eq!(
+        (ok, denied),
+        (2, 18),
+        "3 spent before the flush + 2 = the budget of 5"
+    );
+    assert_eq!(wall.stats().paid, 5);
+}

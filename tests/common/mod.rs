@@ -3,6 +3,7 @@
 
 pub mod facilitator;
 pub mod paywall;
+pub mod services;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
