@@ -15,6 +15,7 @@ use crate::config::{self, Config, ConfigErrors, LedgerKind, Project, RedisDown};
 use crate::idempotency::{IdempotencyStore, LocalIdempotencyStore};
 use crate::metrics::Metrics;
 use crate::net::dns::Resolver;
+use crate::policy::Policy;
 use crate::ratelimit::{LocalRateLimiter, RateLimiter};
 use crate::stages::Pipeline;
 use crate::store::Store;
@@ -41,6 +42,8 @@ pub struct Shared {
     pub ledger: Arc<dyn Ledger>,
     /// The Redis ledger behind `ledger`, when budgets are kept in Redis (for `/health`).
     pub redis_ledger: Option<Arc<RedisLedger>>,
+    /// Policies from the database, overriding the YAML ones (refreshed by [`sync_policies`]).
+    pub policies: Arc<PolicyBook>,
     /// Runs background upkeep (spool replay, retried commits) for the process's lifetime.
     _state: StateRuntime,
 }
@@ -124,8 +127,99 @@ impl Shared {
             store,
             ledger,
             redis_ledger,
+            policies: Arc::new(PolicyBook::default()),
             _state: StateRuntime(Some(rt)),
         }))
+    }
+}
+
+impl Shared {
+    /// Runs `task` on the state runtime (background upkeep that must outlive Pingora services).
+    pub fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
+        if let Some(rt) = &self._state.0 {
+            rt.spawn(task);
+        }
+    }
+}
+
+/// Which policy applies to a project: an active one from the database (admin API) overrides
+/// the YAML one. Looked up per request in memory; the database is only read by the poller.
+#[derive(Default)]
+pub struct PolicyBook {
+    overrides: ArcSwap<HashMap<String, Arc<Policy>>>,
+}
+
+impl PolicyBook {
+    pub fn effective(&self, project: &Project) -> Option<Arc<Policy>> {
+        let overrides = self.overrides.load();
+        overrides
+            .get(&project.id)
+            .cloned()
+            .or_else(|| project.policy.clone())
+    }
+
+    /// The database policies currently applied, by project.
+    pub fn overrides(&self) -> Arc<HashMap<String, Arc<Policy>>> {
+        self.overrides.load_full()
+    }
+}
+
+/// How often the database is asked whether policies changed.
+pub const POLICY_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Keeps [`PolicyBook`] in step with the database: polls a revision number every
+/// [`POLICY_POLL_INTERVAL`] and reloads (and re-validates against the current config) when it
+/// or the config changed. A policy that no longer validates is skipped with a warning (the
+/// YAML policy applies). Stops when pag0 shuts down (holds only weak references).
+pub async fn sync_policies(
+    live: std::sync::Weak<ArcSwap<Live>>,
+    store: Arc<Store>,
+    book: Arc<PolicyBook>,
+) {
+    let mut seen: Option<(i64, u64)> = None;
+    loop {
+        tokio::time::sleep(POLICY_POLL_INTERVAL).await;
+        let Some(live) = live.upgrade() else {
+            return;
+        };
+        let live = live.load_full();
+        let revision = match store.policy_revision().await {
+            Ok(r) => r,
+            Err(e) => {
+                log::debug!("policies: {e}");
+                continue;
+            }
+        };
+        if seen == Some((revision, live.generation)) {
+            continue;
+        }
+        let rows = match store.current_policies().await {
+            Ok(rows) => rows,
+            Err(e) => {
+                log::warn!("policies: {e}");
+                continue;
+            }
+        };
+        let mut map = HashMap::new();
+        for row in rows.into_iter().filter(|r| r.active) {
+            if !live.config.projects.iter().any(|p| p.id == row.project) {
+                log::warn!(project = row.project.as_str(); "database policy for a project not in the config; ignored");
+                continue;
+            }
+            let parsed = serde_json::from_str(&row.document)
+                .map_err(|e| vec![e.to_string()])
+                .and_then(|doc| config::parse_policy(&doc, &live.config.payments));
+            match parsed {
+                Ok(policy) => {
+                    map.insert(row.project, Arc::new(policy));
+                }
+                Err(errors) => {
+                    log::warn!(project = row.project.as_str(), version = row.version; "database policy no longer valid, the YAML policy applies: {}", errors.join("; "))
+                }
+            }
+        }
+        book.overrides.store(Arc::new(map));
+        seen = Some((revision, live.generation));
     }
 }
 

@@ -6,6 +6,7 @@
 //! | `pag0 -t -c FILE` | validate the file, print every problem, exit 0/1 |
 //! | `pag0 keys new` | print a new API key and the hash to put in `projects[].keys` |
 //! | `pag0 healthcheck -c FILE` | GET the admin `/health` (for container health checks) |
+//! | `pag0 migrate -c FILE` | apply the SQL migrations to `database.url` and exit |
 //! | `pag0 wallet new [--dir D] [--name N]` | create an encrypted keystore (password: `PAG0_WALLET_PASSWORD`) |
 //! | `pag0 wallet address -c FILE` | print each project's payment address |
 //!
@@ -62,6 +63,9 @@ enum Command {
     },
     /// Query the admin /health endpoint of a running pag0 (exit 0 when healthy).
     Healthcheck,
+    /// Apply the SQL migrations to the configured database and exit (pag0 also applies them
+    /// at startup).
+    Migrate,
     /// Payment wallets.
     Wallet {
         #[command(subcommand)]
@@ -105,6 +109,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Some(Command::Healthcheck) => return healthcheck(&cli.conf),
+        Some(Command::Migrate) => return migrate(&cli.conf),
         Some(Command::Wallet {
             action: WalletAction::New { dir, name },
         }) => return wallet_new(&dir, name.as_deref()),
@@ -235,6 +240,45 @@ fn healthcheck(conf: &std::path::Path) -> ExitCode {
         }
         Err(e) => {
             eprintln!("cannot reach the admin listener at {addr}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `pag0 migrate`: opens the configured database and applies pending migrations.
+fn migrate(conf: &std::path::Path) -> ExitCode {
+    let config = match config::load(conf) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{}: invalid configuration:\n{errors}", conf.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start a runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        let store = pag0::store::Store::open(&config.database).await?;
+        store.migrate().await?;
+        Ok::<_, pag0::store::StoreError>(store.kind())
+    });
+    match result {
+        Ok(kind) => {
+            println!(
+                "{kind} database {}: migrations applied",
+                config.database.url
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("migrate: {e}");
             ExitCode::FAILURE
         }
     }

@@ -66,6 +66,11 @@ pub fn build(config: Config, path: Option<PathBuf>, opts: &StartOptions) -> anyh
 
     let shared = Shared::new(&config)?;
     let reloader = Reloader::new(config, path, shared.clone());
+    shared.spawn(crate::live::sync_policies(
+        Arc::downgrade(&reloader.live),
+        shared.store.clone(),
+        shared.policies.clone(),
+    ));
 
     let proxy = Pag0Proxy::new(reloader.live.clone(), shared);
     let mut service =

@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::paywall::{self, Paywall};
+use common::services::TempDatabase;
 use common::*;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -120,41 +121,6 @@ async fn in_process_daily_budget_is_exact_under_a_storm_of_concurrent_paid_calls
         )),
         "{metrics}"
     );
-}
-
-/// A throwaway PostgreSQL database on the shared server, dropped at the end.
-struct TempDatabase {
-    name: String,
-}
-
-impl TempDatabase {
-    async fn create() -> TempDatabase {
-        let name = format!("pag0_test_{}", hex::encode(rand::random::<[u8; 6]>()));
-        let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
-            .await
-            .expect("PostgreSQL on 127.0.0.1:5432 (see .ci/test)");
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&admin)
-            .await
-            .unwrap();
-        TempDatabase { name }
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
-    }
-
-    async fn drop_now(self) {
-        let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
-            .await
-            .unwrap();
-        let _ = sqlx::query(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ))
-        .execute(&admin)
-        .await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

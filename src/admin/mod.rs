@@ -20,6 +20,8 @@ use subtle::ConstantTimeEq;
 
 use crate::live::{ReloadError, Reloader};
 
+mod api;
+
 #[derive(Clone)]
 struct AdminState {
     reloader: Arc<Reloader>,
@@ -93,8 +95,8 @@ async fn require_token(State(state): State<AdminState>, req: Request, next: Next
 }
 
 /// Health JSON: overall status and each dependency's state (200 when all are up, else 503).
-/// The embedded default has no external dependency; Redis and PostgreSQL join this list when
-/// configured.
+/// The embedded default has no external dependency; the database is reported (not required:
+/// journal rows spool while it is down) and Redis is required when budgets fail closed on it.
 async fn health(State(state): State<AdminState>) -> Response {
     use crate::x402::facilitator::Supported;
     let live = state.reloader.live.load();
@@ -115,6 +117,29 @@ async fn health(State(state): State<AdminState>) -> Response {
         };
         dependencies["facilitator"] = entry;
         dependencies["facilitator"]["required"] = json!(f.verify_before_pay);
+    }
+    let shared = &state.reloader.shared;
+    let timeout = std::time::Duration::from_secs(1);
+    let db = tokio::time::timeout(timeout, shared.store.ping()).await;
+    // Not required: while the database is down, journal rows wait in the spool.
+    dependencies["database"] = json!({
+        "status": if matches!(db, Ok(Ok(()))) { "up" } else { "down" },
+        "kind": shared.store.kind(),
+        "spooled_rows": shared.store.spooled().await,
+        "required": false,
+    });
+    if let Some(redis) = &shared.redis_ledger {
+        let up = matches!(
+            tokio::time::timeout(timeout, redis.ping()).await,
+            Ok(Ok(()))
+        );
+        // Required when paid requests fail closed without it.
+        dependencies["redis"] = json!({
+            "status": if up { "up" } else { "down" },
+            "role": "budget ledger",
+            "pending_commits": redis.pending_commits(),
+            "required": live.config.budgets.redis_down == crate::config::RedisDown::FailClosed,
+        });
     }
     let healthy = dependencies.as_object().is_some_and(|d| {
         d.values()
@@ -176,6 +201,18 @@ fn router(state: AdminState) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/reload", post(reload))
+        .route(
+            "/api/policies",
+            get(api::list_policies).post(api::create_policy),
+        )
+        .route(
+            "/api/policies/{project}",
+            get(api::get_policy)
+                .put(api::update_policy)
+                .delete(api::delete_policy),
+        )
+        .route("/api/budgets/{project}", get(api::budgets))
+        .route("/api/spend", get(api::spend))
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)

@@ -155,6 +155,39 @@ pub fn parse(
     }
 }
 
+/// Validates a policy document from the admin API (JSON, same shape as `projects[].policy`)
+/// against the configured assets. Errors name the path inside the document (`policy.…`).
+pub fn parse_policy(
+    doc: &serde_json::Value,
+    payments: &Payments,
+) -> Result<crate::policy::Policy, Vec<String>> {
+    let file: FilePolicy = serde_path_to_error::deserialize(doc.clone()).map_err(|e| {
+        let at = e.path().to_string();
+        let at = if at == "." {
+            "policy".to_string()
+        } else {
+            format!("policy.{at}")
+        };
+        vec![format!("{at}: {}", e.inner())]
+    })?;
+    let no_env = |_: &str| None;
+    let mut v = Validator {
+        issues: Vec::new(),
+        base_dir: Path::new("."),
+        env: &no_env,
+    };
+    let policy = v.policy(file, payments, "policy");
+    if v.issues.is_empty() {
+        Ok(policy)
+    } else {
+        Err(v
+            .issues
+            .iter()
+            .map(|i| format!("{}: {}", i.path, i.message))
+            .collect())
+    }
+}
+
 /// Upper bound on problems reported for one section or list entry.
 const MAX_ERRORS_PER_SECTION: usize = 32;
 
@@ -542,7 +575,7 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
             };
             let policy = p
                 .policy
-                .map(|f| self.policy(f, payments, &format!("{path}.policy")));
+                .map(|f| Arc::new(self.policy(f, payments, &format!("{path}.policy"))));
             out.push(Arc::new(Project {
                 id: p.id,
                 key_hashes,

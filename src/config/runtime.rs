@@ -187,7 +187,7 @@ pub struct Project {
     pub wallet: Option<Wallet>,
     pub mode: PaymentMode,
     /// Spend firewall (`None`: only the `payments` guards apply).
-    pub policy: Option<crate::policy::Policy>,
+    pub policy: Option<Arc<crate::policy::Policy>>,
 }
 
 /// Who signs a project's payments.

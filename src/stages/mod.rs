@@ -130,7 +130,10 @@ impl Pipeline {
                     StageConfig::Idempotency { window } => {
                         Box::new(IdempotencyStage::new(shared.idempotency.clone(), *window))
                     }
-                    StageConfig::Policy => Box::new(PolicyStage::new(shared.metrics.clone())),
+                    StageConfig::Policy => Box::new(PolicyStage::new(
+                        shared.metrics.clone(),
+                        shared.policies.clone(),
+                    )),
                     StageConfig::Payment => Box::new(PaymentStage::new(
                         config.payments.clone(),
                         shared.metrics.clone(),
@@ -138,6 +141,7 @@ impl Pipeline {
                         shared.nonce_guard.clone(),
                         shared.facilitator.clone(),
                         Arc::new(SpendGuard {
+                            policies: shared.policies.clone(),
                             ledger: shared.ledger.clone(),
                             store: shared.store.clone(),
                             metrics: shared.metrics.clone(),

@@ -184,12 +184,12 @@ impl PaymentStage {
         let policy = ctx
             .project
             .as_ref()
-            .and_then(|p| p.policy.as_ref().map(|x| (p, x)));
+            .and_then(|p| self.spend.policies.effective(p).map(|x| (p, x)));
         let (offer, reservation) = match policy {
             Some((project, policy)) => {
                 let host = ctx.target.as_ref().map_or("", |t| t.host.as_str());
                 self.spend
-                    .authorize(project, policy, host, &candidates, now)
+                    .authorize(project, &policy, host, &candidates, now)
                     .await
                     .map_err(SignFailure::Refused)?
             }

@@ -8,16 +8,18 @@ use pingora::proxy::Session;
 
 use super::spend::refuse;
 use super::{Flow, Stage};
+use crate::live::PolicyBook;
 use crate::metrics::Metrics;
 use crate::proxy::RequestCtx;
 
 pub struct PolicyStage {
     metrics: Arc<Metrics>,
+    policies: Arc<PolicyBook>,
 }
 
 impl PolicyStage {
-    pub fn new(metrics: Arc<Metrics>) -> PolicyStage {
-        PolicyStage { metrics }
+    pub fn new(metrics: Arc<Metrics>, policies: Arc<PolicyBook>) -> PolicyStage {
+        PolicyStage { metrics, policies }
     }
 }
 
@@ -32,12 +34,12 @@ impl Stage for PolicyStage {
         let (Some(project), Some(target)) = (ctx.project.as_ref(), ctx.target.as_ref()) else {
             return Flow::Continue;
         };
-        let Some(policy) = project.policy.as_ref() else {
+        let Some(policy) = self.policies.effective(project) else {
             return Flow::Continue;
         };
         match policy.check_host(&target.host) {
             Ok(()) => Flow::Continue,
-            Err(v) => match refuse(&self.metrics, project, &v, None) {
+            Err(v) => match refuse(&self.metrics, project, &policy, &v, None) {
                 Some(reply) => Flow::Respond(reply),
                 None => Flow::Continue,
             },

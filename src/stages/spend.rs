@@ -7,6 +7,7 @@ use alloy_primitives::U256;
 
 use crate::budget::{BudgetKey, Ledger, Limits, Usage};
 use crate::config::{Asset, Project};
+use crate::live::PolicyBook;
 use crate::metrics::Metrics;
 use crate::policy::{Policy, Spend, Violation};
 use crate::proxy::RequestCtx;
@@ -21,6 +22,7 @@ pub const BUDGET_REMAINING_HEADER: &str = "x-pag0-budget-remaining";
 pub const POLICY_HEADER: &str = "x-pag0-policy";
 
 pub struct SpendGuard {
+    pub policies: Arc<PolicyBook>,
     pub ledger: Arc<dyn Ledger>,
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
@@ -43,10 +45,11 @@ pub fn remaining(pool: &str, limits: Limits, usage: &Usage) -> String {
 pub fn refuse(
     metrics: &Metrics,
     project: &Project,
+    policy: &Policy,
     v: &Violation,
     remaining: Option<String>,
 ) -> Option<Reply> {
-    let enforced = project.policy.as_ref().is_none_or(|p| p.enforce);
+    let enforced = policy.enforce;
     metrics
         .policy_violations
         .with_label_values(&[
@@ -77,8 +80,14 @@ impl SpendGuard {
             .inc();
     }
 
-    fn refuse(&self, project: &Project, v: &Violation, remaining: Option<String>) -> Option<Reply> {
-        refuse(&self.metrics, project, v, remaining)
+    fn refuse(
+        &self,
+        project: &Project,
+        policy: &Policy,
+        v: &Violation,
+        remaining: Option<String>,
+    ) -> Option<Reply> {
+        refuse(&self.metrics, project, policy, v, remaining)
     }
 
     /// Picks the cheapest of `candidates` (cheapest first, already within the `payments`
@@ -93,7 +102,7 @@ impl SpendGuard {
         now: u64,
     ) -> Result<(&'a Offer, Option<Reservation>), Reply> {
         if let Err(v) = policy.check_host(host)
-            && let Some(reply) = self.refuse(project, &v, None)
+            && let Some(reply) = self.refuse(project, policy, &v, None)
         {
             return Err(reply);
         }
@@ -139,7 +148,7 @@ impl SpendGuard {
                 "no offer to authorize",
             ));
         };
-        if let Some(reply) = self.refuse(project, &violation, remaining) {
+        if let Some(reply) = self.refuse(project, policy, &violation, remaining) {
             return Err(reply);
         }
         // Dry run: pay the cheapest offer anyway; track it in its pool if it has one.

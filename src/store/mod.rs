@@ -5,6 +5,7 @@
 //! [`Store::replay_spool`]; rows are keyed by the reservation id, so a replay never duplicates.
 //! Reads that rebuild budgets add what still waits in the spool.
 
+mod policies;
 mod spool;
 
 use std::path::PathBuf;
@@ -19,6 +20,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 use crate::budget::{BudgetKey, SpendHistory, Windows};
+pub use policies::{PolicyVersion, PolicyWriteError};
 pub use spool::Spool;
 
 /// Where the journal lives.

@@ -152,6 +152,27 @@ impl Pag0 {
     }
 }
 
+impl Pag0 {
+    /// Calls an admin endpoint with the admin token and an optional JSON body; returns the
+    /// status and the JSON answer (`Null` if the body is not JSON).
+    pub async fn admin_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = reqwest::Client::new()
+            .request(method, format!("http://{}{path}", self.admin))
+            .bearer_auth(ADMIN_TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+}
+
 impl Drop for Pag0 {
     fn drop(&mut self) {
         self.stop.notify_one();

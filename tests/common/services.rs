@@ -51,3 +51,38 @@ impl Drop for PrivateRedis {
         let _ = self.child.wait();
     }
 }
+
+/// A throwaway PostgreSQL database on the shared server, dropped at the end.
+pub struct TempDatabase {
+    name: String,
+}
+
+impl TempDatabase {
+    pub async fn create() -> TempDatabase {
+        let name = format!("pag0_test_{}", hex::encode(rand::random::<[u8; 6]>()));
+        let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (see .ci/test)");
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        TempDatabase { name }
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+
+    pub async fn drop_now(self) {
+        let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
+            .await
+            .unwrap();
+        let _ = sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&admin)
+        .await;
+    }
+}
