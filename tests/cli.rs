@@ -339,3 +339,65 @@ fn wallets_from_keystore_key_file_and_env() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn migrate_creates_the_journal_tables_on_sqlite_and_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("pag0.yaml");
+    let write = |database: &str| {
+        std::fs::write(
+            &conf,
+            format!("admin:\n  token: ${{T:-a-long-enough-admin-token}}\ndatabase:\n{database}"),
+        )
+        .unwrap();
+    };
+    write("  url: sqlite:state/journal.db\n");
+    std::fs::create_dir(dir.path().join("state")).unwrap();
+    let out = pag0().args(["migrate", "-c"]).arg(&conf).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let db = dir.path().join("state/journal.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display())).await.unwrap();
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '\\_%' ESCAPE '\\' ORDER BY name",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(tables, ["policies", "policy_versions", "spend_journal"]);
+
+    let pg = common::services::TempDatabase::create().await;
+    write(&format!("  url: {}\n", pg.url()));
+    let out = pag0().args(["migrate", "-c"]).arg(&conf).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_name IN ('spend_journal', 'policies', 'policy_versions')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(n, 3);
+    pool.close().await;
+    pg.drop_now().await;
+
+    // Unreachable server: exit 1, and the password from the environment is never printed.
+    write("  url: ${PAG0_TEST_DB_URL}\n  timeout_ms: 500\n");
+    let port = free_port();
+    let out = pag0()
+        .args(["migrate", "-c"])
+        .arg(&conf)
+        .env(
+            "PAG0_TEST_DB_URL",
+            format!("postgres://pag0:s3cret-pw@127.0.0.1:{port}/pag0"),
+        )
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(all.contains("migrate:"), "{all}");
+    assert!(!all.contains("s3cret-pw"), "{all}");
+}
