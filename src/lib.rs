@@ -5,6 +5,7 @@
 //! [`admin`] (health/metrics/reload), [`live`] (reloadable state), [`server`] (assembly).
 
 pub mod admin;
+pub mod anomaly;
 pub mod budget;
 pub mod config;
 pub mod idempotency;
@@ -18,4 +19,5 @@ pub mod ratelimit;
 pub mod server;
 pub mod stages;
 pub mod store;
+pub mod webhook;
 pub mod x402;

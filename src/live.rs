@@ -44,6 +44,8 @@ pub struct Shared {
     pub redis_ledger: Option<Arc<RedisLedger>>,
     /// Policies from the database, overriding the YAML ones (refreshed by [`sync_policies`]).
     pub policies: Arc<PolicyBook>,
+    /// Recent spend per project and pool, for anomaly alerts (survives reloads).
+    pub anomaly: Arc<crate::anomaly::AnomalyDetector>,
     /// Runs background upkeep (spool replay, retried commits) for the process's lifetime.
     _state: StateRuntime,
 }
@@ -128,6 +130,7 @@ impl Shared {
             ledger,
             redis_ledger,
             policies: Arc::new(PolicyBook::default()),
+            anomaly: Arc::default(),
             _state: StateRuntime(Some(rt)),
         }))
     }

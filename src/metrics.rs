@@ -32,6 +32,11 @@ pub struct Metrics {
     /// `pag0_budget_operations_total{project,op}`: ledger `reserved`, `denied`, `committed`,
     /// `released`, `unavailable` (ledger down), `journal_failed` (journal and spool failed).
     pub budget_operations: IntCounterVec,
+    /// `pag0_approvals_total{project,result}`: approval webhook outcomes (`approved`,
+    /// `denied`, `timeout`, `error`).
+    pub approvals: IntCounterVec,
+    /// `pag0_anomaly_alerts_total{project,result}`: spend anomaly alerts (`sent`, `failed`).
+    pub anomaly_alerts: IntCounterVec,
     /// `pag0_config_reloads_total{result}`
     pub config_reloads: IntCounterVec,
     /// `pag0_config_generation`: increments on every applied config.
@@ -98,6 +103,22 @@ impl Metrics {
             &["project", "op"],
         )
         .expect("valid metric");
+        let approvals = IntCounterVec::new(
+            Opts::new(
+                "pag0_approvals_total",
+                "Approval webhook outcomes by project",
+            ),
+            &["project", "result"],
+        )
+        .expect("valid metric");
+        let anomaly_alerts = IntCounterVec::new(
+            Opts::new(
+                "pag0_anomaly_alerts_total",
+                "Spend anomaly alerts by project and delivery result",
+            ),
+            &["project", "result"],
+        )
+        .expect("valid metric");
         let config_reloads = IntCounterVec::new(
             Opts::new("pag0_config_reloads_total", "Config reload attempts"),
             &["result"],
@@ -124,6 +145,8 @@ impl Metrics {
             Box::new(payments.clone()),
             Box::new(policy_violations.clone()),
             Box::new(budget_operations.clone()),
+            Box::new(approvals.clone()),
+            Box::new(anomaly_alerts.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_generation.clone()),
             Box::new(build_info),
@@ -139,6 +162,8 @@ impl Metrics {
             payments,
             policy_violations,
             budget_operations,
+            approvals,
+            anomaly_alerts,
             config_reloads,
             config_generation,
         }

@@ -121,8 +121,23 @@ pub struct HostCap {
     pub max: U256,
 }
 
+/// Payments above `threshold` (in assets with `symbol`) wait for a webhook's approval.
+#[derive(Debug, Clone)]
+pub struct Approval {
+    pub symbol: String,
+    pub threshold: U256,
+    pub webhook: crate::webhook::Webhook,
+}
+
+/// Where spend anomalies are reported.
+#[derive(Debug, Clone)]
+pub struct AnomalyAlert {
+    pub rule: crate::anomaly::AnomalyRule,
+    pub webhook: crate::webhook::Webhook,
+}
+
 /// A project's policy (`projects[].policy`).
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Policy {
     /// false = dry run: decisions are logged and counted, nothing is blocked.
     pub enforce: bool,
@@ -135,6 +150,8 @@ pub struct Policy {
     pub networks: Vec<u64>,
     /// Allowed recipients (empty: every recipient `payments.pay_to` allows).
     pub pay_to: Vec<Address>,
+    pub approval: Option<Approval>,
+    pub anomaly: Option<AnomalyAlert>,
 }
 
 /// What an offer looks like to the policy.

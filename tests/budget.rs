@@ -435,3 +435,128 @@ async fn a_flushed_redis_is_rebuilt_from_the_journal_without_overspending() {
     );
     assert_eq!(wall.stats().paid, 5);
 }
+
+fn approval_policy(hook: &common::webhook::Hook, timeout_ms: u64) -> String {
+    format!(
+        "{}      approval:\n        threshold: \"0.005 USDC\"\n        webhook: {}\n        token: ${{PAG0_TEST_APPROVAL_TOKEN:-approval-token-123}}\n        timeout_ms: {timeout_ms}\n",
+        budget("0.01", "1", "1"),
+        hook.url()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_over_the_threshold_wait_for_the_approval_webhook() {
+    use common::webhook::{Answer, Hook};
+    let wall = Paywall::start().await;
+
+    let approve = Hook::start(Answer::Approve).await;
+    let pag0 = Pag0::start(&config(&approval_policy(&approve, 2000), ""));
+    let client = pag0.client("demo", DEMO_KEY);
+    let resp = client.get(wall.url("/paid")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let received = approve.received();
+    assert_eq!(received.len(), 1);
+    let (auth, request) = &received[0];
+    assert_eq!(auth.as_deref(), Some("Bearer approval-token-123"));
+    assert_eq!(request["type"], "pag0.approval_request");
+    assert_eq!(request["project"], "demo");
+    assert_eq!(request["method"], "GET");
+    assert_eq!(request["amount"], "10000");
+    assert_eq!(request["threshold"], "5000");
+    assert!(request["url"].as_str().unwrap().ends_with("/paid"));
+    assert_eq!(wall.stats().paid, 1);
+
+    for (answer, expect_reason) in [
+        (Answer::Deny("not today"), "not today"),
+        (
+            Answer::Slow(Duration::from_millis(1500)),
+            "no answer within",
+        ),
+        (Answer::Status(500), "HTTP 500"),
+    ] {
+        let hook = Hook::start(answer).await;
+        pag0.rewrite(&config(&approval_policy(&hook, 300), ""));
+        let (status, _) = pag0.admin(reqwest::Method::POST, "/reload").await;
+        assert_eq!(status, 200);
+        let resp = client.get(wall.url("/paid")).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "APPROVAL_DENIED");
+        let reason = body["error"]["details"]["reason"].as_str().unwrap();
+        assert!(reason.contains(expect_reason), "{reason}");
+        assert_eq!(hook.received().len(), 1);
+    }
+    assert_eq!(wall.stats().paid, 1, "nothing paid without approval");
+    // The denied reservations were released: the budget shows one payment.
+    let (_, budgets) = pag0.admin(reqwest::Method::GET, "/api/budgets/demo").await;
+    let budgets: Value = serde_json::from_str(&budgets).unwrap();
+    assert_eq!(budgets["budgets"][0]["daily"]["spent"], "10000");
+    assert_eq!(budgets["budgets"][0]["daily"]["held"], "0");
+    let (_, metrics) = pag0.admin(reqwest::Method::GET, "/metrics").await;
+    for result in ["approved", "denied", "timeout", "error"] {
+        assert!(
+            metrics.contains(&format!(
+                r#"pag0_approvals_total{{project="demo",result="{result}"}} 1"#
+            )),
+            "{result}: {metrics}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spend_anomaly_alerts_once_per_window_and_blocks_nothing() {
+    use common::webhook::{Answer, Hook};
+    let wall = Paywall::start().await;
+    let hook = Hook::start(Answer::Approve).await;
+    let policy = format!(
+        "{}      anomaly:\n        factor: 3\n        trailing_hours: 2\n        webhook: {}\n",
+        budget("0.01", "1", "1"),
+        hook.url()
+    );
+    let pag0 = Pag0::start(&config(&policy, ""));
+    // History: 0.01 USDC in each of the two hours before the last one (journal rows, as
+    // a previous run would have left them).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let db = pag0.dir.path().join("pag0.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
+        .await
+        .unwrap();
+    for (i, age) in [5400i64, 9000].iter().enumerate() {
+        sqlx::query("INSERT INTO spend_journal (id, project, pool, network, asset, pay_to, payer, amount, nonce, url, window_day, window_month, reserved_at, committed_at) VALUES ($1, 'demo', 'USDC', 'eip155:84532', 'a', 'b', 'c', '10000', $1, 'u', 'd', 'm', $2, $2)")
+            .bind(format!("past{i}"))
+            .bind(now - age)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let client = pag0.client("demo", DEMO_KEY);
+    // Average 10000/h; 3 payments = 30000 is not above 3×; the 4th is.
+    for _ in 0..6 {
+        let resp = client.get(wall.url("/paid")).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "alerts never block");
+    }
+    for _ in 0..50 {
+        if !hook.received().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let alerts = hook
+        .received()
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect::<Vec<_>>();
+    assert_eq!(alerts.len(), 1, "once per window: {alerts:?}");
+    assert_eq!(alerts[0]["type"], "pag0.spend_anomaly");
+    assert_eq!(alerts[0]["last_hour"], "40000");
+    assert_eq!(alerts[0]["trailing_hourly_average"], "10000");
+    let (_, metrics) = pag0.admin(reqwest::Method::GET, "/metrics").await;
+    assert!(
+        metrics.contains(r#"pag0_anomaly_alerts_total{project="demo",result="sent"} 1"#),
+        "{metrics}"
+    );
+}

@@ -354,9 +354,15 @@ async fn migrate_creates_the_journal_tables_on_sqlite_and_postgres() {
     write("  url: sqlite:state/journal.db\n");
     std::fs::create_dir(dir.path().join("state")).unwrap();
     let out = pag0().args(["migrate", "-c"]).arg(&conf).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let db = dir.path().join("state/journal.db");
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display())).await.unwrap();
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
+        .await
+        .unwrap();
     let tables: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE '\\_%' ESCAPE '\\' ORDER BY name",
     )
@@ -368,7 +374,11 @@ async fn migrate_creates_the_journal_tables_on_sqlite_and_postgres() {
     let pg = common::services::TempDatabase::create().await;
     write(&format!("  url: {}\n", pg.url()));
     let out = pag0().args(["migrate", "-c"]).arg(&conf).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
     let n: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM information_schema.tables WHERE table_name IN ('spend_journal', 'policies', 'policy_versions')",

@@ -339,8 +339,7 @@ fn parse_time(raw: &str) -> Option<i64> {
         .map(|d| d.midnight().assume_utc().unix_timestamp())
 }
 
-/// Most journal rows one call returns.
-pub const MAX_SPEND_ROWS: i64 = 10_000;
+pub use crate::store::MAX_SPEND_ROWS;
 
 fn invalid_query(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, "INVALID_QUERY", message)

@@ -117,6 +117,43 @@ pub struct FilePolicy {
     pub networks: Vec<String>,
     #[serde(default)]
     pub pay_to: Vec<String>,
+    pub approval: Option<FileApproval>,
+    pub anomaly: Option<FileAnomaly>,
+}
+
+/// How long pag0 waits for an approval webhook's answer (no answer = denied).
+pub const DEFAULT_APPROVAL_TIMEOUT_MS: u64 = 10_000;
+/// Alert when the last hour's spend exceeds this many times the trailing hourly average.
+pub const DEFAULT_ANOMALY_FACTOR: u32 = 3;
+/// Hours that make the trailing average.
+pub const DEFAULT_ANOMALY_TRAILING_HOURS: u32 = 24;
+/// At most one anomaly alert per project and pool within this many seconds.
+pub const DEFAULT_ANOMALY_COOLDOWN_SECONDS: u64 = 3_600;
+/// Timeout of one anomaly alert delivery.
+pub const DEFAULT_ALERT_TIMEOUT_MS: u64 = 5_000;
+
+/// `projects[].policy.approval` — payments over a threshold wait for a human or a service.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileApproval {
+    /// With the symbol: `"0.05 USDC"`; payments strictly above it need approval.
+    pub threshold: String,
+    /// pag0 POSTs the request here and waits for `{"approved": true|false}`.
+    pub webhook: String,
+    /// Bearer token as an `${ENV_VAR}` reference.
+    pub token: Option<String>,
+    pub timeout_ms: Option<u64>,
+}
+
+/// `projects[].policy.anomaly` — alert on unusual spend (never blocks).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAnomaly {
+    pub factor: Option<u32>,
+    pub trailing_hours: Option<u32>,
+    pub cooldown_seconds: Option<u64>,
+    pub webhook: String,
+    pub token: Option<String>,
 }
 
 /// `projects[].policy.budgets[]` — limits for one asset symbol (optionally one network).

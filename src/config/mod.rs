@@ -170,11 +170,11 @@ pub fn parse_policy(
         };
         vec![format!("{at}: {}", e.inner())]
     })?;
-    let no_env = |_: &str| None;
+    let env = |var: &str| std::env::var(var).ok();
     let mut v = Validator {
         issues: Vec::new(),
         base_dir: Path::new("."),
-        env: &no_env,
+        env: &env,
     };
     let policy = v.policy(file, payments, "policy");
     if v.issues.is_empty() {

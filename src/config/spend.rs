@@ -10,8 +10,10 @@ use super::Validator;
 use super::file::*;
 use super::runtime::*;
 use super::secret::Secret;
-use crate::policy::{BudgetRule, HostCap, HostPattern, Policy};
+use crate::anomaly::AnomalyRule;
+use crate::policy::{AnomalyAlert, Approval, BudgetRule, HostCap, HostPattern, Policy};
 use crate::store::{DatabaseConfig, DatabaseKind};
+use crate::webhook::Webhook;
 
 impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
     /// A URL that may carry a password: an `${ENV}` reference, or plain text without one.
@@ -199,6 +201,37 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
         }
     }
 
+    fn webhook(
+        &mut self,
+        url: &str,
+        token: Option<&str>,
+        timeout_ms: Option<u64>,
+        default_timeout_ms: u64,
+        path: &str,
+    ) -> Option<Webhook> {
+        let ok = url::Url::parse(url).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+        if !ok {
+            self.issue(
+                &format!("{path}.webhook"),
+                format!("invalid URL {url:?} (http or https)"),
+            );
+        }
+        let token = match token {
+            Some(t) => Some(self.secret(t, &format!("{path}.token"))?),
+            None => None,
+        };
+        let timeout = Duration::from_millis(self.positive(
+            timeout_ms,
+            default_timeout_ms,
+            &format!("{path}.timeout_ms"),
+        ));
+        ok.then(|| Webhook {
+            url: url.to_string(),
+            token,
+            timeout,
+        })
+    }
+
     pub(super) fn policy(&mut self, f: FilePolicy, payments: &Payments, path: &str) -> Policy {
         let mut budgets: Vec<BudgetRule> = Vec::new();
         for (i, b) in f.budgets.iter().enumerate() {
@@ -342,7 +375,69 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
                 }
             })
             .collect();
+        let approval = f.approval.and_then(|a| {
+            let at = format!("{path}.approval");
+            let webhook = self.webhook(
+                &a.webhook,
+                a.token.as_deref(),
+                a.timeout_ms,
+                DEFAULT_APPROVAL_TIMEOUT_MS,
+                &at,
+            );
+            let Some(symbol) = a.threshold.split_whitespace().nth(1).map(str::to_string) else {
+                self.issue(&format!("{at}.threshold"), "give the asset: \"0.05 USDC\"");
+                return None;
+            };
+            let decimals =
+                self.symbol_decimals(payments, &symbol, None, &format!("{at}.threshold"))?;
+            let threshold = self.amount(
+                Some(&a.threshold),
+                decimals,
+                &symbol,
+                &format!("{at}.threshold"),
+            )?;
+            Some(Approval {
+                symbol,
+                threshold,
+                webhook: webhook?,
+            })
+        });
+        let anomaly = f.anomaly.and_then(|a| {
+            let at = format!("{path}.anomaly");
+            let webhook = self.webhook(
+                &a.webhook,
+                a.token.as_deref(),
+                None,
+                DEFAULT_ALERT_TIMEOUT_MS,
+                &at,
+            )?;
+            let factor = self.positive(
+                a.factor.map(u64::from),
+                u64::from(DEFAULT_ANOMALY_FACTOR),
+                &format!("{at}.factor"),
+            );
+            let trailing_hours = self.positive(
+                a.trailing_hours.map(u64::from),
+                u64::from(DEFAULT_ANOMALY_TRAILING_HOURS),
+                &format!("{at}.trailing_hours"),
+            );
+            if trailing_hours > 24 * 31 {
+                self.issue(&format!("{at}.trailing_hours"), "at most 744 (31 days)");
+            }
+            Some(AnomalyAlert {
+                rule: AnomalyRule {
+                    factor: factor.min(u64::from(u32::MAX)) as u32,
+                    trailing_hours: trailing_hours.min(744) as u32,
+                    cooldown_seconds: a
+                        .cooldown_seconds
+                        .unwrap_or(DEFAULT_ANOMALY_COOLDOWN_SECONDS),
+                },
+                webhook,
+            })
+        });
         Policy {
+            approval,
+            anomaly,
             enforce: f.enforce.unwrap_or(true),
             budgets,
             allow_hosts,

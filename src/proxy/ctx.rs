@@ -38,6 +38,18 @@ impl Target {
         crate::config::host_header(&self.host, self.port, self.tls)
     }
 
+    /// `scheme://host:port/path`, without the query (what journals and approvers see).
+    pub fn url_without_query(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        let path = self.path.split('?').next().unwrap_or("/");
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!("{scheme}://{host}:{}{path}", self.port)
+    }
+
     /// Label used in metrics: the route name, or `forward`.
     pub fn route_label(&self) -> &str {
         match &self.kind {

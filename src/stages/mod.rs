@@ -142,6 +142,7 @@ impl Pipeline {
                         shared.facilitator.clone(),
                         Arc::new(SpendGuard {
                             policies: shared.policies.clone(),
+                            anomaly: shared.anomaly.clone(),
                             ledger: shared.ledger.clone(),
                             store: shared.store.clone(),
                             metrics: shared.metrics.clone(),

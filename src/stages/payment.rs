@@ -31,7 +31,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
 
-use super::spend::{BUDGET_REMAINING_HEADER, SpendGuard, remaining};
+use super::spend::{BUDGET_REMAINING_HEADER, PaidRequest, SpendGuard, remaining};
 use super::{Flow, Stage};
 use crate::config::{Asset, PaymentMode, Payments, Wallet};
 use crate::metrics::Metrics;
@@ -177,6 +177,7 @@ impl PaymentStage {
         &self,
         wallet: &Wallet,
         required: &PaymentRequired,
+        method: &str,
         ctx: &mut RequestCtx,
     ) -> Result<(), SignFailure> {
         let candidates = candidates(&self.payments, required).map_err(SignFailure::Declined)?;
@@ -187,9 +188,16 @@ impl PaymentStage {
             .and_then(|p| self.spend.policies.effective(p).map(|x| (p, x)));
         let (offer, reservation) = match policy {
             Some((project, policy)) => {
-                let host = ctx.target.as_ref().map_or("", |t| t.host.as_str());
+                let request = PaidRequest {
+                    method,
+                    host: ctx.target.as_ref().map_or("", |t| t.host.as_str()),
+                    url: ctx
+                        .target
+                        .as_ref()
+                        .map_or_else(String::new, |t| t.url_without_query()),
+                };
                 self.spend
-                    .authorize(project, &policy, host, &candidates, now)
+                    .authorize(project, &policy, &request, &candidates, now)
                     .await
                     .map_err(SignFailure::Refused)?
             }
@@ -491,7 +499,10 @@ impl Stage for PaymentStage {
             return Flow::Continue;
         };
         if let Some(known) = self.memory.recall(&key).await {
-            match self.sign(&wallet, &known.required, ctx).await {
+            match self
+                .sign(&wallet, &known.required, req.method.as_str(), ctx)
+                .await
+            {
                 Ok(()) => ctx.payment.presigned = true,
                 Err(SignFailure::Facilitator(e)) => {
                     return Flow::Respond(Reply::new(
@@ -591,7 +602,8 @@ impl Stage for PaymentStage {
             Ok(r) => r,
             Err(e) => return self.decline(resp, ctx, "declined", format!("malformed offer: {e}")),
         };
-        match self.sign(&wallet, &required, ctx).await {
+        let method = session.req_header().method.to_string();
+        match self.sign(&wallet, &required, &method, ctx).await {
             Ok(()) => {}
             Err(SignFailure::Declined(reason)) => {
                 return self.decline(resp, ctx, "declined", reason);

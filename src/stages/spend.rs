@@ -5,24 +5,36 @@ use std::sync::Arc;
 
 use alloy_primitives::U256;
 
+use crate::anomaly::AnomalyDetector;
 use crate::budget::{BudgetKey, Ledger, Limits, Usage};
 use crate::config::{Asset, Project};
 use crate::live::PolicyBook;
 use crate::metrics::Metrics;
-use crate::policy::{Policy, Spend, Violation};
+use crate::policy::{Approval, Policy, Spend, Violation};
 use crate::proxy::RequestCtx;
 use crate::proxy::ctx::Reservation;
 use crate::proxy::respond::{ErrorCode, Reply};
 use crate::store::{SpendRecord, Store};
+use crate::webhook::WebhookError;
 use crate::x402::Offer;
+use serde_json::{Value, json};
 
 /// Header with what is left of the budget after this request (base units).
 pub const BUDGET_REMAINING_HEADER: &str = "x-pag0-budget-remaining";
 /// Header naming the policy code that refused a request.
 pub const POLICY_HEADER: &str = "x-pag0-policy";
 
+/// The request a payment is for (what approvers and the journal see).
+pub struct PaidRequest<'a> {
+    pub method: &'a str,
+    pub host: &'a str,
+    /// Target URL without the query.
+    pub url: String,
+}
+
 pub struct SpendGuard {
     pub policies: Arc<PolicyBook>,
+    pub anomaly: Arc<AnomalyDetector>,
     pub ledger: Arc<dyn Ledger>,
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
@@ -91,23 +103,108 @@ impl SpendGuard {
     }
 
     /// Picks the cheapest of `candidates` (cheapest first, already within the `payments`
-    /// guards) that the project's policy allows and its budget can hold, and reserves it.
-    /// The reply is a 403 (policy) or 503 (ledger unavailable); nothing has been signed.
+    /// guards) that the project's policy allows and its budget can hold, reserves it, and asks
+    /// for approval when its price is over the policy's threshold. The reply is a 403 (policy)
+    /// or 503 (ledger unavailable); nothing has been signed.
     pub async fn authorize<'a>(
         &self,
         project: &Project,
         policy: &Policy,
-        host: &str,
+        request: &PaidRequest<'_>,
         candidates: &[(&'a Offer, &Asset)],
         now: u64,
     ) -> Result<(&'a Offer, Option<Reservation>), Reply> {
+        let (offer, asset, reservation) = self
+            .choose(project, policy, request.host, candidates, now)
+            .await?;
+        let Some(approval) = policy
+            .approval
+            .as_ref()
+            .filter(|a| a.symbol == asset.symbol && offer.amount > a.threshold)
+        else {
+            return Ok((offer, reservation));
+        };
+        match self.approve(project, approval, request, offer, asset).await {
+            Ok(()) => Ok((offer, reservation)),
+            Err(v) => match self.refuse(project, policy, &v, None) {
+                None => Ok((offer, reservation)), // dry run
+                Some(reply) => {
+                    if let Some(r) = reservation {
+                        let _ = self.ledger.release(&r.held).await;
+                        self.count(&project.id, "released");
+                    }
+                    Err(reply)
+                }
+            },
+        }
+    }
+
+    /// POSTs the approval request and waits (up to the webhook's timeout) for
+    /// `{"approved": true}`; anything else is a denial.
+    async fn approve(
+        &self,
+        project: &Project,
+        approval: &Approval,
+        request: &PaidRequest<'_>,
+        offer: &Offer,
+        asset: &Asset,
+    ) -> Result<(), Violation> {
+        let body = json!({
+            "type": "pag0.approval_request",
+            "project": project.id,
+            "method": request.method,
+            "url": request.url,
+            "amount": offer.amount.to_string(),
+            "threshold": approval.threshold.to_string(),
+            "symbol": asset.symbol,
+            "asset": offer.asset.to_string(),
+            "network": crate::x402::networks::caip2(offer.chain_id),
+            "pay_to": offer.pay_to.to_string(),
+        });
+        let (result, reason) = match approval.webhook.post(&body).await {
+            Ok(answer) if answer.get("approved") == Some(&Value::Bool(true)) => {
+                ("approved", String::new())
+            }
+            Ok(answer) => (
+                "denied",
+                answer
+                    .get("reason")
+                    .and_then(Value::as_str)
+                    .unwrap_or("the approver said no")
+                    .chars()
+                    .take(200)
+                    .collect(),
+            ),
+            Err(WebhookError::Timeout(t)) => ("timeout", format!("no answer within {t:?}")),
+            Err(e) => ("error", format!("approval webhook {e}")),
+        };
+        self.metrics
+            .approvals
+            .with_label_values(&[project.id.as_str(), result])
+            .inc();
+        if result == "approved" {
+            Ok(())
+        } else {
+            Err(Violation::ApprovalDenied { reason })
+        }
+    }
+
+    /// The cheapest allowed candidate whose budget holds, with its reservation.
+    async fn choose<'a, 'p>(
+        &self,
+        project: &Project,
+        policy: &Policy,
+        host: &str,
+        candidates: &[(&'a Offer, &'p Asset)],
+        now: u64,
+    ) -> Result<(&'a Offer, &'p Asset, Option<Reservation>), Reply> {
         if let Err(v) = policy.check_host(host)
             && let Some(reply) = self.refuse(project, policy, &v, None)
         {
             return Err(reply);
         }
         let mut first: Option<(Violation, Option<String>)> = None;
-        for (offer, asset) in candidates {
+        for &(offer, asset) in candidates {
             let spend = Spend {
                 host,
                 chain_id: offer.chain_id,
@@ -124,14 +221,14 @@ impl SpendGuard {
                 }
             };
             let Some(rule) = rule else {
-                return Ok((offer, None));
+                return Ok((offer, asset, None));
             };
             let key = BudgetKey::new(project.id.clone(), rule.pool.clone());
             match self
                 .reserve(project, &key, offer.amount, rule.limits(), now)
                 .await?
             {
-                Ok(r) => return Ok((offer, Some(r))),
+                Ok(r) => return Ok((offer, asset, Some(r))),
                 Err(v) => {
                     if first.is_none() {
                         let usage = self.ledger.usage(&key, now).await.ok();
@@ -141,7 +238,7 @@ impl SpendGuard {
                 }
             }
         }
-        let (Some((violation, remaining)), Some(&(cheapest, asset))) = (first, candidates.first())
+        let (Some((violation, remaining)), Some(&(offer, asset))) = (first, candidates.first())
         else {
             return Err(Reply::new(
                 ErrorCode::InternalError,
@@ -152,25 +249,22 @@ impl SpendGuard {
             return Err(reply);
         }
         // Dry run: pay the cheapest offer anyway; track it in its pool if it has one.
-        let offer = cheapest;
         let rule = policy
             .budgets
             .iter()
             .find(|b| b.covers(&asset.symbol, offer.chain_id));
         let Some(rule) = rule else {
-            return Ok((offer, None));
+            return Ok((offer, asset, None));
         };
         let key = BudgetKey::new(project.id.clone(), rule.pool.clone());
         let held = self
             .reserve(project, &key, offer.amount, Limits::default(), now)
             .await?;
-        Ok((
-            offer,
-            held.ok().map(|r| Reservation {
-                limits: rule.limits(),
-                ..r
-            }),
-        ))
+        let held = held.ok().map(|r| Reservation {
+            limits: rule.limits(),
+            ..r
+        });
+        Ok((offer, asset, held))
     }
 
     async fn reserve(
@@ -248,15 +342,10 @@ impl SpendGuard {
             amount: charge.amount,
             nonce: charge.nonce.to_string(),
             tx_hash: ctx.payment.tx.clone(),
-            url: ctx.target.as_ref().map_or_else(String::new, |t| {
-                let scheme = if t.tls { "https" } else { "http" };
-                format!(
-                    "{scheme}://{}:{}{}",
-                    t.host,
-                    t.port,
-                    t.path.split('?').next().unwrap_or("/")
-                )
-            }),
+            url: ctx
+                .target
+                .as_ref()
+                .map_or_else(String::new, |t| t.url_without_query()),
             window_day: windows.day,
             window_month: windows.month,
             reserved_at: reserved_at as i64,
@@ -273,6 +362,74 @@ impl SpendGuard {
                 Err(e) => log::warn!("budget commit deferred until the ledger is back: {e}"),
             }
         }
+        if let Some(p) = ctx.project.clone() {
+            self.watch_anomaly(&p, &record, now).await;
+        }
+    }
+
+    /// Feeds a committed payment to the anomaly detector; an anomaly is reported to the
+    /// policy's webhook in the background (never delays or blocks anything).
+    async fn watch_anomaly(&self, project: &Project, record: &SpendRecord, now: u64) {
+        let Some(policy) = self.policies.effective(project) else {
+            return;
+        };
+        let Some(alert) = policy.anomaly.clone() else {
+            return;
+        };
+        let pool = if record.pool.is_empty() {
+            record.network.as_str()
+        } else {
+            record.pool.as_str()
+        };
+        if !self.anomaly.seeded(&project.id, pool) {
+            let since = now.saturating_sub(3600 * (u64::from(alert.rule.trailing_hours) + 1));
+            let past: Vec<(u64, U256)> = self
+                .store
+                .spend(
+                    &project.id,
+                    since as i64,
+                    now as i64 + 1,
+                    crate::store::MAX_SPEND_ROWS,
+                )
+                .await
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|r| r.id != record.id && (r.pool == record.pool))
+                .map(|r| (r.committed_at.max(0) as u64, r.amount))
+                .collect();
+            self.anomaly.seed(&project.id, pool, &past);
+        }
+        let Some(anomaly) = self
+            .anomaly
+            .record(&project.id, pool, record.amount, now, &alert.rule)
+        else {
+            return;
+        };
+        log::warn!(project = project.id.as_str(), pool = pool; "spend anomaly: {} in the last hour, {}x the trailing hourly average of {}", anomaly.last_hour, anomaly.factor, anomaly.trailing_hourly_average);
+        let body = json!({
+            "type": "pag0.spend_anomaly",
+            "project": project.id,
+            "pool": pool,
+            "last_hour": anomaly.last_hour.to_string(),
+            "trailing_hourly_average": anomaly.trailing_hourly_average.to_string(),
+            "factor": anomaly.factor,
+            "at": now,
+        });
+        let metrics = self.metrics.clone();
+        let project = project.id.clone();
+        tokio::spawn(async move {
+            let result = match alert.webhook.post(&body).await {
+                Ok(_) => "sent",
+                Err(e) => {
+                    log::warn!(project = project.as_str(); "anomaly alert not delivered: {e}");
+                    "failed"
+                }
+            };
+            metrics
+                .anomaly_alerts
+                .with_label_values(&[project.as_str(), result])
+                .inc();
+        });
     }
 }
 

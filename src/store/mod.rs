@@ -23,6 +23,9 @@ use crate::budget::{BudgetKey, SpendHistory, Windows};
 pub use policies::{PolicyVersion, PolicyWriteError};
 pub use spool::Spool;
 
+/// Most journal rows one query returns.
+pub const MAX_SPEND_ROWS: i64 = 10_000;
+
 /// Where the journal lives.
 #[derive(Debug, Clone)]
 pub struct DatabaseConfig {

@@ -4,6 +4,7 @@
 pub mod facilitator;
 pub mod paywall;
 pub mod services;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
