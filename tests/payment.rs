@@ -707,3 +707,55 @@ async fn x402_v1_with_a_chunked_body() {
     let stats = wall.stats();
     assert_eq!((stats.paid, stats.requests), (1, 3), "{stats:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relayed_payments_count_against_the_project_budget() {
+    let wall = Paywall::start().await;
+    let cfg = format!(
+        "{}stages:\n  - kind: auth\n  - kind: ssrf_guard\n    allow: [\"127.0.0.0/8\"]\n  - kind: payment\nprojects:\n  - id: relay\n    mode: relay\n    keys: [\"sha256:{}\"]\n    policy:\n      budgets:\n        - {{ asset: USDC, daily: \"0.01\" }}\n",
+        paywall::payments_yaml(),
+        sha256_hex(RELAY_KEY.as_bytes()),
+    );
+    let pag0 = Pag0::start(&cfg);
+    let client = pag0.client("relay", RELAY_KEY);
+    let pay = || async {
+        let offer = client.get(wall.url("/paid")).send().await.unwrap();
+        let (name, value) = agent_pays(&offer, None).await;
+        client
+            .get(wall.url("/paid"))
+            .header(name.as_str(), value.as_str())
+            .send()
+            .await
+            .unwrap()
+    };
+    let first = pay().await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(
+        header(&first, "x-pag0-budget-remaining").as_deref(),
+        Some("daily=0; pool=USDC")
+    );
+    let second = pay().await;
+    assert_eq!(second.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        second.json::<Value>().await.unwrap()["error"]["code"],
+        "DAILY_BUDGET_EXCEEDED"
+    );
+    assert_eq!(
+        wall.stats().paid,
+        1,
+        "the refused payment never reached the upstream"
+    );
+    let mut journal = Value::Null;
+    for _ in 0..50 {
+        journal = pag0
+            .admin_json(reqwest::Method::GET, "/api/spend?project=relay", None)
+            .await
+            .1;
+        if journal["count"] == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(journal["count"], 1, "{journal}");
+    assert_eq!(journal["spend"][0]["pool"], "USDC");
+}

@@ -91,7 +91,7 @@ impl PaymentStage {
     }
 
     /// Relay mode: checks an agent-signed payment header before it is forwarded unchanged.
-    async fn check_relayed_header(&self, value: &[u8], ctx: &RequestCtx) -> Result<(), Reply> {
+    async fn check_relayed_header(&self, value: &[u8], ctx: &mut RequestCtx) -> Result<(), Reply> {
         let payment = x402::decode_payment_header(value).map_err(|e| {
             Reply::new(
                 ErrorCode::InvalidPaymentHeader,
@@ -99,19 +99,52 @@ impl PaymentStage {
             )
         })?;
         let now = unix_now();
-        check_relayed(&self.payments, &payment, now)
+        let asset = check_relayed(&self.payments, &payment, now)
             .map_err(|why| Reply::new(ErrorCode::PaymentNotAllowed, why))?;
         let a = &payment.authorization;
+        let reservation = match ctx
+            .project
+            .as_ref()
+            .and_then(|p| self.spend.policies.effective(p).map(|x| (p, x)))
+        {
+            Some((project, policy)) => {
+                let spend = crate::policy::Spend {
+                    host: ctx.target.as_ref().map_or("", |t| t.host.as_str()),
+                    chain_id: asset.chain_id,
+                    symbol: &asset.symbol,
+                    asset: asset.address,
+                    pay_to: a.to,
+                    amount: a.value,
+                };
+                self.spend
+                    .authorize_relayed(project, &policy, &spend, now)
+                    .await?
+            }
+            None => None,
+        };
         if !self
             .nonce_guard
             .claim(a.from, a.nonce, a.valid_before, now)
             .await
         {
+            if let Some(r) = reservation {
+                let _ = self.spend.ledger.release(&r.held).await;
+            }
             return Err(Reply::new(
                 ErrorCode::PaymentNonceReused,
                 "this payment authorization was already relayed",
             ));
         }
+        ctx.payment.charge = Some(Charge {
+            amount: a.value,
+            symbol: asset.symbol.clone(),
+            network: networks::caip2(asset.chain_id),
+            asset: asset.address,
+            pay_to: a.to,
+            payer: a.from,
+            nonce: a.nonce,
+        });
+        ctx.payment.reservation = reservation;
         self.metrics
             .payments
             .with_label_values(&[ctx.project_label(), "relayed"])
@@ -286,7 +319,12 @@ pub const RELAY_CLOCK_SKEW_SECONDS: u64 = 60;
 
 /// Checks an agent-signed payment against the allowlists and ceiling pag0 applies to its own
 /// payments, the validity window, and (v2, domain known) that the signature is the payer's.
-pub fn check_relayed(payments: &Payments, p: &DecodedPayment, now: u64) -> Result<(), String> {
+/// Returns the allowed asset the payment is in.
+pub fn check_relayed<'p>(
+    payments: &'p Payments,
+    p: &DecodedPayment,
+    now: u64,
+) -> Result<&'p Asset, String> {
     use alloy_primitives::Address;
     use serde_json::Value;
     if !payments.schemes.contains(&p.scheme) {
@@ -296,7 +334,7 @@ pub fn check_relayed(payments: &Payments, p: &DecodedPayment, now: u64) -> Resul
         .chain_id
         .ok_or_else(|| format!("unsupported network {}", p.network))?;
     let a = &p.authorization;
-    let ceiling = match &p.accepted {
+    let asset = match &p.accepted {
         Some(accepted) => {
             let field = |k: &str| accepted.get(k).and_then(Value::as_str);
             let asset: Address = field("asset")
@@ -329,17 +367,26 @@ pub fn check_relayed(payments: &Payments, p: &DecodedPayment, now: u64) -> Resul
                     return Err("the signature is not the payer's".into());
                 }
             }
-            allowed.max_per_payment
+            allowed
         }
-        // v1 payloads do not name the asset: the tightest ceiling of the network's assets applies.
-        None => payments
-            .assets
-            .iter()
-            .filter(|x| x.chain_id == chain_id)
-            .map(|x| x.max_per_payment)
-            .min()
-            .ok_or_else(|| format!("no allowed asset on {}", networks::caip2(chain_id)))?,
+        // v1 payloads do not name the asset: only unambiguous with one allowed asset there.
+        None => {
+            let mut on_chain = payments.assets.iter().filter(|x| x.chain_id == chain_id);
+            match (on_chain.next(), on_chain.next()) {
+                (Some(only), None) => only,
+                (None, _) => {
+                    return Err(format!("no allowed asset on {}", networks::caip2(chain_id)));
+                }
+                (Some(_), Some(_)) => {
+                    return Err(format!(
+                        "an x402 v1 payment does not name its asset and several are allowed on {}",
+                        networks::caip2(chain_id)
+                    ));
+                }
+            }
+        }
     };
+    let ceiling = asset.max_per_payment;
     if a.value > ceiling {
         return Err(format!(
             "{} exceeds the per-payment ceiling of {ceiling}",
@@ -355,7 +402,7 @@ pub fn check_relayed(payments: &Payments, p: &DecodedPayment, now: u64) -> Resul
     if a.valid_after > now + RELAY_CLOCK_SKEW_SECONDS {
         return Err("the authorization is not valid yet".into());
     }
-    Ok(())
+    Ok(asset)
 }
 
 /// The cheapest offer that passes every `payments` guard, or why none does.

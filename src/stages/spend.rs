@@ -139,6 +139,59 @@ impl SpendGuard {
         }
     }
 
+    /// Relay mode: checks an agent-signed payment against the project's policy and reserves
+    /// its amount (approval applies only to payments pag0 signs itself).
+    pub async fn authorize_relayed(
+        &self,
+        project: &Project,
+        policy: &Policy,
+        spend: &Spend<'_>,
+        now: u64,
+    ) -> Result<Option<Reservation>, Reply> {
+        if let Err(v) = policy.check_host(spend.host)
+            && let Some(reply) = self.refuse(project, policy, &v, None)
+        {
+            return Err(reply);
+        }
+        let rule = match policy.check_spend(spend) {
+            Ok(rule) => rule,
+            Err(v) => match self.refuse(project, policy, &v, None) {
+                Some(reply) => return Err(reply),
+                // Dry run: track it in its pool if it has one.
+                None => policy
+                    .budgets
+                    .iter()
+                    .find(|b| b.covers(spend.symbol, spend.chain_id)),
+            },
+        };
+        let Some(rule) = rule else {
+            return Ok(None);
+        };
+        let key = BudgetKey::new(project.id.clone(), rule.pool.clone());
+        let limits = if policy.enforce {
+            rule.limits()
+        } else {
+            Limits::default()
+        };
+        match self
+            .reserve(project, &key, spend.amount, limits, now)
+            .await?
+        {
+            Ok(r) => Ok(Some(Reservation {
+                limits: rule.limits(),
+                ..r
+            })),
+            Err(v) => {
+                let usage = self.ledger.usage(&key, now).await.ok();
+                let remaining = usage.map(|u| remaining(&rule.pool, rule.limits(), &u));
+                match self.refuse(project, policy, &v, remaining) {
+                    Some(reply) => Err(reply),
+                    None => Ok(None),
+                }
+            }
+        }
+    }
+
     /// POSTs the approval request and waits (up to the webhook's timeout) for
     /// `{"approved": true}`; anything else is a denial.
     async fn approve(
@@ -303,7 +356,7 @@ impl SpendGuard {
     pub async fn finish(&self, ctx: &mut RequestCtx) {
         let reservation = ctx.payment.reservation.take();
         let project = ctx.project_label().to_string();
-        let settled = ctx.payment.settled == Some(true) && ctx.payment.header.is_some();
+        let settled = ctx.payment.settled == Some(true) && ctx.payment.charge.is_some();
         if !settled {
             if let Some(r) = reservation {
                 if let Err(e) = self.ledger.release(&r.held).await {
