@@ -34,7 +34,7 @@ UP=$(port)
 "$HELPER" paywall "127.0.0.1:$UP" --no-verify 2>/dev/null & pids+=($!)
 wait_port "$UP"
 
-start_pag0() { # $1 = name, $2 = price_memory_seconds; sets PAG0_PORT (no subshell: pids+= must stick)
+start_pag0() { # $1 = name, $2 = price_memory_seconds, $3 = extra YAML (policy); sets PAG0_PORT
   local p a
   p=$(port); a=$(port)
   cat > "$work/$1.yaml" <<YAML
@@ -43,6 +43,9 @@ server:
   threads: $THREADS
   pid_file: $work/$1.pid
   upgrade_sock: $work/$1.sock
+database:
+  url: sqlite:$1.db
+  spool_file: $1.spool
 admin:
   listen: 127.0.0.1:$a
   token: \${BENCH_TOKEN:-bench-admin-token-0123456789}
@@ -59,6 +62,7 @@ projects:
   - id: demo
     keys: ["sha256:79f8ca837c673888f582d0c8204f8b6ab31c8b0a7930512e94a4bd0a518bf83a"]
     wallet: { private_key: "\${BENCH_WALLET_KEY}" }
+${3:-}
 YAML
   BENCH_WALLET_KEY=$WALLET RUST_LOG=warn target/release/pag0 -c "$work/$1.yaml" >/dev/null 2>&1 &
   pids+=($!)
@@ -70,6 +74,21 @@ start_pag0 memory 300
 MEM=$PAG0_PORT
 start_pag0 nomemory 0
 NOMEM=$PAG0_PORT
+# Spend firewall on top of price memory: a policy with a budget that never runs out, kept in
+# the in-process ledger or in Redis (127.0.0.1:6379, keys under a random prefix).
+POLICY='    policy:
+      budgets:
+        - { asset: USDC, per_request: "0.05", daily: "100000000", monthly: "100000000" }'
+start_pag0 policylocal 300 "$POLICY"
+POLLOCAL=$PAG0_PORT
+BENCH_PREFIX="pag0bench$RANDOM$RANDOM"
+start_pag0 policyredis 300 "$POLICY
+redis:
+  url: redis://127.0.0.1:6379
+  key_prefix: $BENCH_PREFIX
+budgets:
+  ledger: redis"
+POLREDIS=$PAG0_PORT
 
 lua() { # $1 = path on the paywall
   cat > "$work/run.lua" <<LUA
@@ -89,13 +108,29 @@ measure() { # $1 = pag0 port, $2 = path -> "req/s p99ms non2xx"
   echo "$rps $p99 ${bad:-0}"
 }
 
-# Warm-up: learns the price on the memory instance.
-wrk -t1 -c4 -d2s -s "$(lua /paid)" "http://127.0.0.1:$MEM/" >/dev/null
+paced() { # $1 = pag0 port, $2 = path -> p99 ms at ~1000 req/s (10 connections, 10 ms apart)
+  local out
+  lua "$2" >/dev/null
+  echo 'function delay() return 10 end' >> "$work/run.lua"
+  out=$(wrk -t1 -c10 -d"${DURATION}s" --latency -s "$work/run.lua" "http://127.0.0.1:$1/")
+  awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub("us","",v); v=v/1000} else if (v ~ /ms$/) {sub("ms","",v)} else if (v ~ /s$/) {sub("s","",v); v=v*1000}; print v}' <<<"$out"
+}
+
+# Warm-up: learns the price on the price-memory instances.
+for port in "$MEM" "$POLLOCAL" "$POLREDIS"; do
+  wrk -t1 -c4 -d2s -s "$(lua /paid)" "http://127.0.0.1:$port/" >/dev/null
+done
 wrk -t1 -c4 -d2s -s "$(lua /free)" "http://127.0.0.1:$MEM/" >/dev/null
 
 read -r FREE_RPS FREE_P99 FREE_BAD < <(measure "$MEM" /free)
 read -r MEM_RPS MEM_P99 MEM_BAD < <(measure "$MEM" /paid)
 read -r NOMEM_RPS NOMEM_P99 NOMEM_BAD < <(measure "$NOMEM" /paid)
+read -r PL_RPS PL_P99 PL_BAD < <(measure "$POLLOCAL" /paid)
+read -r PR_RPS PR_P99 PR_BAD < <(measure "$POLREDIS" /paid)
+MEM_PACED=$(paced "$MEM" /paid)
+PL_PACED=$(paced "$POLLOCAL" /paid)
+PR_PACED=$(paced "$POLREDIS" /paid)
+for k in $(redis-cli --scan --pattern "$BENCH_PREFIX:*" 2>/dev/null); do redis-cli DEL "$k" >/dev/null; done
 SIGN=$("$HELPER" sign 2000)
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
@@ -105,4 +140,8 @@ printf "%-26s %12s %10s %10s %10s\n" case "req/s" "p99 ms" "non-2xx" "ratio"
 printf "%-26s %12s %10s %10s %10s\n" "pass-through (free)" "$FREE_RPS" "$FREE_P99" "$FREE_BAD" "1.00"
 printf "%-26s %12s %10s %10s %10s\n" "paid, price memory" "$MEM_RPS" "$MEM_P99" "$MEM_BAD" "$(ratio "$MEM_RPS" "$FREE_RPS")"
 printf "%-26s %12s %10s %10s %10s\n" "paid, no price memory" "$NOMEM_RPS" "$NOMEM_P99" "$NOMEM_BAD" "$(ratio "$NOMEM_RPS" "$FREE_RPS")"
+printf "%-26s %12s %10s %10s %10s\n" "paid, memory, policy/mem" "$PL_RPS" "$PL_P99" "$PL_BAD" "$(ratio "$PL_RPS" "$FREE_RPS")"
+printf "%-26s %12s %10s %10s %10s\n" "paid, memory, policy/redis" "$PR_RPS" "$PR_P99" "$PR_BAD" "$(ratio "$PR_RPS" "$FREE_RPS")"
+echo
+echo "paced ~1000 req/s, p99 ms: paid+memory $MEM_PACED | + policy (in-process ledger) $PL_PACED (added $(awk -v a="$PL_PACED" -v b="$MEM_PACED" 'BEGIN {printf "%.2f", a-b}')) | + policy (redis ledger) $PR_PACED (added $(awk -v a="$PR_PACED" -v b="$MEM_PACED" 'BEGIN {printf "%.2f", a-b}'))"
 echo "$SIGN"

@@ -17,6 +17,7 @@ pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
 pub mod server;
+pub mod settle;
 pub mod stages;
 pub mod store;
 pub mod webhook;

@@ -44,8 +44,8 @@ pub struct Shared {
     pub redis_ledger: Option<Arc<RedisLedger>>,
     /// Policies from the database, overriding the YAML ones (refreshed by [`sync_policies`]).
     pub policies: Arc<PolicyBook>,
-    /// Recent spend per project and pool, for anomaly alerts (survives reloads).
-    pub anomaly: Arc<crate::anomaly::AnomalyDetector>,
+    /// Journals, commits and releases once requests are over (survives reloads).
+    pub settler: Arc<crate::settle::Settler>,
     /// Runs background upkeep (spool replay, retried commits) for the process's lifetime.
     _state: StateRuntime,
 }
@@ -111,10 +111,20 @@ impl Shared {
             };
         let upkeep = store.clone();
         rt.spawn(async move { upkeep.maintain(UPKEEP_INTERVAL).await });
+        let policies = Arc::new(PolicyBook::default());
+        let metrics = Arc::new(Metrics::new());
+        let (settler, worker) = crate::settle::Settler::new(crate::settle::SettlerParts {
+            store: store.clone(),
+            ledger: ledger.clone(),
+            anomaly: Arc::default(),
+            policies: policies.clone(),
+            metrics: metrics.clone(),
+        });
+        rt.spawn(worker);
         Ok(Arc::new(Shared {
             resolver: Arc::new(Resolver::new(&config.dns)),
             rate_limiter: Arc::new(LocalRateLimiter::default()),
-            metrics: Arc::new(Metrics::new()),
+            metrics,
             price_memory: Arc::new(LocalPriceMemory::default()),
             idempotency: Arc::new(LocalIdempotencyStore::default()),
             nonce_guard: Arc::new(LocalNonceGuard::default()),
@@ -129,8 +139,8 @@ impl Shared {
             store,
             ledger,
             redis_ledger,
-            policies: Arc::new(PolicyBook::default()),
-            anomaly: Arc::default(),
+            policies,
+            settler: Arc::new(settler),
             _state: StateRuntime(Some(rt)),
         }))
     }

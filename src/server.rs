@@ -99,10 +99,35 @@ pub fn build(config: Config, path: Option<PathBuf>, opts: &StartOptions) -> anyh
         probe.threads = Some(1);
         server.add_service(probe);
     }
+    let drain = SettleDrain {
+        settler: reloader.shared.settler.clone(),
+        timeout: reloader.live.load().config.server.graceful_shutdown_timeout,
+    };
+    let mut drain = background_service("pag0 settle", drain);
+    drain.threads = Some(1);
+    server.add_service(drain);
     let mut hup = background_service("pag0 sighup", SighupReloader(reloader.clone()));
     hup.threads = Some(1);
     server.add_service(hup);
     Ok(Pag0 { server, reloader })
+}
+
+/// On graceful shutdown, waits for the journal writes and budget commits of requests that
+/// already finished (up to the graceful shutdown timeout).
+struct SettleDrain {
+    settler: Arc<crate::settle::Settler>,
+    timeout: std::time::Duration,
+}
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for SettleDrain {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let _ = shutdown.changed().await;
+        let left = self.settler.drain(self.timeout).await;
+        if left > 0 {
+            log::error!("shutting down with {left} payment outcomes not yet journaled/committed");
+        }
+    }
 }
 
 impl Pag0 {

@@ -26,9 +26,15 @@ struct State {
     windows: HashMap<(BudgetKey, String), WindowUsage>,
     /// Open reservations by id.
     holds: HashMap<String, Hold>,
-    /// Recently committed ids (commit is idempotent), with the unix second they can be forgotten.
-    committed: HashMap<String, u64>,
+    /// Reservations whose hold expired before they were committed or released, with the unix
+    /// second they are forgotten: a late commit still counts (once).
+    expired: HashMap<String, u64>,
+    /// Unix second of the last sweep (sweeps run at most once a second).
+    last_sweep: u64,
 }
+
+/// How long an expired reservation can still be committed late.
+const LATE_COMMIT_SECONDS: u64 = 86_400;
 
 struct Hold {
     key: BudgetKey,
@@ -89,8 +95,12 @@ impl State {
             .or_default()
     }
 
-    /// Reclaims expired holds and forgets old committed ids and windows.
+    /// Reclaims expired holds and forgets windows that can no longer be used.
     fn sweep(&mut self, now: u64, current: &Windows) {
+        if now == self.last_sweep {
+            return;
+        }
+        self.last_sweep = now;
         let expired: Vec<String> = self
             .holds
             .iter()
@@ -100,9 +110,12 @@ impl State {
         for id in expired {
             if let Some(h) = self.holds.remove(&id) {
                 self.unhold(&h);
+                self.expired.insert(id, now + LATE_COMMIT_SECONDS);
             }
         }
-        self.committed.retain(|_, until| *until > now);
+        if !self.expired.is_empty() {
+            self.expired.retain(|_, until| *until > now);
+        }
         // Windows older than the current month can no longer be reserved in; keep the current
         // ones and those with open holds.
         let holds = &self.holds;
@@ -173,22 +186,19 @@ impl Ledger for LocalLedger {
         }))
     }
 
+    /// Idempotent: an open hold is turned into spending once; a hold that expired is still
+    /// counted (the payment happened), once; anything else was committed or released already.
     async fn commit(&self, r: &Reservation) -> Result<(), LedgerError> {
         let mut state = self.state.lock().expect("ledger lock");
-        if state.committed.contains_key(&r.id) {
-            return Ok(());
-        }
         if let Some(h) = state.holds.remove(&r.id) {
             state.unhold(&h);
+        } else if state.expired.remove(&r.id).is_none() {
+            return Ok(());
         }
-        // Counted even when the hold had expired: the payment happened.
         for label in [&r.windows.day, &r.windows.month] {
             let w = state.window(&r.key, label);
             w.spent = w.spent.saturating_add(r.amount);
         }
-        state
-            .committed
-            .insert(r.id.clone(), r.windows.month_ends.max(r.expires_at));
         Ok(())
     }
 
@@ -197,6 +207,7 @@ impl Ledger for LocalLedger {
         if let Some(h) = state.holds.remove(&r.id) {
             state.unhold(&h);
         }
+        state.expired.remove(&r.id);
         Ok(())
     }
 

@@ -142,9 +142,8 @@ impl Pipeline {
                         shared.facilitator.clone(),
                         Arc::new(SpendGuard {
                             policies: shared.policies.clone(),
-                            anomaly: shared.anomaly.clone(),
                             ledger: shared.ledger.clone(),
-                            store: shared.store.clone(),
+                            settler: shared.settler.clone(),
                             metrics: shared.metrics.clone(),
                         }),
                         config.budgets.commit_without_receipt,

@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use alloy_primitives::U256;
 
-use crate::anomaly::AnomalyDetector;
 use crate::budget::{BudgetKey, Ledger, Limits, Usage};
 use crate::config::{Asset, Project};
 use crate::live::PolicyBook;
@@ -14,7 +13,8 @@ use crate::policy::{Approval, Policy, Spend, Violation};
 use crate::proxy::RequestCtx;
 use crate::proxy::ctx::Reservation;
 use crate::proxy::respond::{ErrorCode, Reply};
-use crate::store::{SpendRecord, Store};
+use crate::settle::{Job, Settler};
+use crate::store::SpendRecord;
 use crate::webhook::WebhookError;
 use crate::x402::Offer;
 use serde_json::{Value, json};
@@ -34,9 +34,8 @@ pub struct PaidRequest<'a> {
 
 pub struct SpendGuard {
     pub policies: Arc<PolicyBook>,
-    pub anomaly: Arc<AnomalyDetector>,
     pub ledger: Arc<dyn Ledger>,
-    pub store: Arc<Store>,
+    pub settler: Arc<Settler>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -351,31 +350,26 @@ impl SpendGuard {
         }
     }
 
-    /// Runs in `logging`: a settled payment is written to the journal, then committed; any
-    /// other outcome (failure, timeout, client gone, refused) releases the reservation.
+    /// Runs in `logging`: hands the outcome to the [`Settler`] (journal, then commit; or
+    /// release) without holding the connection for it.
     pub async fn finish(&self, ctx: &mut RequestCtx) {
-        let reservation = ctx.payment.reservation.take();
-        let project = ctx.project_label().to_string();
-        let settled = ctx.payment.settled == Some(true) && ctx.payment.charge.is_some();
-        if !settled {
+        let reservation = ctx.payment.reservation.take().map(|r| r.held);
+        let settled = ctx.payment.settled == Some(true);
+        let (Some(charge), Some(project), true) =
+            (ctx.payment.charge.clone(), ctx.project.clone(), settled)
+        else {
             if let Some(r) = reservation {
-                if let Err(e) = self.ledger.release(&r.held).await {
-                    log::debug!("release failed (the hold expires by itself): {e}");
-                }
-                self.count(&project, "released");
+                self.settler.submit(Job::Release(r)).await;
             }
-            return;
-        }
-        let Some(charge) = ctx.payment.charge.clone() else {
             return;
         };
         let now = unix_now();
         let (id, pool, windows, reserved_at) = match &reservation {
             Some(r) => (
-                r.held.id.clone(),
-                r.held.key.pool.clone(),
-                r.held.windows.clone(),
-                r.held.reserved_at,
+                r.id.clone(),
+                r.key.pool.clone(),
+                r.windows.clone(),
+                r.reserved_at,
             ),
             None => (
                 crate::budget::new_reservation_id(),
@@ -386,7 +380,7 @@ impl SpendGuard {
         };
         let record = SpendRecord {
             id,
-            project: project.clone(),
+            project: project.id.clone(),
             pool,
             network: charge.network.clone(),
             asset: charge.asset.to_string(),
@@ -404,85 +398,13 @@ impl SpendGuard {
             reserved_at: reserved_at as i64,
             committed_at: now as i64,
         };
-        // Journal first: a budget rebuilt from it then never misses this payment.
-        if let Err(e) = self.store.record_spend(&record).await {
-            self.count(&project, "journal_failed");
-            log::error!(project = project.as_str(), id = record.id.as_str(); "SPEND NOT JOURNALED (database and spool failed): {e}; record: {}", serde_json::to_string(&record).unwrap_or_default());
-        }
-        if let Some(r) = reservation {
-            match self.ledger.commit(&r.held).await {
-                Ok(()) => self.count(&project, "committed"),
-                Err(e) => log::warn!("budget commit deferred until the ledger is back: {e}"),
-            }
-        }
-        if let Some(p) = ctx.project.clone() {
-            self.watch_anomaly(&p, &record, now).await;
-        }
-    }
-
-    /// Feeds a committed payment to the anomaly detector; an anomaly is reported to the
-    /// policy's webhook in the background (never delays or blocks anything).
-    async fn watch_anomaly(&self, project: &Project, record: &SpendRecord, now: u64) {
-        let Some(policy) = self.policies.effective(project) else {
-            return;
-        };
-        let Some(alert) = policy.anomaly.clone() else {
-            return;
-        };
-        let pool = if record.pool.is_empty() {
-            record.network.as_str()
-        } else {
-            record.pool.as_str()
-        };
-        if !self.anomaly.seeded(&project.id, pool) {
-            let since = now.saturating_sub(3600 * (u64::from(alert.rule.trailing_hours) + 1));
-            let past: Vec<(u64, U256)> = self
-                .store
-                .spend(
-                    &project.id,
-                    since as i64,
-                    now as i64 + 1,
-                    crate::store::MAX_SPEND_ROWS,
-                )
-                .await
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|r| r.id != record.id && (r.pool == record.pool))
-                .map(|r| (r.committed_at.max(0) as u64, r.amount))
-                .collect();
-            self.anomaly.seed(&project.id, pool, &past);
-        }
-        let Some(anomaly) = self
-            .anomaly
-            .record(&project.id, pool, record.amount, now, &alert.rule)
-        else {
-            return;
-        };
-        log::warn!(project = project.id.as_str(), pool = pool; "spend anomaly: {} in the last hour, {}x the trailing hourly average of {}", anomaly.last_hour, anomaly.factor, anomaly.trailing_hourly_average);
-        let body = json!({
-            "type": "pag0.spend_anomaly",
-            "project": project.id,
-            "pool": pool,
-            "last_hour": anomaly.last_hour.to_string(),
-            "trailing_hourly_average": anomaly.trailing_hourly_average.to_string(),
-            "factor": anomaly.factor,
-            "at": now,
-        });
-        let metrics = self.metrics.clone();
-        let project = project.id.clone();
-        tokio::spawn(async move {
-            let result = match alert.webhook.post(&body).await {
-                Ok(_) => "sent",
-                Err(e) => {
-                    log::warn!(project = project.as_str(); "anomaly alert not delivered: {e}");
-                    "failed"
-                }
-            };
-            metrics
-                .anomaly_alerts
-                .with_label_values(&[project.as_str(), result])
-                .inc();
-        });
+        self.settler
+            .submit(Job::Commit {
+                record: Box::new(record),
+                reservation,
+                project,
+            })
+            .await;
     }
 }
 

@@ -23,6 +23,11 @@ use crate::budget::{BudgetKey, SpendHistory, Windows};
 pub use policies::{PolicyVersion, PolicyWriteError};
 pub use spool::Spool;
 
+const INSERT_SQLITE: &str = "INSERT INTO spend_journal (id, project, pool, network, asset, pay_to, payer, amount, nonce, tx_hash, url, window_day, window_month, reserved_at, committed_at)
+     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING";
+const INSERT_POSTGRES: &str = "INSERT INTO spend_journal (id, project, pool, network, asset, pay_to, payer, amount, nonce, tx_hash, url, window_day, window_month, reserved_at, committed_at)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT (id) DO NOTHING";
+
 /// Most journal rows one query returns.
 pub const MAX_SPEND_ROWS: i64 = 10_000;
 
@@ -113,7 +118,7 @@ impl Store {
                     .map_err(|e| err("database.url", e))?
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(sqlx::sqlite::SqliteSynchronous::Full)
+                    .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
                     .busy_timeout(config.timeout);
                 let pool = SqlitePoolOptions::new()
                     .max_connections(4)
@@ -189,37 +194,46 @@ impl Store {
         }
     }
 
+    /// Records committed payments in one transaction (one fsync for the batch); rows the
+    /// database cannot take go to the spool. Only fails if both fail.
+    pub async fn record_spends(&self, recs: &[&SpendRecord]) -> Result<(), StoreError> {
+        match self.insert_all(recs).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                log::warn!(rows = recs.len(); "journal write failed, spooling the rows: {e}");
+                for r in recs {
+                    self.spool.append(r).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn insert_all(&self, recs: &[&SpendRecord]) -> Result<(), StoreError> {
+        macro_rules! in_transaction {
+            ($pool:expr, $sql:expr) => {{
+                let mut tx = $pool.begin().await.map_err(|e| err("journal insert", e))?;
+                for r in recs {
+                    sqlx::query($sql)
+                        .bind(&r.id).bind(&r.project).bind(&r.pool).bind(&r.network).bind(&r.asset)
+                        .bind(&r.pay_to).bind(&r.payer).bind(r.amount.to_string()).bind(&r.nonce)
+                        .bind(&r.tx_hash).bind(&r.url).bind(&r.window_day).bind(&r.window_month)
+                        .bind(r.reserved_at).bind(r.committed_at)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| err("journal insert", e))?;
+                }
+                tx.commit().await.map_err(|e| err("journal commit", e))
+            }};
+        }
+        match &self.db {
+            Db::Sqlite(p) => in_transaction!(p, INSERT_SQLITE),
+            Db::Postgres(p) => in_transaction!(p, INSERT_POSTGRES),
+        }
+    }
+
     async fn insert(&self, r: &SpendRecord) -> Result<(), StoreError> {
-        let amount = r.amount.to_string();
-        let result = match &self.db {
-            Db::Sqlite(p) => {
-                sqlx::query(
-                    "INSERT INTO spend_journal (id, project, pool, network, asset, pay_to, payer, amount, nonce, tx_hash, url, window_day, window_month, reserved_at, committed_at)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(&r.id).bind(&r.project).bind(&r.pool).bind(&r.network).bind(&r.asset)
-                .bind(&r.pay_to).bind(&r.payer).bind(&amount).bind(&r.nonce).bind(&r.tx_hash)
-                .bind(&r.url).bind(&r.window_day).bind(&r.window_month).bind(r.reserved_at)
-                .bind(r.committed_at)
-                .execute(p)
-                .await
-                .map(|_| ())
-            }
-            Db::Postgres(p) => {
-                sqlx::query(
-                    "INSERT INTO spend_journal (id, project, pool, network, asset, pay_to, payer, amount, nonce, tx_hash, url, window_day, window_month, reserved_at, committed_at)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(&r.id).bind(&r.project).bind(&r.pool).bind(&r.network).bind(&r.asset)
-                .bind(&r.pay_to).bind(&r.payer).bind(&amount).bind(&r.nonce).bind(&r.tx_hash)
-                .bind(&r.url).bind(&r.window_day).bind(&r.window_month).bind(r.reserved_at)
-                .bind(r.committed_at)
-                .execute(p)
-                .await
-                .map(|_| ())
-            }
-        };
-        result.map_err(|e| err("journal insert", e))
+        self.insert_all(&[r]).await
     }
 
     /// Writes spooled rows to the database; keeps the spool if the database is still away.

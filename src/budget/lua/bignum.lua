@@ -35,7 +35,14 @@ local function unlimbs(t)
   return table.concat(parts)
 end
 
+-- Both below 10^15: doubles are exact (sums stay far below 2^53), no limbs needed.
+local function small(a, b)
+  return #a <= 15 and #b <= 15
+end
+
 local function add(a, b)
+  a, b = norm(a), norm(b)
+  if small(a, b) then return string.format('%.0f', tonumber(a) + tonumber(b)) end
   local x, y, r, carry = limbs(a), limbs(b), {}, 0
   for i = 1, math.max(#x, #y) do
     local s = (x[i] or 0) + (y[i] or 0) + carry
@@ -47,7 +54,9 @@ end
 
 -- max(a - b, 0)
 local function sub0(a, b)
+  a, b = norm(a), norm(b)
   if cmp(a, b) <= 0 then return '0' end
+  if small(a, b) then return string.format('%.0f', tonumber(a) - tonumber(b)) end
   local x, y, r, borrow = limbs(a), limbs(b), {}, 0
   for i = 1, #x do
     local s = x[i] - (y[i] or 0) - borrow

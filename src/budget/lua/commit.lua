@@ -3,14 +3,16 @@
 -- Idempotent. Counts the amount even if the hold already expired (the payment happened).
 if redis.call('HSETNX', KEYS[5], ARGV[2], '1') == 0 then return 'duplicate' end
 redis.call('EXPIRE', KEYS[5], ARGV[4])
-if redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1 then
-  unhold(KEYS[1], ARGV[1])
-  unhold(KEYS[2], ARGV[1])
-  redis.call('HDEL', KEYS[3], ARGV[2])
-  redis.call('ZREM', KEYS[4], ARGV[2])
+local held = redis.call('HDEL', KEYS[3], ARGV[2]) == 1
+if held then redis.call('ZREM', KEYS[4], ARGV[2]) end
+for i = 1, 2 do
+  local w = redis.call('HMGET', KEYS[i], 'spent', 'held')
+  local spent = add(w[1] or '0', ARGV[1])
+  if held and w[2] then
+    redis.call('HSET', KEYS[i], 'spent', spent, 'held', sub0(w[2], ARGV[1]))
+  else
+    redis.call('HSET', KEYS[i], 'spent', spent)
+  end
+  redis.call('EXPIRE', KEYS[i], ARGV[i + 2])
 end
-redis.call('HSET', KEYS[1], 'spent', add(field(KEYS[1], 'spent'), ARGV[1]))
-redis.call('HSET', KEYS[2], 'spent', add(field(KEYS[2], 'spent'), ARGV[1]))
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('EXPIRE', KEYS[2], ARGV[4])
 return 'ok'

@@ -4,20 +4,23 @@
 -- Returns {'seed'} when a window must first be rebuilt from the journal,
 -- {'deny', window, used} or {'ok', day spent, day held, month spent, month held}.
 reclaim(KEYS[3], KEYS[4], ARGV[11], ARGV[6])
-if redis.call('HEXISTS', KEYS[1], 'seeded') == 0 or redis.call('HEXISTS', KEYS[2], 'seeded') == 0 then
+local d = redis.call('HMGET', KEYS[1], 'spent', 'held', 'seeded')
+local m = redis.call('HMGET', KEYS[2], 'spent', 'held', 'seeded')
+if not d[3] or not m[3] then
   return { 'seed' }
 end
 local amount = ARGV[1]
-local dused = add(field(KEYS[1], 'spent'), field(KEYS[1], 'held'))
-local mused = add(field(KEYS[2], 'spent'), field(KEYS[2], 'held'))
+local dspent, dheld, mspent, mheld = d[1] or '0', d[2] or '0', m[1] or '0', m[2] or '0'
+local dused, mused = add(dspent, dheld), add(mspent, mheld)
 if ARGV[2] ~= '' and cmp(add(dused, amount), ARGV[2]) > 0 then return { 'deny', 'daily', dused } end
 if ARGV[3] ~= '' and cmp(add(mused, amount), ARGV[3]) > 0 then return { 'deny', 'monthly', mused } end
-redis.call('HSET', KEYS[1], 'held', add(field(KEYS[1], 'held'), amount))
-redis.call('HSET', KEYS[2], 'held', add(field(KEYS[2], 'held'), amount))
+dheld, mheld = add(dheld, amount), add(mheld, amount)
+redis.call('HSET', KEYS[1], 'held', dheld)
+redis.call('HSET', KEYS[2], 'held', mheld)
 redis.call('HSET', KEYS[3], ARGV[4], amount .. ' ' .. ARGV[9] .. ' ' .. ARGV[10])
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[7])
 redis.call('EXPIRE', KEYS[2], ARGV[8])
 redis.call('EXPIRE', KEYS[3], ARGV[8])
 redis.call('EXPIRE', KEYS[4], ARGV[8])
-return { 'ok', field(KEYS[1], 'spent'), field(KEYS[1], 'held'), field(KEYS[2], 'spent'), field(KEYS[2], 'held') }
+return { 'ok', dspent, dheld, mspent, mheld }

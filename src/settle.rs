@@ -1,0 +1,216 @@
+//! After a paid request is over: the payment goes to the spend journal, then its budget
+//! reservation is committed; a request that did not settle releases its reservation. Runs on
+//! a worker of its own so `logging` never holds the agent's connection for it.
+//!
+//! The worker takes whatever is queued (up to [`MAX_BATCH`]) and writes the journal rows in
+//! one transaction (group commit), then commits or releases each reservation concurrently
+//! (pipelined on the Redis connection). Order per payment is always journal → commit, so a
+//! budget rebuilt from the journal never misses a committed payment. On graceful shutdown
+//! [`Settler::drain`] waits until the queue is empty.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use alloy_primitives::U256;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::anomaly::AnomalyDetector;
+use crate::budget::{Ledger, Reservation};
+use crate::config::Project;
+use crate::live::PolicyBook;
+use crate::metrics::Metrics;
+use crate::store::{SpendRecord, Store};
+
+/// Most jobs handled in one round (one journal transaction).
+pub const MAX_BATCH: usize = 512;
+/// Jobs that may wait; a full queue makes `logging` wait (backpressure, nothing is dropped).
+pub const QUEUE_CAPACITY: usize = 65_536;
+
+/// What to do with a finished request's payment.
+pub enum Job {
+    /// It settled: journal it, then commit its reservation (if any).
+    Commit {
+        record: Box<SpendRecord>,
+        reservation: Option<Reservation>,
+        project: Arc<Project>,
+    },
+    /// It did not: give the budget back.
+    Release(Reservation),
+}
+
+pub struct Settler {
+    tx: mpsc::Sender<Job>,
+    /// Jobs submitted and not yet done.
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// Everything the worker needs.
+pub struct SettlerParts {
+    pub store: Arc<Store>,
+    pub ledger: Arc<dyn Ledger>,
+    pub anomaly: Arc<AnomalyDetector>,
+    pub policies: Arc<PolicyBook>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Settler {
+    /// The settler and its worker future (spawn it on a runtime that lives as long as pag0).
+    pub fn new(parts: SettlerParts) -> (Settler, impl std::future::Future<Output = ()> + Send) {
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let worker = run(rx, Arc::new(parts), in_flight.clone());
+        (Settler { tx, in_flight }, worker)
+    }
+
+    pub async fn submit(&self, job: Job) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        if self.tx.send(job).await.is_err() {
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            log::error!("settlement worker stopped; a payment outcome was not recorded");
+        }
+    }
+
+    /// Jobs submitted and not finished yet.
+    pub fn pending(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Waits until every submitted job is done, or `timeout` passed. Returns what is left.
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.pending() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.pending()
+    }
+}
+
+async fn run(mut rx: mpsc::Receiver<Job>, parts: Arc<SettlerParts>, in_flight: Arc<AtomicUsize>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let n = batch.len();
+        settle(&parts, std::mem::take(&mut batch)).await;
+        in_flight.fetch_sub(n, Ordering::SeqCst);
+    }
+}
+
+async fn settle(parts: &Arc<SettlerParts>, jobs: Vec<Job>) {
+    let records: Vec<&SpendRecord> = jobs
+        .iter()
+        .filter_map(|j| match j {
+            Job::Commit { record, .. } => Some(&**record),
+            Job::Release(_) => None,
+        })
+        .collect();
+    // Journal first: a budget rebuilt from it then never misses these payments.
+    if !records.is_empty()
+        && let Err(e) = parts.store.record_spends(&records).await
+    {
+        for r in &records {
+            parts.count(&r.project, "journal_failed");
+            log::error!(project = r.project.as_str(), id = r.id.as_str(); "SPEND NOT JOURNALED (database and spool failed): {e}; record: {}", serde_json::to_string(r).unwrap_or_default());
+        }
+    }
+    let ledger_ops = jobs.iter().map(|job| {
+        let parts = parts.clone();
+        async move {
+            match job {
+                Job::Release(r) => {
+                    if let Err(e) = parts.ledger.release(r).await {
+                        log::debug!("release failed (the hold expires by itself): {e}");
+                    }
+                    parts.count(&r.key.project, "released");
+                }
+                Job::Commit {
+                    reservation: Some(r),
+                    ..
+                } => match parts.ledger.commit(r).await {
+                    Ok(()) => parts.count(&r.key.project, "committed"),
+                    Err(e) => log::warn!("budget commit deferred until the ledger is back: {e}"),
+                },
+                Job::Commit { .. } => {}
+            }
+        }
+    });
+    futures::future::join_all(ledger_ops).await;
+    for job in &jobs {
+        if let Job::Commit {
+            record, project, ..
+        } = job
+        {
+            watch_anomaly(parts, project, record).await;
+        }
+    }
+}
+
+impl SettlerParts {
+    fn count(&self, project: &str, op: &str) {
+        self.metrics
+            .budget_operations
+            .with_label_values(&[project, op])
+            .inc();
+    }
+}
+
+/// Feeds a committed payment to the anomaly detector; an anomaly is reported to the policy's
+/// webhook in the background (never delays or blocks anything).
+async fn watch_anomaly(parts: &SettlerParts, project: &Project, record: &SpendRecord) {
+    let Some(policy) = parts.policies.effective(project) else {
+        return;
+    };
+    let Some(alert) = policy.anomaly.clone() else {
+        return;
+    };
+    let now = record.committed_at.max(0) as u64;
+    let pool = if record.pool.is_empty() {
+        record.network.as_str()
+    } else {
+        record.pool.as_str()
+    };
+    if !parts.anomaly.seeded(&project.id, pool) {
+        let since = now.saturating_sub(3600 * (u64::from(alert.rule.trailing_hours) + 1));
+        let past: Vec<(u64, U256)> = parts
+            .store
+            .spend(&project.id, since as i64, now as i64 + 1, crate::store::MAX_SPEND_ROWS)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r.id != record.id && r.pool == record.pool)
+            .map(|r| (r.committed_at.max(0) as u64, r.amount))
+            .collect();
+        parts.anomaly.seed(&project.id, pool, &past);
+    }
+    let Some(anomaly) = parts
+        .anomaly
+        .record(&project.id, pool, record.amount, now, &alert.rule)
+    else {
+        return;
+    };
+    log::warn!(project = project.id.as_str(), pool = pool; "spend anomaly: {} in the last hour, more than {}x the trailing hourly average of {}", anomaly.last_hour, anomaly.factor, anomaly.trailing_hourly_average);
+    let body = json!({
+        "type": "pag0.spend_anomaly",
+        "project": project.id,
+        "pool": pool,
+        "last_hour": anomaly.last_hour.to_string(),
+        "trailing_hourly_average": anomaly.trailing_hourly_average.to_string(),
+        "factor": anomaly.factor,
+        "at": now,
+    });
+    let metrics = parts.metrics.clone();
+    let project = project.id.clone();
+    tokio::spawn(async move {
+        let result = match alert.webhook.post(&body).await {
+            Ok(_) => "sent",
+            Err(e) => {
+                log::warn!(project = project.as_str(); "anomaly alert not delivered: {e}");
+                "failed"
+            }
+        };
+        metrics
+            .anomaly_alerts
+            .with_label_values(&[project.as_str(), result])
+            .inc();
+    });
+}
