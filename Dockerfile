@@ -7,6 +7,8 @@ RUN apt-get update \
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src src
+COPY migrations migrations
+COPY benches benches
 RUN cargo build --release --locked --bin pag0 \
  && strip target/release/pag0
 
@@ -14,9 +16,11 @@ FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin pag0
+ && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin pag0 \
+ && mkdir -p /var/lib/pag0 && chown pag0 /var/lib/pag0
 COPY --from=build /src/target/release/pag0 /usr/local/bin/pag0
 COPY conf /etc/pag0
+VOLUME /var/lib/pag0
 USER pag0
 EXPOSE 8402 9402
 HEALTHCHECK --interval=10s --timeout=5s --retries=3 \

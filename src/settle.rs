@@ -173,7 +173,12 @@ async fn watch_anomaly(parts: &SettlerParts, project: &Project, record: &SpendRe
         let since = now.saturating_sub(3600 * (u64::from(alert.rule.trailing_hours) + 1));
         let past: Vec<(u64, U256)> = parts
             .store
-            .spend(&project.id, since as i64, now as i64 + 1, crate::store::MAX_SPEND_ROWS)
+            .spend(
+                &project.id,
+                since as i64,
+                now as i64 + 1,
+                crate::store::MAX_SPEND_ROWS,
+            )
             .await
             .unwrap_or_default()
             .into_iter()

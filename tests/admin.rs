@@ -11,10 +11,47 @@ const DOCUMENTED_METRICS: &[&str] = &[
     "pag0_request_duration_seconds",
     "pag0_stage_rejections_total",
     "pag0_upstream_errors_total",
+    "pag0_payments_total",
+    "pag0_policy_violations_total",
+    "pag0_budget_operations_total",
+    "pag0_approvals_total",
+    "pag0_anomaly_alerts_total",
     "pag0_config_reloads_total",
     "pag0_config_generation",
     "pag0_build_info",
 ];
+
+/// The ones the scrape in `metrics_expose_documented_names_with_labels` produces.
+const PROXY_METRICS: &[&str] = &[
+    "pag0_requests_total",
+    "pag0_request_duration_seconds",
+    "pag0_stage_rejections_total",
+    "pag0_upstream_errors_total",
+    "pag0_config_reloads_total",
+    "pag0_config_generation",
+    "pag0_build_info",
+];
+
+/// The README's metric table lists exactly these names (each is asserted on a live
+/// `/metrics` scrape by the test that exercises it: here, tests/payment.rs, tests/budget.rs).
+#[test]
+fn readme_documents_every_metric() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let table = readme
+        .split("## Metrics")
+        .nth(1)
+        .unwrap()
+        .split("\n## ")
+        .next()
+        .unwrap();
+    let documented: Vec<&str> = table
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .collect();
+    assert_eq!(documented, DOCUMENTED_METRICS);
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_requires_the_token() {
@@ -47,6 +84,13 @@ async fn health_reports_status_and_dependencies() {
     assert_eq!(
         health["stages"],
         serde_json::json!(["auth", "ssrf_guard", "rate_limit"])
+    );
+    assert_eq!(health["dependencies"]["database"]["status"], "up");
+    assert_eq!(health["dependencies"]["database"]["kind"], "sqlite");
+    assert_eq!(health["dependencies"]["database"]["required"], false);
+    assert!(
+        health["dependencies"].get("redis").is_none(),
+        "no Redis configured"
     );
     assert!(!body.contains(ADMIN_TOKEN), "no secret in health output");
 }
@@ -88,7 +132,7 @@ async fn metrics_expose_documented_names_with_labels() {
 
     let (status, text) = pag0.admin(reqwest::Method::GET, "/metrics").await;
     assert_eq!(status, 200);
-    for name in DOCUMENTED_METRICS {
+    for name in PROXY_METRICS {
         assert!(
             text.contains(&format!("# TYPE {name} ")),
             "{name} missing from:\n{text}"

@@ -113,7 +113,16 @@ async fn in_process_daily_budget_is_exact_under_a_storm_of_concurrent_paid_calls
         rows.iter()
             .all(|(amount, pool)| amount == "10000" && pool == "USDC")
     );
-    let (_, metrics) = pag0.admin(reqwest::Method::GET, "/metrics").await;
+    // Commits follow the journal writes.
+    let committed = format!(r#"pag0_budget_operations_total{{op="committed",project="demo"}} {N}"#);
+    let mut metrics = String::new();
+    for _ in 0..50 {
+        metrics = pag0.admin(reqwest::Method::GET, "/metrics").await.1;
+        if metrics.contains(&committed) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
         metrics.contains(&format!(
             r#"pag0_policy_violations_total{{code="DAILY_BUDGET_EXCEEDED",enforced="true",project="demo"}} {}"#,
@@ -121,6 +130,10 @@ async fn in_process_daily_budget_is_exact_under_a_storm_of_concurrent_paid_calls
         )),
         "{metrics}"
     );
+    for (op, n) in [("reserved", N), ("committed", N), ("denied", 19 * N)] {
+        let line = format!(r#"pag0_budget_operations_total{{op="{op}",project="demo"}} {n}"#);
+        assert!(metrics.contains(&line), "{line}: {metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -321,7 +334,14 @@ async fn failed_timed_out_and_abandoned_paid_calls_release_their_budget() {
         header(&resp, "x-pag0-policy").as_deref(),
         Some("DAILY_BUDGET_EXCEEDED")
     );
-    let journal = sqlite_journal(&pag0).await;
+    let mut journal = Vec::new();
+    for _ in 0..50 {
+        journal = sqlite_journal(&pag0).await;
+        if !journal.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(journal.len(), 1, "only the settled payment is journaled");
 }
 
@@ -488,8 +508,17 @@ async fn payments_over_the_threshold_wait_for_the_approval_webhook() {
     }
     assert_eq!(wall.stats().paid, 1, "nothing paid without approval");
     // The denied reservations were released: the budget shows one payment.
-    let (_, budgets) = pag0.admin(reqwest::Method::GET, "/api/budgets/demo").await;
-    let budgets: Value = serde_json::from_str(&budgets).unwrap();
+    let mut budgets = Value::Null;
+    for _ in 0..50 {
+        budgets = pag0
+            .admin_json(reqwest::Method::GET, "/api/budgets/demo", None)
+            .await
+            .1;
+        if budgets["budgets"][0]["daily"]["held"] == "0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(budgets["budgets"][0]["daily"]["spent"], "10000");
     assert_eq!(budgets["budgets"][0]["daily"]["held"], "0");
     let (_, metrics) = pag0.admin(reqwest::Method::GET, "/metrics").await;

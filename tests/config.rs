@@ -20,6 +20,10 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 fn any_env(name: &str) -> Option<String> {
     Some(if name.ends_with("_WALLET_KEY") {
         "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d".to_string()
+    } else if name.ends_with("DATABASE_URL") {
+        "postgres://pag0:pw@db:5432/pag0".to_string()
+    } else if name.ends_with("REDIS_URL") {
+        "redis://redis:6379".to_string()
     } else {
         "dummy-secret-value-for-validation".to_string()
     })

@@ -215,10 +215,21 @@ impl Store {
                 let mut tx = $pool.begin().await.map_err(|e| err("journal insert", e))?;
                 for r in recs {
                     sqlx::query($sql)
-                        .bind(&r.id).bind(&r.project).bind(&r.pool).bind(&r.network).bind(&r.asset)
-                        .bind(&r.pay_to).bind(&r.payer).bind(r.amount.to_string()).bind(&r.nonce)
-                        .bind(&r.tx_hash).bind(&r.url).bind(&r.window_day).bind(&r.window_month)
-                        .bind(r.reserved_at).bind(r.committed_at)
+                        .bind(&r.id)
+                        .bind(&r.project)
+                        .bind(&r.pool)
+                        .bind(&r.network)
+                        .bind(&r.asset)
+                        .bind(&r.pay_to)
+                        .bind(&r.payer)
+                        .bind(r.amount.to_string())
+                        .bind(&r.nonce)
+                        .bind(&r.tx_hash)
+                        .bind(&r.url)
+                        .bind(&r.window_day)
+                        .bind(&r.window_month)
+                        .bind(r.reserved_at)
+                        .bind(r.committed_at)
                         .execute(&mut *tx)
                         .await
                         .map_err(|e| err("journal insert", e))?;
