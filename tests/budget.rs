@@ -589,3 +589,39 @@ async fn a_spend_anomaly_alerts_once_per_window_and_blocks_nothing() {
         "{metrics}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_pag0_remembers_todays_spending_from_the_journal() {
+    let wall = Paywall::start().await;
+    let state = tempfile::tempdir().unwrap();
+    let cfg = config(
+        &budget("0.01", "0.02", "1"),
+        &format!(
+            "database:\n  url: sqlite:{}\n",
+            state.path().join("journal.db").display()
+        ),
+    );
+    let first = Pag0::start(&cfg);
+    let client = first.client("demo", DEMO_KEY);
+    for _ in 0..2 {
+        assert_eq!(
+            client.get(wall.url("/paid")).send().await.unwrap().status(),
+            StatusCode::OK
+        );
+    }
+    // A graceful stop drains the journal writes of finished requests.
+    drop(first);
+    let second = Pag0::start(&cfg);
+    let resp = second
+        .client("demo", DEMO_KEY)
+        .get(wall.url("/paid"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        header(&resp, "x-pag0-policy").as_deref(),
+        Some("DAILY_BUDGET_EXCEEDED")
+    );
+    assert_eq!(wall.stats().paid, 2);
+}

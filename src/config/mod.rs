@@ -647,6 +647,20 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
         }
     }
 
+    /// EVM addresses; each invalid one is reported at `path[i]`.
+    fn addresses(&mut self, list: &[String], path: &str) -> Vec<alloy_primitives::Address> {
+        list.iter()
+            .enumerate()
+            .filter_map(|(i, raw)| match raw.parse() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    self.issue(&format!("{path}[{i}]"), format!("invalid address {raw:?}"));
+                    None
+                }
+            })
+            .collect()
+    }
+
     fn secret(&mut self, raw: &str, path: &str) -> Option<Secret> {
         match Secret::resolve(raw, self.env) {
             Ok(s) => Some(s),
@@ -713,21 +727,7 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
                 });
             }
         }
-        let pay_to = f
-            .pay_to
-            .iter()
-            .enumerate()
-            .filter_map(|(i, raw)| match raw.parse() {
-                Ok(a) => Some(a),
-                Err(_) => {
-                    self.issue(
-                        &format!("payments.pay_to[{i}]"),
-                        format!("invalid address {raw:?}"),
-                    );
-                    None
-                }
-            })
-            .collect();
+        let pay_to = self.addresses(&f.pay_to, "payments.pay_to");
         let schemes = f
             .schemes
             .unwrap_or_else(|| DEFAULT_SCHEMES.iter().map(|s| s.to_string()).collect());

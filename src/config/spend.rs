@@ -360,21 +360,7 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
                 c
             })
             .collect();
-        let pay_to = f
-            .pay_to
-            .iter()
-            .enumerate()
-            .filter_map(|(i, raw)| match raw.parse() {
-                Ok(a) => Some(a),
-                Err(_) => {
-                    self.issue(
-                        &format!("{path}.pay_to[{i}]"),
-                        format!("invalid address {raw:?}"),
-                    );
-                    None
-                }
-            })
-            .collect();
+        let pay_to = self.addresses(&f.pay_to, &format!("{path}.pay_to"));
         let approval = f.approval.and_then(|a| {
             let at = format!("{path}.approval");
             let webhook = self.webhook(

@@ -5,6 +5,17 @@
 //! [`Store::replay_spool`]; rows are keyed by the reservation id, so a replay never duplicates.
 //! Reads that rebuild budgets add what still waits in the spool.
 
+/// Runs `$body` with `$p` bound to whichever pool the store has (the SQL is the same on both:
+/// `$N` parameters work on SQLite as well).
+macro_rules! with_pool {
+    ($db:expr, $p:ident => $body:expr) => {
+        match $db {
+            Db::Sqlite($p) => $body,
+            Db::Postgres($p) => $body,
+        }
+    };
+}
+
 mod policies;
 mod spool;
 
@@ -284,30 +295,19 @@ impl Store {
         to: i64,
         limit: i64,
     ) -> Result<Vec<SpendRecord>, StoreError> {
-        const COLUMNS: &str = "id, project, pool, network, asset, pay_to, payer, amount, nonce, tx_hash, url, window_day, window_month, reserved_at, committed_at";
-        let rows = match &self.db {
-            Db::Sqlite(p) => sqlx::query(&format!(
-                "SELECT {COLUMNS} FROM spend_journal WHERE project = ? AND committed_at >= ? AND committed_at < ? ORDER BY committed_at, id LIMIT ?"
-            ))
+        let rows = with_pool!(&self.db, p => {
+            sqlx::query(
+                "SELECT id, project, pool, network, asset, pay_to, payer, CAST(amount AS TEXT) AS amount, nonce, tx_hash, url, window_day, window_month, reserved_at, committed_at
+                 FROM spend_journal WHERE project = $1 AND committed_at >= $2 AND committed_at < $3 ORDER BY committed_at, id LIMIT $4",
+            )
             .bind(project).bind(from).bind(to).bind(limit)
             .fetch_all(p)
             .await
             .map_err(|e| err("journal query", e))?
             .iter()
             .map(|row| record(row, row.try_get::<String, _>("amount")))
-            .collect::<Result<Vec<_>, _>>()?,
-            Db::Postgres(p) => sqlx::query(&format!(
-                "SELECT {} FROM spend_journal WHERE project = $1 AND committed_at >= $2 AND committed_at < $3 ORDER BY committed_at, id LIMIT $4",
-                COLUMNS.replace("amount,", "amount::text AS amount,")
-            ))
-            .bind(project).bind(from).bind(to).bind(limit)
-            .fetch_all(p)
-            .await
-            .map_err(|e| err("journal query", e))?
-            .iter()
-            .map(|row| record(row, row.try_get::<String, _>("amount")))
-            .collect::<Result<Vec<_>, _>>()?,
-        };
+            .collect::<Result<Vec<_>, _>>()?
+        });
         let mut rows = rows;
         let known: std::collections::HashSet<String> = rows.iter().map(|r| r.id.clone()).collect();
         for r in self.spool.read().await.unwrap_or_default() {

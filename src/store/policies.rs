@@ -5,17 +5,6 @@ use sqlx::Row;
 
 use super::{Db, Store, StoreError, err};
 
-/// Runs `$body` with `$p` bound to whichever pool the store has (the SQL is the same on both:
-/// `$N` parameters work on SQLite as well).
-macro_rules! with_pool {
-    ($db:expr, $p:ident => $body:expr) => {
-        match $db {
-            Db::Sqlite($p) => $body,
-            Db::Postgres($p) => $body,
-        }
-    };
-}
-
 /// One version of a project's policy.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PolicyVersion {
