@@ -103,7 +103,7 @@ impl AnomalyDetector {
             return None;
         }
         if s.last_alert
-            .is_some_and(|t| now < t + rule.cooldown_seconds)
+            .is_some_and(|t| now < t.saturating_add(rule.cooldown_seconds))
         {
             return None;
         }

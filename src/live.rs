@@ -100,10 +100,7 @@ impl Shared {
                     let upkeep = redis.clone();
                     rt.spawn(async move { upkeep.maintain(UPKEEP_INTERVAL).await });
                     (
-                        Arc::new(FallbackLedger {
-                            primary: redis.clone(),
-                            fallback,
-                        }),
+                        Arc::new(FallbackLedger::new(redis.clone(), fallback)),
                         Some(redis),
                     )
                 }
@@ -221,7 +218,9 @@ pub async fn sync_policies(
             }
             let parsed = serde_json::from_str(&row.document)
                 .map_err(|e| vec![e.to_string()])
-                .and_then(|doc| config::parse_policy(&doc, &live.config.payments));
+                .and_then(|doc| {
+                    config::parse_policy(&doc, &live.config.payments, &live.config.budgets)
+                });
             match parsed {
                 Ok(policy) => {
                     map.insert(row.project, Arc::new(policy));

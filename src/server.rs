@@ -101,6 +101,7 @@ pub fn build(config: Config, path: Option<PathBuf>, opts: &StartOptions) -> anyh
     }
     let drain = SettleDrain {
         settler: reloader.shared.settler.clone(),
+        redis: reloader.shared.redis_ledger.clone(),
         timeout: reloader.live.load().config.server.graceful_shutdown_timeout,
     };
     let mut drain = background_service("pag0 settle", drain);
@@ -116,6 +117,8 @@ pub fn build(config: Config, path: Option<PathBuf>, opts: &StartOptions) -> anyh
 /// already finished (up to the graceful shutdown timeout).
 struct SettleDrain {
     settler: Arc<crate::settle::Settler>,
+    /// Commits that wait for Redis are retried every second until the timeout too.
+    redis: Option<Arc<crate::budget::RedisLedger>>,
     timeout: std::time::Duration,
 }
 
@@ -123,9 +126,21 @@ struct SettleDrain {
 impl pingora::services::background::BackgroundService for SettleDrain {
     async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
         let _ = shutdown.changed().await;
+        let deadline = tokio::time::Instant::now() + self.timeout;
         let left = self.settler.drain(self.timeout).await;
         if left > 0 {
             log::error!("shutting down with {left} payment outcomes not yet journaled/committed");
+        }
+        if let Some(redis) = &self.redis {
+            while redis.pending_commits() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            let waiting = redis.pending_commits();
+            if waiting > 0 {
+                log::error!(
+                    "shutting down with {waiting} budget commits not in Redis (they are in the journal; the windows are rebuilt from it only if Redis loses them)"
+                );
+            }
         }
     }
 }

@@ -135,12 +135,13 @@ async fn settle(parts: &Arc<SettlerParts>, jobs: Vec<Job>) {
         }
     });
     futures::future::join_all(ledger_ops).await;
+    let batch: std::collections::HashSet<&str> = records.iter().map(|r| r.id.as_str()).collect();
     for job in &jobs {
         if let Job::Commit {
             record, project, ..
         } = job
         {
-            watch_anomaly(parts, project, record).await;
+            watch_anomaly(parts, project, record, &batch).await;
         }
     }
 }
@@ -156,7 +157,14 @@ impl SettlerParts {
 
 /// Feeds a committed payment to the anomaly detector; an anomaly is reported to the policy's
 /// webhook in the background (never delays or blocks anything).
-async fn watch_anomaly(parts: &SettlerParts, project: &Project, record: &SpendRecord) {
+/// `batch`: ids of this round's payments, all journaled already; a rebuild of the history
+/// from the journal leaves them out (each is recorded on its own).
+async fn watch_anomaly(
+    parts: &SettlerParts,
+    project: &Project,
+    record: &SpendRecord,
+    batch: &std::collections::HashSet<&str>,
+) {
     let Some(policy) = parts.policies.effective(project) else {
         return;
     };
@@ -182,7 +190,7 @@ async fn watch_anomaly(parts: &SettlerParts, project: &Project, record: &SpendRe
             .await
             .unwrap_or_default()
             .into_iter()
-            .filter(|r| r.id != record.id && r.pool == record.pool)
+            .filter(|r| !batch.contains(r.id.as_str()) && r.pool == record.pool)
             .map(|r| (r.committed_at.max(0) as u64, r.amount))
             .collect();
         parts.anomaly.seed(&project.id, pool, &past);

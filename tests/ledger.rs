@@ -266,13 +266,13 @@ async fn redis_outage_fails_closed_or_falls_back_and_recovers_without_a_restart(
     let redis = PrivateRedis::start_on(port);
     let url = format!("redis://127.0.0.1:{port}");
     let strict = redis_ledger(&url, "pag0", Arc::new(NoHistory));
-    let lenient = FallbackLedger {
-        primary: Arc::new(redis_ledger(&url, "pag0", Arc::new(NoHistory))),
-        fallback: Some(LocalLedger::new(
+    let lenient = FallbackLedger::new(
+        Arc::new(redis_ledger(&url, "pag0", Arc::new(NoHistory))),
+        Some(LocalLedger::new(
             Arc::new(NoHistory),
             Duration::from_secs(60),
         )),
-    };
+    );
     let key = BudgetKey::new("outage", "USDC");
     let now = NOV_30_LAST_SECOND - 600;
     let r = strict
@@ -368,5 +368,98 @@ async fn sqlite_journal_spools_while_the_database_is_unwritable_and_replays() {
     assert_eq!(
         rows.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(),
         ["a1", "b2"]
+    );
+}
+
+/// A journal whose totals the test sets.
+#[derive(Default)]
+struct FakeJournal(std::sync::Mutex<U256>);
+
+#[async_trait::async_trait]
+impl SpendHistory for FakeJournal {
+    async fn window_totals(&self, _: &BudgetKey, _: &Windows) -> Result<(U256, U256), String> {
+        let v = *self.0.lock().unwrap();
+        Ok((v, v))
+    }
+}
+
+#[tokio::test]
+async fn each_fallback_episode_starts_from_the_journal() {
+    let port = common::free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let journal = Arc::new(FakeJournal::default());
+    *journal.0.lock().unwrap() = U256::from(10);
+    let ledger = FallbackLedger::new(
+        Arc::new(redis_ledger(&url, "pag0", journal.clone())),
+        Some(LocalLedger::new(journal.clone(), Duration::from_secs(60))),
+    );
+    let key = BudgetKey::new("episodes", "USDC");
+    let now = NOV_30_LAST_SECOND - 600;
+    // Outage 1 (no Redis yet): the local ledger starts from the journal's 10.
+    let r = ledger
+        .reserve(&key, U256::from(10), limits(100, 1000), now)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(r.fallback);
+    ledger.release(&r).await.unwrap();
+    // Redis comes up; 80 more are spent through it (and journaled).
+    let redis = PrivateRedis::start_on(port);
+    let mut through_redis = None;
+    for _ in 0..50 {
+        if let Ok(Ok(r)) = ledger
+            .reserve(&key, U256::from(80), limits(100, 1000), now)
+            .await
+            && !r.fallback
+        {
+            through_redis = Some(r);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = through_redis.expect("Redis was not used after it came up");
+    *journal.0.lock().unwrap() = U256::from(90);
+    ledger.commit(&r).await.unwrap();
+    // Outage 2: the local ledger must not reuse its stale 10.
+    drop(redis);
+    let denied = ledger
+        .reserve(&key, U256::from(20), limits(100, 1000), now)
+        .await
+        .unwrap();
+    assert_eq!(denied.unwrap_err().used, U256::from(90));
+}
+
+#[tokio::test]
+async fn commits_that_reach_a_lost_window_before_its_rebuild_are_kept() {
+    let redis = PrivateRedis::start();
+    let journal = Arc::new(FakeJournal::default());
+    let ledger = redis_ledger(&redis.url(), "pag0", journal.clone());
+    let key = BudgetKey::new("race", "USDC");
+    let now = NOV_30_LAST_SECOND - 600;
+    let r = ledger
+        .reserve(&key, U256::from(10), limits(100, 1000), now)
+        .await
+        .unwrap()
+        .unwrap();
+    // Redis loses everything; the commit lands before any reserve rebuilds the window, and the
+    // journal read for the rebuild does not include it yet (50 from earlier payments).
+    assert_eq!(redis.cmd(&["FLUSHALL"]), "OK");
+    ledger.commit(&r).await.unwrap();
+    *journal.0.lock().unwrap() = U256::from(50);
+    let denied = ledger
+        .reserve(&key, U256::from(41), limits(100, 1000), now)
+        .await
+        .unwrap();
+    assert_eq!(
+        denied.unwrap_err().used,
+        U256::from(60),
+        "50 from the journal + the 10 commit"
+    );
+    assert!(
+        ledger
+            .reserve(&key, U256::from(40), limits(100, 1000), now)
+            .await
+            .unwrap()
+            .is_ok()
     );
 }

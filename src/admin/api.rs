@@ -15,7 +15,7 @@
 //! [`crate::live::sync_policies`]).
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -71,6 +71,11 @@ fn body(payload: Result<Json<Value>, JsonRejection>) -> Result<Value, ApiError> 
     })
 }
 
+fn project_name(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    path.map(|Path(p)| p)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "INVALID_PATH", e.body_text()))
+}
+
 fn store_error(e: impl std::fmt::Display) -> ApiError {
     log::warn!("admin API: {e}");
     ApiError::new(
@@ -103,14 +108,16 @@ fn validated(state: &AdminState, doc: Option<&Value>) -> Result<String, ApiError
         ));
     };
     let live = state.reloader.live.load();
-    crate::config::parse_policy(doc, &live.config.payments).map_err(|problems| {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "INVALID_POLICY",
-            "the policy is invalid",
-        )
-        .details(json!(problems))
-    })?;
+    crate::config::parse_policy(doc, &live.config.payments, &live.config.budgets).map_err(
+        |problems| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "INVALID_POLICY",
+                "the policy is invalid",
+            )
+            .details(json!(problems))
+        },
+    )?;
     Ok(doc.to_string())
 }
 
@@ -155,7 +162,11 @@ pub async fn list_policies(State(state): State<AdminState>) -> ApiResult {
     Ok(Json(json!({ "policies": policies })).into_response())
 }
 
-pub async fn get_policy(State(state): State<AdminState>, Path(project): Path<String>) -> ApiResult {
+pub async fn get_policy(
+    State(state): State<AdminState>,
+    project: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let project = project_name(project)?;
     known_project(&state, &project)?;
     let history = state
         .reloader
@@ -234,17 +245,19 @@ pub async fn create_policy(
 
 pub async fn update_policy(
     State(state): State<AdminState>,
-    Path(project): Path<String>,
+    project: Result<Path<String>, PathRejection>,
     payload: Result<Json<Value>, JsonRejection>,
 ) -> ApiResult {
+    let project = project_name(project)?;
     let v = body(payload)?;
     write(&state, &project, v.get("policy"), false).await
 }
 
 pub async fn delete_policy(
     State(state): State<AdminState>,
-    Path(project): Path<String>,
+    project: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
+    let project = project_name(project)?;
     known_project(&state, &project)?;
     match state
         .reloader
@@ -277,7 +290,11 @@ fn window_json(
     })
 }
 
-pub async fn budgets(State(state): State<AdminState>, Path(project): Path<String>) -> ApiResult {
+pub async fn budgets(
+    State(state): State<AdminState>,
+    project: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let project = project_name(project)?;
     known_project(&state, &project)?;
     let live = state.reloader.live.load();
     let shared = &state.reloader.shared;

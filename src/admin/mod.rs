@@ -192,6 +192,14 @@ async fn reload(State(state): State<AdminState>) -> Response {
     }
 }
 
+async fn method_not_allowed() -> Response {
+    error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "METHOD_NOT_ALLOWED",
+        "this admin endpoint does not take that method",
+    )
+}
+
 async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "NOT_FOUND", "unknown admin endpoint")
 }
@@ -214,6 +222,7 @@ fn router(state: AdminState) -> Router {
         .route("/api/budgets/{project}", get(api::budgets))
         .route("/api/spend", get(api::spend))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }

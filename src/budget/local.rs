@@ -53,6 +53,19 @@ impl LocalLedger {
         }
     }
 
+    /// Forgets every window without an open hold, so the next use rebuilds it from the
+    /// journal. Called when this ledger takes over from Redis: what was spent through Redis
+    /// meanwhile is in the journal, not here.
+    pub fn forget_idle_windows(&self) {
+        let mut state = self.state.lock().expect("ledger lock");
+        let State { windows, holds, .. } = &mut *state;
+        windows.retain(|(key, label), _| {
+            holds
+                .values()
+                .any(|h| &h.key == key && (&h.day == label || &h.month == label))
+        });
+    }
+
     /// Makes sure both windows of `key` exist, seeding absent ones from the journal.
     async fn ensure_windows(&self, key: &BudgetKey, w: &Windows) -> Result<(), LedgerError> {
         let missing = {

@@ -9,7 +9,7 @@
 //! | `…:m:YYYY-MM` | hash | the same for the month |
 //! | `…:holds` | hash | reservation id → `amount day month` |
 //! | `…:holds:exp` | zset | reservation id by expiry (reclaimed by the next script) |
-//! | `…:c:YYYY-MM` | hash | committed ids (commit is idempotent) |
+//! | `…:c:YYYY-MM-DD` | hash | ids committed for reservations of that day (commit is idempotent) |
 //!
 //! Amounts are decimal strings with arbitrary-precision arithmetic in Lua (`bignum.lua`).
 //! Window keys expire two days after their window ends. A window without `seeded` (new, or
@@ -49,6 +49,8 @@ static USAGE: Lazy<Script> = Lazy::new(|| script(include_str!("lua/usage.lua")))
 
 /// Window keys live this long after their window ended (late commits still find them).
 const KEY_GRACE_SECONDS: u64 = 2 * 86_400;
+/// Most commits kept in memory while Redis is unreachable.
+pub const MAX_PENDING_COMMITS: usize = 1_000_000;
 /// After a failed connection attempt, calls fail fast for this long before trying again.
 const RECONNECT_COOLDOWN: Duration = Duration::from_millis(500);
 
@@ -103,7 +105,7 @@ impl RedisLedger {
             month: format!("{prefix}:m:{}", w.month),
             holds: format!("{prefix}:holds"),
             expiry: format!("{prefix}:holds:exp"),
-            committed: format!("{prefix}:c:{}", w.month),
+            committed: format!("{prefix}:c:{}", w.day),
             prefix,
         }
     }
@@ -346,7 +348,12 @@ impl Ledger for RedisLedger {
             Ok(()) => Ok(()),
             Err(e) => {
                 // The payment happened: it must be counted once Redis is back.
-                self.pending.lock().expect("lock").push(r.clone());
+                let mut pending = self.pending.lock().expect("lock");
+                if pending.len() < MAX_PENDING_COMMITS {
+                    pending.push(r.clone());
+                } else {
+                    log::error!(id = r.id.as_str(); "too many budget commits wait for Redis; this one is only in the journal (rebuild the window after the outage)");
+                }
                 Err(e)
             }
         }
@@ -401,6 +408,18 @@ impl Ledger for RedisLedger {
 pub struct FallbackLedger {
     pub primary: Arc<RedisLedger>,
     pub fallback: Option<LocalLedger>,
+    /// Set while reservations go to the fallback (one outage episode).
+    pub degraded: std::sync::atomic::AtomicBool,
+}
+
+impl FallbackLedger {
+    pub fn new(primary: Arc<RedisLedger>, fallback: Option<LocalLedger>) -> FallbackLedger {
+        FallbackLedger {
+            primary,
+            fallback,
+            degraded: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
 }
 
 #[async_trait]
@@ -412,10 +431,16 @@ impl Ledger for FallbackLedger {
         limits: Limits,
         now: u64,
     ) -> Result<Result<Reservation, Denial>, LedgerError> {
+        use std::sync::atomic::Ordering;
         match self.primary.reserve(key, amount, limits, now).await {
             Err(e) => match &self.fallback {
                 Some(local) => {
-                    log::warn!("{e}; using the in-process budget ledger");
+                    if !self.degraded.swap(true, Ordering::SeqCst) {
+                        // A new outage: start from the journal, which holds what was spent
+                        // through Redis since the last one.
+                        local.forget_idle_windows();
+                        log::warn!("{e}; using the in-process budget ledger until Redis is back");
+                    }
                     Ok(local
                         .reserve(key, amount, limits, now)
                         .await?
@@ -426,7 +451,10 @@ impl Ledger for FallbackLedger {
                 }
                 None => Err(e),
             },
-            ok => ok,
+            ok => {
+                self.degraded.store(false, Ordering::SeqCst);
+                ok
+            }
         }
     }
 

@@ -129,6 +129,8 @@ pub const DEFAULT_ANOMALY_FACTOR: u32 = 3;
 pub const DEFAULT_ANOMALY_TRAILING_HOURS: u32 = 24;
 /// At most one anomaly alert per project and pool within this many seconds.
 pub const DEFAULT_ANOMALY_COOLDOWN_SECONDS: u64 = 3_600;
+/// Longest accepted anomaly alert cooldown (31 days).
+pub const MAX_ANOMALY_COOLDOWN_SECONDS: u64 = 31 * 86_400;
 /// Timeout of one anomaly alert delivery.
 pub const DEFAULT_ALERT_TIMEOUT_MS: u64 = 5_000;
 

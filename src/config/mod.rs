@@ -128,6 +128,7 @@ pub fn parse(
     let payments = v.payments(payments);
     let redis = redis.and_then(|r| v.redis(r));
     let budgets = v.budgets(budgets, redis.is_some());
+    let projects = v.projects(projects, &payments, &budgets);
     let config = Config {
         server: v.server(server),
         upstream: v.upstream(upstream),
@@ -144,7 +145,7 @@ pub fn parse(
         redis,
         budgets,
         stages: v.stages(stages),
-        projects: v.projects(projects, &payments),
+        projects,
         payments,
         routes: v.routes(routes),
     };
@@ -155,11 +156,19 @@ pub fn parse(
     }
 }
 
+/// The only environment variables a policy sent through the admin API may reference.
+pub const API_POLICY_ENV_PREFIX: &str = "PAG0_WEBHOOK_";
+
 /// Validates a policy document from the admin API (JSON, same shape as `projects[].policy`)
 /// against the configured assets. Errors name the path inside the document (`policy.…`).
+///
+/// `${VAR}` references in such a document only resolve variables named
+/// `PAG0_WEBHOOK_*` ([`API_POLICY_ENV_PREFIX`]): whoever holds the admin token must not be able
+/// to send the wallet key or a database password to a webhook of their choosing.
 pub fn parse_policy(
     doc: &serde_json::Value,
     payments: &Payments,
+    budgets: &BudgetSettings,
 ) -> Result<crate::policy::Policy, Vec<String>> {
     let file: FilePolicy = serde_path_to_error::deserialize(doc.clone()).map_err(|e| {
         let at = e.path().to_string();
@@ -170,13 +179,17 @@ pub fn parse_policy(
         };
         vec![format!("{at}: {}", e.inner())]
     })?;
-    let env = |var: &str| std::env::var(var).ok();
+    let env = |var: &str| {
+        var.starts_with(API_POLICY_ENV_PREFIX)
+            .then(|| std::env::var(var).ok())
+            .flatten()
+    };
     let mut v = Validator {
         issues: Vec::new(),
         base_dir: Path::new("."),
         env: &env,
     };
-    let policy = v.policy(file, payments, "policy");
+    let policy = v.policy(file, payments, budgets, "policy");
     if v.issues.is_empty() {
         Ok(policy)
     } else {
@@ -506,6 +519,7 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
         &mut self,
         projects: Vec<(usize, FileProject)>,
         payments: &Payments,
+        budgets: &BudgetSettings,
     ) -> Vec<Arc<Project>> {
         let mut ids = HashSet::new();
         let mut all_keys = HashSet::new();
@@ -575,7 +589,7 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
             };
             let policy = p
                 .policy
-                .map(|f| Arc::new(self.policy(f, payments, &format!("{path}.policy"))));
+                .map(|f| Arc::new(self.policy(f, payments, budgets, &format!("{path}.policy"))));
             out.push(Arc::new(Project {
                 id: p.id,
                 key_hashes,

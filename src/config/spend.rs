@@ -21,7 +21,12 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
         if raw.trim_start().starts_with("${") {
             return self.secret(raw, path);
         }
-        if url::Url::parse(raw).is_ok_and(|u| u.password().is_some()) {
+        let secret_inside = match url::Url::parse(raw) {
+            Ok(u) => u.password().is_some() || u.query_pairs().any(|(k, _)| k == "password"),
+            // An unparsable postgres/redis URL might still carry a password: do not print it.
+            Err(_) => !raw.starts_with("sqlite:"),
+        };
+        if secret_inside {
             self.issue(
                 path,
                 "a URL with a password must be an environment reference like ${PAG0_DATABASE_URL}",
@@ -201,6 +206,18 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
         }
     }
 
+    fn cooldown(&mut self, raw: Option<u64>, path: &str) -> u64 {
+        let value = raw.unwrap_or(DEFAULT_ANOMALY_COOLDOWN_SECONDS);
+        if value > MAX_ANOMALY_COOLDOWN_SECONDS {
+            self.issue(
+                &format!("{path}.cooldown_seconds"),
+                format!("at most {MAX_ANOMALY_COOLDOWN_SECONDS} (31 days)"),
+            );
+            return DEFAULT_ANOMALY_COOLDOWN_SECONDS;
+        }
+        value
+    }
+
     fn webhook(
         &mut self,
         url: &str,
@@ -232,7 +249,13 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
         })
     }
 
-    pub(super) fn policy(&mut self, f: FilePolicy, payments: &Payments, path: &str) -> Policy {
+    pub(super) fn policy(
+        &mut self,
+        f: FilePolicy,
+        payments: &Payments,
+        settings: &BudgetSettings,
+        path: &str,
+    ) -> Policy {
         let mut budgets: Vec<BudgetRule> = Vec::new();
         for (i, b) in f.budgets.iter().enumerate() {
             let at = format!("{path}.budgets[{i}]");
@@ -370,6 +393,18 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
                 DEFAULT_APPROVAL_TIMEOUT_MS,
                 &at,
             );
+            // The budget stays held while the approver thinks: the hold must outlive the wait.
+            if let Some(w) = &webhook
+                && w.timeout * 2 > settings.reservation_ttl
+            {
+                self.issue(
+                    &format!("{at}.timeout_ms"),
+                    format!(
+                        "must be at most half of budgets.reservation_ttl_seconds ({} s)",
+                        settings.reservation_ttl.as_secs()
+                    ),
+                );
+            }
             let Some(symbol) = a.threshold.split_whitespace().nth(1).map(str::to_string) else {
                 self.issue(&format!("{at}.threshold"), "give the asset: \"0.05 USDC\"");
                 return None;
@@ -414,9 +449,7 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
                 rule: AnomalyRule {
                     factor: factor.min(u64::from(u32::MAX)) as u32,
                     trailing_hours: trailing_hours.min(744) as u32,
-                    cooldown_seconds: a
-                        .cooldown_seconds
-                        .unwrap_or(DEFAULT_ANOMALY_COOLDOWN_SECONDS),
+                    cooldown_seconds: self.cooldown(a.cooldown_seconds, &at),
                 },
                 webhook,
             })

@@ -295,6 +295,9 @@ impl Store {
         to: i64,
         limit: i64,
     ) -> Result<Vec<SpendRecord>, StoreError> {
+        // Held across both reads: a spool replay cannot move rows between them.
+        let spool = self.spool.lock().await;
+        let spooled = spool.read()?;
         let rows = with_pool!(&self.db, p => {
             sqlx::query(
                 "SELECT id, project, pool, network, asset, pay_to, payer, CAST(amount AS TEXT) AS amount, nonce, tx_hash, url, window_day, window_month, reserved_at, committed_at
@@ -310,7 +313,7 @@ impl Store {
         });
         let mut rows = rows;
         let known: std::collections::HashSet<String> = rows.iter().map(|r| r.id.clone()).collect();
-        for r in self.spool.read().await.unwrap_or_default() {
+        for r in spooled {
             if r.project == project
                 && r.committed_at >= from
                 && r.committed_at < to
@@ -365,6 +368,9 @@ fn redact(e: impl std::fmt::Display, config: &DatabaseConfig) -> String {
 #[async_trait]
 impl SpendHistory for Store {
     async fn window_totals(&self, key: &BudgetKey, w: &Windows) -> Result<(U256, U256), String> {
+        // Held across both reads: a spool replay cannot move rows between them.
+        let spool = self.spool.lock().await;
+        let spooled = spool.read().map_err(|e| e.to_string())?;
         let mut day = U256::ZERO;
         let mut month = U256::ZERO;
         let mut seen = std::collections::HashSet::new();
@@ -415,14 +421,7 @@ impl SpendHistory for Store {
                         .map_err(|e| e.to_string())?,
                 )?;
                 // Spooled rows that also reached the database must not count twice.
-                let ids: Vec<String> = self
-                    .spool
-                    .read()
-                    .await
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|r| r.id)
-                    .collect();
+                let ids: Vec<String> = spooled.iter().map(|r| r.id.clone()).collect();
                 if !ids.is_empty() {
                     let present = sqlx::query("SELECT id FROM spend_journal WHERE id = ANY($1)")
                         .bind(&ids)
@@ -435,7 +434,7 @@ impl SpendHistory for Store {
                 }
             }
         }
-        for r in self.spool.read().await.map_err(|e| e.to_string())? {
+        for r in spooled {
             if r.project == key.project
                 && r.pool == key.pool
                 && r.window_month == w.month

@@ -2,7 +2,7 @@
 -- ARGV: 1 amount, 2 reservation id, 3 day key ttl, 4 month key ttl
 -- Idempotent. Counts the amount even if the hold already expired (the payment happened).
 if redis.call('HSETNX', KEYS[5], ARGV[2], '1') == 0 then return 'duplicate' end
-redis.call('EXPIRE', KEYS[5], ARGV[4])
+redis.call('EXPIRE', KEYS[5], ARGV[3])
 local held = redis.call('HDEL', KEYS[3], ARGV[2]) == 1
 if held then redis.call('ZREM', KEYS[4], ARGV[2]) end
 for i = 1, 2 do
