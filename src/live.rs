@@ -341,6 +341,8 @@ impl Reloader {
         }
         if config.database.url.expose() != current.config.database.url.expose()
             || config.budgets.ledger != current.config.budgets.ledger
+            || config.budgets.redis_down != current.config.budgets.redis_down
+            || config.budgets.reservation_ttl != current.config.budgets.reservation_ttl
             || config.redis.as_ref().map(|r| r.url.expose().to_string())
                 != current
                     .config
@@ -349,7 +351,7 @@ impl Reloader {
                     .map(|r| r.url.expose().to_string())
         {
             kept.push(
-                "database, redis or budgets.ledger changed; they apply after a restart".to_string(),
+                "database, redis or budgets (ledger, redis_down, reservation_ttl_seconds) changed; they apply after a restart".to_string(),
             );
         }
         if config.dns != current.config.dns {
