@@ -34,10 +34,9 @@ use crate::budget::{BudgetKey, SpendHistory, Windows};
 pub use policies::{PolicyVersion, PolicyWriteError};
 pub use spool::Spool;
 
-const INSERT_SQLITE: &str = "INSERT INTO spend_journal (id, project, pool, network, asset, pay_to, payer, amount, nonce, tx_hash, url, window_day, window_month, reserved_at, committed_at)
-     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING";
-const INSERT_POSTGRES: &str = "INSERT INTO spend_journal (id, project, pool, network, asset, pay_to, payer, amount, nonce, tx_hash, url, window_day, window_month, reserved_at, committed_at)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8::numeric, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT (id) DO NOTHING";
+const INSERT_COLUMNS: &str = "INSERT INTO spend_journal (id, project, pool, network, asset, pay_to, payer, amount, nonce, tx_hash, url, window_day, window_month, reserved_at, committed_at) ";
+/// Rows per `INSERT` (15 parameters each: within SQLite's and PostgreSQL's limits).
+const INSERT_CHUNK: usize = 512;
 
 /// Most journal rows one query returns.
 pub const MAX_SPEND_ROWS: i64 = 10_000;
@@ -220,37 +219,43 @@ impl Store {
         }
     }
 
+    /// One multi-row `INSERT` per chunk (one round trip to the database, one transaction).
     async fn insert_all(&self, recs: &[&SpendRecord]) -> Result<(), StoreError> {
-        macro_rules! in_transaction {
-            ($pool:expr, $sql:expr) => {{
-                let mut tx = $pool.begin().await.map_err(|e| err("journal insert", e))?;
-                for r in recs {
-                    sqlx::query($sql)
-                        .bind(&r.id)
-                        .bind(&r.project)
-                        .bind(&r.pool)
-                        .bind(&r.network)
-                        .bind(&r.asset)
-                        .bind(&r.pay_to)
-                        .bind(&r.payer)
-                        .bind(r.amount.to_string())
-                        .bind(&r.nonce)
-                        .bind(&r.tx_hash)
-                        .bind(&r.url)
-                        .bind(&r.window_day)
-                        .bind(&r.window_month)
-                        .bind(r.reserved_at)
-                        .bind(r.committed_at)
-                        .execute(&mut *tx)
+        macro_rules! insert_rows {
+            ($db:ty, $pool:expr, $amount_cast:expr) => {{
+                for chunk in recs.chunks(INSERT_CHUNK) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(INSERT_COLUMNS);
+                    q.push_values(chunk, |mut row, r| {
+                        row.push_bind(&r.id)
+                            .push_bind(&r.project)
+                            .push_bind(&r.pool)
+                            .push_bind(&r.network)
+                            .push_bind(&r.asset)
+                            .push_bind(&r.pay_to)
+                            .push_bind(&r.payer)
+                            .push_bind(r.amount.to_string())
+                            .push_unseparated($amount_cast)
+                            .push_bind(&r.nonce)
+                            .push_bind(&r.tx_hash)
+                            .push_bind(&r.url)
+                            .push_bind(&r.window_day)
+                            .push_bind(&r.window_month)
+                            .push_bind(r.reserved_at)
+                            .push_bind(r.committed_at);
+                    });
+                    q.push(" ON CONFLICT (id) DO NOTHING");
+                    q.build()
+                        .execute($pool)
                         .await
                         .map_err(|e| err("journal insert", e))?;
                 }
-                tx.commit().await.map_err(|e| err("journal commit", e))
+                Ok(())
             }};
         }
         match &self.db {
-            Db::Sqlite(p) => in_transaction!(p, INSERT_SQLITE),
-            Db::Postgres(p) => in_transaction!(p, INSERT_POSTGRES),
+            // Text on SQLite: its integers are 64-bit.
+            Db::Sqlite(p) => insert_rows!(sqlx::Sqlite, p, ""),
+            Db::Postgres(p) => insert_rows!(sqlx::Postgres, p, "::numeric"),
         }
     }
 
