@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod anomaly;
 pub mod budget;
+pub mod clock;
 pub mod config;
 pub mod idempotency;
 pub mod keys;

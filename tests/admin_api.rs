@@ -126,9 +126,16 @@ async fn policy_crud_round_trip_keeps_history_and_applies_without_a_restart() {
     let took = until_status(&client, &paid, StatusCode::OK).await;
     assert!(took < Duration::from_secs(1), "picked up after {took:?}");
 
-    let (_, budgets) = pag0
-        .admin_json(Method::GET, "/api/budgets/demo", None)
-        .await;
+    // Commits land just after the responses.
+    let budgets = eventually(
+        || async {
+            pag0.admin_json(Method::GET, "/api/budgets/demo", None)
+                .await
+                .1
+        },
+        |b| b["budgets"][0]["daily"]["held"] == "0",
+    )
+    .await;
     assert_eq!(budgets["budgets"][0]["pool"], "USDC");
     assert_eq!(
         budgets["budgets"][0]["daily"]["spent"], "20000",
@@ -281,17 +288,15 @@ async fn the_spend_journal_is_queryable_by_time() {
             StatusCode::OK
         );
     }
-    let mut body = Value::Null;
-    for _ in 0..50 {
-        body = pag0
-            .admin_json(Method::GET, "/api/spend?project=demo", None)
-            .await
-            .1;
-        if body["count"] == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let body = eventually(
+        || async {
+            pag0.admin_json(Method::GET, "/api/spend?project=demo", None)
+                .await
+                .1
+        },
+        |b| b["count"] == 2,
+    )
+    .await;
     assert_eq!(body["count"], 2, "{body}");
     let row = &body["spend"][0];
     assert_eq!(row["amount"], "10000");

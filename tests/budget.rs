@@ -100,14 +100,7 @@ async fn in_process_daily_budget_is_exact_under_a_storm_of_concurrent_paid_calls
         "exactly N payments reached the upstream"
     );
     // Journaled in `logging`, which may finish just after the response.
-    let mut rows = Vec::new();
-    for _ in 0..50 {
-        rows = sqlite_journal(&pag0).await;
-        if rows.len() >= N {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let rows = eventually(|| sqlite_journal(&pag0), |rows| rows.len() >= N).await;
     assert_eq!(rows.len(), N);
     assert!(
         rows.iter()
@@ -115,14 +108,11 @@ async fn in_process_daily_budget_is_exact_under_a_storm_of_concurrent_paid_calls
     );
     // Commits follow the journal writes.
     let committed = format!(r#"pag0_budget_operations_total{{op="committed",project="demo"}} {N}"#);
-    let mut metrics = String::new();
-    for _ in 0..50 {
-        metrics = pag0.admin(reqwest::Method::GET, "/metrics").await.1;
-        if metrics.contains(&committed) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let metrics = eventually(
+        || async { pag0.admin(reqwest::Method::GET, "/metrics").await.1 },
+        |m| m.contains(&committed),
+    )
+    .await;
     assert!(
         metrics.contains(&format!(
             r#"pag0_policy_violations_total{{code="DAILY_BUDGET_EXCEEDED",enforced="true",project="demo"}} {}"#,
@@ -154,20 +144,19 @@ async fn redis_budget_is_shared_by_two_instances_and_agrees_with_the_postgres_jo
     assert_eq!(wall.stats().paid, N);
 
     let pool = sqlx::PgPool::connect(&db.url()).await.unwrap();
-    let mut total = String::new();
-    for _ in 0..50 {
-        let row = sqlx::query(
-            "SELECT COUNT(*) AS n, COALESCE(SUM(amount), 0)::text AS total FROM spend_journal",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        total = row.get("total");
-        if row.get::<i64, _>("n") == N as i64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (_, total) = eventually(
+        || async {
+            let row = sqlx::query(
+                "SELECT COUNT(*) AS n, COALESCE(SUM(amount), 0)::text AS total FROM spend_journal",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (row.get::<i64, _>("n"), row.get::<String, _>("total"))
+        },
+        |(n, _)| *n == N as i64,
+    )
+    .await;
     assert_eq!(total, (PRICE * N as u64).to_string());
     // Redis holds the same spent amount for today.
     let day = pag0::budget::Windows::at(
@@ -334,14 +323,7 @@ async fn failed_timed_out_and_abandoned_paid_calls_release_their_budget() {
         header(&resp, "x-pag0-policy").as_deref(),
         Some("DAILY_BUDGET_EXCEEDED")
     );
-    let mut journal = Vec::new();
-    for _ in 0..50 {
-        journal = sqlite_journal(&pag0).await;
-        if !journal.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let journal = eventually(|| sqlite_journal(&pag0), |rows| !rows.is_empty()).await;
     assert_eq!(journal.len(), 1, "only the settled payment is journaled");
 }
 
@@ -440,12 +422,7 @@ async fn a_flushed_redis_is_rebuilt_from_the_journal_without_overspending() {
         );
     }
     // Let the last journal write land, then lose every key.
-    for _ in 0..50 {
-        if sqlite_journal(&pag0).await.len() == 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(|| sqlite_journal(&pag0), |rows| rows.len() == 3).await;
     assert_eq!(redis.cmd(&["FLUSHALL"]), "OK");
     let (ok, denied) = storm(&[&pag0], &wall.url("/paid"), 20).await;
     assert_eq!(
@@ -508,17 +485,14 @@ async fn payments_over_the_threshold_wait_for_the_approval_webhook() {
     }
     assert_eq!(wall.stats().paid, 1, "nothing paid without approval");
     // The denied reservations were released: the budget shows one payment.
-    let mut budgets = Value::Null;
-    for _ in 0..50 {
-        budgets = pag0
-            .admin_json(reqwest::Method::GET, "/api/budgets/demo", None)
-            .await
-            .1;
-        if budgets["budgets"][0]["daily"]["held"] == "0" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let budgets = eventually(
+        || async {
+            let path = "/api/budgets/demo";
+            pag0.admin_json(reqwest::Method::GET, path, None).await.1
+        },
+        |b| b["budgets"][0]["daily"]["held"] == "0",
+    )
+    .await;
     assert_eq!(budgets["budgets"][0]["daily"]["spent"], "10000");
     assert_eq!(budgets["budgets"][0]["daily"]["held"], "0");
     let (_, metrics) = pag0.admin(reqwest::Method::GET, "/metrics").await;
@@ -567,12 +541,7 @@ async fn a_spend_anomaly_alerts_once_per_window_and_blocks_nothing() {
         let resp = client.get(wall.url("/paid")).send().await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK, "alerts never block");
     }
-    for _ in 0..50 {
-        if !hook.received().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(|| async { hook.received() }, |r| !r.is_empty()).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let alerts = hook
         .received()

@@ -745,17 +745,14 @@ async fn relayed_payments_count_against_the_project_budget() {
         1,
         "the refused payment never reached the upstream"
     );
-    let mut journal = Value::Null;
-    for _ in 0..50 {
-        journal = pag0
-            .admin_json(reqwest::Method::GET, "/api/spend?project=relay", None)
-            .await
-            .1;
-        if journal["count"] == 1 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let journal = eventually(
+        || async {
+            let path = "/api/spend?project=relay";
+            pag0.admin_json(reqwest::Method::GET, path, None).await.1
+        },
+        |j| j["count"] == 1,
+    )
+    .await;
     assert_eq!(journal["count"], 1, "{journal}");
     assert_eq!(journal["spend"][0]["pool"], "USDC");
 }

@@ -304,9 +304,7 @@ pub async fn budgets(
         .iter()
         .find(|p| p.id == project)
         .and_then(|p| shared.policies.effective(p));
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = crate::clock::unix_now();
     let mut pools = Vec::new();
     for rule in policy.iter().flat_map(|p| p.budgets.iter()) {
         let key = crate::budget::BudgetKey::new(project.clone(), rule.pool.clone());

@@ -22,8 +22,8 @@ pub struct LocalLedger {
 
 #[derive(Default)]
 struct State {
-    /// (key, window label) → usage. Day labels are `YYYY-MM-DD`, month labels `YYYY-MM`.
-    windows: HashMap<(BudgetKey, String), WindowUsage>,
+    /// key → window label → usage. Day labels are `YYYY-MM-DD`, month labels `YYYY-MM`.
+    windows: HashMap<BudgetKey, HashMap<String, WindowUsage>>,
     /// Open reservations by id.
     holds: HashMap<String, Hold>,
     /// Reservations whose hold expired before they were committed or released, with the unix
@@ -58,20 +58,17 @@ impl LocalLedger {
     /// meanwhile is in the journal, not here.
     pub fn forget_idle_windows(&self) {
         let mut state = self.state.lock().expect("ledger lock");
-        let State { windows, holds, .. } = &mut *state;
-        windows.retain(|(key, label), _| {
-            holds
-                .values()
-                .any(|h| &h.key == key && (&h.day == label || &h.month == label))
-        });
+        state.retain_windows(|_| false);
     }
 
     /// Makes sure both windows of `key` exist, seeding absent ones from the journal.
     async fn ensure_windows(&self, key: &BudgetKey, w: &Windows) -> Result<(), LedgerError> {
         let missing = {
             let state = self.state.lock().expect("ledger lock");
-            !state.windows.contains_key(&(key.clone(), w.day.clone()))
-                || !state.windows.contains_key(&(key.clone(), w.month.clone()))
+            state
+                .windows
+                .get(key)
+                .is_none_or(|ws| !ws.contains_key(&w.day) || !ws.contains_key(&w.month))
         };
         if !missing {
             return Ok(());
@@ -81,14 +78,12 @@ impl LocalLedger {
                 LedgerError(format!("cannot rebuild the budget from the journal: {e}"))
             })?;
         let mut state = self.state.lock().expect("ledger lock");
+        let windows = state.windows.entry(key.clone()).or_default();
         for (label, spent) in [(&w.day, day), (&w.month, month)] {
-            state
-                .windows
-                .entry((key.clone(), label.clone()))
-                .or_insert(WindowUsage {
-                    spent,
-                    held: U256::ZERO,
-                });
+            windows.entry(label.clone()).or_insert(WindowUsage {
+                spent,
+                held: U256::ZERO,
+            });
         }
         Ok(())
     }
@@ -97,15 +92,35 @@ impl LocalLedger {
 impl State {
     fn usage(&self, key: &BudgetKey, label: &str) -> WindowUsage {
         self.windows
-            .get(&(key.clone(), label.to_string()))
+            .get(key)
+            .and_then(|ws| ws.get(label))
             .copied()
             .unwrap_or_default()
     }
 
     fn window(&mut self, key: &BudgetKey, label: &str) -> &mut WindowUsage {
-        self.windows
-            .entry((key.clone(), label.to_string()))
-            .or_default()
+        if !self.windows.contains_key(key) {
+            self.windows.insert(key.clone(), HashMap::new());
+        }
+        let windows = self.windows.get_mut(key).expect("just inserted");
+        if !windows.contains_key(label) {
+            windows.insert(label.to_string(), WindowUsage::default());
+        }
+        windows.get_mut(label).expect("just inserted")
+    }
+
+    /// Keeps the windows `keep(label)` accepts and every window an open hold counts in.
+    fn retain_windows(&mut self, keep: impl Fn(&str) -> bool) {
+        let holds = &self.holds;
+        for (key, windows) in self.windows.iter_mut() {
+            windows.retain(|label, _| {
+                keep(label)
+                    || holds
+                        .values()
+                        .any(|h| &h.key == key && (&h.day == label || &h.month == label))
+            });
+        }
+        self.windows.retain(|_, windows| !windows.is_empty());
     }
 
     /// Reclaims expired holds and forgets windows that can no longer be used.
@@ -129,15 +144,8 @@ impl State {
         if !self.expired.is_empty() {
             self.expired.retain(|_, until| *until > now);
         }
-        // Windows older than the current month can no longer be reserved in; keep the current
-        // ones and those with open holds.
-        let holds = &self.holds;
-        self.windows.retain(|(key, label), _| {
-            label >= &current.month
-                || holds
-                    .values()
-                    .any(|h| &h.key == key && (&h.day == label || &h.month == label))
-        });
+        // Windows older than the current month can no longer be reserved in.
+        self.retain_windows(|label| label >= current.month.as_str());
     }
 
     fn unhold(&mut self, h: &Hold) {

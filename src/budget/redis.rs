@@ -194,6 +194,32 @@ impl RedisLedger {
         self.run(inv).await.map(|_| ())
     }
 
+    /// Runs a script that answers `{'seed'}` when a window has no state; then rebuilds the
+    /// windows from the journal and runs it again. Returns the script's other answer.
+    async fn run_seeded<'s>(
+        &self,
+        key: &BudgetKey,
+        k: &Keys,
+        windows: &Windows,
+        now: u64,
+        invocation: impl Fn() -> redis::ScriptInvocation<'s>,
+    ) -> Result<Vec<Value>, LedgerError> {
+        for _ in 0..SEED_ATTEMPTS {
+            let Value::Array(items) = self.run(invocation()).await? else {
+                return Err(LedgerError(
+                    "unexpected answer from the budget script".into(),
+                ));
+            };
+            if items.first().and_then(text).as_deref() != Some("seed") {
+                return Ok(items);
+            }
+            self.seed(key, k, windows, now).await?;
+        }
+        Err(LedgerError(
+            "the budget windows keep disappearing from Redis".into(),
+        ))
+    }
+
     /// Retries commits that could not reach Redis, every `every`, forever (run it in a task).
     pub async fn maintain(&self, every: Duration) {
         loop {
@@ -244,11 +270,10 @@ fn amount(v: Option<&Value>) -> Result<U256, LedgerError> {
         .ok_or_else(|| LedgerError("unexpected answer from the budget script".into()))
 }
 
-/// Parses `{'ok', day spent, day held, month spent, month held}` (or `{'seed'}` → None).
-fn parse_usage(items: &[Value], windows: &Windows) -> Result<Option<Usage>, LedgerError> {
+/// Parses `{'ok', day spent, day held, month spent, month held}`.
+fn parse_usage(items: &[Value], windows: &Windows) -> Result<Usage, LedgerError> {
     match items.first().and_then(text).as_deref() {
-        Some("seed") => Ok(None),
-        Some("ok") => Ok(Some(Usage {
+        Some("ok") => Ok(Usage {
             windows: windows.clone(),
             day: WindowUsage {
                 spent: amount(items.get(1))?,
@@ -258,7 +283,7 @@ fn parse_usage(items: &[Value], windows: &Windows) -> Result<Option<Usage>, Ledg
                 spent: amount(items.get(3))?,
                 held: amount(items.get(4))?,
             },
-        })),
+        }),
         _ => Err(LedgerError(
             "unexpected answer from the budget script".into(),
         )),
@@ -283,7 +308,7 @@ impl Ledger for RedisLedger {
         let id = new_reservation_id();
         let expires_at = now + self.reservation_ttl.as_secs().max(1);
         let limit = |l: Option<U256>| l.map_or_else(String::new, |v| v.to_string());
-        for _ in 0..SEED_ATTEMPTS {
+        let reserve = || {
             let mut inv = RESERVE.prepare_invoke();
             inv.key(&k.day)
                 .key(&k.month)
@@ -300,47 +325,36 @@ impl Ledger for RedisLedger {
                 .arg(&windows.day)
                 .arg(&windows.month)
                 .arg(&k.prefix);
-            let Value::Array(items) = self.run(inv).await? else {
-                return Err(LedgerError(
-                    "unexpected answer from the budget script".into(),
-                ));
+            inv
+        };
+        let items = self.run_seeded(key, &k, &windows, now, reserve).await?;
+        if items.first().and_then(text).as_deref() == Some("deny") {
+            let window = match items.get(1).and_then(text).as_deref() {
+                Some("daily") => Window::Daily,
+                _ => Window::Monthly,
             };
-            if items.first().and_then(text).as_deref() == Some("deny") {
-                let window = match items.get(1).and_then(text).as_deref() {
-                    Some("daily") => Window::Daily,
-                    _ => Window::Monthly,
-                };
-                let limit = match window {
-                    Window::Daily => limits.daily,
-                    Window::Monthly => limits.monthly,
-                }
-                .unwrap_or(U256::MAX);
-                return Ok(Err(Denial {
-                    window,
-                    limit,
-                    used: amount(items.get(2))?,
-                    amount: amount_,
-                }));
+            let limit = match window {
+                Window::Daily => limits.daily,
+                Window::Monthly => limits.monthly,
             }
-            match parse_usage(&items, &windows)? {
-                Some(usage) => {
-                    return Ok(Ok(Reservation {
-                        id,
-                        key: key.clone(),
-                        amount: amount_,
-                        windows,
-                        reserved_at: now,
-                        expires_at,
-                        usage,
-                        fallback: false,
-                    }));
-                }
-                None => self.seed(key, &k, &windows, now).await?,
-            }
+            .unwrap_or(U256::MAX);
+            return Ok(Err(Denial {
+                window,
+                limit,
+                used: amount(items.get(2))?,
+                amount: amount_,
+            }));
         }
-        Err(LedgerError(
-            "the budget windows keep disappearing from Redis".into(),
-        ))
+        Ok(Ok(Reservation {
+            id,
+            key: key.clone(),
+            amount: amount_,
+            usage: parse_usage(&items, &windows)?,
+            windows,
+            reserved_at: now,
+            expires_at,
+            fallback: false,
+        }))
     }
 
     async fn commit(&self, r: &Reservation) -> Result<(), LedgerError> {
@@ -375,7 +389,7 @@ impl Ledger for RedisLedger {
     async fn usage(&self, key: &BudgetKey, now: u64) -> Result<Usage, LedgerError> {
         let windows = Windows::at(now);
         let k = self.keys(key, &windows);
-        for _ in 0..SEED_ATTEMPTS {
+        let usage = || {
             let mut inv = USAGE.prepare_invoke();
             inv.key(&k.day)
                 .key(&k.month)
@@ -383,19 +397,10 @@ impl Ledger for RedisLedger {
                 .key(&k.expiry)
                 .arg(now)
                 .arg(&k.prefix);
-            let Value::Array(items) = self.run(inv).await? else {
-                return Err(LedgerError(
-                    "unexpected answer from the budget script".into(),
-                ));
-            };
-            match parse_usage(&items, &windows)? {
-                Some(u) => return Ok(u),
-                None => self.seed(key, &k, &windows, now).await?,
-            }
-        }
-        Err(LedgerError(
-            "the budget windows keep disappearing from Redis".into(),
-        ))
+            inv
+        };
+        let items = self.run_seeded(key, &k, &windows, now, usage).await?;
+        parse_usage(&items, &windows)
     }
 
     fn kind(&self) -> &'static str {

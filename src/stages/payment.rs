@@ -22,7 +22,6 @@
 //! retry buffer (64 KiB) cannot be replayed, so such a 402 is passed on unpaid.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use alloy_primitives::U256;
 use async_trait::async_trait;
@@ -33,6 +32,7 @@ use pingora::{Error, ErrorType};
 
 use super::spend::{BUDGET_REMAINING_HEADER, PaidRequest, SpendGuard, remaining};
 use super::{Flow, Stage};
+use crate::clock::unix_now;
 use crate::config::{Asset, PaymentMode, Payments, Wallet};
 use crate::metrics::Metrics;
 use crate::proxy::ctx::Charge;
@@ -127,9 +127,7 @@ impl PaymentStage {
             .claim(a.from, a.nonce, a.valid_before, now)
             .await
         {
-            if let Some(r) = reservation {
-                let _ = self.spend.ledger.release(&r.held).await;
-            }
+            self.spend.release(reservation).await;
             return Err(Reply::new(
                 ErrorCode::PaymentNonceReused,
                 "this payment authorization was already relayed",
@@ -237,32 +235,25 @@ impl PaymentStage {
             None => (candidates[0].0, None),
         };
         // From here on a failure must give the reservation back.
-        let release = |reservation: Option<crate::proxy::ctx::Reservation>| async {
-            if let Some(r) = reservation {
-                let _ = self.spend.ledger.release(&r.held).await;
-            }
-        };
         let signed = match wallet.0.sign(offer, now).await {
             Ok(s) => s,
             Err(e) => {
-                release(reservation).await;
+                self.spend.release(reservation).await;
                 return Err(SignFailure::Declined(e.to_string()));
             }
         };
         let header = x402::payment_header(required, offer, &signed);
         if let Some(f) = self.facilitator.as_ref().filter(|f| f.verify_before_pay) {
-            let verdict = f.verify(&header, offer).await;
-            if !matches!(verdict, Ok(Verdict::Valid)) {
-                release(reservation.clone()).await;
-            }
-            match verdict {
-                Ok(Verdict::Valid) => {}
-                Ok(Verdict::Invalid(reason)) => {
-                    return Err(SignFailure::Declined(format!(
-                        "the facilitator rejected the payment: {reason}"
-                    )));
-                }
-                Err(e) => return Err(SignFailure::Facilitator(e)),
+            let failure = match f.verify(&header, offer).await {
+                Ok(Verdict::Valid) => None,
+                Ok(Verdict::Invalid(reason)) => Some(SignFailure::Declined(format!(
+                    "the facilitator rejected the payment: {reason}"
+                ))),
+                Err(e) => Some(SignFailure::Facilitator(e)),
+            };
+            if let Some(failure) = failure {
+                self.spend.release(reservation).await;
+                return Err(failure);
             }
         }
         let symbol = self
@@ -465,12 +456,6 @@ pub fn candidates<'a, 'p>(
     Ok(found.into_iter().map(|(o, a, _)| (o, a)).collect())
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
 /// Reference servers answer browsers (Accept has text/html AND User-Agent has Mozilla) with an
 /// HTML paywall and no offer, so only in that case the unpaid probe asks for JSON.
 fn normalise_probe(req: &mut RequestHeader) -> pingora::Result<()> {
@@ -491,14 +476,11 @@ fn normalise_probe(req: &mut RequestHeader) -> pingora::Result<()> {
 /// Price-memory key: project, method and target URL without the query.
 fn memory_key(req: &RequestHeader, ctx: &RequestCtx) -> Option<String> {
     let t = ctx.target.as_ref()?;
-    let path = t.path.split('?').next().unwrap_or("/");
-    let scheme = if t.tls { "https" } else { "http" };
     Some(format!(
-        "{}|{}|{scheme}://{}:{}{path}",
+        "{}|{}|{}",
         ctx.project_label(),
         req.method,
-        t.host,
-        t.port
+        t.url_without_query()
     ))
 }
 
@@ -597,9 +579,7 @@ impl Stage for PaymentStage {
                     .payments
                     .with_label_values(&[ctx.project_label(), "price_changed"])
                     .inc();
-                if let Some(r) = ctx.payment.reservation.take() {
-                    let _ = self.spend.ledger.release(&r.held).await;
-                }
+                self.spend.release(ctx.payment.reservation.take()).await;
                 ctx.payment.header = None;
                 ctx.payment.charge = None;
                 ctx.payment.presigned = false;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use alloy_primitives::U256;
 
 use crate::budget::{BudgetKey, Ledger, Limits, Usage};
+use crate::clock::unix_now;
 use crate::config::{Asset, Project};
 use crate::live::PolicyBook;
 use crate::metrics::Metrics;
@@ -128,13 +129,21 @@ impl SpendGuard {
             Err(v) => match self.refuse(project, policy, &v, None) {
                 None => Ok((offer, reservation)), // dry run
                 Some(reply) => {
-                    if let Some(r) = reservation {
-                        let _ = self.ledger.release(&r.held).await;
-                        self.count(&project.id, "released");
-                    }
+                    self.release(reservation).await;
                     Err(reply)
                 }
             },
+        }
+    }
+
+    /// Gives a reservation back right away (nothing was or will be paid with it). A failed
+    /// release is harmless: the hold expires with the reservation.
+    pub async fn release(&self, reservation: Option<Reservation>) {
+        if let Some(r) = reservation {
+            if let Err(e) = self.ledger.release(&r.held).await {
+                log::debug!("release failed (the hold expires by itself): {e}");
+            }
+            self.count(&r.held.key.project, "released");
         }
     }
 
@@ -406,10 +415,4 @@ impl SpendGuard {
             })
             .await;
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

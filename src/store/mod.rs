@@ -195,13 +195,7 @@ impl Store {
     /// Records a committed payment: in the database, or in the spool when the database
     /// cannot take it. Only fails if both fail (then the error is logged loudly by the caller).
     pub async fn record_spend(&self, rec: &SpendRecord) -> Result<(), StoreError> {
-        match self.insert(rec).await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                log::warn!(id = rec.id.as_str(); "journal write failed, spooling the row: {e}");
-                self.spool.append(rec).await
-            }
-        }
+        self.record_spends(&[rec]).await
     }
 
     /// Records committed payments in one transaction (one fsync for the batch); rows the
@@ -259,10 +253,6 @@ impl Store {
         }
     }
 
-    async fn insert(&self, r: &SpendRecord) -> Result<(), StoreError> {
-        self.insert_all(&[r]).await
-    }
-
     /// Writes spooled rows to the database; keeps the spool if the database is still away.
     /// Returns how many rows were moved.
     pub async fn replay_spool(&self) -> Result<usize, StoreError> {
@@ -272,9 +262,7 @@ impl Store {
             return Ok(0);
         }
         self.migrate().await?;
-        for r in &rows {
-            self.insert(r).await?;
-        }
+        self.insert_all(&rows.iter().collect::<Vec<_>>()).await?;
         guard.clear()?;
         Ok(rows.len())
     }

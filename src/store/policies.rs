@@ -28,12 +28,6 @@ pub enum PolicyWriteError {
     Store(#[from] StoreError),
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
 fn version_of<R: Row>(row: &R) -> Result<PolicyVersion, StoreError>
 where
     for<'a> &'a str: sqlx::ColumnIndex<R>,
@@ -114,7 +108,7 @@ impl Store {
         document: Option<&str>,
         create: bool,
     ) -> Result<i64, PolicyWriteError> {
-        let at = now();
+        let at = crate::clock::unix_now() as i64;
         with_pool!(&self.db, p => {
             let mut tx = p.begin().await.map_err(|e| err("policies", e))?;
             // Lock the row on PostgreSQL; SQLite serializes writers anyway.

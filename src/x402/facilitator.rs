@@ -2,7 +2,9 @@
 //! own payment before sending it (`verify_before_pay`). Settlement stays the resource server's.
 
 use std::sync::RwLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::clock::unix_now as now;
 
 use base64::Engine;
 use serde::Deserialize;
@@ -60,12 +62,6 @@ struct VerifyResponse {
     is_valid: Option<bool>,
     #[serde(default)]
     invalid_reason: Option<String>,
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl Facilitator {

@@ -153,6 +153,23 @@ impl Pag0 {
     }
 }
 
+/// Calls `probe` until `done` accepts its value, for at most about 2.5 s (journal writes and
+/// budget commits land just after the responses); returns the last value either way, for the
+/// caller's assertion.
+pub async fn eventually<T, F: std::future::Future<Output = T>>(
+    mut probe: impl FnMut() -> F,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    for _ in 0..50 {
+        let value = probe().await;
+        if done(&value) {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    probe().await
+}
+
 impl Pag0 {
     /// Calls an admin endpoint with the admin token and an optional JSON body; returns the
     /// status and the JSON answer (`Null` if the body is not JSON).
