@@ -136,10 +136,6 @@ impl Store {
                     .connect_with(options)
                     .await
                     .map_err(|e| err("cannot open the SQLite database", e))?;
-                sqlx::migrate!("./migrations/sqlite")
-                    .run(&pool)
-                    .await
-                    .map_err(|e| err("cannot apply the SQLite migrations", e))?;
                 Db::Sqlite(pool)
             }
             DatabaseKind::Postgres => {
@@ -155,8 +151,13 @@ impl Store {
             db,
             spool: Spool::new(config.spool_file.clone()),
         };
-        if let Err(e) = store.migrate().await {
-            log::warn!("database not ready, journal rows are spooled until it is: {e}");
+        match store.migrate().await {
+            Ok(()) => {}
+            // The embedded file is ours: failing to migrate it is a startup error.
+            Err(e) if config.kind == DatabaseKind::Sqlite => {
+                return Err(err("cannot apply the SQLite migrations", e));
+            }
+            Err(e) => log::warn!("database not ready, journal rows are spooled until it is: {e}"),
         }
         Ok(store)
     }
