@@ -7,8 +7,10 @@
 pub mod admin;
 pub mod anomaly;
 pub mod budget;
+pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod glob;
 pub mod idempotency;
 pub mod keys;
 pub mod live;

@@ -46,6 +46,12 @@ pub struct Shared {
     pub policies: Arc<PolicyBook>,
     /// Journals, commits and releases once requests are over (survives reloads).
     pub settler: Arc<crate::settle::Settler>,
+    /// The response cache storage (changes to `cache:` need a restart).
+    pub cache: &'static crate::cache::CacheStore,
+    /// Collapses concurrent misses for one key inside this process.
+    pub cache_lock: &'static pingora::cache::lock::CacheKeyLockImpl,
+    /// Per-project cache counters (`/api/cache/stats`).
+    pub cache_stats: Arc<crate::cache::CacheStats>,
     /// Runs background upkeep (spool replay, retried commits) for the process's lifetime.
     _state: StateRuntime,
 }
@@ -118,7 +124,23 @@ impl Shared {
             metrics: metrics.clone(),
         });
         rt.spawn(worker);
+        let cache = crate::cache::CacheStore::new(&config.cache.store, metrics.clone())
+            .map_err(|e| anyhow::anyhow!("cache: {e}"))?
+            .leak();
+        if let Some(redis) = cache.redis() {
+            rt.spawn(
+                redis
+                    .clone()
+                    .follow_purges(|message| cache.apply_announced_purge(message)),
+            );
+        }
+        let cache_lock: &'static pingora::cache::lock::CacheKeyLockImpl = Box::leak(
+            pingora::cache::lock::CacheLock::new_boxed(config.cache.lock_timeout),
+        );
         Ok(Arc::new(Shared {
+            cache,
+            cache_lock,
+            cache_stats: Arc::default(),
             resolver: Arc::new(Resolver::new(&config.dns)),
             rate_limiter: Arc::new(LocalRateLimiter::default()),
             metrics,
@@ -352,6 +374,12 @@ impl Reloader {
         {
             kept.push(
                 "database, redis or budgets (ledger, redis_down, reservation_ttl_seconds) changed; they apply after a restart".to_string(),
+            );
+        }
+        if config.cache != current.config.cache {
+            kept.push(
+                "cache (memory_bytes, redis, lock_timeout_ms) changed; it applies after a restart"
+                    .to_string(),
             );
         }
         if config.dns != current.config.dns {

@@ -37,6 +37,14 @@ pub struct Metrics {
     pub approvals: IntCounterVec,
     /// `pag0_anomaly_alerts_total{project,result}`: spend anomaly alerts (`sent`, `failed`).
     pub anomaly_alerts: IntCounterVec,
+    /// `pag0_cache_requests_total{project,result,tier}`: `hit`/`stale` (tier `memory` or
+    /// `redis`), `miss`, `bypass` (tier `none`).
+    pub cache_requests: IntCounterVec,
+    /// `pag0_cache_saved_base_units_total{project,asset}`: payments not made thanks to hits.
+    pub cache_saved: IntCounterVec,
+    /// `pag0_cache_tier_errors_total{tier,op,kind}`: failed (`error`) or skipped (`skipped`,
+    /// tier cooling down or too busy) cache tier calls; the request went on without them.
+    pub cache_tier_errors: IntCounterVec,
     /// `pag0_config_reloads_total{result}`
     pub config_reloads: IntCounterVec,
     /// `pag0_config_generation`: increments on every applied config.
@@ -119,6 +127,30 @@ impl Metrics {
             &["project", "result"],
         )
         .expect("valid metric");
+        let cache_requests = IntCounterVec::new(
+            Opts::new(
+                "pag0_cache_requests_total",
+                "Response cache outcomes by project, result and tier",
+            ),
+            &["project", "result", "tier"],
+        )
+        .expect("valid metric");
+        let cache_saved = IntCounterVec::new(
+            Opts::new(
+                "pag0_cache_saved_base_units_total",
+                "Payments not made because the response came from the cache, in base units",
+            ),
+            &["project", "asset"],
+        )
+        .expect("valid metric");
+        let cache_tier_errors = IntCounterVec::new(
+            Opts::new(
+                "pag0_cache_tier_errors_total",
+                "Cache tier calls that failed or were skipped (requests went on without them)",
+            ),
+            &["tier", "op", "kind"],
+        )
+        .expect("valid metric");
         let config_reloads = IntCounterVec::new(
             Opts::new("pag0_config_reloads_total", "Config reload attempts"),
             &["result"],
@@ -147,6 +179,9 @@ impl Metrics {
             Box::new(budget_operations.clone()),
             Box::new(approvals.clone()),
             Box::new(anomaly_alerts.clone()),
+            Box::new(cache_requests.clone()),
+            Box::new(cache_saved.clone()),
+            Box::new(cache_tier_errors.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_generation.clone()),
             Box::new(build_info),
@@ -164,6 +199,9 @@ impl Metrics {
             budget_operations,
             approvals,
             anomaly_alerts,
+            cache_requests,
+            cache_saved,
+            cache_tier_errors,
             config_reloads,
             config_generation,
         }

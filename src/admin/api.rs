@@ -34,7 +34,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub(super) fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             code,
@@ -59,9 +63,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult = Result<Response, ApiError>;
+pub(super) type ApiResult = Result<Response, ApiError>;
 
-fn body(payload: Result<Json<Value>, JsonRejection>) -> Result<Value, ApiError> {
+pub(super) fn body(payload: Result<Json<Value>, JsonRejection>) -> Result<Value, ApiError> {
     payload.map(|Json(v)| v).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -85,7 +89,7 @@ fn store_error(e: impl std::fmt::Display) -> ApiError {
     )
 }
 
-fn known_project(state: &AdminState, project: &str) -> Result<(), ApiError> {
+pub(super) fn known_project(state: &AdminState, project: &str) -> Result<(), ApiError> {
     let live = state.reloader.live.load();
     if live.config.projects.iter().any(|p| p.id == project) {
         Ok(())

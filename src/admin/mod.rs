@@ -21,6 +21,7 @@ use subtle::ConstantTimeEq;
 use crate::live::{ReloadError, Reloader};
 
 mod api;
+mod cache_api;
 
 #[derive(Clone)]
 struct AdminState {
@@ -221,6 +222,8 @@ fn router(state: AdminState) -> Router {
         )
         .route("/api/budgets/{project}", get(api::budgets))
         .route("/api/spend", get(api::spend))
+        .route("/api/cache/purge", post(cache_api::purge))
+        .route("/api/cache/stats", get(cache_api::stats))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))

@@ -44,8 +44,8 @@ pub const AUTH_REALM: &str = "pag0";
 /// The whole file. Sections are deserialized one by one (see [`super::load`]) so that
 /// a problem in one section does not hide problems in the others.
 pub const SECTIONS: &[&str] = &[
-    "server", "upstream", "admin", "dns", "database", "redis", "budgets", "payments", "stages",
-    "projects", "routes",
+    "server", "upstream", "admin", "dns", "database", "redis", "budgets", "cache", "payments",
+    "stages", "projects", "routes",
 ];
 
 /// Spend journal database when `database.url` is absent: a SQLite file next to the config.
@@ -83,6 +83,56 @@ pub struct FileRedis {
     pub url: String,
     pub key_prefix: Option<String>,
     pub timeout_ms: Option<u64>,
+}
+
+/// Memory tier size when `cache.memory_bytes` is absent (64 MiB).
+pub const DEFAULT_CACHE_MEMORY_BYTES: u64 = 64 << 20;
+/// How long concurrent misses for one key wait for the first one to fill the cache.
+pub const DEFAULT_CACHE_LOCK_TIMEOUT_MS: u64 = 10_000;
+/// Freshness of a cached response whose upstream says nothing and no rule matches.
+pub const DEFAULT_CACHE_TTL_SECONDS: u64 = 300;
+/// Largest response body the cache stores (1 MiB).
+pub const DEFAULT_CACHE_MAX_OBJECT_BYTES: u64 = 1 << 20;
+
+/// `cache:` — where cached responses are kept (changes need a restart; the rules are on the
+/// `cache` stage and on routes).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCache {
+    /// In-process tier size in bytes; 0: no memory tier.
+    pub memory_bytes: Option<u64>,
+    /// Use the `redis:` section as a tier shared by every instance (default: when `redis:`
+    /// is set).
+    pub redis: Option<bool>,
+    pub lock_timeout_ms: Option<u64>,
+}
+
+/// `stages[].rules[]` of the cache stage: TTL or exclusion for matching URLs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCacheRule {
+    /// Glob on `host/path` (`*` any run of characters, `?` one), e.g. `api.example.com/v1/*`.
+    #[serde(rename = "match")]
+    pub pattern: String,
+    /// Freshness when the upstream sends no `Cache-Control`/`Expires`.
+    pub ttl_seconds: Option<u64>,
+    /// Never cache matching URLs.
+    #[serde(default)]
+    pub exclude: bool,
+}
+
+/// `routes[].cache` — how a route's responses are cached.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRouteCache {
+    /// false: never cache this route (default true).
+    pub enabled: Option<bool>,
+    /// One entry for every project instead of one per project (default false).
+    pub shared: Option<bool>,
+    /// Cache POST too, with a hash of the body in the key (default false).
+    pub post: Option<bool>,
+    /// Freshness when the upstream says nothing and no rule matches (overrides the default).
+    pub ttl_seconds: Option<u64>,
 }
 
 /// `budgets:` — where budgets are kept.
@@ -325,6 +375,17 @@ pub enum FileStage {
     },
     /// Pay x402 `402 Payment Required` answers with the project's wallet and replay.
     Payment {},
+    /// Answer repeated calls from the response cache (free and paid responses alike).
+    Cache {
+        default_ttl_seconds: Option<u64>,
+        max_object_bytes: Option<u64>,
+        /// Also cache 404 answers (default false).
+        #[serde(default)]
+        cache_404: bool,
+        /// First match wins.
+        #[serde(default)]
+        rules: Vec<FileCacheRule>,
+    },
     /// Enforce each project's `policy.allow_hosts` / `block_hosts` on every request.
     Policy {},
     /// Per-project token bucket.
@@ -375,4 +436,6 @@ pub struct FileRoute {
     pub strip_prefix: Option<bool>,
     /// PEM file with the CA(s) that sign a private HTTPS upstream; system roots otherwise.
     pub ca_file: Option<String>,
+    /// Caching of this route's responses (with the `cache` stage).
+    pub cache: Option<FileRouteCache>,
 }

@@ -121,6 +121,9 @@ pub fn parse(
     let budgets = v
         .section::<FileBudgets>(take("budgets"), "budgets")
         .unwrap_or_default();
+    let cache = v
+        .section::<FileCache>(take("cache"), "cache")
+        .unwrap_or_default();
     let stages = take("stages").map(|value| v.list::<FileStage>(value, "stages"));
     let projects = v.list::<FileProject>(take("projects").unwrap_or(Value::Null), "projects");
     let routes = v.list::<FileRoute>(take("routes").unwrap_or(Value::Null), "routes");
@@ -128,6 +131,7 @@ pub fn parse(
     let payments = v.payments(payments);
     let redis = redis.and_then(|r| v.redis(r));
     let budgets = v.budgets(budgets, redis.is_some());
+    let cache = v.cache(cache, redis.as_ref());
     let projects = v.projects(projects, &payments, &budgets);
     let config = Config {
         server: v.server(server),
@@ -144,6 +148,7 @@ pub fn parse(
         database: v.database(database),
         redis,
         budgets,
+        cache,
         stages: v.stages(stages),
         projects,
         payments,
@@ -475,6 +480,18 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
                 FileStage::Auth {} => StageConfig::Auth,
                 FileStage::Payment {} => StageConfig::Payment,
                 FileStage::Policy {} => StageConfig::Policy,
+                FileStage::Cache {
+                    default_ttl_seconds,
+                    max_object_bytes,
+                    cache_404,
+                    rules,
+                } => StageConfig::Cache(Arc::new(self.cache_rules(
+                    default_ttl_seconds,
+                    max_object_bytes,
+                    cache_404,
+                    rules,
+                    &path,
+                ))),
                 FileStage::Idempotency { window_seconds } => StageConfig::Idempotency {
                     window: Duration::from_secs(self.positive(
                         window_seconds,
@@ -513,6 +530,104 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
             out.push(stage);
         }
         out
+    }
+
+    fn cache(&mut self, f: FileCache, redis: Option<&RedisSettings>) -> CacheSettings {
+        let redis = match (f.redis, redis) {
+            (Some(true), None) => {
+                self.issue("cache.redis", "needs the redis: section");
+                None
+            }
+            (Some(false), _) | (None, None) => None,
+            (_, Some(r)) => Some((r.url.expose().to_string(), r.key_prefix.clone(), r.timeout)),
+        };
+        CacheSettings {
+            store: crate::cache::StoreSettings {
+                memory_bytes: f.memory_bytes.unwrap_or(DEFAULT_CACHE_MEMORY_BYTES),
+                redis,
+            },
+            lock_timeout: Duration::from_millis(self.positive(
+                f.lock_timeout_ms,
+                DEFAULT_CACHE_LOCK_TIMEOUT_MS,
+                "cache.lock_timeout_ms",
+            )),
+        }
+    }
+
+    fn cache_rules(
+        &mut self,
+        default_ttl_seconds: Option<u64>,
+        max_object_bytes: Option<u64>,
+        cache_404: bool,
+        rules: Vec<FileCacheRule>,
+        path: &str,
+    ) -> CacheRules {
+        let max_object_bytes = self.positive(
+            max_object_bytes,
+            DEFAULT_CACHE_MAX_OBJECT_BYTES,
+            &format!("{path}.max_object_bytes"),
+        );
+        if max_object_bytes > u64::from(u32::MAX) {
+            self.issue(
+                &format!("{path}.max_object_bytes"),
+                format!("must be at most {} (4 GiB)", u32::MAX),
+            );
+        }
+        let rules = rules
+            .into_iter()
+            .enumerate()
+            .filter_map(|(j, r)| {
+                let rule_path = format!("{path}.rules[{j}]");
+                if r.pattern.is_empty() {
+                    self.issue(&format!("{rule_path}.match"), "must not be empty");
+                }
+                match (r.ttl_seconds, r.exclude) {
+                    (Some(_), true) => {
+                        self.issue(&rule_path, "either ttl_seconds or exclude: true, not both");
+                        None
+                    }
+                    (None, false) => {
+                        self.issue(&rule_path, "needs ttl_seconds or exclude: true");
+                        None
+                    }
+                    (Some(ttl), false) => Some(CacheRule {
+                        pattern: r.pattern.to_ascii_lowercase(),
+                        ttl: Some(Duration::from_secs(self.positive(
+                            Some(ttl),
+                            1,
+                            &format!("{rule_path}.ttl_seconds"),
+                        ))),
+                    }),
+                    (None, true) => Some(CacheRule {
+                        pattern: r.pattern.to_ascii_lowercase(),
+                        ttl: None,
+                    }),
+                }
+            })
+            .collect();
+        CacheRules {
+            default_ttl: Duration::from_secs(self.positive(
+                default_ttl_seconds,
+                DEFAULT_CACHE_TTL_SECONDS,
+                &format!("{path}.default_ttl_seconds"),
+            )),
+            max_object_bytes: max_object_bytes.min(u64::from(u32::MAX)) as usize,
+            cache_404,
+            rules,
+        }
+    }
+
+    fn route_cache(&mut self, f: Option<FileRouteCache>, path: &str) -> RouteCache {
+        let f = f.unwrap_or_default();
+        let defaults = RouteCache::default();
+        RouteCache {
+            enabled: f.enabled.unwrap_or(defaults.enabled),
+            shared: f.shared.unwrap_or(defaults.shared),
+            post: f.post.unwrap_or(defaults.post),
+            ttl: f.ttl_seconds.map(|t| {
+                Duration::from_secs(self.positive(Some(t), 1, &format!("{path}.ttl_seconds")))
+            }),
+        }
     }
 
     fn projects(
@@ -849,6 +964,7 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
                     upstream,
                     strip_prefix: r.strip_prefix.unwrap_or(DEFAULT_STRIP_PREFIX),
                     trust_group: ca_file.as_ref().map_or(0, |f| trust_group(f)),
+                    cache: self.route_cache(r.cache, &format!("{path}.cache")),
                     ca,
                     ca_file,
                 }));

@@ -22,6 +22,7 @@ pub struct Config {
     pub database: crate::store::DatabaseConfig,
     pub redis: Option<RedisSettings>,
     pub budgets: BudgetSettings,
+    pub cache: CacheSettings,
     pub payments: Payments,
     pub stages: Vec<StageConfig>,
     pub projects: Vec<Arc<Project>>,
@@ -68,6 +69,58 @@ pub struct RedisSettings {
     pub url: Secret,
     pub key_prefix: String,
     pub timeout: Duration,
+}
+
+/// `cache:`, validated (restart to change).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheSettings {
+    pub store: crate::cache::StoreSettings,
+    pub lock_timeout: Duration,
+}
+
+/// The `cache` stage's rules (reloadable).
+#[derive(Debug, Clone)]
+pub struct CacheRules {
+    pub default_ttl: Duration,
+    pub max_object_bytes: usize,
+    pub cache_404: bool,
+    pub rules: Vec<CacheRule>,
+}
+
+impl CacheRules {
+    /// The first rule whose pattern matches `host/path`.
+    pub fn rule_for(&self, host_path: &str) -> Option<&CacheRule> {
+        self.rules
+            .iter()
+            .find(|r| crate::glob::matches(&r.pattern, host_path))
+    }
+}
+
+/// One `rules[]` entry: `ttl: None` means exclude.
+#[derive(Debug, Clone)]
+pub struct CacheRule {
+    pub pattern: String,
+    pub ttl: Option<Duration>,
+}
+
+/// `routes[].cache`, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteCache {
+    pub enabled: bool,
+    pub shared: bool,
+    pub post: bool,
+    pub ttl: Option<Duration>,
+}
+
+impl Default for RouteCache {
+    fn default() -> Self {
+        RouteCache {
+            enabled: true,
+            shared: false,
+            post: false,
+            ttl: None,
+        }
+    }
 }
 
 /// Where budgets are kept.
@@ -152,6 +205,7 @@ pub enum StageConfig {
     Idempotency { window: std::time::Duration },
     Payment,
     Policy,
+    Cache(Arc<CacheRules>),
     SsrfGuard { allow: Vec<IpNet> },
     RateLimit { default: RateLimit },
 }
@@ -164,6 +218,7 @@ impl StageConfig {
             StageConfig::Idempotency { .. } => "idempotency",
             StageConfig::Payment => "payment",
             StageConfig::Policy => "policy",
+            StageConfig::Cache(_) => "cache",
             StageConfig::SsrfGuard { .. } => "ssrf_guard",
             StageConfig::RateLimit { .. } => "rate_limit",
         }
@@ -213,6 +268,7 @@ pub struct Route {
     pub ca_file: Option<PathBuf>,
     /// Upstream connection-pool partition for routes with their own CA (0 = system roots).
     pub trust_group: u64,
+    pub cache: RouteCache,
 }
 
 impl std::fmt::Debug for Route {
@@ -224,6 +280,7 @@ impl std::fmt::Debug for Route {
             .field("upstream", &self.upstream)
             .field("strip_prefix", &self.strip_prefix)
             .field("ca_file", &self.ca_file)
+            .field("cache", &self.cache)
             .finish()
     }
 }

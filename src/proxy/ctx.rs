@@ -129,6 +129,7 @@ pub struct RequestCtx {
     pub reply: Option<crate::proxy::respond::Reply>,
     pub payment: PaymentState,
     pub idempotency: crate::stages::IdempotencyState,
+    pub cache: crate::stages::CacheState,
 }
 
 impl RequestCtx {
@@ -142,6 +143,7 @@ impl RequestCtx {
             reply: None,
             payment: PaymentState::default(),
             idempotency: Default::default(),
+            cache: Default::default(),
         }
     }
 

@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -96,6 +98,85 @@ impl ProxyHttp for Pag0Proxy {
         }
     }
 
+    /// Runs after `request_filter`: turns Pingora's cache on when the cache stage accepted
+    /// the request.
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        let live = ctx.live.clone();
+        if let Some(cache) = live.pipeline.cache() {
+            cache.enable(session, ctx);
+        }
+        Ok(())
+    }
+
+    /// Runs only when the cache is on for this request (see `stages::cache` for the key).
+    fn cache_key_callback(&self, _session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        let live = ctx.live.clone();
+        match live.pipeline.cache() {
+            Some(cache) => cache.key(ctx),
+            None => Error::e_explain(ErrorType::InternalError, "cache stage not configured"),
+        }
+    }
+
+    /// Runs when a lookup found an entry, before it is served.
+    async fn cache_hit_filter(
+        &self,
+        _session: &mut Session,
+        _meta: &CacheMeta,
+        hit_handler: &mut HitHandler,
+        _is_fresh: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<ForcedFreshness>> {
+        let live = ctx.live.clone();
+        Ok(live
+            .pipeline
+            .cache()
+            .and_then(|cache| cache.hit_filter(hit_handler, ctx)))
+    }
+
+    /// Runs only when the request goes upstream (cache off, miss or refresh): the stages'
+    /// `before_upstream` (payment pre-signing).
+    async fn proxy_upstream_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        let live = ctx.live.clone();
+        match live.pipeline.before_upstream(session, ctx).await {
+            None | Some((_, Flow::Continue)) => Ok(true),
+            Some((stage, Flow::Respond(reply))) => {
+                // The request body may be unread: close the connection after this answer.
+                session.set_keepalive(None);
+                self.answer(session, ctx, stage, reply).await?;
+                Ok(false)
+            }
+            Some((_, Flow::Served)) => Ok(false),
+        }
+    }
+
+    /// Decides whether the upstream's answer is stored, and for how long.
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        let live = ctx.live.clone();
+        Ok(match live.pipeline.cache() {
+            Some(cache) => cache.cacheable(session.req_header(), resp, ctx),
+            None => RespCacheable::Uncacheable(pingora::cache::NoCacheReason::NeverEnabled),
+        })
+    }
+
+    /// Entries of responses with `Vary` are told apart by the named request headers.
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        crate::stages::cache_variance(meta, req)
+    }
+
     /// Builds the peer from a `SocketAddr`: the one a stage vetted, else an async DNS answer.
     /// (Never `HttpPeer::new` with a name: it resolves synchronously and panics on failure.)
     async fn upstream_peer(
@@ -158,14 +239,18 @@ impl ProxyHttp for Pag0Proxy {
             .await
     }
 
-    /// Runs just before the response header goes to the client (X-Pag0-* metadata).
+    /// Runs just before the response header goes to the client, for upstream answers and
+    /// cache hits alike (X-Pag0-* metadata).
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let live = ctx.live.clone();
+        if let Some(cache) = live.pipeline.cache() {
+            cache.observe(session.cache.phase(), ctx);
+        }
         live.pipeline.response_filter(resp, ctx).await
     }
 

@@ -132,6 +132,7 @@ mod tests {
             ca: None,
             ca_file: None,
             trust_group: 0,
+            cache: Default::default(),
         })
     }
 

@@ -8,7 +8,10 @@
 //!        ├─ ssrf_guard   resolve the forward target, refuse non-public addresses
 //!        ├─ policy       the project's host allow/block lists
 //!        ├─ idempotency  replay the first paid response of a repeated Idempotency-Key
-//!        └─ payment      pay 402s within the policy and budgets (reserve → sign → replay)
+//!        ├─ cache        decide whether the cache takes part; key (scope, method, URL, body)
+//!        └─ payment      note an agent's own payment header (relay mode: check it)
+//!  cache phase ───────── lookup in memory, then Redis; a hit is served here (no payment)
+//!  proxy_upstream_filter (misses only) before_upstream: payment pre-signs a remembered price
 //!  upstream_peer ─────── async DNS (unless a stage resolved already), pooled connection, TLS+SNI
 //!  upstream_request_filter  origin-form target, Host, pag0's own headers stripped
 //!  logging ───────────── metrics from the RequestCtx
@@ -22,6 +25,7 @@
 //! outer stage sees what the inner ones did to the response.
 
 mod auth;
+mod cache;
 mod idempotency;
 mod payment;
 mod policy;
@@ -41,6 +45,10 @@ use crate::proxy::RequestCtx;
 use crate::proxy::respond::Reply;
 
 pub use auth::{API_KEY_HEADER, AuthStage, key_digest};
+pub use cache::{
+    CACHE_HEADER, CacheStage, CacheState, Lookup, SAVED_HEADER, normalize_url,
+    scope as cache_scope, variance as cache_variance,
+};
 pub use idempotency::{IdempotencyStage, IdempotencyState};
 pub use payment::PaymentStage;
 pub use policy::PolicyStage;
@@ -67,6 +75,13 @@ pub trait Stage: Send + Sync {
 
     /// Runs in `request_filter`, after the target is known and before any upstream work.
     async fn request_filter(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Flow {
+        Flow::Continue
+    }
+
+    /// Runs in `proxy_upstream_filter`: only when the request goes upstream (not on a cache
+    /// hit), once, before the first attempt. Work that only a trip upstream needs (signing
+    /// with a remembered price) belongs here.
+    async fn before_upstream(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Flow {
         Flow::Continue
     }
 
@@ -115,26 +130,40 @@ pub trait Stage: Send + Sync {
 
 /// The enabled stages, in order.
 pub struct Pipeline {
-    stages: Vec<Box<dyn Stage>>,
+    stages: Vec<Arc<dyn Stage>>,
+    /// The cache stage, also in `stages`: Pingora's cache hooks call it directly.
+    cache: Option<Arc<CacheStage>>,
 }
 
 impl Pipeline {
     /// Instantiates the stages listed in the config; long-lived services come from `shared`.
     pub fn build(config: &Config, shared: &Arc<Shared>) -> Pipeline {
+        let mut cache = None;
         let stages = config
             .stages
             .iter()
-            .map(|c| -> Box<dyn Stage> {
+            .map(|c| -> Arc<dyn Stage> {
                 match c {
-                    StageConfig::Auth => Box::new(AuthStage),
-                    StageConfig::Idempotency { window } => {
-                        Box::new(IdempotencyStage::new(shared.idempotency.clone(), *window))
+                    StageConfig::Auth => Arc::new(AuthStage),
+                    StageConfig::Cache(rules) => {
+                        let stage = Arc::new(CacheStage::new(
+                            rules.clone(),
+                            shared.cache,
+                            shared.cache_lock,
+                            shared.metrics.clone(),
+                            shared.cache_stats.clone(),
+                        ));
+                        cache = Some(stage.clone());
+                        stage
                     }
-                    StageConfig::Policy => Box::new(PolicyStage::new(
+                    StageConfig::Idempotency { window } => {
+                        Arc::new(IdempotencyStage::new(shared.idempotency.clone(), *window))
+                    }
+                    StageConfig::Policy => Arc::new(PolicyStage::new(
                         shared.metrics.clone(),
                         shared.policies.clone(),
                     )),
-                    StageConfig::Payment => Box::new(PaymentStage::new(
+                    StageConfig::Payment => Arc::new(PaymentStage::new(
                         config.payments.clone(),
                         shared.metrics.clone(),
                         shared.price_memory.clone(),
@@ -149,19 +178,22 @@ impl Pipeline {
                         config.budgets.commit_without_receipt,
                     )),
                     StageConfig::SsrfGuard { allow } => {
-                        Box::new(SsrfGuardStage::new(allow.clone(), shared.resolver.clone()))
+                        Arc::new(SsrfGuardStage::new(allow.clone(), shared.resolver.clone()))
                     }
                     StageConfig::RateLimit { default } => {
-                        Box::new(RateLimitStage::new(*default, shared.rate_limiter.clone()))
+                        Arc::new(RateLimitStage::new(*default, shared.rate_limiter.clone()))
                     }
                 }
             })
             .collect();
-        Pipeline { stages }
+        Pipeline { stages, cache }
     }
 
-    /// Runs every stage's `request_filter` until one answers. Returns the answering stage's
-    /// name with its reply.
+    /// The cache stage, when enabled.
+    pub fn cache(&self) -> Option<&CacheStage> {
+        self.cache.as_deref()
+    }
+
     /// Runs every stage's `request_filter` until one does not continue; returns that stage's
     /// name and its decision.
     pub async fn request_filter(
@@ -171,6 +203,21 @@ impl Pipeline {
     ) -> Option<(&'static str, Flow)> {
         for stage in &self.stages {
             match stage.request_filter(session, ctx).await {
+                Flow::Continue => {}
+                flow => return Some((stage.name(), flow)),
+            }
+        }
+        None
+    }
+
+    /// Runs every stage's `before_upstream` until one does not continue.
+    pub async fn before_upstream(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Option<(&'static str, Flow)> {
+        for stage in &self.stages {
+            match stage.before_upstream(session, ctx).await {
                 Flow::Continue => {}
                 flow => return Some((stage.name(), flow)),
             }

@@ -490,8 +490,7 @@ impl Stage for PaymentStage {
         "payment"
     }
 
-    /// Signs up front when the price of this endpoint is remembered (one round trip; also
-    /// works for bodies over the replay buffer, since nothing needs replaying).
+    /// Notes an agent's own payment header (never pay on top of it); in relay mode checks it.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Flow {
         let req = session.req_header();
         let mode = ctx.project.as_ref().map_or(PaymentMode::Off, |p| p.mode);
@@ -513,11 +512,19 @@ impl Stage for PaymentStage {
                     .inc();
                 return Flow::Respond(reply);
             }
+        }
+        Flow::Continue
+    }
+
+    /// Signs up front when the price of this endpoint is remembered (one round trip; also
+    /// works for bodies over the replay buffer, since nothing needs replaying). Runs only on
+    /// the way upstream, so a cache hit signs and reserves nothing.
+    async fn before_upstream(&self, session: &mut Session, ctx: &mut RequestCtx) -> Flow {
+        let mode = ctx.project.as_ref().map_or(PaymentMode::Off, |p| p.mode);
+        if ctx.payment.agent_signed || mode != PaymentMode::Wallet {
             return Flow::Continue;
         }
-        if mode != PaymentMode::Wallet {
-            return Flow::Continue;
-        }
+        let req = session.req_header();
         let Some(wallet) = ctx.project.as_ref().and_then(|p| p.wallet.clone()) else {
             return Flow::Continue;
         };

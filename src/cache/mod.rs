@@ -1,0 +1,477 @@
+//! Response cache storage for pingora-cache: an in-process memory tier, bounded by bytes, in
+//! front of an optional Redis tier that every instance shares.
+//!
+//! An entry is the two serialized [`CacheMeta`] blobs, the body and the primary key it was
+//! stored under. A lookup tries memory, then Redis (a Redis hit is copied into memory). A
+//! finished miss goes into memory at once and into Redis in the background; a miss handler
+//! dropped before `finish` writes nothing (a failed write). Redis errors never fail a request.
+//!
+//! The primary key is `scope \n METHOD \n URL \n body-hash`; the scope is also the key's
+//! `user_tag` and the first part of the entry id (`scope:hash`), so purges can select by scope
+//! and match URLs. This module knows nothing of requests or rules (see `stages::cache`).
+
+mod memory;
+mod redis;
+pub mod stats;
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::cache::key::{CacheHashKey, CompactCacheKey};
+use pingora::cache::storage::{
+    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
+    PurgeType,
+};
+use pingora::cache::trace::SpanHandle;
+use pingora::cache::{CacheKey, CacheMeta, Storage};
+use pingora::{Error, ErrorType, Result};
+use serde::{Deserialize, Serialize};
+
+pub use memory::MemoryTier;
+pub use redis::{RedisTier, TierError};
+pub use stats::CacheStats;
+
+use crate::metrics::Metrics;
+
+/// One cached response.
+#[derive(Debug)]
+pub struct Entry {
+    /// `scope \n METHOD \n URL \n body-hash`.
+    pub primary: String,
+    /// `CacheMeta::serialize()`: internal meta, response header.
+    pub meta: [Bytes; 2],
+    pub body: Bytes,
+    /// When even a stale copy is useless (freshness plus the stale windows).
+    pub expires_at: SystemTime,
+}
+
+impl Entry {
+    pub fn size(&self) -> usize {
+        self.primary.len() + self.meta[0].len() + self.meta[1].len() + self.body.len()
+    }
+
+    /// The URL part of the primary key.
+    pub fn url(&self) -> &str {
+        primary_parts(&self.primary).2
+    }
+}
+
+/// (scope, method, url) of a primary key.
+pub fn primary_parts(primary: &str) -> (&str, &str, &str) {
+    let mut parts = primary.splitn(4, '\n');
+    let scope = parts.next().unwrap_or("");
+    let method = parts.next().unwrap_or("");
+    let url = parts.next().unwrap_or("");
+    (scope, method, url)
+}
+
+/// Builds the primary key (see the module docs). None of the parts contains a newline.
+pub fn primary_key(scope: &str, method: &str, url: &str, body_hash: &str) -> String {
+    format!("{scope}\n{method}\n{url}\n{body_hash}")
+}
+
+/// Which tier answered a hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    Memory,
+    Redis,
+}
+
+impl Tier {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Tier::Memory => "memory",
+            Tier::Redis => "redis",
+        }
+    }
+}
+
+/// Storage settings (changing them needs a restart).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreSettings {
+    /// Memory tier size in bytes (0: no memory tier).
+    pub memory_bytes: u64,
+    /// Redis tier: (url, key prefix, timeout).
+    pub redis: Option<(String, String, Duration)>,
+}
+
+/// The pingora-cache [`Storage`] of pag0. Lives for the whole process (`&'static`).
+pub struct CacheStore {
+    memory: Option<MemoryTier>,
+    redis: Option<Arc<RedisTier>>,
+    metrics: Arc<Metrics>,
+}
+
+/// What a purge selects: entries of one scope (all when `None`), by exact URL or URL pattern.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PurgeFilter {
+    pub scope: Option<String>,
+    pub url: Option<String>,
+    pub pattern: Option<String>,
+}
+
+impl PurgeFilter {
+    pub fn matches(&self, primary: &str) -> bool {
+        let (scope, _, url) = primary_parts(primary);
+        self.scope.as_deref().is_none_or(|s| s == scope)
+            && self.url.as_deref().is_none_or(|u| u == url)
+            && self
+                .pattern
+                .as_deref()
+                .is_none_or(|p| crate::glob::matches(p, url))
+    }
+}
+
+/// Entries a purge removed, per tier.
+#[derive(Debug, Default, Serialize)]
+pub struct PurgeCount {
+    pub memory: usize,
+    pub redis: usize,
+}
+
+/// Size of the tiers, for `/api/cache/stats` and `/health`.
+#[derive(Debug, Serialize)]
+pub struct StoreUsage {
+    pub memory_entries: u64,
+    pub memory_bytes: u64,
+    pub memory_limit_bytes: Option<u64>,
+    /// `None`: no Redis tier; else whether it is in use right now (not cooling down).
+    pub redis_up: Option<bool>,
+}
+
+fn entry_id(user_tag: &str, combined_hex: &str) -> String {
+    format!("{user_tag}:{combined_hex}")
+}
+
+fn internal(context: &'static str, e: impl std::fmt::Display) -> Box<Error> {
+    Error::explain(ErrorType::InternalError, format!("{context}: {e}"))
+}
+
+impl CacheStore {
+    pub fn new(settings: &StoreSettings, metrics: Arc<Metrics>) -> Result<CacheStore, String> {
+        let redis = match &settings.redis {
+            Some((url, prefix, timeout)) => Some(Arc::new(RedisTier::new(url, prefix, *timeout)?)),
+            None => None,
+        };
+        Ok(CacheStore {
+            memory: (settings.memory_bytes > 0).then(|| MemoryTier::new(settings.memory_bytes)),
+            redis,
+            metrics,
+        })
+    }
+
+    /// Moves the store to the heap for good: pingora-cache wants `&'static` storage.
+    pub fn leak(self) -> &'static CacheStore {
+        Box::leak(Box::new(self))
+    }
+
+    pub fn redis(&self) -> Option<&Arc<RedisTier>> {
+        self.redis.as_ref()
+    }
+
+    fn tier_error(&self, op: &str, e: &TierError) {
+        let kind = match e {
+            TierError::CoolingDown => "skipped",
+            TierError::Failed(_) => "error",
+        };
+        self.metrics
+            .cache_tier_errors
+            .with_label_values(&["redis", op, kind])
+            .inc();
+        if let TierError::Failed(e) = e {
+            log::debug!("cache {op}: {e}");
+        }
+    }
+
+    async fn find(&self, id: &str) -> Option<(Arc<Entry>, Tier)> {
+        if let Some(entry) = self.memory.as_ref().and_then(|m| m.get(id)) {
+            return Some((entry, Tier::Memory));
+        }
+        let redis = self.redis.as_ref()?;
+        match redis.get(id).await {
+            Ok(Some(entry)) => {
+                let entry = Arc::new(entry);
+                if let Some(m) = &self.memory {
+                    m.insert(id.to_string(), entry.clone());
+                }
+                Some((entry, Tier::Redis))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                self.tier_error("lookup", &e);
+                None
+            }
+        }
+    }
+
+    fn put(&self, id: String, entry: Entry) {
+        let entry = Arc::new(entry);
+        if let Some(m) = &self.memory {
+            m.insert(id.clone(), entry.clone());
+        }
+        if let Some(redis) = &self.redis {
+            let metrics = self.metrics.clone();
+            let started = redis.put_in_background(id, entry, move |e| {
+                log::debug!("cache write: {e}");
+                metrics
+                    .cache_tier_errors
+                    .with_label_values(&["redis", "write", "error"])
+                    .inc();
+            });
+            if !started {
+                self.metrics
+                    .cache_tier_errors
+                    .with_label_values(&["redis", "write", "skipped"])
+                    .inc();
+            }
+        }
+    }
+
+    /// Removes the entries `filter` selects from both tiers and tells the other instances.
+    pub async fn purge_matching(&self, filter: &PurgeFilter) -> Result<PurgeCount, String> {
+        let mut count = PurgeCount {
+            memory: self
+                .memory
+                .as_ref()
+                .map_or(0, |m| m.remove_matching(|p| filter.matches(p))),
+            redis: 0,
+        };
+        if let Some(redis) = &self.redis {
+            count.redis = redis
+                .remove_matching(filter.scope.as_deref(), &|p| filter.matches(p))
+                .await
+                .map_err(|e| e.to_string())?;
+            let message = serde_json::to_string(filter).expect("serializable");
+            if let Err(e) = redis.announce_purge(&message).await {
+                self.tier_error("purge", &e);
+                return Err(format!(
+                    "{e}; other instances may keep their in-memory copies until they expire"
+                ));
+            }
+        }
+        Ok(count)
+    }
+
+    /// Applies a purge announced by an instance (see [`RedisTier::follow_purges`]).
+    pub fn apply_announced_purge(&self, message: &str) {
+        match serde_json::from_str::<PurgeFilter>(message) {
+            Ok(filter) => {
+                if let Some(m) = &self.memory {
+                    m.remove_matching(|p| filter.matches(p));
+                }
+            }
+            Err(e) => log::warn!("ignoring a malformed cache purge announcement: {e}"),
+        }
+    }
+
+    pub fn usage(&self, memory_limit: u64) -> StoreUsage {
+        let (entries, bytes) = self.memory.as_ref().map_or((0, 0), |m| m.usage());
+        StoreUsage {
+            memory_entries: entries,
+            memory_bytes: bytes,
+            memory_limit_bytes: self.memory.as_ref().map(|_| memory_limit),
+            redis_up: self.redis.as_ref().map(|r| r.healthy()),
+        }
+    }
+}
+
+#[async_trait]
+impl Storage for CacheStore {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let id = entry_id(&key.user_tag, &key.combined());
+        let Some((entry, tier)) = self.find(&id).await else {
+            return Ok(None);
+        };
+        let meta = match CacheMeta::deserialize(&entry.meta[0], &entry.meta[1]) {
+            Ok(meta) => meta,
+            Err(e) => {
+                // Written by an incompatible version: treat as a miss (it gets overwritten).
+                log::debug!("cache entry {id} unreadable: {e}");
+                return Ok(None);
+            }
+        };
+        let hit = Hit {
+            body: entry.body.clone(),
+            range: (0, entry.body.len()),
+            done: false,
+            tier,
+        };
+        Ok(Some((meta, Box::new(hit))))
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        let (m0, m1) = meta.serialize()?;
+        let stale = meta
+            .stale_while_revalidate_sec()
+            .max(meta.stale_if_error_sec());
+        Ok(Box::new(Miss {
+            store: self,
+            id: entry_id(&key.user_tag, &key.combined()),
+            primary: key.primary_key_str().unwrap_or_default().to_string(),
+            meta: [Bytes::from(m0), Bytes::from(m1)],
+            body: BytesMut::new(),
+            expires_at: meta.fresh_until() + Duration::from_secs(u64::from(stale)),
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _purge_type: PurgeType,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        let key: &CompactCacheKey = target.key();
+        let id = entry_id(&key.user_tag, &key.combined());
+        let mut found = self.memory.as_ref().is_some_and(|m| m.remove(&id));
+        if let Some(redis) = &self.redis {
+            found |= redis.remove(&id).await.map_err(|e| internal("purge", e))?;
+        }
+        Ok(if found {
+            PurgeOutcome::Purged(None)
+        } else {
+            PurgeOutcome::NotFound
+        })
+    }
+
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<bool> {
+        let id = entry_id(&key.user_tag, &key.combined());
+        let (m0, m1) = meta.serialize()?;
+        let blobs = [Bytes::from(m0), Bytes::from(m1)];
+        let stale = meta
+            .stale_while_revalidate_sec()
+            .max(meta.stale_if_error_sec());
+        let expires_at = meta.fresh_until() + Duration::from_secs(u64::from(stale));
+        let mut updated = false;
+        if let Some(m) = &self.memory
+            && let Some(old) = m.get(&id)
+        {
+            m.insert(
+                id.clone(),
+                Arc::new(Entry {
+                    primary: old.primary.clone(),
+                    meta: blobs.clone(),
+                    body: old.body.clone(),
+                    expires_at,
+                }),
+            );
+            updated = true;
+        }
+        if let Some(redis) = &self.redis {
+            match redis.update_meta(&id, &blobs).await {
+                Ok(found) => updated |= found,
+                Err(e) => self.tier_error("update", &e),
+            }
+        }
+        Ok(updated)
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}
+
+/// Serves one cached body (seekable, so ranges work on hits).
+pub struct Hit {
+    body: Bytes,
+    range: (usize, usize),
+    done: bool,
+    pub tier: Tier,
+}
+
+#[async_trait]
+impl HandleHit for Hit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        if self.done {
+            return Ok(None);
+        }
+        self.done = true;
+        Ok(Some(self.body.slice(self.range.0..self.range.1)))
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        let len = self.body.len();
+        let end = end.map_or(len, |e| e.min(len));
+        if start > end {
+            return Error::e_explain(ErrorType::InternalError, "seek beyond the body");
+        }
+        self.range = (start, end);
+        self.done = false;
+        Ok(())
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+/// Collects a response body; only `finish` stores it.
+struct Miss {
+    store: &'static CacheStore,
+    id: String,
+    primary: String,
+    meta: [Bytes; 2],
+    body: BytesMut,
+    expires_at: SystemTime,
+}
+
+#[async_trait]
+impl HandleMiss for Miss {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        self.body.extend_from_slice(&data);
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+        let Miss {
+            store,
+            id,
+            primary,
+            meta,
+            body,
+            expires_at,
+        } = *self;
+        let entry = Entry {
+            primary,
+            meta,
+            body: body.freeze(),
+            expires_at,
+        };
+        let size = entry.size();
+        store.put(id, entry);
+        Ok(MissFinishType::Created(size))
+    }
+}

@@ -1,0 +1,326 @@
+//! The shared tier: one Redis hash per entry, written by whichever instance filled it and read
+//! by all of them.
+//!
+//! Key `<prefix>:cache:<scope>:<hash>` → hash {`m0`, `m1`: the two serialized meta blobs,
+//! `b`: body, `u`: primary key (for purges), `x`: expiry in unix ms}; the key itself expires
+//! with the entry (`PEXPIREAT`). Purges are announced on `<prefix>:cache:purge` so every
+//! instance drops them from its memory tier too.
+//!
+//! Redis never fails a request: errors are counted, a lookup becomes a miss, a write is
+//! dropped, and after an error the tier is skipped for [`COOLDOWN`] before it is tried again
+//! (the connection manager reconnects by itself).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::{OnceCell, Semaphore};
+
+use super::Entry;
+
+/// After a Redis error, the tier is skipped this long.
+pub const COOLDOWN: Duration = Duration::from_secs(1);
+/// Writes in flight at once; more are dropped (and counted) rather than queued.
+const MAX_WRITES_IN_FLIGHT: usize = 512;
+/// Keys fetched per SCAN round of a purge.
+const SCAN_COUNT: usize = 1_000;
+
+pub struct RedisTier {
+    client: redis::Client,
+    /// `<prefix>:cache`
+    prefix: String,
+    timeout: Duration,
+    connection: OnceCell<ConnectionManager>,
+    /// Unix ms until which the tier is skipped (0: healthy).
+    down_until: AtomicU64,
+    writes: Arc<Semaphore>,
+}
+
+/// Why a Redis call did not happen or failed (counted by the caller, never shown to agents).
+#[derive(Debug)]
+pub enum TierError {
+    /// Skipped: the tier failed within the last [`COOLDOWN`].
+    CoolingDown,
+    Failed(String),
+}
+
+impl std::fmt::Display for TierError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TierError::CoolingDown => f.write_str("Redis cache tier cooling down after an error"),
+            TierError::Failed(e) => write!(f, "Redis cache tier: {e}"),
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl RedisTier {
+    /// Nothing is connected until first use.
+    pub fn new(url: &str, key_prefix: &str, timeout: Duration) -> Result<RedisTier, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?;
+        Ok(RedisTier {
+            client,
+            prefix: format!("{key_prefix}:cache"),
+            timeout,
+            connection: OnceCell::new(),
+            down_until: AtomicU64::new(0),
+            writes: Arc::new(Semaphore::new(MAX_WRITES_IN_FLIGHT)),
+        })
+    }
+
+    fn key(&self, id: &str) -> String {
+        format!("{}:{id}", self.prefix)
+    }
+
+    fn channel(&self) -> String {
+        format!("{}:purge", self.prefix)
+    }
+
+    /// Whether the tier is currently usable (not cooling down after an error).
+    pub fn healthy(&self) -> bool {
+        self.down_until.load(Ordering::Relaxed) <= now_ms()
+    }
+
+    fn failed(&self, e: impl std::fmt::Display) -> TierError {
+        self.down_until
+            .store(now_ms() + COOLDOWN.as_millis() as u64, Ordering::Relaxed);
+        TierError::Failed(e.to_string())
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, TierError> {
+        if !self.healthy() {
+            return Err(TierError::CoolingDown);
+        }
+        if let Some(c) = self.connection.get() {
+            return Ok(c.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(self.timeout)
+            .set_response_timeout(self.timeout)
+            .set_number_of_retries(1);
+        self.connection
+            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
+            .await
+            .cloned()
+            .map_err(|e| self.failed(format!("cannot connect: {e}")))
+    }
+
+    /// Runs one call with the tier's timeout; an error starts the cooldown.
+    async fn call<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
+    ) -> Result<T, TierError> {
+        let mut con = self.connection().await?;
+        match tokio::time::timeout(self.timeout, f(&mut con)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(self.failed(e)),
+            Err(_) => Err(self.failed("no answer in time")),
+        }
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<Entry>, TierError> {
+        let key = self.key(id);
+        let fields: Vec<Option<Vec<u8>>> = self
+            .call(async |c| c.hget(&key, &["m0", "m1", "b", "u", "x"]).await)
+            .await?;
+        let [m0, m1, b, u, x]: [Option<Vec<u8>>; 5] = match fields.try_into() {
+            Ok(f) => f,
+            Err(_) => return Ok(None),
+        };
+        let (Some(m0), Some(m1), Some(b), Some(u), Some(x)) = (m0, m1, b, u, x) else {
+            return Ok(None); // absent, or a half-written/foreign value: a miss
+        };
+        let Some(expires_ms) = std::str::from_utf8(&x).ok().and_then(|x| x.parse().ok()) else {
+            return Ok(None);
+        };
+        if expires_ms <= now_ms() {
+            return Ok(None);
+        }
+        Ok(Some(Entry {
+            primary: String::from_utf8_lossy(&u).into_owned(),
+            meta: [Bytes::from(m0), Bytes::from(m1)],
+            body: Bytes::from(b),
+            expires_at: UNIX_EPOCH + Duration::from_millis(expires_ms),
+        }))
+    }
+
+    /// Writes `entry` (one pipeline: HSET + PEXPIREAT).
+    pub async fn put(&self, id: &str, entry: &Entry) -> Result<(), TierError> {
+        let key = self.key(id);
+        let expires = unix_ms(entry.expires_at);
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hset_multiple(
+                &key,
+                &[
+                    ("m0", entry.meta[0].as_ref()),
+                    ("m1", entry.meta[1].as_ref()),
+                    ("b", entry.body.as_ref()),
+                    ("u", entry.primary.as_bytes()),
+                    ("x", expires.to_string().as_bytes()),
+                ],
+            )
+            .ignore()
+            .cmd("PEXPIREAT")
+            .arg(&key)
+            .arg(expires)
+            .ignore();
+        self.call(async |c| pipe.query_async::<()>(c).await).await
+    }
+
+    /// Starts [`put`](Self::put) in the background; `false` when too many writes are already
+    /// in flight or the tier is cooling down (the write is dropped).
+    pub fn put_in_background(
+        self: &Arc<Self>,
+        id: String,
+        entry: Arc<Entry>,
+        on_error: impl FnOnce(TierError) + Send + 'static,
+    ) -> bool {
+        if !self.healthy() {
+            return false;
+        }
+        let Ok(permit) = self.writes.clone().try_acquire_owned() else {
+            return false;
+        };
+        let tier = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = tier.put(&id, &entry).await {
+                on_error(e);
+            }
+            drop(permit);
+        });
+        true
+    }
+
+    /// Replaces the meta blobs of an entry that exists; `false` if it does not.
+    pub async fn update_meta(&self, id: &str, meta: &[Bytes; 2]) -> Result<bool, TierError> {
+        let key = self.key(id);
+        let script = redis::Script::new(
+            "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end \
+             redis.call('HSET', KEYS[1], 'm0', ARGV[1], 'm1', ARGV[2]) return 1",
+        );
+        let updated: i64 = self
+            .call(async |c| {
+                script
+                    .key(&key)
+                    .arg(meta[0].as_ref())
+                    .arg(meta[1].as_ref())
+                    .invoke_async(c)
+                    .await
+            })
+            .await?;
+        Ok(updated == 1)
+    }
+
+    pub async fn remove(&self, id: &str) -> Result<bool, TierError> {
+        let key = self.key(id);
+        let n: i64 = self.call(async |c| c.del(&key).await).await?;
+        Ok(n > 0)
+    }
+
+    /// Deletes every entry of `scope` (all scopes when `None`) whose primary key `matches`;
+    /// returns how many. Walks the keys with SCAN (O(entries); purges are rare).
+    pub async fn remove_matching(
+        &self,
+        scope: Option<&str>,
+        matches: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<usize, TierError> {
+        let pattern = format!(
+            "{}:{}:*",
+            escape_glob(&self.prefix),
+            scope.map_or("*".to_string(), escape_glob)
+        );
+        let mut cursor: u64 = 0;
+        let mut removed = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = self
+                .call(async |c| {
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(SCAN_COUNT)
+                        .query_async(c)
+                        .await
+                })
+                .await?;
+            if !keys.is_empty() {
+                let mut pipe = redis::pipe();
+                for key in &keys {
+                    pipe.hget(key, "u");
+                }
+                let primaries: Vec<Option<String>> =
+                    self.call(async |c| pipe.query_async(c).await).await?;
+                let doomed: Vec<&String> = keys
+                    .iter()
+                    .zip(primaries)
+                    .filter(|(_, p)| p.as_deref().is_some_and(matches))
+                    .map(|(k, _)| k)
+                    .collect();
+                if !doomed.is_empty() {
+                    let n: usize = self.call(async |c| c.del(&doomed).await).await?;
+                    removed += n;
+                }
+            }
+            cursor = next;
+            if cursor == 0 {
+                return Ok(removed);
+            }
+        }
+    }
+
+    /// Tells every instance (this one included) to apply `message` to its memory tier.
+    pub async fn announce_purge(&self, message: &str) -> Result<(), TierError> {
+        let channel = self.channel();
+        self.call(async |c| c.publish::<_, _, ()>(&channel, message).await)
+            .await
+    }
+
+    /// Listens for purge announcements for as long as the process runs, reconnecting after
+    /// errors; `apply` gets each message.
+    pub async fn follow_purges(self: Arc<Self>, apply: impl Fn(&str) + Send + 'static) {
+        loop {
+            match self.client.get_async_pubsub().await {
+                Ok(mut pubsub) => {
+                    if pubsub.subscribe(self.channel()).await.is_ok() {
+                        let mut messages = pubsub.on_message();
+                        while let Some(msg) = messages.next().await {
+                            if let Ok(text) = msg.get_payload::<String>() {
+                                apply(&text);
+                            }
+                        }
+                    }
+                }
+                Err(e) => log::debug!("cache purge subscription: {e}"),
+            }
+            tokio::time::sleep(COOLDOWN).await;
+        }
+    }
+}
+
+/// Escapes Redis MATCH glob characters.
+fn escape_glob(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}

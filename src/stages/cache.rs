@@ -1,0 +1,472 @@
+//! The `cache` stage: decides per request whether the response cache takes part, builds the
+//! key, decides whether a response may be stored and for how long, and labels the answer.
+//!
+//! Pingora runs the cache between `request_filter` and `proxy_upstream_filter`, so a hit skips
+//! everything that only a trip upstream needs (signing, budgets): a hit costs no payment.
+//!
+//! * Key: scope + method + normalized URL (+ SHA-256 of the body for POST on routes with
+//!   `cache.post`). Scope is `p.<project>`, or `shared` on routes with `cache.shared`.
+//!   Headers are not part of the key (payment headers, `Proxy-Authorization` and `X-Pag0-*`
+//!   never), except those the upstream names in `Vary`.
+//! * Freshness: the upstream's `Cache-Control` (`max-age`, `s-maxage`) or `Expires`; else the
+//!   first matching rule; else the route's `ttl_seconds`; else the stage default. Not stored:
+//!   `no-store`, `no-cache`, `private` in the shared scope, `Set-Cookie`, `Vary: *`, statuses
+//!   other than 2xx (206 excluded; 404 with `cache_404`), bodies over `max_object_bytes`.
+//! * Agents bypass with `X-Pag0-Cache: bypass` (nothing read or stored) or
+//!   `Cache-Control: no-cache` (not read, the fresh answer is stored); a request that carries
+//!   its own payment header is never answered from the cache.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use alloy_primitives::U256;
+use async_trait::async_trait;
+use pingora::cache::cache_control::{CacheControl, InterpretCacheControl};
+use pingora::cache::filters::{calculate_expires_header_time, calculate_serve_stale_durations};
+use pingora::cache::key::HashBinary;
+use pingora::cache::lock::CacheKeyLockImpl;
+use pingora::cache::{
+    CacheKey, CacheMeta, CacheMetaDefaults, CachePhase, ForcedFreshness, HitHandler, NoCacheReason,
+    RespCacheable, VarianceBuilder,
+};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use sha2::{Digest, Sha256};
+
+use super::{Flow, Stage};
+use crate::cache::stats::Outcome;
+use crate::cache::{CacheStats, CacheStore, Hit, Tier, primary_key};
+use crate::config::{CacheRules, RouteCache};
+use crate::metrics::Metrics;
+use crate::proxy::{RequestCtx, Target, TargetKind};
+use crate::x402;
+
+/// Request header agents send to skip the cache; response header with the outcome.
+pub const CACHE_HEADER: &str = "x-pag0-cache";
+/// Response header on hits: the price the cached response was paid with (not paid again).
+pub const SAVED_HEADER: &str = "x-pag0-saved";
+/// Kept in the cached copy of a paid response only: what it cost.
+const PRICE_HEADER: &str = "x-pag0-cache-price";
+/// POST bodies up to this size can be part of a key (Pingora's retry buffer, which must still
+/// hold the body to send it upstream on a miss).
+const MAX_KEYED_BODY: usize = 64 * 1024;
+
+/// No stale windows unless the upstream grants them (`stale-while-revalidate`/`-if-error`).
+static NO_STALE: CacheMetaDefaults = CacheMetaDefaults::new(|_| None, 0, 0);
+
+/// The cache's part of the request context.
+#[derive(Debug, Default)]
+pub struct CacheState {
+    /// Set when the cache takes part in this request.
+    pub lookup: Option<Lookup>,
+    /// Why it does not.
+    pub bypass: Option<&'static str>,
+    /// Which tier a lookup found an entry in.
+    pub tier: Option<Tier>,
+    /// What the agent got (set when the response header is sent).
+    pub outcome: Option<Outcome>,
+    /// Price of the cached response the agent got for free.
+    pub saved: Option<(String, U256)>,
+    pub bytes_served: u64,
+}
+
+/// How one request uses the cache.
+#[derive(Debug)]
+pub struct Lookup {
+    pub primary: String,
+    pub scope: String,
+    pub shared: bool,
+    /// `Cache-Control: no-cache` from the agent: do not serve a stored copy, store the answer.
+    pub refresh: bool,
+    /// Freshness when the upstream says nothing.
+    pub ttl: Duration,
+}
+
+pub struct CacheStage {
+    rules: Arc<CacheRules>,
+    store: &'static CacheStore,
+    lock: &'static CacheKeyLockImpl,
+    metrics: Arc<Metrics>,
+    stats: Arc<CacheStats>,
+}
+
+/// `scheme://host[:port]/path[?query]` with the scheme and host lowercased, the default port
+/// dropped, dot segments resolved and query parameters sorted by name (stable).
+pub fn normalize_url(raw: &str) -> Result<String, String> {
+    let url = url::Url::parse(raw).map_err(|e| format!("invalid URL {raw:?}: {e}"))?;
+    let host = url
+        .host_str()
+        .ok_or_else(|| format!("URL without a host: {raw:?}"))?;
+    let mut out = format!("{}://{host}", url.scheme());
+    if let Some(port) = url.port() {
+        out.push_str(&format!(":{port}"));
+    }
+    out.push_str(url.path());
+    if let Some(query) = url.query() {
+        let mut params: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
+        params.sort_by_key(|p| p.split('=').next().unwrap_or(""));
+        if !params.is_empty() {
+            out.push('?');
+            out.push_str(&params.join("&"));
+        }
+    }
+    Ok(out)
+}
+
+/// The normalized URL of a request's target.
+fn target_url(t: &Target) -> Result<String, String> {
+    let scheme = if t.tls { "https" } else { "http" };
+    normalize_url(&format!("{scheme}://{}{}", t.host_header(), t.path))
+}
+
+/// Scope of the entries of `project` (or of every project on shared routes).
+pub fn scope(project: &str, shared: bool) -> String {
+    if shared {
+        "shared".to_string()
+    } else {
+        format!("p.{project}")
+    }
+}
+
+/// The variance of a request for a stored response that has `Vary`.
+pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+    let mut builder = VarianceBuilder::new();
+    for value in meta.headers().get_all(http::header::VARY) {
+        for name in value.to_str().unwrap_or("").split(',') {
+            let name = name.trim().to_ascii_lowercase();
+            if name.is_empty() {
+                continue;
+            }
+            let value = req
+                .headers
+                .get(name.as_str())
+                .map(|v| v.as_bytes().to_vec())
+                .unwrap_or_default();
+            builder.add_owned_name_value(name, value);
+        }
+    }
+    builder.finalize()
+}
+
+impl CacheStage {
+    pub fn new(
+        rules: Arc<CacheRules>,
+        store: &'static CacheStore,
+        lock: &'static CacheKeyLockImpl,
+        metrics: Arc<Metrics>,
+        stats: Arc<CacheStats>,
+    ) -> CacheStage {
+        CacheStage {
+            rules,
+            store,
+            lock,
+            metrics,
+            stats,
+        }
+    }
+
+    async fn decide(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+    ) -> Result<Lookup, &'static str> {
+        let target = ctx.target.as_ref().ok_or("no-target")?;
+        let route = match &target.kind {
+            TargetKind::Route(r) => r.cache,
+            TargetKind::Forward => RouteCache::default(),
+        };
+        if !route.enabled {
+            return Err("route");
+        }
+        let req = session.req_header();
+        if req
+            .headers
+            .get(CACHE_HEADER)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"bypass"))
+        {
+            return Err("agent");
+        }
+        let cc = CacheControl::from_req_headers(req);
+        if cc.as_ref().is_some_and(|cc| cc.no_store()) {
+            return Err("no-store");
+        }
+        let refresh = cc.as_ref().is_some_and(|cc| cc.no_cache())
+            || req
+                .headers
+                .get(http::header::PRAGMA)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"no-cache"));
+        if req.headers.contains_key(x402::PAYMENT_SIGNATURE_HEADER)
+            || req.headers.contains_key(x402::X_PAYMENT_HEADER)
+        {
+            return Err("payment-header");
+        }
+        let method = req.method.clone();
+        let url = target_url(target).map_err(|_| "url")?;
+        let host_path = format!(
+            "{}{}",
+            target.host.to_ascii_lowercase(),
+            target.path.split('?').next().unwrap_or("/")
+        );
+        let ttl = match self.rules.rule_for(&host_path) {
+            Some(rule) => rule.ttl.ok_or("excluded")?,
+            None => route.ttl.unwrap_or(self.rules.default_ttl),
+        };
+        let body_hash = match method {
+            http::Method::GET | http::Method::HEAD => String::new(),
+            http::Method::POST if route.post => hash_body(session).await?,
+            _ => return Err("method"),
+        };
+        let scope = scope(ctx.project_label(), route.shared);
+        Ok(Lookup {
+            primary: primary_key(&scope, method.as_str(), &url, &body_hash),
+            scope,
+            shared: route.shared,
+            refresh,
+            ttl,
+        })
+    }
+
+    /// Runs in `request_cache_filter`: turns Pingora's cache on for requests the stage
+    /// accepted.
+    pub fn enable(&self, session: &mut Session, ctx: &RequestCtx) {
+        if ctx.cache.lookup.is_none() {
+            return;
+        }
+        session
+            .cache
+            .enable(self.store, None, None, Some(self.lock), None);
+        session
+            .cache
+            .set_max_file_size_bytes(self.rules.max_object_bytes);
+    }
+
+    /// Runs in `cache_key_callback` (only for requests [`enable`](Self::enable) accepted).
+    pub fn key(&self, ctx: &RequestCtx) -> pingora::Result<CacheKey> {
+        let lookup = ctx.cache.lookup.as_ref().ok_or_else(|| {
+            pingora::Error::explain(pingora::ErrorType::InternalError, "cache not decided")
+        })?;
+        Ok(CacheKey::new(
+            lookup.primary.as_str(),
+            lookup.scope.as_str(),
+        ))
+    }
+
+    /// Runs in `cache_hit_filter` when an entry was found: notes the tier; an agent's refresh
+    /// turns the hit into a miss.
+    pub fn hit_filter(&self, hit: &HitHandler, ctx: &mut RequestCtx) -> Option<ForcedFreshness> {
+        ctx.cache.tier = hit.as_any().downcast_ref::<Hit>().map(|h| h.tier);
+        ctx.cache
+            .lookup
+            .as_ref()
+            .is_some_and(|l| l.refresh)
+            .then_some(ForcedFreshness::ForceMiss)
+    }
+
+    /// Runs in `response_cache_filter` on the upstream's answer (after a paid replay, on the
+    /// paid answer; a 402 never gets here as a success).
+    pub fn cacheable(
+        &self,
+        req: &RequestHeader,
+        resp: &ResponseHeader,
+        ctx: &RequestCtx,
+    ) -> RespCacheable {
+        use RespCacheable::Uncacheable;
+        let Some(lookup) = &ctx.cache.lookup else {
+            return Uncacheable(NoCacheReason::NeverEnabled);
+        };
+        let status = resp.status.as_u16();
+        let status_ok = ((200..300).contains(&status) && status != 206)
+            || (status == 404 && self.rules.cache_404);
+        if !status_ok {
+            return Uncacheable(NoCacheReason::OriginNotCache);
+        }
+        if resp.headers.contains_key(http::header::SET_COOKIE) {
+            return Uncacheable(NoCacheReason::Custom("set-cookie"));
+        }
+        if resp.headers.get_all(http::header::VARY).iter().any(|v| {
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .any(|n| n.trim_ascii() == b"*")
+        }) {
+            return Uncacheable(NoCacheReason::Custom("vary-star"));
+        }
+        let cc = CacheControl::from_resp_headers(resp);
+        if let Some(cc) = &cc
+            && (cc.no_store() || cc.no_cache() || (cc.private() && lookup.shared))
+        {
+            return Uncacheable(NoCacheReason::OriginNotCache);
+        }
+        if lookup.shared
+            && req.headers.contains_key(http::header::AUTHORIZATION)
+            && !cc
+                .as_ref()
+                .is_some_and(|cc| cc.allow_caching_authorized_req())
+        {
+            return Uncacheable(NoCacheReason::Custom("authorization"));
+        }
+        let now = SystemTime::now();
+        let fresh_until = cc
+            .as_ref()
+            .and_then(|cc| cc.fresh_duration())
+            .map(|ttl| now + ttl)
+            .or_else(|| calculate_expires_header_time(resp))
+            .unwrap_or(now + lookup.ttl);
+        if fresh_until <= now {
+            return Uncacheable(NoCacheReason::OriginNotCache);
+        }
+        let (swr, sie) = calculate_serve_stale_durations(cc.as_ref(), &NO_STALE);
+        let mut header = resp.clone();
+        for name in x402::RECEIPT_HEADERS {
+            header.remove_header(name);
+        }
+        header.remove_header(PRICE_HEADER);
+        if let Some(charge) = &ctx.payment.charge
+            && header
+                .insert_header(PRICE_HEADER, format!("{} {}", charge.amount, charge.symbol))
+                .is_err()
+        {
+            return Uncacheable(NoCacheReason::InternalError);
+        }
+        RespCacheable::Cacheable(CacheMeta::new(fresh_until, now, swr, sie, header))
+    }
+
+    /// Runs in the service's `response_filter` before the stages: what the agent is getting.
+    pub fn observe(&self, phase: CachePhase, ctx: &mut RequestCtx) {
+        let tier = ctx.cache.tier.unwrap_or(Tier::Memory);
+        ctx.cache.outcome = Some(match (&ctx.cache.lookup, phase) {
+            (None, _) => Outcome::Bypass,
+            (Some(l), _) if l.refresh => Outcome::Bypass,
+            (Some(_), CachePhase::Hit) => Outcome::Hit(tier),
+            (Some(_), CachePhase::Stale | CachePhase::StaleUpdating) => Outcome::Stale(tier),
+            (Some(_), _) => Outcome::Miss,
+        });
+    }
+}
+
+/// SHA-256 of a POST body that fits the retry buffer (it stays there and is sent upstream on
+/// a miss). Bodies of unknown or larger size are not cached.
+async fn hash_body(session: &mut Session) -> Result<String, &'static str> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    match declared {
+        Some(n) if n <= MAX_KEYED_BODY => {}
+        _ => return Err("body-size"),
+    }
+    session.enable_retry_buffering();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(_) => return Err("body-read"),
+        }
+    }
+    if session.retry_buffer_truncated() {
+        return Err("body-size");
+    }
+    let body = session.get_retry_buffer().unwrap_or_default();
+    Ok(hex::encode(Sha256::digest(&body)))
+}
+
+#[async_trait]
+impl Stage for CacheStage {
+    fn name(&self) -> &'static str {
+        "cache"
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Flow {
+        match self.decide(session, ctx).await {
+            Ok(lookup) => ctx.cache.lookup = Some(lookup),
+            Err(reason) => ctx.cache.bypass = Some(reason),
+        }
+        Flow::Continue
+    }
+
+    /// Labels the answer: `X-Pag0-Cache`, and on hits of paid responses `X-Pag0-Saved`.
+    async fn response_filter(
+        &self,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let price = resp
+            .remove_header(PRICE_HEADER)
+            .and_then(|v| v.to_str().ok().map(str::to_string));
+        let Some(outcome) = ctx.cache.outcome else {
+            return Ok(());
+        };
+        resp.insert_header(CACHE_HEADER, outcome.header())?;
+        if matches!(outcome, Outcome::Hit(_) | Outcome::Stale(_))
+            && let Some(price) = price
+        {
+            resp.insert_header(SAVED_HEADER, price.as_str())?;
+            if let Some((amount, symbol)) = price.split_once(' ')
+                && let Ok(amount) = amount.parse::<U256>()
+            {
+                ctx.cache.saved = Some((symbol.to_string(), amount));
+            }
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) {
+        if matches!(ctx.cache.outcome, Some(Outcome::Hit(_) | Outcome::Stale(_))) {
+            ctx.cache.bytes_served += body.as_ref().map_or(0, |b| b.len() as u64);
+        }
+    }
+
+    async fn logging(&self, ctx: &mut RequestCtx) {
+        let outcome = ctx.cache.outcome.unwrap_or(if ctx.cache.lookup.is_some() {
+            Outcome::Miss
+        } else {
+            Outcome::Bypass
+        });
+        let project = ctx.project_label();
+        let (result, tier) = outcome.labels();
+        self.metrics
+            .cache_requests
+            .with_label_values(&[project, result, tier])
+            .inc();
+        let saved = ctx.cache.saved.as_ref().map(|(s, a)| (s.as_str(), *a));
+        if let Some((symbol, amount)) = saved {
+            self.metrics
+                .cache_saved
+                .with_label_values(&[project, symbol])
+                .inc_by(u64::try_from(amount).unwrap_or(u64::MAX));
+        }
+        self.stats
+            .record(project, outcome, ctx.cache.bytes_served, saved);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_url;
+
+    #[test]
+    fn urls_are_normalized() {
+        let cases = [
+            (
+                "HTTP://API.Example.com:80/a/./b/../c?z=1&a=2",
+                "http://api.example.com/a/c?a=2&z=1",
+            ),
+            ("https://h.io:443/x", "https://h.io/x"),
+            (
+                "https://h.io:8443/x?b=1&a=1&b=0",
+                "https://h.io:8443/x?a=1&b=1&b=0",
+            ),
+            ("http://[::1]:8080/p?", "http://[::1]:8080/p"),
+            ("http://h.io", "http://h.io/"),
+        ];
+        for (raw, expected) in cases {
+            assert_eq!(normalize_url(raw).unwrap(), expected, "{raw}");
+        }
+        assert!(normalize_url("not a url").is_err());
+    }
+}
