@@ -87,3 +87,46 @@ impl MemoryTier {
         (self.entries.entry_count(), self.entries.weighted_size())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn entry(i: usize, body: usize, ttl: Duration) -> Arc<Entry> {
+        Arc::new(Entry {
+            primary: format!("p.demo\nGET\nhttp://h/{i}\n"),
+            meta: [Bytes::from_static(b"m0"), Bytes::from_static(b"m1")],
+            body: Bytes::from(vec![b'x'; body]),
+            expires_at: SystemTime::now() + ttl,
+        })
+    }
+
+    #[test]
+    fn evicts_down_to_the_byte_limit() {
+        let tier = MemoryTier::new(64 * 1024);
+        for i in 0..200 {
+            tier.insert(format!("p.demo:{i}"), entry(i, 1024, Duration::from_secs(60)));
+        }
+        let (entries, bytes) = tier.usage();
+        assert!(bytes <= 64 * 1024, "{bytes} bytes kept");
+        assert!(entries < 64 && entries > 20, "{entries} entries kept");
+        let kept = (0..200)
+            .filter(|i| tier.get(&format!("p.demo:{i}")).is_some())
+            .count();
+        assert_eq!(kept as u64, entries);
+    }
+
+    #[test]
+    fn expired_entries_are_not_returned() {
+        let tier = MemoryTier::new(1 << 20);
+        tier.insert("a".into(), entry(1, 10, Duration::from_millis(50)));
+        tier.insert("b".into(), entry(2, 10, Duration::from_secs(60)));
+        assert!(tier.get("a").is_some());
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(tier.get("a").is_none());
+        assert!(tier.get("b").is_some());
+        assert_eq!(tier.remove_matching(|p| p.contains("/2\n")), 1);
+        assert!(tier.get("b").is_none());
+    }
+}

@@ -527,6 +527,18 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
             if !seen.insert(stage.kind()) {
                 self.issue(&path, format!("stage {} is listed twice", stage.kind()));
             }
+            if matches!(stage, StageConfig::Auth) && seen.contains("cache") {
+                self.issue(
+                    &path,
+                    "auth must come before cache (entries are kept per project)",
+                );
+            }
+            if matches!(stage, StageConfig::Cache(_)) && seen.contains("payment") {
+                self.issue(
+                    &path,
+                    "cache must come before payment (an agent's own payment header bypasses the cache)",
+                );
+            }
             out.push(stage);
         }
         out
