@@ -14,21 +14,13 @@ THREADS=${THREADS:-1}
 KEY=pag0_demo_dev_only_key
 WALLET=0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d
 
-if ! command -v wrk >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null || true
-fi
-command -v wrk >/dev/null || { echo "wrk is required (apt-get install wrk)" >&2; exit 1; }
-
+. benches/lib.sh
+need_tools wrk
 cargo build --release --locked --bin pag0 >&2
 HELPER=$(cargo bench --locked --bench x402 --no-run 2>&1 | grep -o 'target/release/deps/x402-[0-9a-f]*' | head -n1)
 [ -x "$HELPER" ] || { echo "cannot find the x402 bench helper" >&2; exit 1; }
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done; echo "port $1 did not open" >&2; exit 1; }
+start_work
 
 UP=$(port)
 "$HELPER" paywall "127.0.0.1:$UP" --no-verify 2>/dev/null & pids+=($!)
@@ -100,20 +92,15 @@ LUA
 }
 
 measure() { # $1 = pag0 port, $2 = path -> "req/s p99ms non2xx"
-  local out rps p99 bad
-  out=$(wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency -s "$(lua "$2")" "http://127.0.0.1:$1/")
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub("us","",v); v=v/1000} else if (v ~ /ms$/) {sub("ms","",v)} else if (v ~ /s$/) {sub("s","",v); v=v*1000}; print v}' <<<"$out")
-  bad=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
-  echo "$rps $p99 ${bad:-0}"
+  local rps p99 problems
+  read -r rps p99 problems < <(wrk_run "$CONNS" "$(lua "$2")" "http://127.0.0.1:$1/")
+  echo "$rps $p99 $(grep -o 'Non-2xx or 3xx responses: [0-9]*' <<<"$problems" | awk '{print $NF}' | grep . || echo 0)"
 }
 
 paced() { # $1 = pag0 port, $2 = path -> p99 ms at ~1000 req/s (10 connections, 10 ms apart)
-  local out
   lua "$2" >/dev/null
   echo 'function delay() return 10 end' >> "$work/run.lua"
-  out=$(wrk -t1 -c10 -d"${DURATION}s" --latency -s "$work/run.lua" "http://127.0.0.1:$1/")
-  awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub("us","",v); v=v/1000} else if (v ~ /ms$/) {sub("ms","",v)} else if (v ~ /s$/) {sub("s","",v); v=v*1000}; print v}' <<<"$out"
+  wrk_run 10 "$work/run.lua" "http://127.0.0.1:$1/" | awk '{print $2}'
 }
 
 # Warm-up: learns the price on the price-memory instances.
@@ -133,7 +120,6 @@ PR_PACED=$(paced "$POLREDIS" /paid)
 for k in $(redis-cli --scan --pattern "$BENCH_PREFIX:*" 2>/dev/null); do redis-cli DEL "$k" >/dev/null; done
 SIGN=$("$HELPER" sign 2000)
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 echo
 echo "pag0 paid-call benchmark  $(date -u +%Y-%m-%dT%H:%MZ)  $(nproc) cores  pag0 threads=$THREADS  conns=$CONNS  duration=${DURATION}s"
 printf "%-26s %12s %10s %10s %10s\n" case "req/s" "p99 ms" "non-2xx" "ratio"

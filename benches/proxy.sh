@@ -19,42 +19,13 @@ CONNS_PACED=${CONNS_PACED:-10}
 PACE_MS=${PACE_MS:-10}
 KEY=pag0_demo_dev_only_key
 
-for tool in wrk nginx; do
-  if ! command -v "$tool" >/dev/null 2>&1 && [ -x /usr/sbin/$tool ]; then export PATH=$PATH:/usr/sbin; fi
-  if ! command -v "$tool" >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
-    pkg=$tool; [ "$tool" = nginx ] && pkg=nginx-light
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null || true
-  fi
-done
-export PATH=$PATH:/usr/sbin
-command -v wrk >/dev/null || { echo "wrk is required (apt-get install wrk)" >&2; exit 1; }
-command -v nginx >/dev/null || { echo "nginx is required for the upstream (apt-get install nginx-light)" >&2; exit 1; }
-
+. benches/lib.sh
+need_tools wrk nginx
 cargo build --release --locked --bin pag0 >&2
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+start_work
 UP=$(port); NGX=$(port); P0=$(port); ADM=$(port)
 
 # Fast local upstream: nginx answering a fixed 64-byte body (1 worker, never the bottleneck role).
-nginx_conf() { # $1 = name, $2 = workers, $3 = server block
-  cat > "$work/$1.conf" <<CONF
-worker_processes $2;
-daemon off;
-pid $work/$1.pid;
-error_log $work/$1.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 100000;
-  upstream backend { server 127.0.0.1:$UP; keepalive 256; }
-  $3
-}
-CONF
-}
 nginx_conf upstream 1 "server { listen 127.0.0.1:$UP; location / { return 200 '0123456789012345678901234567890123456789012345678901234567890123'; } }"
 nginx_conf proxy "$THREADS" "server { listen 127.0.0.1:$NGX; location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection \"\"; } }"
 nginx -c "$work/upstream.conf" & pids+=($!)
@@ -86,9 +57,7 @@ routes:
 YAML
 RUST_LOG=warn target/release/pag0 -c "$work/pag0.yaml" >/dev/null & pids+=($!)
 
-for p in $UP $NGX $P0; do
-  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$p) 2>/dev/null && break; sleep 0.1; done
-done
+for p in $UP $NGX $P0; do wait_port "$p"; done
 
 cat > "$work/reverse.lua" <<LUA
 wrk.headers["X-Pag0-API-Key"] = "$KEY"
@@ -102,20 +71,12 @@ cat > "$work/pace.lua" <<LUA
 function delay() return $PACE_MS end
 LUA
 
-# wrk's --latency p99 in ms and Requests/sec.
 measure() { # $1 url, $2 lua (or ""), $3 conns, $4 pace(0/1)
   local script=$work/run.lua
   : > "$script"
   [ -n "$2" ] && cat "$2" >> "$script"
   [ "$4" = 1 ] && cat "$work/pace.lua" >> "$script"
-  local out
-  out=$(wrk -t1 -c"$3" -d"${DURATION}s" --latency -s "$script" "$1")
-  local rps p99
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub("us","",v); v=v/1000} else if (v ~ /ms$/) {sub("ms","",v)} else if (v ~ /s$/) {sub("s","",v); v=v*1000}; print v}' <<<"$out")
-  local errors
-  errors=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
-  echo "$rps $p99 ${errors:-}"
+  wrk_run "$3" "$script" "$1"
 }
 
 # Warm-up (connection pools, DNS cache).
@@ -145,7 +106,6 @@ for t in direct nginx pag0-reverse pag0-forward; do
   added=$(awk -v a="${PP99[$t]}" -v b="${PP99[direct]}" 'BEGIN {printf "%.3f", a-b}')
   printf "%-14s %12s %10s   %14s %12s %14s\n" "$t" "${RPS[$t]}" "${P99[$t]}" "${PRPS[$t]}" "${PP99[$t]}" "$added"
 done
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 echo
 echo "ratios (saturation req/s):"
 echo "  pag0-reverse / nginx   = $(ratio "${RPS[pag0-reverse]}" "${RPS[nginx]}")"

@@ -71,12 +71,7 @@ impl Origin {
 
     /// Requests that reached `path` (without the query).
     fn hits(&self, path: &str) -> usize {
-        self.by_path
-            .lock()
-            .unwrap()
-            .get(path)
-            .copied()
-            .unwrap_or(0)
+        self.by_path.lock().unwrap().get(path).copied().unwrap_or(0)
     }
 }
 
@@ -248,7 +243,11 @@ async fn paid_response_is_cached_and_served_without_paying() {
         assert_eq!(resp.text().await.unwrap(), first_body);
     }
     let stats = wall.stats();
-    assert_eq!((stats.requests, stats.paid), (2, 1), "one 402 + one paid call");
+    assert_eq!(
+        (stats.requests, stats.paid),
+        (2, 1),
+        "one 402 + one paid call"
+    );
 
     let (status, body) = pag0
         .admin_json(reqwest::Method::GET, "/api/cache/stats", None)
@@ -292,7 +291,11 @@ async fn concurrent_misses_are_collapsed_into_one_payment() {
         1,
         "{results:?}"
     );
-    assert_eq!(wall.stats().paid, 1, "one payment for twelve concurrent calls");
+    assert_eq!(
+        wall.stats().paid,
+        1,
+        "one payment for twelve concurrent calls"
+    );
 
     // Free responses too.
     let url = origin.url("/slow?delay=300");
@@ -409,9 +412,17 @@ async fn ttl_rules_and_cache_control_precedence() {
     assert_eq!(call(get("/long?cc=max-age=1")).await.1, "MISS");
     assert_eq!(call(get("/long?cc=max-age=1")).await.1, "HIT");
     tokio::time::sleep(Duration::from_millis(1300)).await;
-    assert_eq!(call(get("/short/r")).await.1, "MISS", "expired after the rule's 1 s");
+    assert_eq!(
+        call(get("/short/r")).await.1,
+        "MISS",
+        "expired after the rule's 1 s"
+    );
     assert_eq!(call(get("/short/cc?cc=max-age=60")).await.1, "HIT");
-    assert_eq!(call(get("/long?cc=max-age=1")).await.1, "MISS", "max-age=1 expired");
+    assert_eq!(
+        call(get("/long?cc=max-age=1")).await.1,
+        "MISS",
+        "max-age=1 expired"
+    );
     assert_eq!(call(get("/default")).await.1, "MISS");
     assert_eq!(call(get("/default")).await.1, "HIT");
 
@@ -459,14 +470,22 @@ async fn statuses_sizes_and_vary() {
         }
     }
     assert_eq!(
-        (origin.hits("/e404"), origin.hits("/e500"), origin.hits("/e206")),
+        (
+            origin.hits("/e404"),
+            origin.hits("/e500"),
+            origin.hits("/e206")
+        ),
         (2, 2, 2)
     );
 
     // Bodies over max_object_bytes are not stored; smaller ones are.
     for _ in 0..2 {
         let (s, _, body) = call(client.get(origin.url("/big?size=2000"))).await;
-        assert_eq!((s, body.len()), (200, 2000), "a too-large answer still arrives whole");
+        assert_eq!(
+            (s, body.len()),
+            (200, 2000),
+            "a too-large answer still arrives whole"
+        );
         call(client.get(origin.url("/small?size=500"))).await;
     }
     assert_eq!((origin.hits("/big"), origin.hits("/small")), (2, 1));
@@ -508,7 +527,8 @@ async fn purge_by_url_and_pattern() {
         call(client.get(origin.url(path))).await;
         assert_eq!(call(client.get(origin.url(path))).await.1, "HIT");
     }
-    let purge = |body: Value| pag0.admin_json(reqwest::Method::POST, "/api/cache/purge", Some(body));
+    let purge =
+        |body: Value| pag0.admin_json(reqwest::Method::POST, "/api/cache/purge", Some(body));
 
     // Exact URL (normalized: default port, case).
     let (status, body) = purge(json!({"url": format!("HTTP://{}/p/a?k=1", origin.addr)})).await;
@@ -532,7 +552,10 @@ async fn purge_by_url_and_pattern() {
         (json!({}), "INVALID_PURGE"),
         (json!({"url": "x", "pattern": "y"}), "INVALID_PURGE"),
         (json!({"url": "not a url"}), "INVALID_PURGE"),
-        (json!({"pattern": "*", "project": "nope"}), "PROJECT_NOT_FOUND"),
+        (
+            json!({"pattern": "*", "project": "nope"}),
+            "PROJECT_NOT_FOUND",
+        ),
         (json!({"pattern": "*", "bogus": 1}), "INVALID_PURGE"),
     ] {
         let (status, body) = purge(bad.clone()).await;
@@ -552,7 +575,12 @@ async fn purge_by_url_and_pattern() {
 /// Waits until the demo project has `n` entries in `redis`.
 async fn wait_for_keys(redis: &PrivateRedis, n: usize) {
     let count = eventually(
-        || async { redis.cmd(&["--scan", "--pattern", "pag0:cache:p.demo:*"]).lines().count() },
+        || async {
+            redis
+                .cmd(&["--scan", "--pattern", "pag0:cache:p.demo:*"])
+                .lines()
+                .count()
+        },
         |c| *c == n,
     )
     .await;
@@ -578,14 +606,23 @@ async fn two_instances_share_the_redis_tier() {
     let (_, c, body) = call(cb.get(&url)).await;
     assert_eq!((c.as_str(), body.as_str()), ("HIT", first.as_str()));
     assert_eq!(origin.hits("/both"), 1);
-    let stats = b.admin_json(reqwest::Method::GET, "/api/cache/stats", None).await.1;
+    let stats = b
+        .admin_json(reqwest::Method::GET, "/api/cache/stats", None)
+        .await
+        .1;
     assert_eq!(stats["projects"]["demo"]["hits_redis"], 1, "{stats}");
     // The second hit on b comes from its memory tier.
     assert_eq!(call(cb.get(&url)).await.1, "HIT");
-    let stats = b.admin_json(reqwest::Method::GET, "/api/cache/stats", None).await.1;
+    let stats = b
+        .admin_json(reqwest::Method::GET, "/api/cache/stats", None)
+        .await
+        .1;
     assert_eq!(stats["projects"]["demo"]["hits_memory"], 1, "{stats}");
     assert_eq!(
-        redis.cmd(&["--scan", "--pattern", "pag0:cache:p.demo:*"]).lines().count(),
+        redis
+            .cmd(&["--scan", "--pattern", "pag0:cache:p.demo:*"])
+            .lines()
+            .count(),
         1
     );
 
@@ -634,7 +671,10 @@ async fn redis_outage_never_fails_a_request() {
         metrics.contains(r#"pag0_cache_tier_errors_total{kind="error",op="lookup",tier="redis"}"#),
         "{metrics}"
     );
-    let stats = pag0.admin_json(reqwest::Method::GET, "/api/cache/stats", None).await.1;
+    let stats = pag0
+        .admin_json(reqwest::Method::GET, "/api/cache/stats", None)
+        .await
+        .1;
     assert_eq!(stats["storage"]["redis_up"], false, "{stats}");
 
     let _redis = PrivateRedis::start_on(port);

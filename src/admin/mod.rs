@@ -142,6 +142,16 @@ async fn health(State(state): State<AdminState>) -> Response {
             "required": live.config.budgets.redis_down == crate::config::RedisDown::FailClosed,
         });
     }
+    // Never required: without it the cache misses (or serves from memory).
+    if let Some(tier) = shared.cache.redis()
+        && live.pipeline.cache().is_some()
+    {
+        dependencies["cache_redis"] = json!({
+            "status": if tier.healthy() { "up" } else { "down" },
+            "role": "shared cache tier",
+            "required": false,
+        });
+    }
     let healthy = dependencies.as_object().is_some_and(|d| {
         d.values()
             .all(|v| v["required"] != true || v["status"] == "up")

@@ -106,7 +106,10 @@ mod tests {
     fn evicts_down_to_the_byte_limit() {
         let tier = MemoryTier::new(64 * 1024);
         for i in 0..200 {
-            tier.insert(format!("p.demo:{i}"), entry(i, 1024, Duration::from_secs(60)));
+            tier.insert(
+                format!("p.demo:{i}"),
+                entry(i, 1024, Duration::from_secs(60)),
+            );
         }
         let (entries, bytes) = tier.usage();
         assert!(bytes <= 64 * 1024, "{bytes} bytes kept");

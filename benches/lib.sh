@@ -1,0 +1,60 @@
+# Shared plumbing of the bench scripts (sourced, not run): tools, ports, a work directory that
+# is removed with every background process on exit, and wrk measurements.
+
+# need_tools wrk [nginx]: installs what is missing with apt-get when possible, else exits.
+need_tools() {
+  export PATH=$PATH:/usr/sbin
+  local tool pkg
+  for tool in "$@"; do
+    if ! command -v "$tool" >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+      pkg=$tool; [ "$tool" = nginx ] && pkg=nginx-light
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$pkg" >/dev/null || true
+    fi
+    command -v "$tool" >/dev/null || { echo "$tool is required (apt-get install ${pkg:-$tool})" >&2; exit 1; }
+  done
+}
+
+# Sets $work (a temporary directory) and $pids (append background processes to it).
+start_work() {
+  work=$(mktemp -d)
+  pids=()
+  trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+}
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_port() {
+  for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null && return; sleep 0.1; done
+  echo "port $1 did not open" >&2; exit 1
+}
+
+# wrk_run CONNS SCRIPT URL -> "req/s p99_ms problems" (problems: non-2xx / socket errors).
+wrk_run() {
+  local out rps p99 problems
+  out=$(wrk -t1 -c"$1" -d"${DURATION}s" --latency -s "$2" "$3")
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub("us","",v); v=v/1000} else if (v ~ /ms$/) {sub("ms","",v)} else if (v ~ /s$/) {sub("s","",v); v=v*1000}; print v}' <<<"$out")
+  problems=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out" | tr '\n' ' ')
+  echo "$rps $p99 ${problems:-}"
+}
+
+# nginx_conf NAME WORKERS SERVER_BLOCK [HTTP_EXTRA]: writes $work/NAME.conf (upstream
+# "backend" = 127.0.0.1:$UP with keep-alive).
+nginx_conf() {
+  cat > "$work/$1.conf" <<CONF
+worker_processes $2;
+daemon off;
+pid $work/$1.pid;
+error_log $work/$1.err warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 100000;
+  upstream backend { server 127.0.0.1:$UP; keepalive 256; }
+  ${4:-}
+  $3
+}
+CONF
+}
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
