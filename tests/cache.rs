@@ -31,6 +31,8 @@ struct Origin {
     addr: SocketAddr,
     requests: Arc<AtomicUsize>,
     by_path: Arc<Mutex<HashMap<String, usize>>>,
+    /// The accept loop, which owns every connection: aborting it takes the origin down.
+    server: tokio::task::JoinHandle<()>,
 }
 
 impl Origin {
@@ -40,13 +42,14 @@ impl Origin {
         let requests = Arc::new(AtomicUsize::new(0));
         let by_path = Arc::new(Mutex::new(HashMap::new()));
         let (r, p) = (requests.clone(), by_path.clone());
-        tokio::spawn(async move {
+        let server = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
                 let (r, p) = (r.clone(), p.clone());
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let svc = service_fn(move |req| answer(req, r.clone(), p.clone()));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -58,6 +61,17 @@ impl Origin {
             addr,
             requests,
             by_path,
+            server,
+        }
+    }
+
+    /// Closes the listener and every open connection.
+    async fn stop(&self) {
+        self.server.abort();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(self.addr).is_ok() {
+            assert!(std::time::Instant::now() < deadline, "origin still listening");
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -505,6 +519,28 @@ async fn statuses_sizes_and_vary() {
     assert_eq!((c.as_str(), en2.as_str()), ("HIT", en.as_str()));
     let (_, c, fr2) = call(vary("fr")).await;
     assert_eq!((c.as_str(), fr2.as_str()), ("HIT", fr.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_if_error_serves_the_stored_copy_while_the_origin_is_down() {
+    let origin = Origin::start().await;
+    let pag0 = Pag0::start(&config(&origin, "", ""));
+    let client = pag0.client("demo", DEMO_KEY);
+    let soft = origin.url("/soft?cc=max-age=1%2C%20stale-if-error=60");
+    let hard = origin.url("/hard?cc=max-age=1");
+    let (_, c, stored) = call(client.get(&soft)).await;
+    assert_eq!(c, "MISS");
+    assert_eq!(call(client.get(&hard)).await.1, "MISS");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    origin.stop().await;
+
+    let (s, c, body) = call(client.get(&soft)).await;
+    assert_eq!((s, c.as_str(), body.as_str()), (200, "STALE", stored.as_str()));
+    // Without stale-if-error an expired entry is not served: the agent gets the error.
+    let (s, _, body) = call(client.get(&hard)).await;
+    assert_eq!(s, 502, "{body}");
+    let stats = pag0.admin_json(reqwest::Method::GET, "/api/cache/stats", None).await.1;
+    assert_eq!(stats["projects"]["demo"]["stale"], 1, "{stats}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
