@@ -25,7 +25,8 @@ const OTHER_KEY: &str = "other-project-key-0123456789";
 
 /// An origin whose answers are steered by the query string: `cc=` (Cache-Control), `size=`
 /// (body of that many bytes), `status=`, `cookie=1` (Set-Cookie), `vary=<header>` (Vary, and
-/// the body shows that request header), `delay=<ms>`. Other bodies are `{"n": <request
+/// the body shows that request header), `delay=<ms>`, `etag=1` (ETag "v1"; 304 to a matching
+/// If-None-Match). Other bodies are `{"n": <request
 /// number>}`, so a test can tell a cached answer from a fresh one.
 struct Origin {
     addr: SocketAddr,
@@ -70,7 +71,10 @@ impl Origin {
         self.server.abort();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while std::net::TcpStream::connect(self.addr).is_ok() {
-            assert!(std::time::Instant::now() < deadline, "origin still listening");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "origin still listening"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -111,6 +115,26 @@ async fn answer(
     if let Some(ms) = query.get("delay") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
     }
+    if query.contains_key("etag")
+        && req
+            .headers()
+            .get("if-none-match")
+            .is_some_and(|v| v.as_bytes() == b"\"v1\"")
+    {
+        *by_path
+            .lock()
+            .unwrap()
+            .entry(format!("{} 304", req.uri().path()))
+            .or_default() += 1;
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = hyper::StatusCode::NOT_MODIFIED;
+        resp.headers_mut().insert("etag", "\"v1\"".parse().unwrap());
+        if let Some(cc) = query.get("cc") {
+            resp.headers_mut()
+                .insert("cache-control", cc.parse().unwrap());
+        }
+        return Ok(resp);
+    }
     let vary_value = query.get("vary").map(|h| {
         req.headers()
             .get(h.as_str())
@@ -135,6 +159,9 @@ async fn answer(
     }
     if let Some(v) = query.get("vary") {
         h.insert("vary", v.parse().unwrap());
+    }
+    if query.contains_key("etag") {
+        h.insert("etag", "\"v1\"".parse().unwrap());
     }
     Ok(resp)
 }
@@ -379,6 +406,36 @@ async fn projects_are_isolated_unless_the_route_is_shared() {
     }
     assert_eq!(origin.hits("/authz"), 2);
     assert_eq!(origin.hits("/authz-public"), 1);
+    for _ in 0..2 {
+        call(get(DEMO_KEY, "/shared/cookie").header("cookie", "session=a")).await;
+    }
+    assert_eq!(
+        origin.hits("/cookie"),
+        2,
+        "requests with cookies are not shared"
+    );
+
+    // The key is the path the upstream gets: a dot-segment trick cannot plant an entry for
+    // another path on a shared route.
+    // (Sent raw: HTTP clients resolve dot segments themselves.)
+    let raw = format!(
+        "GET /shared/items/%2e%2e/report HTTP/1.1\r\nHost: pag0\r\nX-Pag0-API-Key: {DEMO_KEY}\r\n\r\n"
+    );
+    let addr = pag0.proxy;
+    let (status, head, _) = tokio::task::spawn_blocking(move || raw_exchange(addr, raw.as_bytes()))
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("x-pag0-cache: miss"),
+        "{head}"
+    );
+    let (_, c, _) = call(get(OTHER_KEY, "/shared/report")).await;
+    assert_eq!(c, "MISS");
+    assert_eq!(
+        (origin.hits("/items/%2e%2e/report"), origin.hits("/report")),
+        (1, 1)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -534,13 +591,72 @@ async fn stale_if_error_serves_the_stored_copy_while_the_origin_is_down() {
     tokio::time::sleep(Duration::from_millis(1200)).await;
     origin.stop().await;
 
-    let (s, c, body) = call(client.get(&soft)).await;
-    assert_eq!((s, c.as_str(), body.as_str()), (200, "STALE", stored.as_str()));
+    let resp = client.get(&soft).send().await.unwrap();
+    assert_eq!(
+        header(&resp, "connection"),
+        "close",
+        "Pingora closes the connection after a stale-if-error answer"
+    );
+    let (s, c) = (resp.status().as_u16(), header(&resp, "x-pag0-cache"));
+    let body = resp.text().await.unwrap();
+    assert_eq!(
+        (s, c.as_str(), body.as_str()),
+        (200, "STALE", stored.as_str())
+    );
     // Without stale-if-error an expired entry is not served: the agent gets the error.
     let (s, _, body) = call(client.get(&hard)).await;
     assert_eq!(s, 502, "{body}");
-    let stats = pag0.admin_json(reqwest::Method::GET, "/api/cache/stats", None).await.1;
+    let stats = pag0
+        .admin_json(reqwest::Method::GET, "/api/cache/stats", None)
+        .await
+        .1;
     assert_eq!(stats["projects"]["demo"]["stale"], 1, "{stats}");
+}
+
+/// A paid attempt that fails (the paywall is down) and is answered by a stale copy is not a
+/// payment: nothing is reported as paid, committed or journaled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_answer_after_a_failed_paid_attempt_is_not_charged() {
+    let wall = Paywall::start().await;
+    let origin = Origin::start().await;
+    let pag0 = Pag0::start(&config(&origin, "", ""));
+    let client = pag0.client("demo", DEMO_KEY);
+    let url = wall.url("/paid-stale");
+    let first = client.get(&url).send().await.unwrap();
+    assert_eq!(header(&first, "x-pag0-paid"), "true");
+    let stored = first.text().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    wall.stop().await;
+
+    // The price is remembered, so this attempt is signed up front, then cannot connect.
+    let resp = client.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(header(&resp, "x-pag0-cache"), "STALE");
+    assert_eq!(header(&resp, "x-pag0-paid"), "false");
+    assert_eq!(header(&resp, "x-pag0-cost"), "");
+    assert_eq!(header(&resp, "x-pag0-saved"), "10000 USDC");
+    assert_eq!(resp.text().await.unwrap(), stored);
+
+    let metrics = pag0.admin(reqwest::Method::GET, "/metrics").await.1;
+    // Two signatures (the second one never reached the paywall), one journaled payment.
+    assert!(
+        metrics.contains(r#"pag0_payments_total{outcome="signed",project="demo"} 2"#),
+        "{metrics}"
+    );
+    let (_, spend) = eventually(
+        || pag0.admin_json(reqwest::Method::GET, "/api/spend?project=demo", None),
+        |(_, v)| v["count"] == 1,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, spend_later) = pag0
+        .admin_json(reqwest::Method::GET, "/api/spend?project=demo", None)
+        .await;
+    assert_eq!(
+        (spend["count"].clone(), spend_later["count"].clone()),
+        (json!(1), json!(1))
+    );
+    assert_eq!(wall.stats().paid, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -674,6 +790,35 @@ async fn two_instances_share_the_redis_tier() {
     assert_eq!(body["purged"]["redis"], 1, "{body}");
     let (_, c, _) = eventually(|| call(cb.get(&url)), |(_, c, _)| c == "MISS").await;
     assert_eq!(c, "MISS");
+}
+
+/// An expired entry with a validator is revalidated (If-None-Match → 304): the stored body is
+/// served and the entry lives on, in memory and in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revalidation_keeps_the_entry_in_every_tier() {
+    let redis = PrivateRedis::start();
+    let origin = Origin::start().await;
+    let extra = format!("redis:\n  url: {}\n", redis.url());
+    let a = Pag0::start(&config(&origin, "", &extra));
+    let b = Pag0::start(&config(&origin, "", &extra));
+    let url = origin.url("/etag?etag=1&cc=max-age=1%2C%20stale-if-error=2");
+    let (_, c, stored) = call(a.client("demo", DEMO_KEY).get(&url)).await;
+    assert_eq!(c, "MISS");
+    wait_for_keys(&redis, 1).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (s, _, body) = call(a.client("demo", DEMO_KEY).get(&url)).await;
+    assert_eq!((s, body.as_str()), (200, stored.as_str()));
+    assert_eq!(origin.hits("/etag"), 2, "one revalidation");
+    let (_, c, _) = call(a.client("demo", DEMO_KEY).get(&url)).await;
+    assert_eq!(c, "HIT", "fresh again after the 304");
+    assert_eq!(origin.hits("/etag 304"), 1);
+    // After the original Redis expiry (1 s fresh + 2 s stale) the other instance still finds
+    // the entry there (the revalidation extended it), so it revalidates too instead of
+    // fetching it whole.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let (_, _, body) = call(b.client("demo", DEMO_KEY).get(&url)).await;
+    assert_eq!(body, stored);
+    assert_eq!(origin.hits("/etag 304"), 2);
 }
 
 /// Redis stopped mid-run: requests still succeed (no Redis-only hits meanwhile); after a

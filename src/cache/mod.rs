@@ -207,10 +207,18 @@ impl CacheStore {
         }
     }
 
-    fn put(&self, id: String, entry: Entry) {
+    /// Stores a finished miss. With a memory tier the Redis write happens in the background
+    /// (requests waiting on the cache lock find the entry in memory); without one it is
+    /// awaited, so they find it in Redis.
+    async fn put(&self, id: String, entry: Entry) {
         let entry = Arc::new(entry);
         if let Some(m) = &self.memory {
             m.insert(id.clone(), entry.clone());
+        } else if let Some(redis) = &self.redis {
+            if let Err(e) = redis.put(&id, &entry).await {
+                self.tier_error("write", &e);
+            }
+            return;
         }
         if let Some(redis) = &self.redis {
             let metrics = self.metrics.clone();
@@ -374,7 +382,7 @@ impl Storage for CacheStore {
             updated = true;
         }
         if let Some(redis) = &self.redis {
-            match redis.update_meta(&id, &blobs).await {
+            match redis.update_meta(&id, &blobs, expires_at).await {
                 Ok(found) => updated |= found,
                 Err(e) => self.tier_error("update", &e),
             }
@@ -471,7 +479,7 @@ impl HandleMiss for Miss {
             expires_at,
         };
         let size = entry.size();
-        store.put(id, entry);
+        store.put(id, entry).await;
         Ok(MissFinishType::Created(size))
     }
 }

@@ -29,6 +29,15 @@ const MAX_WRITES_IN_FLIGHT: usize = 512;
 /// Keys fetched per SCAN round of a purge.
 const SCAN_COUNT: usize = 1_000;
 
+/// Rewrites meta and expiry of an existing entry (never resurrects a purged one).
+static UPDATE_META: once_cell::sync::Lazy<redis::Script> = once_cell::sync::Lazy::new(|| {
+    redis::Script::new(
+        "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end \
+         redis.call('HSET', KEYS[1], 'm0', ARGV[1], 'm1', ARGV[2], 'x', ARGV[3]) \
+         redis.call('PEXPIREAT', KEYS[1], ARGV[3]) return 1",
+    )
+});
+
 pub struct RedisTier {
     client: redis::Client,
     /// `<prefix>:cache`
@@ -206,19 +215,23 @@ impl RedisTier {
         true
     }
 
-    /// Replaces the meta blobs of an entry that exists; `false` if it does not.
-    pub async fn update_meta(&self, id: &str, meta: &[Bytes; 2]) -> Result<bool, TierError> {
+    /// Replaces the meta blobs and expiry of an entry that exists (after a revalidation);
+    /// `false` if it does not.
+    pub async fn update_meta(
+        &self,
+        id: &str,
+        meta: &[Bytes; 2],
+        expires_at: SystemTime,
+    ) -> Result<bool, TierError> {
         let key = self.key(id);
-        let script = redis::Script::new(
-            "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end \
-             redis.call('HSET', KEYS[1], 'm0', ARGV[1], 'm1', ARGV[2]) return 1",
-        );
+        let expires = unix_ms(expires_at);
         let updated: i64 = self
             .call(async |c| {
-                script
+                UPDATE_META
                     .key(&key)
                     .arg(meta[0].as_ref())
                     .arg(meta[1].as_ref())
+                    .arg(expires)
                     .invoke_async(c)
                     .await
             })

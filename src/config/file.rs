@@ -91,6 +91,8 @@ pub const DEFAULT_CACHE_MEMORY_BYTES: u64 = 64 << 20;
 pub const DEFAULT_CACHE_LOCK_TIMEOUT_MS: u64 = 10_000;
 /// Freshness of a cached response whose upstream says nothing and no rule matches.
 pub const DEFAULT_CACHE_TTL_SECONDS: u64 = 300;
+/// Longest TTL a cache rule, route or default may set (one year).
+pub const MAX_CACHE_TTL_SECONDS: u64 = 365 * 86_400;
 /// Largest response body the cache stores (1 MiB).
 pub const DEFAULT_CACHE_MAX_OBJECT_BYTES: u64 = 1 << 20;
 

@@ -604,11 +604,9 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
                     }
                     (Some(ttl), false) => Some(CacheRule {
                         pattern: r.pattern.to_ascii_lowercase(),
-                        ttl: Some(Duration::from_secs(self.positive(
-                            Some(ttl),
-                            1,
-                            &format!("{rule_path}.ttl_seconds"),
-                        ))),
+                        ttl: Some(Duration::from_secs(
+                            self.ttl(ttl, &format!("{rule_path}.ttl_seconds")),
+                        )),
                     }),
                     (None, true) => Some(CacheRule {
                         pattern: r.pattern.to_ascii_lowercase(),
@@ -618,15 +616,26 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
             })
             .collect();
         CacheRules {
-            default_ttl: Duration::from_secs(self.positive(
-                default_ttl_seconds,
-                DEFAULT_CACHE_TTL_SECONDS,
+            default_ttl: Duration::from_secs(self.ttl(
+                default_ttl_seconds.unwrap_or(DEFAULT_CACHE_TTL_SECONDS),
                 &format!("{path}.default_ttl_seconds"),
             )),
             max_object_bytes: max_object_bytes.min(u64::from(u32::MAX)) as usize,
             cache_404,
             rules,
         }
+    }
+
+    /// A cache TTL in seconds: 1 to [`MAX_CACHE_TTL_SECONDS`].
+    fn ttl(&mut self, seconds: u64, path: &str) -> u64 {
+        if seconds == 0 || seconds > MAX_CACHE_TTL_SECONDS {
+            self.issue(
+                path,
+                format!("must be between 1 and {MAX_CACHE_TTL_SECONDS} (one year)"),
+            );
+            return DEFAULT_CACHE_TTL_SECONDS;
+        }
+        seconds
     }
 
     fn route_cache(&mut self, f: Option<FileRouteCache>, path: &str) -> RouteCache {
@@ -636,9 +645,9 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
             enabled: f.enabled.unwrap_or(defaults.enabled),
             shared: f.shared.unwrap_or(defaults.shared),
             post: f.post.unwrap_or(defaults.post),
-            ttl: f.ttl_seconds.map(|t| {
-                Duration::from_secs(self.positive(Some(t), 1, &format!("{path}.ttl_seconds")))
-            }),
+            ttl: f
+                .ttl_seconds
+                .map(|t| Duration::from_secs(self.ttl(t, &format!("{path}.ttl_seconds")))),
         }
     }
 

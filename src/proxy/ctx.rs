@@ -90,6 +90,9 @@ pub struct PaymentState {
     pub settled: Option<bool>,
     /// Settlement transaction from the receipt.
     pub tx: Option<String>,
+    /// The paid attempt's receipt header, read as the upstream sent it (before the cache
+    /// stores or merges the header).
+    pub receipt: Option<Vec<u8>>,
 }
 
 /// Budget held for a paid attempt, with the limits it was checked against.

@@ -162,7 +162,12 @@ impl ProxyHttp for Pag0Proxy {
     ) -> Result<RespCacheable> {
         let live = ctx.live.clone();
         Ok(match live.pipeline.cache() {
-            Some(cache) => cache.cacheable(session.req_header(), resp, ctx),
+            Some(cache) => cache.cacheable(
+                session.req_header(),
+                resp,
+                session.cache.maybe_cache_meta(),
+                ctx,
+            ),
             None => RespCacheable::Uncacheable(pingora::cache::NoCacheReason::NeverEnabled),
         })
     }
@@ -249,7 +254,13 @@ impl ProxyHttp for Pag0Proxy {
     ) -> Result<()> {
         let live = ctx.live.clone();
         if let Some(cache) = live.pipeline.cache() {
-            cache.observe(session.cache.phase(), ctx);
+            let phase = session.cache.phase();
+            cache.observe(phase, ctx);
+            if phase == pingora::cache::CachePhase::Stale {
+                // Served stale because the upstream failed: Pingora closes the downstream
+                // connection afterwards, so say so (clients must not reuse it).
+                session.set_keepalive(None);
+            }
         }
         live.pipeline.response_filter(resp, ctx).await
     }

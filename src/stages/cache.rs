@@ -68,6 +68,8 @@ pub struct CacheState {
     /// Price of the cached response the agent got for free.
     pub saved: Option<(String, U256)>,
     pub bytes_served: u64,
+    /// The upstream answered `304 Not Modified` to a revalidation.
+    pub not_modified: bool,
 }
 
 /// How one request uses the cache.
@@ -91,18 +93,46 @@ pub struct CacheStage {
 }
 
 /// `scheme://host[:port]/path[?query]` with the scheme and host lowercased, the default port
-/// dropped, dot segments resolved and query parameters sorted by name (stable).
+/// dropped, the fragment removed and query parameters sorted by name (stable, so repeated
+/// names keep their order). The path is kept byte for byte: it is what the upstream receives,
+/// so two keys never stand for two different upstream requests (no dot-segment or
+/// percent-decoding games on shared routes).
 pub fn normalize_url(raw: &str) -> Result<String, String> {
-    let url = url::Url::parse(raw).map_err(|e| format!("invalid URL {raw:?}: {e}"))?;
-    let host = url
-        .host_str()
-        .ok_or_else(|| format!("URL without a host: {raw:?}"))?;
-    let mut out = format!("{}://{host}", url.scheme());
-    if let Some(port) = url.port() {
+    let invalid = |why: &str| format!("invalid URL {raw:?}: {why}");
+    if raw.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(invalid("contains spaces or control characters"));
+    }
+    let (scheme, rest) = raw.split_once("://").ok_or_else(|| invalid("no scheme"))?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return Err(invalid("scheme must be http or https")),
+    };
+    let rest = rest.split('#').next().unwrap_or("");
+    let split = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, target) = rest.split_at(split);
+    let authority = authority.to_ascii_lowercase();
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.is_empty() && (!h.contains(':') || h.ends_with(']')) => {
+            let port: u16 = p.parse().map_err(|_| invalid("bad port"))?;
+            (h.to_string(), Some(port))
+        }
+        _ => (authority.clone(), None),
+    };
+    if host.is_empty() || host.contains(['@', '/']) {
+        return Err(invalid("no host"));
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let mut out = format!("{scheme}://{host}");
+    if let Some(port) = port.filter(|p| *p != default_port) {
         out.push_str(&format!(":{port}"));
     }
-    out.push_str(url.path());
-    if let Some(query) = url.query() {
+    out.push_str(if path.is_empty() { "/" } else { path });
+    if let Some(query) = query {
         let mut params: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
         params.sort_by_key(|p| p.split('=').next().unwrap_or(""));
         if !params.is_empty() {
@@ -137,11 +167,20 @@ pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
             if name.is_empty() {
                 continue;
             }
-            let value = req
-                .headers
-                .get(name.as_str())
-                .map(|v| v.as_bytes().to_vec())
-                .unwrap_or_default();
+            // Credentials and pag0's own headers never become part of a key.
+            let never = name == "proxy-authorization"
+                || name.starts_with("x-pag0-")
+                || name == x402::PAYMENT_SIGNATURE_HEADER
+                || name == x402::X_PAYMENT_HEADER;
+            let mut value = Vec::new();
+            if !never {
+                for (i, v) in req.headers.get_all(name.as_str()).iter().enumerate() {
+                    if i > 0 {
+                        value.push(b',');
+                    }
+                    value.extend_from_slice(v.as_bytes());
+                }
+            }
             builder.add_owned_name_value(name, value);
         }
     }
@@ -264,10 +303,12 @@ impl CacheStage {
 
     /// Runs in `response_cache_filter` on the upstream's answer (after a paid replay, on the
     /// paid answer; a 402 never gets here as a success).
+    /// `stored` is the entry being revalidated, if any.
     pub fn cacheable(
         &self,
         req: &RequestHeader,
         resp: &ResponseHeader,
+        stored: Option<&CacheMeta>,
         ctx: &RequestCtx,
     ) -> RespCacheable {
         use RespCacheable::Uncacheable;
@@ -296,34 +337,45 @@ impl CacheStage {
         {
             return Uncacheable(NoCacheReason::OriginNotCache);
         }
+        // On a shared route, an answer to a request with credentials is only kept when the
+        // upstream says it may be shared (RFC 9111 §3.5).
         if lookup.shared
-            && req.headers.contains_key(http::header::AUTHORIZATION)
+            && (req.headers.contains_key(http::header::AUTHORIZATION)
+                || req.headers.contains_key(http::header::COOKIE))
             && !cc
                 .as_ref()
                 .is_some_and(|cc| cc.allow_caching_authorized_req())
         {
-            return Uncacheable(NoCacheReason::Custom("authorization"));
+            return Uncacheable(NoCacheReason::Custom("credentials"));
         }
         let now = SystemTime::now();
         let fresh_until = cc
             .as_ref()
             .and_then(|cc| cc.fresh_duration())
-            .map(|ttl| now + ttl)
+            .and_then(|ttl| now.checked_add(ttl))
             .or_else(|| calculate_expires_header_time(resp))
-            .unwrap_or(now + lookup.ttl);
-        if fresh_until <= now {
+            .or_else(|| now.checked_add(lookup.ttl));
+        let Some(fresh_until) = fresh_until.filter(|t| *t > now) else {
             return Uncacheable(NoCacheReason::OriginNotCache);
-        }
+        };
         let (swr, sie) = calculate_serve_stale_durations(cc.as_ref(), &NO_STALE);
         let mut header = resp.clone();
         for name in x402::RECEIPT_HEADERS {
             header.remove_header(name);
         }
+        // The price: of this paid answer, or (a free 304 revalidation) of the stored entry,
+        // never from the upstream's own headers.
         header.remove_header(PRICE_HEADER);
-        if let Some(charge) = &ctx.payment.charge
-            && header
-                .insert_header(PRICE_HEADER, format!("{} {}", charge.amount, charge.symbol))
-                .is_err()
+        let price = match &ctx.payment.charge {
+            Some(charge) => Some(format!("{} {}", charge.amount, charge.symbol)),
+            None if ctx.cache.not_modified => stored
+                .and_then(|m| m.headers().get(PRICE_HEADER))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            None => None,
+        };
+        if let Some(price) = price
+            && header.insert_header(PRICE_HEADER, price).is_err()
         {
             return Uncacheable(NoCacheReason::InternalError);
         }
@@ -333,13 +385,20 @@ impl CacheStage {
     /// Runs in the service's `response_filter` before the stages: what the agent is getting.
     pub fn observe(&self, phase: CachePhase, ctx: &mut RequestCtx) {
         let tier = ctx.cache.tier.unwrap_or(Tier::Memory);
-        ctx.cache.outcome = Some(match (&ctx.cache.lookup, phase) {
+        let outcome = match (&ctx.cache.lookup, phase) {
             (None, _) => Outcome::Bypass,
-            (Some(l), _) if l.refresh => Outcome::Bypass,
             (Some(_), CachePhase::Hit) => Outcome::Hit(tier),
             (Some(_), CachePhase::Stale | CachePhase::StaleUpdating) => Outcome::Stale(tier),
+            (Some(l), _) if l.refresh => Outcome::Bypass,
             (Some(_), _) => Outcome::Miss,
-        });
+        };
+        if matches!(outcome, Outcome::Hit(_) | Outcome::Stale(_)) {
+            // A stored copy answers after a paid attempt failed (stale-if-error): nothing was
+            // delivered for that payment, so it is not reported or committed (the hold is
+            // released in `logging`).
+            ctx.payment.charge = None;
+        }
+        ctx.cache.outcome = Some(outcome);
     }
 }
 
@@ -382,6 +441,17 @@ impl Stage for CacheStage {
             Err(reason) => ctx.cache.bypass = Some(reason),
         }
         Flow::Continue
+    }
+
+    /// Notes a `304 Not Modified` (a revalidation of a stored entry).
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        ctx.cache.not_modified = resp.status == http::StatusCode::NOT_MODIFIED;
+        Ok(())
     }
 
     /// Labels the answer: `X-Pag0-Cache`, and on hits of paid responses `X-Pag0-Saved`.
@@ -453,9 +523,16 @@ mod tests {
     fn urls_are_normalized() {
         let cases = [
             (
-                "HTTP://API.Example.com:80/a/./b/../c?z=1&a=2",
-                "http://api.example.com/a/c?a=2&z=1",
+                "HTTP://API.Example.com:80/A/b?z=1&a=2",
+                "http://api.example.com/A/b?a=2&z=1",
             ),
+            // The path is what the upstream gets: never resolved or decoded.
+            (
+                "http://h.io/v1/items/%2e%2e/report",
+                "http://h.io/v1/items/%2e%2e/report",
+            ),
+            ("http://h.io/a/./b/../c", "http://h.io/a/./b/../c"),
+            ("http://h.io/p#frag", "http://h.io/p"),
             ("https://h.io:443/x", "https://h.io/x"),
             (
                 "https://h.io:8443/x?b=1&a=1&b=0",
@@ -467,6 +544,14 @@ mod tests {
         for (raw, expected) in cases {
             assert_eq!(normalize_url(raw).unwrap(), expected, "{raw}");
         }
-        assert!(normalize_url("not a url").is_err());
+        for bad in [
+            "not a url",
+            "ftp://h/x",
+            "http:///x",
+            "http://h:99999/",
+            "http://h/a b",
+        ] {
+            assert!(normalize_url(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -573,6 +573,12 @@ impl Stage for PaymentStage {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
+        if ctx.payment.header.is_some() {
+            ctx.payment.receipt = x402::RECEIPT_HEADERS
+                .iter()
+                .find_map(|name| resp.headers.get(*name))
+                .map(|v| v.as_bytes().to_vec());
+        }
         if resp.status.as_u16() != 402 || ctx.payment.agent_signed {
             return Ok(());
         }
@@ -680,10 +686,12 @@ impl Stage for PaymentStage {
             resp.insert_header("x-pag0-paid", "false")?;
             return Ok(());
         };
-        let receipt = x402::RECEIPT_HEADERS
-            .iter()
-            .find_map(|name| resp.headers.get(*name))
-            .and_then(|v| x402::parse_receipt(v.as_bytes()).ok());
+        // As the upstream sent it: after a 304 revalidation the client gets the stored header.
+        let receipt = ctx
+            .payment
+            .receipt
+            .take()
+            .and_then(|v| x402::parse_receipt(&v).ok());
         let paid = resp.status.is_success() && receipt.as_ref().is_none_or(|r| r.success);
         resp.insert_header("x-pag0-paid", if paid { "true" } else { "false" })?;
         ctx.payment.settled = Some(

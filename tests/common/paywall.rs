@@ -5,7 +5,7 @@
 //! 20000); `/expensive` (500000); `/wrong-network` (eip155:1); `/always402` (verifies, then
 //! refuses anyway); `/price-change` (10000, +5000 after every payment on it); `/slow-paid`
 //! (10000, answers 800 ms after a valid payment); `/paid-500` (10000, answers 500 without a receipt
-//! after a valid payment); `/expensive-empty` (a 402 with an empty body); `/unknown-asset` (an asset pag0 does not allow). Every route also
+//! after a valid payment); `/paid-stale` (10000, 200 with `max-age=1, stale-if-error=60`); `/expensive-empty` (a 402 with an empty body); `/unknown-asset` (an asset pag0 does not allow). Every route also
 //! exists as x402 v1 under `/v1/...` (offer in the 402 JSON body, `X-PAYMENT`, network name
 //! `base-sepolia`, `X-PAYMENT-RESPONSE`). Every 200 echoes `{method, path, body_len, body_sha256}`.
 
@@ -76,6 +76,8 @@ struct State {
 pub struct Paywall {
     pub addr: SocketAddr,
     state: Arc<Mutex<State>>,
+    /// The accept loop, which owns every connection: aborting it takes the paywall down.
+    server: tokio::task::JoinHandle<()>,
 }
 
 fn offer(amount: u64, network: &str, asset: &str) -> Value {
@@ -110,7 +112,9 @@ fn to_v1(offer: &Value, url: &str) -> Value {
 fn offers_for(path: &str, price_changes: u64) -> Option<Vec<Value>> {
     Some(match path {
         "/price-change" => vec![offer(10_000 + 5_000 * price_changes, NETWORK, ASSET)],
-        "/paid" | "/always402" | "/slow-paid" | "/paid-500" => vec![offer(10_000, NETWORK, ASSET)],
+        "/paid" | "/always402" | "/slow-paid" | "/paid-500" | "/paid-stale" => {
+            vec![offer(10_000, NETWORK, ASSET)]
+        }
         "/multi" => vec![
             offer(1, NETWORK, "0x0000000000000000000000000000000000000bad"),
             offer(50_000, NETWORK, ASSET),
@@ -141,13 +145,14 @@ impl Paywall {
             ..State::default()
         }));
         let st = state.clone();
-        tokio::spawn(async move {
+        let server = tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
                 let st = st.clone();
-                tokio::spawn(async move {
+                connections.spawn(async move {
                     let svc = service_fn(move |req| handle(req, st.clone(), addr));
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -155,7 +160,23 @@ impl Paywall {
                 });
             }
         });
-        Paywall { addr, state }
+        Paywall {
+            addr,
+            state,
+            server,
+        }
+    }
+
+    /// Closes the listener and every open connection.
+    pub async fn stop(&self) {
+        self.server.abort();
+        for _ in 0..250 {
+            if std::net::TcpStream::connect(self.addr).is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("paywall still listening");
     }
 
     pub fn stats(&self) -> PaywallStats {
@@ -262,11 +283,18 @@ async fn handle(
             } else {
                 "payment-response"
             };
-            Ok(respond(
+            let mut resp = respond(
                 StatusCode::OK,
                 echo.to_string(),
                 Some((name, b64(&receipt))),
-            ))
+            );
+            if path == "/paid-stale" {
+                resp.headers_mut().insert(
+                    "cache-control",
+                    "max-age=1, stale-if-error=60".parse().unwrap(),
+                );
+            }
+            Ok(resp)
         }
     }
 }
