@@ -578,7 +578,14 @@ async fn a_restarted_pag0_remembers_todays_spending_from_the_journal() {
             StatusCode::OK
         );
     }
-    // A graceful stop drains the journal writes of finished requests.
+    // The request is finished (and its journal write queued) only after `logging`, which runs
+    // after the agent got the response; wait for both rows, then restart.
+    let (_, spend) = eventually(
+        || first.admin_json(reqwest::Method::GET, "/api/spend?project=demo", None),
+        |(_, v)| v["count"] == 2,
+    )
+    .await;
+    assert_eq!(spend["count"], 2, "{spend}");
     drop(first);
     let second = Pag0::start(&cfg);
     let resp = second
