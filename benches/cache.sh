@@ -38,46 +38,12 @@ nginx_conf cache "$THREADS" \
 nginx -c "$work/upstream.conf" & pids+=($!)
 nginx -c "$work/cache.conf" & pids+=($!)
 
-# $1 name, $2 extra stage YAML, $3 extra sections; sets PAG0_PORT and PAG0_ADMIN
-start_pag0() {
-  local p a
-  p=$(port); a=$(port)
-  cat > "$work/$1.yaml" <<YAML
-server:
-  listen: ["127.0.0.1:$p"]
-  threads: $THREADS
-  pid_file: $work/$1.pid
-  upgrade_sock: $work/$1.sock
-admin:
-  listen: 127.0.0.1:$a
-  token: \${BENCH_TOKEN:-$TOKEN}
-database:
-  url: sqlite:$work/$1.db
-stages:
-  - kind: auth
-  - kind: rate_limit
-    default: { requests_per_second: 10000000, burst: 10000000 }
-  - kind: ssrf_guard
-    allow: ["127.0.0.1"]
-$2
-projects:
-  - id: demo
-    keys: ["sha256:79f8ca837c673888f582d0c8204f8b6ab31c8b0a7930512e94a4bd0a518bf83a"]
-routes:
-  - name: bench
-    path_prefix: /
-    upstream: http://127.0.0.1:$UP
-$3
-YAML
-  RUST_LOG=warn target/release/pag0 -c "$work/$1.yaml" >/dev/null & pids+=($!)
-  PAG0_PORT=$p; PAG0_ADMIN=$a
-}
 PREFIX=bench$$
-start_pag0 pass "" ""
+start_route_pag0 pass "" ""
 PASS=$PAG0_PORT
-start_pag0 mem "  - kind: cache" ""
+start_route_pag0 mem "  - kind: cache" ""
 MEM=$PAG0_PORT
-start_pag0 redis "  - kind: cache" "redis:
+start_route_pag0 redis "  - kind: cache" "redis:
   url: $REDIS_URL
   key_prefix: $PREFIX
 cache:

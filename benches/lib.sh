@@ -57,4 +57,41 @@ http {
 CONF
 }
 
+# start_route_pag0 NAME EXTRA_STAGES EXTRA_SECTIONS: a release pag0 (THREADS workers) whose
+# route `/` goes to 127.0.0.1:$UP, with auth, a rate limit that never bites and the SSRF guard
+# (+ EXTRA_STAGES); sets PAG0_PORT and PAG0_ADMIN.
+start_route_pag0() {
+  local p a
+  p=$(port); a=$(port)
+  cat > "$work/$1.yaml" <<YAML
+server:
+  listen: ["127.0.0.1:$p"]
+  threads: $THREADS
+  work_stealing: ${WORK_STEALING:-true}
+  pid_file: $work/$1.pid
+  upgrade_sock: $work/$1.sock
+admin:
+  listen: 127.0.0.1:$a
+  token: \${BENCH_TOKEN:-bench-admin-token-0123456789}
+database:
+  url: sqlite:$work/$1.db
+stages:
+  - kind: auth
+  - kind: rate_limit
+    default: { requests_per_second: 10000000, burst: 10000000 }
+  - kind: ssrf_guard
+    allow: ["127.0.0.1"]
+$2
+projects:
+  - id: demo
+    keys: ["sha256:79f8ca837c673888f582d0c8204f8b6ab31c8b0a7930512e94a4bd0a518bf83a"]
+routes:
+  - name: bench
+    path_prefix: /
+    upstream: http://127.0.0.1:$UP
+$3
+YAML
+  RUST_LOG=warn target/release/pag0 -c "$work/$1.yaml" >/dev/null & pids+=($!)
+  PAG0_PORT=$p; PAG0_ADMIN=$a
+}
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }

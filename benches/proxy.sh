@@ -23,7 +23,7 @@ KEY=pag0_demo_dev_only_key
 need_tools wrk nginx
 cargo build --release --locked --bin pag0 >&2
 start_work
-UP=$(port); NGX=$(port); P0=$(port); ADM=$(port)
+UP=$(port); NGX=$(port)
 
 # Fast local upstream: nginx answering a fixed 64-byte body (1 worker, never the bottleneck role).
 nginx_conf upstream 1 "server { listen 127.0.0.1:$UP; location / { return 200 '0123456789012345678901234567890123456789012345678901234567890123'; } }"
@@ -31,31 +31,8 @@ nginx_conf proxy "$THREADS" "server { listen 127.0.0.1:$NGX; location / { proxy_
 nginx -c "$work/upstream.conf" & pids+=($!)
 nginx -c "$work/proxy.conf" & pids+=($!)
 
-cat > "$work/pag0.yaml" <<YAML
-server:
-  listen: ["127.0.0.1:$P0"]
-  threads: $THREADS
-  work_stealing: ${WORK_STEALING:-true}
-  pid_file: $work/pag0.pid
-  upgrade_sock: $work/pag0.sock
-admin:
-  listen: 127.0.0.1:$ADM
-  token: \${BENCH_TOKEN:-bench-admin-token-0123456789}
-stages:
-  - kind: auth
-  - kind: rate_limit
-    default: { requests_per_second: 10000000, burst: 10000000 }
-  - kind: ssrf_guard
-    allow: ["127.0.0.1"]
-projects:
-  - id: demo
-    keys: ["sha256:79f8ca837c673888f582d0c8204f8b6ab31c8b0a7930512e94a4bd0a518bf83a"]
-routes:
-  - name: bench
-    path_prefix: /
-    upstream: http://127.0.0.1:$UP
-YAML
-RUST_LOG=warn target/release/pag0 -c "$work/pag0.yaml" >/dev/null & pids+=($!)
+start_route_pag0 pag0 "" ""
+P0=$PAG0_PORT
 
 for p in $UP $NGX $P0; do wait_port "$p"; done
 

@@ -659,6 +659,52 @@ async fn a_stale_answer_after_a_failed_paid_attempt_is_not_charged() {
     assert_eq!(wall.stats().paid, 1);
 }
 
+/// An upstream that dies halfway through a body: the miss handler is dropped unfinished, so
+/// nothing is stored and the next call goes upstream again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_body_is_never_stored() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::new(AtomicUsize::new(0));
+    let counter = served.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = stream.read(&mut buf).await;
+                counter.fetch_add(1, Ordering::SeqCst);
+                let head =
+                    "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nCache-Control: max-age=60\r\n\r\n";
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(&[b'x'; 500]).await;
+                // Dropped here: the connection closes 500 bytes short.
+            });
+        }
+    });
+    let origin = Origin::start().await;
+    let pag0 = Pag0::start(&config(&origin, "", ""));
+    let client = pag0.client("demo", DEMO_KEY);
+    let url = format!("http://{addr}/cut");
+    for _ in 0..2 {
+        let result = match client.get(&url).send().await {
+            Ok(resp) => resp.bytes().await.map(|b| b.len()),
+            Err(e) => Err(e),
+        };
+        assert!(
+            result.is_err(),
+            "a truncated body must not arrive as complete: {result:?}"
+        );
+    }
+    assert_eq!(served.load(Ordering::SeqCst), 2, "nothing was stored");
+    let stats = pag0
+        .admin_json(reqwest::Method::GET, "/api/cache/stats", None)
+        .await
+        .1;
+    assert_eq!(stats["storage"]["memory_entries"], 0, "{stats}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_404_is_opt_in() {
     let origin = Origin::start().await;
