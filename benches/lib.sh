@@ -18,7 +18,7 @@ need_tools() {
 start_work() {
   work=$(mktemp -d)
   pids=()
-  trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
+  trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$work"' EXIT
 }
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -70,6 +70,7 @@ server:
   work_stealing: ${WORK_STEALING:-true}
   pid_file: $work/$1.pid
   upgrade_sock: $work/$1.sock
+  grace_period_seconds: 0
 admin:
   listen: 127.0.0.1:$a
   token: \${BENCH_TOKEN:-bench-admin-token-0123456789}
