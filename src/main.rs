@@ -95,7 +95,13 @@ enum KeysAction {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    // Info by default; RUST_LOG overrides. pingora-cache warns once that pag0 does not use a
+    // header compression dictionary (a deliberate choice: entries stay readable by any build).
+    env_logger::Builder::new()
+        .filter_level(log::LevelFilter::Info)
+        .filter_module("pingora_cache::meta", log::LevelFilter::Error)
+        .parse_env(env_logger::Env::default())
+        .init();
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Keys {
