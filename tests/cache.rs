@@ -745,6 +745,23 @@ async fn purge_by_url_and_pattern() {
     assert_eq!(call(client.get(origin.url("/p/b"))).await.1, "MISS");
     assert_eq!(call(client.get(origin.url("/q/c"))).await.1, "HIT");
 
+    // A purge while an answer is on its way wins: that answer is not stored.
+    let slow = origin.url("/slow-fill?delay=600");
+    let in_flight = tokio::spawn({
+        let client = client.clone();
+        let slow = slow.clone();
+        async move { call(client.get(&slow)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, _) = purge(json!({"pattern": "*/slow-fill*"})).await;
+    assert_eq!(status, 200);
+    assert_eq!(in_flight.await.unwrap().1, "MISS");
+    assert_eq!(
+        call(client.get(&slow)).await.1,
+        "MISS",
+        "the purged answer came back"
+    );
+
     // Bad requests get JSON errors.
     for (bad, code) in [
         (json!({}), "INVALID_PURGE"),

@@ -73,6 +73,11 @@ pub fn primary_key(scope: &str, method: &str, url: &str, body_hash: &str) -> Str
     format!("{scope}\n{method}\n{url}\n{body_hash}")
 }
 
+/// When the request that may fill an entry started, carried in the [`CacheKey`]'s extensions:
+/// a purge after that moment wins over the fill.
+#[derive(Debug, Clone, Copy)]
+pub struct FillStarted(pub SystemTime);
+
 /// Which tier answered a hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tier {
@@ -103,7 +108,16 @@ pub struct CacheStore {
     memory: Option<MemoryTier>,
     redis: Option<Arc<RedisTier>>,
     metrics: Arc<Metrics>,
+    /// Purges of the last [`PURGE_MEMORY`], so a fill that started before one of them is not
+    /// stored after it (it would bring the purged answer back).
+    recent_purges: std::sync::Mutex<Vec<(SystemTime, PurgeFilter)>>,
 }
+
+/// How long a purge is remembered against fills still in flight (longer than any upstream
+/// answer may take).
+const PURGE_MEMORY: Duration = Duration::from_secs(600);
+/// Most purges remembered at once (older ones are forgotten first).
+const MAX_RECENT_PURGES: usize = 1_000;
 
 /// What a purge selects: entries of one scope (all when `None`), by exact URL or URL pattern.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -160,7 +174,26 @@ impl CacheStore {
             memory: (settings.memory_bytes > 0).then(|| MemoryTier::new(settings.memory_bytes)),
             redis,
             metrics,
+            recent_purges: Default::default(),
         })
+    }
+
+    fn remember_purge(&self, filter: &PurgeFilter) {
+        let now = SystemTime::now();
+        let mut purges = self.recent_purges.lock().expect("purges lock");
+        purges.retain(|(at, _)| now.duration_since(*at).unwrap_or_default() < PURGE_MEMORY);
+        if purges.len() >= MAX_RECENT_PURGES {
+            purges.remove(0);
+        }
+        purges.push((now, filter.clone()));
+    }
+
+    /// Whether a purge that matches `primary` happened after `started`.
+    fn purged_since(&self, primary: &str, started: SystemTime) -> bool {
+        let purges = self.recent_purges.lock().expect("purges lock");
+        purges
+            .iter()
+            .any(|(at, filter)| *at >= started && filter.matches(primary))
     }
 
     /// Moves the store to the heap for good: pingora-cache wants `&'static` storage.
@@ -210,7 +243,10 @@ impl CacheStore {
     /// Stores a finished miss. With a memory tier the Redis write happens in the background
     /// (requests waiting on the cache lock find the entry in memory); without one it is
     /// awaited, so they find it in Redis.
-    async fn put(&self, id: String, entry: Entry) {
+    async fn put(&self, id: String, entry: Entry, started: SystemTime) {
+        if self.purged_since(&entry.primary, started) {
+            return;
+        }
         let entry = Arc::new(entry);
         if let Some(m) = &self.memory {
             m.insert(id.clone(), entry.clone());
@@ -240,6 +276,7 @@ impl CacheStore {
 
     /// Removes the entries `filter` selects from both tiers and tells the other instances.
     pub async fn purge_matching(&self, filter: &PurgeFilter) -> Result<PurgeCount, String> {
+        self.remember_purge(filter);
         let mut count = PurgeCount {
             memory: self
                 .memory
@@ -267,6 +304,7 @@ impl CacheStore {
     pub fn apply_announced_purge(&self, message: &str) {
         match serde_json::from_str::<PurgeFilter>(message) {
             Ok(filter) => {
+                self.remember_purge(&filter);
                 if let Some(m) = &self.memory {
                     m.remove_matching(|p| filter.matches(p));
                 }
@@ -326,6 +364,10 @@ impl Storage for CacheStore {
             .max(meta.stale_if_error_sec());
         Ok(Box::new(Miss {
             store: self,
+            started: key
+                .extensions
+                .get::<FillStarted>()
+                .map_or(meta.created(), |s| s.0),
             id: entry_id(&key.user_tag, &key.combined()),
             primary: key.primary_key_str().unwrap_or_default().to_string(),
             meta: [Bytes::from(m0), Bytes::from(m1)],
@@ -449,6 +491,8 @@ impl HandleHit for Hit {
 /// Collects a response body; only `finish` stores it.
 struct Miss {
     store: &'static CacheStore,
+    /// When the response was admitted (purges after this win).
+    started: SystemTime,
     id: String,
     primary: String,
     meta: [Bytes; 2],
@@ -466,6 +510,7 @@ impl HandleMiss for Miss {
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
         let Miss {
             store,
+            started,
             id,
             primary,
             meta,
@@ -479,7 +524,7 @@ impl HandleMiss for Miss {
             expires_at,
         };
         let size = entry.size();
-        store.put(id, entry).await;
+        store.put(id, entry, started).await;
         Ok(MissFinishType::Created(size))
     }
 }

@@ -35,7 +35,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Flow, Stage};
 use crate::cache::stats::Outcome;
-use crate::cache::{CacheStats, CacheStore, Hit, Tier, primary_key};
+use crate::cache::{CacheStats, CacheStore, FillStarted, Hit, Tier, primary_key};
 use crate::config::{CacheRules, RouteCache};
 use crate::metrics::Metrics;
 use crate::proxy::{RequestCtx, Target, TargetKind};
@@ -284,10 +284,9 @@ impl CacheStage {
         let lookup = ctx.cache.lookup.as_ref().ok_or_else(|| {
             pingora::Error::explain(pingora::ErrorType::InternalError, "cache not decided")
         })?;
-        Ok(CacheKey::new(
-            lookup.primary.as_str(),
-            lookup.scope.as_str(),
-        ))
+        let mut key = CacheKey::new(lookup.primary.as_str(), lookup.scope.as_str());
+        key.extensions.insert(FillStarted(SystemTime::now()));
+        Ok(key)
     }
 
     /// Runs in `cache_hit_filter` when an entry was found: notes the tier; an agent's refresh
