@@ -566,6 +566,9 @@ async fn relay_mode_checks_agent_payments_and_forwards_them_unchanged() {
         .unwrap();
     assert_eq!(paid.status(), StatusCode::OK, "{:?}", wall.stats());
     assert_eq!(wall.stats().paid, 1);
+    // The agent's payment is reported with its settlement transaction from the receipt.
+    assert_eq!(header(&paid, "x-pag0-paid").as_deref(), Some("true"));
+    assert!(header(&paid, "x-pag0-tx").is_some_and(|t| t.starts_with("0x") && t.len() == 66));
 
     // Replaying the same authorization is refused by pag0 before the upstream sees it.
     let before = wall.stats().requests;

@@ -243,34 +243,55 @@ impl CacheStore {
     /// Stores a finished miss. With a memory tier the Redis write happens in the background
     /// (requests waiting on the cache lock find the entry in memory); without one it is
     /// awaited, so they find it in Redis.
-    async fn put(&self, id: String, entry: Entry, started: SystemTime) {
+    async fn put(&'static self, id: String, entry: Entry, started: SystemTime) {
         if self.purged_since(&entry.primary, started) {
             return;
         }
         let entry = Arc::new(entry);
         if let Some(m) = &self.memory {
             m.insert(id.clone(), entry.clone());
-        } else if let Some(redis) = &self.redis {
-            if let Err(e) = redis.put(&id, &entry).await {
-                self.tier_error("write", &e);
+            // A purge that arrived meanwhile wins.
+            if self.purged_since(&entry.primary, started) {
+                m.remove(&id);
+                return;
             }
+        }
+        let Some(redis) = &self.redis else {
+            return;
+        };
+        if self.memory.is_none() {
+            self.write_redis(&id, &entry, started).await;
             return;
         }
-        if let Some(redis) = &self.redis {
-            let metrics = self.metrics.clone();
-            let started = redis.put_in_background(id, entry, move |e| {
-                log::debug!("cache write: {e}");
-                metrics
-                    .cache_tier_errors
-                    .with_label_values(&["redis", "write", "error"])
-                    .inc();
-            });
-            if !started {
-                self.metrics
-                    .cache_tier_errors
-                    .with_label_values(&["redis", "write", "skipped"])
-                    .inc();
+        match redis.write_permit() {
+            Some(permit) => {
+                tokio::spawn(async move {
+                    self.write_redis(&id, &entry, started).await;
+                    drop(permit);
+                });
             }
+            None => self
+                .metrics
+                .cache_tier_errors
+                .with_label_values(&["redis", "write", "skipped"])
+                .inc(),
+        }
+    }
+
+    /// Writes an entry to Redis; removes it again if a matching purge arrived meanwhile (the
+    /// purge's SCAN may already have passed its key).
+    async fn write_redis(&self, id: &str, entry: &Entry, started: SystemTime) {
+        let Some(redis) = &self.redis else {
+            return;
+        };
+        match redis.put(id, entry).await {
+            Err(e) => self.tier_error("write", &e),
+            Ok(()) if self.purged_since(&entry.primary, started) => {
+                if let Err(e) = redis.remove(id).await {
+                    self.tier_error("purge", &e);
+                }
+            }
+            Ok(()) => {}
         }
     }
 
@@ -285,10 +306,8 @@ impl CacheStore {
             redis: 0,
         };
         if let Some(redis) = &self.redis {
-            count.redis = redis
-                .remove_matching(filter.scope.as_deref(), &|p| filter.matches(p))
-                .await
-                .map_err(|e| e.to_string())?;
+            // Announce first, so other instances stop storing fills of these entries before
+            // the SCAN passes their keys (their late writes remove themselves again).
             let message = serde_json::to_string(filter).expect("serializable");
             if let Err(e) = redis.announce_purge(&message).await {
                 self.tier_error("purge", &e);
@@ -296,6 +315,10 @@ impl CacheStore {
                     "{e}; other instances may keep their in-memory copies until they expire"
                 ));
             }
+            count.redis = redis
+                .remove_matching(filter.scope.as_deref(), &|p| filter.matches(p))
+                .await
+                .map_err(|e| e.to_string())?;
         }
         Ok(count)
     }

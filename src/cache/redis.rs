@@ -191,28 +191,13 @@ impl RedisTier {
         self.call(async |c| pipe.query_async::<()>(c).await).await
     }
 
-    /// Starts [`put`](Self::put) in the background; `false` when too many writes are already
-    /// in flight or the tier is cooling down (the write is dropped).
-    pub fn put_in_background(
-        self: &Arc<Self>,
-        id: String,
-        entry: Arc<Entry>,
-        on_error: impl FnOnce(TierError) + Send + 'static,
-    ) -> bool {
+    /// A permit for one background write; `None` when too many are already in flight or the
+    /// tier is cooling down (the write is then dropped).
+    pub fn write_permit(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         if !self.healthy() {
-            return false;
+            return None;
         }
-        let Ok(permit) = self.writes.clone().try_acquire_owned() else {
-            return false;
-        };
-        let tier = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = tier.put(&id, &entry).await {
-                on_error(e);
-            }
-            drop(permit);
-        });
-        true
+        self.writes.clone().try_acquire_owned().ok()
     }
 
     /// Replaces the meta blobs and expiry of an entry that exists (after a revalidation);

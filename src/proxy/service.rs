@@ -252,6 +252,10 @@ impl ProxyHttp for Pag0Proxy {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if resp.status.is_informational() {
+            // 100 Continue / 103 Early Hints: the final answer follows; nothing to decide yet.
+            return Ok(());
+        }
         let live = ctx.live.clone();
         if let Some(cache) = live.pipeline.cache() {
             let phase = session.cache.phase();

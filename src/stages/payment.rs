@@ -573,7 +573,10 @@ impl Stage for PaymentStage {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        if ctx.payment.header.is_some() {
+        // The receipt of whatever was paid (by pag0 or, in relay mode, by the agent), read
+        // before the cache stores or merges the header. The last final header is the one that
+        // answers the current attempt.
+        if !resp.status.is_informational() {
             ctx.payment.receipt = x402::RECEIPT_HEADERS
                 .iter()
                 .find_map(|name| resp.headers.get(*name))
