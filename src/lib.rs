@@ -2,7 +2,9 @@
 //!
 //! Layout: [`config`] (YAML → validated config), [`net`] (DNS, address classes),
 //! [`ratelimit`], [`metrics`], [`stages`] (pipeline plugins), [`proxy`] (the Pingora glue),
-//! [`admin`] (health/metrics/reload), [`live`] (reloadable state), [`server`] (assembly).
+//! [`cache`] (response cache storage: memory and Redis tiers), [`budget`] / [`store`] /
+//! [`settle`] (spend ledger and journal), [`x402`] (payments), [`admin`] (health, metrics,
+//! reload, admin API), [`live`] (reloadable state), [`server`] (assembly).
 
 pub mod admin;
 pub mod anomaly;
