@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod glob;
 pub mod idempotency;
+pub mod intercept;
 pub mod keys;
 pub mod live;
 pub mod metrics;

@@ -71,6 +71,27 @@ enum Command {
         #[command(subcommand)]
         action: WalletAction,
     },
+    /// The local CA for intercepting HTTPS (CONNECT) traffic.
+    Ca {
+        #[command(subcommand)]
+        action: CaAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaAction {
+    /// Create the CA (ca.crt + ca.key, mode 0600) unless it exists; print where it is.
+    Init {
+        /// CA directory (default: `pag0-ca` next to the config file).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Print the CA certificate (PEM) for agents to trust.
+    Export {
+        /// CA directory (default: `pag0-ca` next to the config file).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -122,6 +143,7 @@ fn main() -> ExitCode {
         Some(Command::Wallet {
             action: WalletAction::Address,
         }) => return wallet_address(&cli.conf),
+        Some(Command::Ca { action }) => return ca(&cli.conf, action),
         None => {}
     }
     let config = match config::load(&cli.conf) {
@@ -157,6 +179,49 @@ fn main() -> ExitCode {
     println!("pag0 admin listening on http://{admin} (/health, /metrics, /reload; bearer token)");
     pag0.run(RunArgs::default());
     ExitCode::SUCCESS
+}
+
+/// Default CA directory: `pag0-ca` next to the config file.
+fn ca_dir(conf: &std::path::Path, dir: Option<PathBuf>) -> PathBuf {
+    dir.unwrap_or_else(|| {
+        conf.parent()
+            .unwrap_or(std::path::Path::new("."))
+            .join("pag0-ca")
+    })
+}
+
+fn ca(conf: &std::path::Path, action: CaAction) -> ExitCode {
+    use pag0::intercept::LocalCa;
+    match action {
+        CaAction::Init { dir } => {
+            let dir = ca_dir(conf, dir);
+            match LocalCa::load_or_create(&dir) {
+                Ok((ca, created)) => {
+                    let what = if created { "created" } else { "already exists" };
+                    println!("CA {what}: {}", ca.cert_path().display());
+                    println!(
+                        "\nAgents must trust it, e.g. curl --cacert {0}, CURL_CA_BUNDLE / SSL_CERT_FILE / REQUESTS_CA_BUNDLE / NODE_EXTRA_CA_CERTS={0}",
+                        ca.cert_path().display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("pag0 ca init: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        CaAction::Export { dir } => match LocalCa::load(&ca_dir(conf, dir)) {
+            Ok(ca) => {
+                print!("{}", ca.cert_pem());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pag0 ca export: {e} (create it with `pag0 ca init`)");
+                ExitCode::FAILURE
+            }
+        },
+    }
 }
 
 /// Environment variable holding the password of keystores created by `pag0 wallet new`.

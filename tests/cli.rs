@@ -1,4 +1,5 @@
-//! The `pag0` binary: `-t`, `keys new`, and SIGHUP reload of a running process.
+//! The `pag0` binary: `-t`, `keys new`, `ca init` / `ca export`, and SIGHUP reload of a
+//! running process.
 
 mod common;
 
@@ -410,4 +411,58 @@ async fn migrate_creates_the_journal_tables_on_sqlite_and_postgres() {
     );
     assert!(all.contains("migrate:"), "{all}");
     assert!(!all.contains("s3cret-pw"), "{all}");
+}
+
+#[test]
+fn ca_init_creates_a_private_ca_once_and_export_prints_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    let ca_arg = ca_dir.to_str().unwrap();
+    let init = pag0()
+        .args(["ca", "init", "--dir", ca_arg])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let out = String::from_utf8_lossy(&init.stdout);
+    assert!(out.contains("CA created"), "{out}");
+    assert!(!out.contains("PRIVATE KEY"), "{out}");
+    let key_mode = std::fs::metadata(ca_dir.join("ca.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600);
+
+    let again = pag0()
+        .args(["ca", "init", "--dir", ca_arg])
+        .output()
+        .unwrap();
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already exists"));
+
+    let export = pag0()
+        .args(["ca", "export", "--dir", ca_arg])
+        .output()
+        .unwrap();
+    assert!(export.status.success());
+    let pem = std::fs::read_to_string(ca_dir.join("ca.crt")).unwrap();
+    assert_eq!(String::from_utf8_lossy(&export.stdout), pem);
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
+
+    // Without a CA, export fails with a hint; the default directory is next to the config.
+    let conf = dir.path().join("pag0.yaml");
+    let missing = pag0()
+        .args(["ca", "export", "-c", conf.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("pag0-ca") && stderr.contains("pag0 ca init"),
+        "{stderr}"
+    );
 }
