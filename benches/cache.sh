@@ -57,17 +57,6 @@ h=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$NGX/")
 cat > "$work/reverse.lua" <<LUA
 wrk.headers["X-Pag0-API-Key"] = "$KEY"
 LUA
-cat > "$work/pace.lua" <<LUA
-function delay() return $PACE_MS end
-LUA
-
-measure() { # $1 url, $2 lua (or ""), $3 conns, $4 pace(0/1)
-  local script=$work/run.lua
-  : > "$script"
-  [ -n "$2" ] && cat "$2" >> "$script"
-  [ "$4" = 1 ] && cat "$work/pace.lua" >> "$script"
-  wrk_run "$3" "$script" "$1"
-}
 
 # Warm-up: fills every cache, opens the pools.
 wrk -t1 -c10 -d2s "http://127.0.0.1:$NGX/" >/dev/null

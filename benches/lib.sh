@@ -95,4 +95,14 @@ YAML
   RUST_LOG=warn target/release/pag0 -c "$work/$1.yaml" >/dev/null & pids+=($!)
   PAG0_PORT=$p; PAG0_ADMIN=$a
 }
+# measure URL LUA_FILE_OR_EMPTY CONNS PACED(0/1) -> "req/s p99_ms problems"; paced: every
+# connection waits PACE_MS (default 10) between requests.
+measure() {
+  local script=$work/run.lua
+  : > "$script"
+  [ -n "$2" ] && cat "$2" >> "$script"
+  [ "$4" = 1 ] && echo "function delay() return ${PACE_MS:-10} end" >> "$script"
+  wrk_run "$3" "$script" "$1"
+}
+
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }

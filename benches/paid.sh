@@ -91,7 +91,7 @@ LUA
   echo "$work/run.lua"
 }
 
-measure() { # $1 = pag0 port, $2 = path -> "req/s p99ms non2xx"
+paid_measure() { # $1 = pag0 port, $2 = path -> "req/s p99ms non2xx"
   local rps p99 problems
   read -r rps p99 problems < <(wrk_run "$CONNS" "$(lua "$2")" "http://127.0.0.1:$1/")
   echo "$rps $p99 $(grep -o 'Non-2xx or 3xx responses: [0-9]*' <<<"$problems" | awk '{print $NF}' | grep . || echo 0)"
@@ -109,11 +109,11 @@ for port in "$MEM" "$POLLOCAL" "$POLREDIS"; do
 done
 wrk -t1 -c4 -d2s -s "$(lua /free)" "http://127.0.0.1:$MEM/" >/dev/null
 
-read -r FREE_RPS FREE_P99 FREE_BAD < <(measure "$MEM" /free)
-read -r MEM_RPS MEM_P99 MEM_BAD < <(measure "$MEM" /paid)
-read -r NOMEM_RPS NOMEM_P99 NOMEM_BAD < <(measure "$NOMEM" /paid)
-read -r PL_RPS PL_P99 PL_BAD < <(measure "$POLLOCAL" /paid)
-read -r PR_RPS PR_P99 PR_BAD < <(measure "$POLREDIS" /paid)
+read -r FREE_RPS FREE_P99 FREE_BAD < <(paid_measure "$MEM" /free)
+read -r MEM_RPS MEM_P99 MEM_BAD < <(paid_measure "$MEM" /paid)
+read -r NOMEM_RPS NOMEM_P99 NOMEM_BAD < <(paid_measure "$NOMEM" /paid)
+read -r PL_RPS PL_P99 PL_BAD < <(paid_measure "$POLLOCAL" /paid)
+read -r PR_RPS PR_P99 PR_BAD < <(paid_measure "$POLREDIS" /paid)
 MEM_PACED=$(paced "$MEM" /paid)
 PL_PACED=$(paced "$POLLOCAL" /paid)
 PR_PACED=$(paced "$POLREDIS" /paid)

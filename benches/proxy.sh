@@ -44,17 +44,6 @@ wrk.path = "http://127.0.0.1:$UP/"
 wrk.headers["Host"] = "127.0.0.1:$UP"
 wrk.headers["Proxy-Authorization"] = "Basic $(printf 'demo:%s' "$KEY" | base64 -w0)"
 LUA
-cat > "$work/pace.lua" <<LUA
-function delay() return $PACE_MS end
-LUA
-
-measure() { # $1 url, $2 lua (or ""), $3 conns, $4 pace(0/1)
-  local script=$work/run.lua
-  : > "$script"
-  [ -n "$2" ] && cat "$2" >> "$script"
-  [ "$4" = 1 ] && cat "$work/pace.lua" >> "$script"
-  wrk_run "$3" "$script" "$1"
-}
 
 # Warm-up (connection pools, DNS cache).
 wrk -t1 -c10 -d2s -s "$work/reverse.lua" "http://127.0.0.1:$P0/" >/dev/null
