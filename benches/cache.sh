@@ -66,7 +66,6 @@ for p in $MEM $RED; do
   [ "$h" = HIT ] || { echo "pag0 on $p does not answer from its cache (X-Pag0-Cache: $h)" >&2; exit 1; }
 done
 
-declare -A RPS P99 PRPS PP99
 targets="nginx-cache-hit pag0-memory-hit pag0-redis-hit pag0-pass-through"
 for target in $targets; do
   case $target in
@@ -75,12 +74,7 @@ for target in $targets; do
     pag0-redis-hit) url="http://127.0.0.1:$RED/"; lua="$work/reverse.lua" ;;
     pag0-pass-through) url="http://127.0.0.1:$PASS/"; lua="$work/reverse.lua" ;;
   esac
-  read -r r p e < <(measure "$url" "$lua" "$CONNS" 0)
-  [ -n "${e:-}" ] && echo "warning: $target saturation: $e" >&2
-  RPS[$target]=$r; P99[$target]=$p
-  read -r r p e < <(measure "$url" "$lua" "$CONNS_PACED" 1)
-  [ -n "${e:-}" ] && echo "warning: $target paced: $e" >&2
-  PRPS[$target]=$r; PP99[$target]=$p
+  measure_target "$target" "$url" "$lua"
 done
 curl -s -o /dev/null -X POST -H "Authorization: Bearer $TOKEN" -d '{"pattern":"*"}' \
   -H 'Content-Type: application/json' "http://127.0.0.1:$RED_ADM/api/cache/purge" || true

@@ -57,25 +57,33 @@ http {
 CONF
 }
 
-# start_route_pag0 NAME EXTRA_STAGES EXTRA_SECTIONS: a release pag0 (THREADS workers) whose
-# route `/` goes to 127.0.0.1:$UP, with auth, a rate limit that never bites and the SSRF guard
-# (+ EXTRA_STAGES); sets PAG0_PORT and PAG0_ADMIN.
-start_route_pag0() {
-  local p a
-  p=$(port); a=$(port)
-  cat > "$work/$1.yaml" <<YAML
+# pag0_base_yaml NAME PORT ADMIN_PORT: the server, admin and database sections of a bench
+# pag0 (its own pid file, socket, journal and spool in $work).
+pag0_base_yaml() {
+  cat <<YAML
 server:
-  listen: ["127.0.0.1:$p"]
+  listen: ["127.0.0.1:$2"]
   threads: $THREADS
   work_stealing: ${WORK_STEALING:-true}
   pid_file: $work/$1.pid
   upgrade_sock: $work/$1.sock
   grace_period_seconds: 0
 admin:
-  listen: 127.0.0.1:$a
+  listen: 127.0.0.1:$3
   token: \${BENCH_TOKEN:-bench-admin-token-0123456789}
 database:
   url: sqlite:$work/$1.db
+  spool_file: $work/$1.spool
+YAML
+}
+
+# start_route_pag0 NAME EXTRA_STAGES EXTRA_SECTIONS: a release pag0 (THREADS workers) whose
+# route `/` goes to 127.0.0.1:$UP, with auth, a rate limit that never bites and the SSRF guard
+# (+ EXTRA_STAGES); sets PAG0_PORT and PAG0_ADMIN.
+start_route_pag0() {
+  local p a
+  p=$(port); a=$(port)
+  { pag0_base_yaml "$1" "$p" "$a"; cat <<YAML; } > "$work/$1.yaml"
 stages:
   - kind: auth
   - kind: rate_limit
@@ -103,6 +111,19 @@ measure() {
   [ -n "$2" ] && cat "$2" >> "$script"
   [ "$4" = 1 ] && echo "function delay() return ${PACE_MS:-10} end" >> "$script"
   wrk_run "$3" "$script" "$1"
+}
+
+# measure_target NAME URL LUA: saturation (CONNS connections) and paced (CONNS_PACED) runs;
+# fills RPS, P99, PRPS and PP99 [NAME] and warns about non-2xx answers or socket errors.
+declare -A RPS P99 PRPS PP99
+measure_target() {
+  local r p e
+  read -r r p e < <(measure "$2" "$3" "$CONNS" 0)
+  [ -n "${e:-}" ] && echo "warning: $1 saturation: $e" >&2
+  RPS[$1]=$r; P99[$1]=$p
+  read -r r p e < <(measure "$2" "$3" "$CONNS_PACED" 1)
+  [ -n "${e:-}" ] && echo "warning: $1 paced: $e" >&2
+  PRPS[$1]=$r; PP99[$1]=$p
 }
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }

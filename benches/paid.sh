@@ -29,18 +29,7 @@ wait_port "$UP"
 start_pag0() { # $1 = name, $2 = price_memory_seconds, $3 = extra YAML (policy); sets PAG0_PORT
   local p a
   p=$(port); a=$(port)
-  cat > "$work/$1.yaml" <<YAML
-server:
-  listen: ["127.0.0.1:$p"]
-  threads: $THREADS
-  pid_file: $work/$1.pid
-  upgrade_sock: $work/$1.sock
-database:
-  url: sqlite:$1.db
-  spool_file: $1.spool
-admin:
-  listen: 127.0.0.1:$a
-  token: \${BENCH_TOKEN:-bench-admin-token-0123456789}
+  { pag0_base_yaml "$1" "$p" "$a"; cat <<YAML; } > "$work/$1.yaml"
 payments:
   assets:
     - { network: eip155:84532, address: "0x036CbD53842c5426634e7929541eC2318f3dCF7e", symbol: USDC, decimals: 6 }

@@ -49,7 +49,6 @@ LUA
 wrk -t1 -c10 -d2s -s "$work/reverse.lua" "http://127.0.0.1:$P0/" >/dev/null
 wrk -t1 -c10 -d2s "http://127.0.0.1:$NGX/" >/dev/null
 
-declare -A RPS P99 PRPS PP99
 for target in direct nginx pag0-reverse pag0-forward; do
   case $target in
     direct) url="http://127.0.0.1:$UP/"; lua="" ;;
@@ -57,12 +56,7 @@ for target in direct nginx pag0-reverse pag0-forward; do
     pag0-reverse) url="http://127.0.0.1:$P0/"; lua="$work/reverse.lua" ;;
     pag0-forward) url="http://127.0.0.1:$P0/"; lua="$work/forward.lua" ;;
   esac
-  read -r r p e < <(measure "$url" "$lua" "$CONNS" 0)
-  [ -n "${e:-}" ] && echo "warning: $target saturation: $e" >&2
-  RPS[$target]=$r; P99[$target]=$p
-  read -r r p e < <(measure "$url" "$lua" "$CONNS_PACED" 1)
-  [ -n "${e:-}" ] && echo "warning: $target paced: $e" >&2
-  PRPS[$target]=$r; PP99[$target]=$p
+  measure_target "$target" "$url" "$lua"
 done
 
 echo

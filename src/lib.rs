@@ -22,6 +22,7 @@ pub mod net;
 pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
+pub mod redis_client;
 pub mod server;
 pub mod settle;
 pub mod stages;

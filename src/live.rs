@@ -52,6 +52,8 @@ pub struct Shared {
     pub cache_lock: &'static pingora::cache::lock::CacheKeyLockImpl,
     /// Per-project cache counters (`/api/cache/stats`).
     pub cache_stats: Arc<crate::cache::CacheStats>,
+    /// Started once the cache stage is first configured (no Redis subscription otherwise).
+    cache_purge_follower: std::sync::Once,
     /// Runs background upkeep (spool replay, retried commits) for the process's lifetime.
     _state: StateRuntime,
 }
@@ -127,13 +129,6 @@ impl Shared {
         let cache = crate::cache::CacheStore::new(&config.cache.store, metrics.clone())
             .map_err(|e| anyhow::anyhow!("cache: {e}"))?
             .leak();
-        if let Some(redis) = cache.redis() {
-            rt.spawn(
-                redis
-                    .clone()
-                    .follow_purges(|message| cache.apply_announced_purge(message)),
-            );
-        }
         let cache_lock: &'static pingora::cache::lock::CacheKeyLockImpl = Box::leak(
             pingora::cache::lock::CacheLock::new_boxed(config.cache.lock_timeout),
         );
@@ -141,6 +136,7 @@ impl Shared {
             cache,
             cache_lock,
             cache_stats: Arc::default(),
+            cache_purge_follower: std::sync::Once::new(),
             resolver: Arc::new(Resolver::new(&config.dns)),
             rate_limiter: Arc::new(LocalRateLimiter::default()),
             metrics,
@@ -166,6 +162,22 @@ impl Shared {
 }
 
 impl Shared {
+    /// Follows purges announced by other instances (Redis pub/sub) for the rest of the
+    /// process's life, so their memory-tier copies go too. Called when a config with the
+    /// cache stage is applied; only the first call does anything.
+    pub fn follow_cache_purges(&self) {
+        let cache = self.cache;
+        if let Some(redis) = cache.redis() {
+            self.cache_purge_follower.call_once(|| {
+                self.spawn(
+                    redis
+                        .clone()
+                        .follow_purges(|message| cache.apply_announced_purge(message)),
+                )
+            });
+        }
+    }
+
     /// Runs `task` on the state runtime (background upkeep that must outlive Pingora services).
     pub fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         if let Some(rt) = &self._state.0 {

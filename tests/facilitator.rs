@@ -63,7 +63,8 @@ async fn verify_before_pay_checks_each_payment_with_the_facilitator() {
 async fn an_unreachable_facilitator_fails_paid_calls_with_502_and_degrades_health() {
     let wall = Paywall::start().await;
     let pag0 = Pag0::start(&config(&format!("http://127.0.0.1:{}", free_port())));
-    let (status, h) = health(&pag0).await;
+    // The first probe runs in the background right after start.
+    let (status, h) = eventually(|| health(&pag0), |(status, _)| *status == 503).await;
     assert_eq!(status, 503, "{h}");
     assert_eq!(h["status"], "degraded");
     assert_eq!(h["dependencies"]["facilitator"]["status"], "down");

@@ -36,6 +36,14 @@ fn redis_ledger(url: &str, prefix: &str, history: Arc<dyn SpendHistory>) -> Redi
     .unwrap()
 }
 
+/// A Redis ledger that falls back to an in-process one (`redis_down: in_process`).
+fn fallback_ledger(url: &str, history: Arc<dyn SpendHistory>) -> FallbackLedger {
+    FallbackLedger::new(
+        Arc::new(redis_ledger(url, "pag0", history.clone())),
+        Some(LocalLedger::new(history, Duration::from_secs(60))),
+    )
+}
+
 fn limits(daily: u64, monthly: u64) -> Limits {
     Limits {
         daily: Some(U256::from(daily)),
@@ -266,13 +274,7 @@ async fn redis_outage_fails_closed_or_falls_back_and_recovers_without_a_restart(
     let redis = PrivateRedis::start_on(port);
     let url = format!("redis://127.0.0.1:{port}");
     let strict = redis_ledger(&url, "pag0", Arc::new(NoHistory));
-    let lenient = FallbackLedger::new(
-        Arc::new(redis_ledger(&url, "pag0", Arc::new(NoHistory))),
-        Some(LocalLedger::new(
-            Arc::new(NoHistory),
-            Duration::from_secs(60),
-        )),
-    );
+    let lenient = fallback_ledger(&url, Arc::new(NoHistory));
     let key = BudgetKey::new("outage", "USDC");
     let now = NOV_30_LAST_SECOND - 600;
     let r = strict
@@ -389,10 +391,7 @@ async fn each_fallback_episode_starts_from_the_journal() {
     let url = format!("redis://127.0.0.1:{port}");
     let journal = Arc::new(FakeJournal::default());
     *journal.0.lock().unwrap() = U256::from(10);
-    let ledger = FallbackLedger::new(
-        Arc::new(redis_ledger(&url, "pag0", journal.clone())),
-        Some(LocalLedger::new(journal.clone(), Duration::from_secs(60))),
-    );
+    let ledger = fallback_ledger(&url, journal.clone());
     let key = BudgetKey::new("episodes", "USDC");
     let now = NOV_30_LAST_SECOND - 600;
     // Outage 1 (no Redis yet): the local ledger starts from the journal's 10.

@@ -90,7 +90,7 @@ pub async fn stats(State(state): State<AdminState>) -> Response {
             (project, v)
         })
         .collect();
-    let usage = shared.cache.usage(live.config.cache.store.memory_bytes);
+    let usage = shared.cache.usage();
     Json(json!({
         "enabled": live.pipeline.cache().is_some(),
         "projects": projects,

@@ -26,9 +26,10 @@ use std::time::{Duration, Instant};
 use alloy_primitives::U256;
 use async_trait::async_trait;
 use once_cell::sync::Lazy;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
+
+use crate::redis_client::LazyRedis;
 use redis::{Script, Value};
-use tokio::sync::OnceCell;
 
 use super::{
     BudgetKey, Denial, Ledger, LedgerError, Limits, LocalLedger, Reservation, SpendHistory, Usage,
@@ -56,12 +57,10 @@ const RECONNECT_COOLDOWN: Duration = Duration::from_millis(500);
 
 /// A budget ledger on Redis.
 pub struct RedisLedger {
-    client: redis::Client,
+    redis: LazyRedis,
     prefix: String,
-    timeout: Duration,
     reservation_ttl: Duration,
     history: Arc<dyn SpendHistory>,
-    connection: OnceCell<ConnectionManager>,
     last_failure: Mutex<Option<Instant>>,
     /// Commits that could not reach Redis; retried by [`RedisLedger::maintain`].
     pending: Mutex<Vec<Reservation>>,
@@ -85,14 +84,12 @@ impl RedisLedger {
         reservation_ttl: Duration,
         history: Arc<dyn SpendHistory>,
     ) -> Result<RedisLedger, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?;
+        let redis = LazyRedis::open(url, timeout)?;
         Ok(RedisLedger {
-            client,
+            redis,
             prefix: prefix.to_string(),
-            timeout,
             reservation_ttl,
             history,
-            connection: OnceCell::new(),
             last_failure: Mutex::new(None),
             pending: Mutex::new(Vec::new()),
         })
@@ -111,9 +108,6 @@ impl RedisLedger {
     }
 
     async fn connection(&self) -> Result<ConnectionManager, LedgerError> {
-        if let Some(c) = self.connection.get() {
-            return Ok(c.clone());
-        }
         if self
             .last_failure
             .lock()
@@ -122,16 +116,9 @@ impl RedisLedger {
         {
             return Err(LedgerError("Redis is unreachable".into()));
         }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(self.timeout)
-            .set_response_timeout(self.timeout)
-            .set_number_of_retries(1);
-        let result = self
-            .connection
-            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
-            .await;
+        let result = self.redis.get().await;
         match result {
-            Ok(c) => Ok(c.clone()),
+            Ok(c) => Ok(c),
             Err(e) => {
                 *self.last_failure.lock().expect("lock") = Some(Instant::now());
                 Err(LedgerError(format!("cannot connect to Redis: {e}")))
@@ -141,7 +128,12 @@ impl RedisLedger {
 
     async fn run(&self, invocation: redis::ScriptInvocation<'_>) -> Result<Value, LedgerError> {
         let mut con = self.connection().await?;
-        match tokio::time::timeout(self.timeout, invocation.invoke_async::<Value>(&mut con)).await {
+        match tokio::time::timeout(
+            self.redis.timeout(),
+            invocation.invoke_async::<Value>(&mut con),
+        )
+        .await
+        {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(LedgerError(format!("Redis: {e}"))),
             Err(_) => Err(LedgerError("Redis did not answer in time".into())),
@@ -243,7 +235,7 @@ impl RedisLedger {
     pub async fn ping(&self) -> Result<(), LedgerError> {
         let mut con = self.connection().await?;
         match tokio::time::timeout(
-            self.timeout,
+            self.redis.timeout(),
             redis::cmd("PING").query_async::<String>(&mut con),
         )
         .await

@@ -11,6 +11,7 @@ use super::Entry;
 /// Entries by id (`scope:hash`), weighed by their size in bytes.
 pub struct MemoryTier {
     entries: Cache<String, Arc<Entry>>,
+    max_bytes: u64,
 }
 
 /// Each entry lives until its own `expires_at`.
@@ -53,7 +54,12 @@ impl MemoryTier {
             })
             .expire_after(UntilStale)
             .build();
-        MemoryTier { entries }
+        MemoryTier { entries, max_bytes }
+    }
+
+    /// The byte limit it was created with.
+    pub fn limit(&self) -> u64 {
+        self.max_bytes
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Entry>> {

@@ -52,11 +52,6 @@ impl Entry {
     pub fn size(&self) -> usize {
         self.primary.len() + self.meta[0].len() + self.meta[1].len() + self.body.len()
     }
-
-    /// The URL part of the primary key.
-    pub fn url(&self) -> &str {
-        primary_parts(&self.primary).2
-    }
 }
 
 /// (scope, method, url) of a primary key.
@@ -336,12 +331,12 @@ impl CacheStore {
         }
     }
 
-    pub fn usage(&self, memory_limit: u64) -> StoreUsage {
+    pub fn usage(&self) -> StoreUsage {
         let (entries, bytes) = self.memory.as_ref().map_or((0, 0), |m| m.usage());
         StoreUsage {
             memory_entries: entries,
             memory_bytes: bytes,
-            memory_limit_bytes: self.memory.as_ref().map(|_| memory_limit),
+            memory_limit_bytes: self.memory.as_ref().map(MemoryTier::limit),
             redis_up: self.redis.as_ref().map(|r| r.healthy()),
         }
     }

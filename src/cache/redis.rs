@@ -17,8 +17,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use futures::StreamExt;
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::{OnceCell, Semaphore};
+use redis::aio::ConnectionManager;
+
+use crate::redis_client::LazyRedis;
+use tokio::sync::Semaphore;
 
 use super::Entry;
 
@@ -39,11 +41,9 @@ static UPDATE_META: once_cell::sync::Lazy<redis::Script> = once_cell::sync::Lazy
 });
 
 pub struct RedisTier {
-    client: redis::Client,
+    redis: LazyRedis,
     /// `<prefix>:cache`
     prefix: String,
-    timeout: Duration,
-    connection: OnceCell<ConnectionManager>,
     /// Unix ms until which the tier is skipped (0: healthy).
     down_until: AtomicU64,
     writes: Arc<Semaphore>,
@@ -80,12 +80,10 @@ fn unix_ms(t: SystemTime) -> u64 {
 impl RedisTier {
     /// Nothing is connected until first use.
     pub fn new(url: &str, key_prefix: &str, timeout: Duration) -> Result<RedisTier, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?;
+        let redis = LazyRedis::open(url, timeout)?;
         Ok(RedisTier {
-            client,
+            redis,
             prefix: format!("{key_prefix}:cache"),
-            timeout,
-            connection: OnceCell::new(),
             down_until: AtomicU64::new(0),
             writes: Arc::new(Semaphore::new(MAX_WRITES_IN_FLIGHT)),
         })
@@ -114,17 +112,9 @@ impl RedisTier {
         if !self.healthy() {
             return Err(TierError::CoolingDown);
         }
-        if let Some(c) = self.connection.get() {
-            return Ok(c.clone());
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(self.timeout)
-            .set_response_timeout(self.timeout)
-            .set_number_of_retries(1);
-        self.connection
-            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
+        self.redis
+            .get()
             .await
-            .cloned()
             .map_err(|e| self.failed(format!("cannot connect: {e}")))
     }
 
@@ -134,7 +124,7 @@ impl RedisTier {
         f: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
     ) -> Result<T, TierError> {
         let mut con = self.connection().await?;
-        match tokio::time::timeout(self.timeout, f(&mut con)).await {
+        match tokio::time::timeout(self.redis.timeout(), f(&mut con)).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => Err(self.failed(e)),
             Err(_) => Err(self.failed("no answer in time")),
@@ -293,7 +283,7 @@ impl RedisTier {
     /// errors; `apply` gets each message.
     pub async fn follow_purges(self: Arc<Self>, apply: impl Fn(&str) + Send + 'static) {
         loop {
-            match self.client.get_async_pubsub().await {
+            match self.redis.client().get_async_pubsub().await {
                 Ok(mut pubsub) => {
                     if pubsub.subscribe(self.channel()).await.is_ok() {
                         let mut messages = pubsub.on_message();

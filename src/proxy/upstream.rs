@@ -65,6 +65,21 @@ pub fn prepare_request(req: &mut RequestHeader, target: &Target) -> Result<()> {
 /// One connector for side requests, created on first use (inside a runtime).
 static SIDE_CONNECTOR: OnceCell<Connector> = OnceCell::new();
 
+/// Reads the rest of the request body into Pingora's retry buffer (so it is still sent
+/// upstream, or replayed) and returns the whole body; fails if it does not fit the buffer
+/// (64 KiB).
+pub async fn buffered_body(session: &mut Session) -> Result<Bytes> {
+    session.enable_retry_buffering();
+    while session.read_request_body().await?.is_some() {}
+    if session.retry_buffer_truncated() {
+        return Error::e_explain(
+            ErrorType::InternalError,
+            "request body exceeds the replay buffer",
+        );
+    }
+    Ok(session.get_retry_buffer().unwrap_or_default())
+}
+
 /// Sends the current request again, as prepared by `prepare` (unpaid), on its own upstream
 /// connection, and returns the response status and at most `limit` bytes of body. The rest of
 /// the client's body is read first (it lands in Pingora's retry buffer, so the later replay
@@ -76,14 +91,7 @@ pub async fn side_request(
     limit: usize,
     prepare: impl FnOnce(&mut RequestHeader) -> Result<()>,
 ) -> Result<(u16, Bytes)> {
-    while session.read_request_body().await?.is_some() {}
-    if session.retry_buffer_truncated() {
-        return Error::e_explain(
-            ErrorType::InternalError,
-            "request body exceeds the replay buffer",
-        );
-    }
-    let body = session.get_retry_buffer().unwrap_or_default();
+    let body = buffered_body(session).await?;
     let addr = target
         .addr
         .ok_or_else(|| Error::explain(ErrorType::InternalError, "target not resolved"))?;

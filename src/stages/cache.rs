@@ -413,18 +413,9 @@ async fn hash_body(session: &mut Session) -> Result<String, &'static str> {
         Some(n) if n <= MAX_KEYED_BODY => {}
         _ => return Err("body-size"),
     }
-    session.enable_retry_buffering();
-    loop {
-        match session.read_request_body().await {
-            Ok(Some(_)) => {}
-            Ok(None) => break,
-            Err(_) => return Err("body-read"),
-        }
-    }
-    if session.retry_buffer_truncated() {
-        return Err("body-size");
-    }
-    let body = session.get_retry_buffer().unwrap_or_default();
+    let body = crate::proxy::upstream::buffered_body(session)
+        .await
+        .map_err(|_| "body-read")?;
     Ok(hex::encode(Sha256::digest(&body)))
 }
 

@@ -46,8 +46,7 @@ use crate::proxy::respond::Reply;
 
 pub use auth::{API_KEY_HEADER, AuthStage, key_digest};
 pub use cache::{
-    CACHE_HEADER, CacheStage, CacheState, Lookup, SAVED_HEADER, normalize_url,
-    scope as cache_scope, variance as cache_variance,
+    CacheStage, CacheState, normalize_url, scope as cache_scope, variance as cache_variance,
 };
 pub use idempotency::{IdempotencyStage, IdempotencyState};
 pub use payment::PaymentStage;
@@ -146,6 +145,7 @@ impl Pipeline {
                 match c {
                     StageConfig::Auth => Arc::new(AuthStage),
                     StageConfig::Cache(rules) => {
+                        shared.follow_cache_purges();
                         let stage = Arc::new(CacheStage::new(
                             rules.clone(),
                             shared.cache,

@@ -1,0 +1,47 @@
+//! One lazily opened, multiplexed Redis connection with pag0's timeouts (it reconnects by
+//! itself once open). Shared by the budget ledger and the cache tier; each keeps its own
+//! policy for outages.
+
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::OnceCell;
+
+pub struct LazyRedis {
+    client: redis::Client,
+    timeout: Duration,
+    connection: OnceCell<ConnectionManager>,
+}
+
+impl LazyRedis {
+    /// `url` is `redis://…`; nothing is connected until [`get`](Self::get).
+    pub fn open(url: &str, timeout: Duration) -> Result<LazyRedis, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("invalid Redis URL: {e}"))?;
+        Ok(LazyRedis {
+            client,
+            timeout,
+            connection: OnceCell::new(),
+        })
+    }
+
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    /// The timeout of one call (also the connect and response timeout of the connection).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The connection, opened on first use (a failed attempt is retried by the next call).
+    pub async fn get(&self) -> redis::RedisResult<ConnectionManager> {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(self.timeout)
+            .set_response_timeout(self.timeout)
+            .set_number_of_retries(1);
+        self.connection
+            .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
+            .await
+            .cloned()
+    }
+}
