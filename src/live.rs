@@ -52,6 +52,9 @@ pub struct Shared {
     pub cache_lock: &'static pingora::cache::lock::CacheKeyLockImpl,
     /// Per-project cache counters (`/api/cache/stats`).
     pub cache_stats: Arc<crate::cache::CacheStats>,
+    /// The local CA and its minted leaves, when `connect.mode` is `intercept` at startup
+    /// (changes to `connect.ca_dir` need a restart).
+    pub interceptor: Option<Arc<crate::intercept::Interceptor>>,
     /// Started once the cache stage is first configured (no Redis subscription otherwise).
     cache_purge_follower: std::sync::Once,
     /// Runs background upkeep (spool replay, retried commits) for the process's lifetime.
@@ -132,7 +135,24 @@ impl Shared {
         let cache_lock: &'static pingora::cache::lock::CacheKeyLockImpl = Box::leak(
             pingora::cache::lock::CacheLock::new_boxed(config.cache.lock_timeout),
         );
+        let interceptor = match config.connect.mode {
+            config::ConnectMode::Intercept => {
+                let c = &config.connect;
+                let (interceptor, created) =
+                    crate::intercept::Interceptor::load_or_create(&c.ca_dir, c.leaf_cache_size)
+                        .map_err(|e| anyhow::anyhow!("connect.ca_dir: {e}"))?;
+                if created {
+                    log::warn!(
+                        "created the local CA for HTTPS interception: agents must trust {}",
+                        interceptor.ca().cert_path().display()
+                    );
+                }
+                Some(Arc::new(interceptor))
+            }
+            _ => None,
+        };
         Ok(Arc::new(Shared {
+            interceptor,
             cache,
             cache_lock,
             cache_stats: Arc::default(),
@@ -392,6 +412,15 @@ impl Reloader {
             kept.push(
                 "cache (memory_bytes, redis, lock_timeout_ms) changed; it applies after a restart"
                     .to_string(),
+            );
+        }
+        if config.connect.ca_dir != current.config.connect.ca_dir
+            || config.connect.leaf_cache_size != current.config.connect.leaf_cache_size
+            || (config.connect.mode == config::ConnectMode::Intercept
+                && self.shared.interceptor.is_none())
+        {
+            kept.push(
+                "connect (ca_dir, leaf_cache_size, or mode: intercept without a loaded CA) changed; it applies after a restart".to_string(),
             );
         }
         if config.dns != current.config.dns {

@@ -45,6 +45,12 @@ pub struct Metrics {
     /// `pag0_cache_tier_errors_total{tier,op,kind}`: failed (`error`) or skipped (`skipped`,
     /// tier cooling down or too busy) cache tier calls; the request went on without them.
     pub cache_tier_errors: IntCounterVec,
+    /// `pag0_tunnels_total{kind,outcome}`: CONNECT tunnels after the agent got its `200`:
+    /// kind `intercept` or `blind`; outcome `opened` (TLS done, or relay started),
+    /// `sni_refused` (missing or mismatched SNI), `handshake_failed`.
+    pub tunnels: IntCounterVec,
+    /// `pag0_tls_leaves_minted_total`: leaf certificates minted by the local CA.
+    pub leaves_minted: prometheus::IntCounter,
     /// `pag0_config_reloads_total{result}`
     pub config_reloads: IntCounterVec,
     /// `pag0_config_generation`: increments on every applied config.
@@ -151,6 +157,19 @@ impl Metrics {
             &["tier", "op", "kind"],
         )
         .expect("valid metric");
+        let tunnels = IntCounterVec::new(
+            Opts::new(
+                "pag0_tunnels_total",
+                "CONNECT tunnels by kind (intercept, blind) and outcome",
+            ),
+            &["kind", "outcome"],
+        )
+        .expect("valid metric");
+        let leaves_minted = prometheus::IntCounter::new(
+            "pag0_tls_leaves_minted_total",
+            "Leaf certificates minted by the local CA for intercepted hosts",
+        )
+        .expect("valid metric");
         let config_reloads = IntCounterVec::new(
             Opts::new("pag0_config_reloads_total", "Config reload attempts"),
             &["result"],
@@ -182,6 +201,8 @@ impl Metrics {
             Box::new(cache_requests.clone()),
             Box::new(cache_saved.clone()),
             Box::new(cache_tier_errors.clone()),
+            Box::new(tunnels.clone()),
+            Box::new(leaves_minted.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_generation.clone()),
             Box::new(build_info),
@@ -202,6 +223,8 @@ impl Metrics {
             cache_requests,
             cache_saved,
             cache_tier_errors,
+            tunnels,
+            leaves_minted,
             config_reloads,
             config_generation,
         }

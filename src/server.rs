@@ -8,11 +8,13 @@ use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 
 use crate::admin::{AdminService, FacilitatorProbe, SighupReloader};
 use crate::config::Config;
 use crate::live::{Reloader, Shared};
 use crate::proxy::Pag0Proxy;
+use crate::proxy::listener::ProxyApp;
 
 /// Default pid file (Pingora needs one for graceful upgrades).
 pub const DEFAULT_PID_FILE: &str = "/tmp/pag0.pid";
@@ -72,14 +74,16 @@ pub fn build(config: Config, path: Option<PathBuf>, opts: &StartOptions) -> anyh
         shared.policies.clone(),
     ));
 
-    let proxy = Pag0Proxy::new(reloader.live.clone(), shared);
-    let mut service =
-        pingora::proxy::http_proxy_service_with_name(&server.configuration, proxy, "pag0 proxy");
-    if let Some(app) = service.app_logic_mut() {
-        let mut options = HttpServerOptions::default();
-        options.keepalive_request_limit = keepalive_request_limit;
-        app.server_options = Some(options);
-    }
+    let proxy = Pag0Proxy::new(reloader.live.clone(), shared.clone());
+    let mut proxy = pingora::proxy::http_proxy(&server.configuration, proxy);
+    let mut options = HttpServerOptions::default();
+    options.keepalive_request_limit = keepalive_request_limit;
+    // CONNECT reaches the proxy's hooks (target, auth, SSRF guard); the listener app turns an
+    // accepted one into a tunnel. `connect.mode: off` answers 405 in the hooks.
+    options.allow_connect_method_proxying = true;
+    proxy.server_options = Some(options);
+    let app = ProxyApp::new(proxy, reloader.live.clone(), shared);
+    let mut service = Service::new("pag0 proxy".to_string(), app);
     for addr in &listen {
         service.add_tcp(&addr.to_string());
     }

@@ -228,7 +228,7 @@ async fn reverse_route_to_https_upstream_with_test_ca_uses_sni() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
     let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "UPSTREAM_CONNECT_FAILED");
+    assert_eq!(body["error"]["code"], "UPSTREAM_TLS_FAILED");
 
     // Routes need credentials too: 401 (not 407, this is not the forward proxy).
     let resp = client

@@ -44,8 +44,8 @@ pub const AUTH_REALM: &str = "pag0";
 /// The whole file. Sections are deserialized one by one (see [`super::load`]) so that
 /// a problem in one section does not hide problems in the others.
 pub const SECTIONS: &[&str] = &[
-    "server", "upstream", "admin", "dns", "database", "redis", "budgets", "cache", "payments",
-    "stages", "projects", "routes",
+    "server", "upstream", "admin", "dns", "connect", "database", "redis", "budgets", "cache",
+    "payments", "stages", "projects", "routes",
 ];
 
 /// Spend journal database when `database.url` is absent: a SQLite file next to the config.
@@ -339,6 +339,44 @@ pub struct FileUpstream {
     pub read_timeout_ms: Option<u64>,
     pub write_timeout_ms: Option<u64>,
     pub idle_timeout_seconds: Option<u64>,
+    /// Private CAs for forward-proxy HTTPS upstreams (absolute-form `https://` and CONNECT):
+    /// the first entry whose hosts match replaces the system roots for that host.
+    pub trust: Option<Vec<FileUpstreamTrust>>,
+}
+
+/// `upstream.trust[]`: which CA verifies which forward-proxy HTTPS hosts.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstreamTrust {
+    /// Host patterns (`host`, `*.domain`, `*`).
+    pub hosts: Vec<String>,
+    /// PEM file with the CA certificate(s), relative to the config file.
+    pub ca_file: String,
+}
+
+/// What `CONNECT` does when `connect.mode` is absent: intercept (see `FileConnect::mode`).
+pub const DEFAULT_CONNECT_MODE: &str = "intercept";
+/// Local CA directory when `connect.ca_dir` is absent (next to the config file).
+pub const DEFAULT_CA_DIR: &str = "pag0-ca";
+/// How long an agent may take to finish the TLS handshake inside a CONNECT tunnel.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
+/// Minted leaf certificates kept in memory (one per intercepted host).
+pub const DEFAULT_LEAF_CACHE_SIZE: u64 = 1_024;
+
+/// `connect:` — HTTPS through the forward proxy (`CONNECT`, what `HTTPS_PROXY` sends).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConnect {
+    /// `intercept` (default): terminate the agent's TLS with a leaf certificate from the local
+    /// CA, so the requests inside run through the whole pipeline (payment, cache, policy);
+    /// `tunnel`: relay every tunnel blind (after auth, SSRF guard and policy); `off`: 405.
+    pub mode: Option<String>,
+    /// Local CA directory, relative to the config file (created on first start).
+    pub ca_dir: Option<String>,
+    /// Host patterns that are never intercepted: relayed blind (no payment, no cache).
+    pub tunnel_only: Option<Vec<String>>,
+    pub handshake_timeout_ms: Option<u64>,
+    pub leaf_cache_size: Option<u64>,
 }
 
 /// `admin:` — the admin listener (/health, /metrics, /reload).

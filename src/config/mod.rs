@@ -111,6 +111,9 @@ pub fn parse(
         .section::<FileAdmin>(take("admin"), "admin")
         .unwrap_or_default();
     let dns = v.section::<FileDns>(take("dns"), "dns").unwrap_or_default();
+    let connect = v
+        .section::<FileConnect>(take("connect"), "connect")
+        .unwrap_or_default();
     let payments = v
         .section::<FilePayments>(take("payments"), "payments")
         .unwrap_or_default();
@@ -145,6 +148,7 @@ pub fn parse(
             )),
             cache_size: dns.cache_size.unwrap_or(DEFAULT_DNS_CACHE_SIZE),
         },
+        connect: v.connect(connect),
         database: v.database(database),
         redis,
         budgets,
@@ -416,6 +420,83 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
             idle_timeout: Duration::from_secs(
                 f.idle_timeout_seconds
                     .unwrap_or(DEFAULT_IDLE_TIMEOUT_SECONDS),
+            ),
+            trust: self.upstream_trust(f.trust.unwrap_or_default()),
+        }
+    }
+
+    fn upstream_trust(&mut self, entries: Vec<FileUpstreamTrust>) -> Vec<UpstreamTrust> {
+        let mut out = Vec::new();
+        for (i, t) in entries.into_iter().enumerate() {
+            let path = format!("upstream.trust[{i}]");
+            if t.hosts.is_empty() {
+                self.issue(&format!("{path}.hosts"), "needs at least one host pattern");
+            }
+            let hosts = self.host_patterns(&t.hosts, &format!("{path}.hosts"));
+            let ca_file = self.base_dir.join(&t.ca_file);
+            match load_ca(&ca_file) {
+                Ok(ca) => out.push(UpstreamTrust {
+                    hosts,
+                    trust_group: trust_group(&ca_file),
+                    ca_file,
+                    ca,
+                }),
+                Err(why) => self.issue(
+                    &format!("{path}.ca_file"),
+                    format!("{}: {why}", ca_file.display()),
+                ),
+            }
+        }
+        out
+    }
+
+    /// Parses host patterns (`host`, `*.domain`, `*`), recording each bad one at `path[i]`.
+    fn host_patterns(&mut self, raw: &[String], path: &str) -> Vec<crate::policy::HostPattern> {
+        raw.iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                let p = crate::policy::HostPattern::parse(r);
+                if p.is_none() {
+                    self.issue(
+                        &format!("{path}[{i}]"),
+                        format!("invalid host pattern {r:?} (host, *.domain or *)"),
+                    );
+                }
+                p
+            })
+            .collect()
+    }
+
+    fn connect(&mut self, f: FileConnect) -> ConnectSettings {
+        let mode = match f.mode.as_deref().unwrap_or(DEFAULT_CONNECT_MODE) {
+            "intercept" => ConnectMode::Intercept,
+            "tunnel" => ConnectMode::Tunnel,
+            "off" => ConnectMode::Off,
+            other => {
+                self.issue(
+                    "connect.mode",
+                    format!("unknown mode {other:?}, expected intercept, tunnel or off"),
+                );
+                ConnectMode::Off
+            }
+        };
+        let tunnel_only =
+            self.host_patterns(&f.tunnel_only.unwrap_or_default(), "connect.tunnel_only");
+        ConnectSettings {
+            mode,
+            ca_dir: self
+                .base_dir
+                .join(f.ca_dir.as_deref().unwrap_or(DEFAULT_CA_DIR)),
+            tunnel_only,
+            handshake_timeout: Duration::from_millis(self.positive(
+                f.handshake_timeout_ms,
+                DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS,
+                "connect.handshake_timeout_ms",
+            )),
+            leaf_cache_size: self.positive(
+                f.leaf_cache_size,
+                DEFAULT_LEAF_CACHE_SIZE,
+                "connect.leaf_cache_size",
             ),
         }
     }

@@ -19,6 +19,7 @@ pub struct Config {
     pub upstream: UpstreamSettings,
     pub admin: AdminSettings,
     pub dns: DnsSettings,
+    pub connect: ConnectSettings,
     pub database: crate::store::DatabaseConfig,
     pub redis: Option<RedisSettings>,
     pub budgets: BudgetSettings,
@@ -49,6 +50,73 @@ pub struct UpstreamSettings {
     pub read_timeout: Duration,
     pub write_timeout: Duration,
     pub idle_timeout: Duration,
+    /// Private CAs for forward-proxy HTTPS hosts, first match wins.
+    pub trust: Vec<UpstreamTrust>,
+}
+
+impl UpstreamSettings {
+    /// The private CA that verifies forward-proxy HTTPS connections to `host`, if any.
+    pub fn trust_for(&self, host: &str) -> Option<&UpstreamTrust> {
+        self.trust
+            .iter()
+            .find(|t| t.hosts.iter().any(|p| p.matches(host)))
+    }
+}
+
+/// `upstream.trust[]`, validated: these hosts are verified against `ca` instead of the system
+/// roots.
+#[derive(Clone)]
+pub struct UpstreamTrust {
+    pub hosts: Vec<crate::policy::HostPattern>,
+    pub ca_file: PathBuf,
+    pub ca: Arc<[WrappedX509]>,
+    /// Upstream connection-pool partition (connections verified against this CA only).
+    pub trust_group: u64,
+}
+
+impl PartialEq for UpstreamTrust {
+    fn eq(&self, other: &Self) -> bool {
+        self.hosts == other.hosts && self.ca_file == other.ca_file
+    }
+}
+
+impl std::fmt::Debug for UpstreamTrust {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTrust")
+            .field("hosts", &self.hosts)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
+}
+
+/// What pag0 does with a `CONNECT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectMode {
+    /// Terminate TLS with a minted leaf and run the requests inside through the pipeline.
+    Intercept,
+    /// Relay the bytes (no payment, no cache) once auth, SSRF guard and policy agreed.
+    Tunnel,
+    /// Refuse with 405.
+    Off,
+}
+
+/// `connect:`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectSettings {
+    pub mode: ConnectMode,
+    /// Where the local CA lives (absolute, or relative to the working directory).
+    pub ca_dir: PathBuf,
+    /// Hosts relayed blind even in `intercept` mode.
+    pub tunnel_only: Vec<crate::policy::HostPattern>,
+    pub handshake_timeout: Duration,
+    pub leaf_cache_size: u64,
+}
+
+impl ConnectSettings {
+    /// Whether a tunnel to `host` is intercepted (as opposed to relayed blind).
+    pub fn intercepts(&self, host: &str) -> bool {
+        self.mode == ConnectMode::Intercept && !self.tunnel_only.iter().any(|p| p.matches(host))
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -323,23 +323,8 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
                 monthly,
             });
         }
-        let mut patterns = |list: &[String], name: &str| -> Vec<HostPattern> {
-            list.iter()
-                .enumerate()
-                .filter_map(|(i, raw)| {
-                    let p = HostPattern::parse(raw);
-                    if p.is_none() {
-                        self.issue(
-                            &format!("{path}.{name}[{i}]"),
-                            format!("invalid host pattern {raw:?} (host, *.domain or *)"),
-                        );
-                    }
-                    p
-                })
-                .collect()
-        };
-        let allow_hosts = patterns(&f.allow_hosts, "allow_hosts");
-        let block_hosts = patterns(&f.block_hosts, "block_hosts");
+        let allow_hosts = self.host_patterns(&f.allow_hosts, &format!("{path}.allow_hosts"));
+        let block_hosts = self.host_patterns(&f.block_hosts, &format!("{path}.block_hosts"));
         let mut host_caps = Vec::new();
         for (i, c) in f.host_caps.iter().enumerate() {
             let at = format!("{path}.host_caps[{i}]");

@@ -2,5 +2,7 @@
 //! certificates let pag0 terminate an agent's TLS, see the 402 inside and pay it.
 
 pub mod ca;
+pub mod leaf;
 
 pub use ca::{CaError, LocalCa, MintedLeaf};
+pub use leaf::{Interceptor, SniCheck, SniRefusal};

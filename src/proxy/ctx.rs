@@ -15,6 +15,9 @@ pub enum TargetKind {
     Forward,
     /// Reverse proxy: a YAML route matched an origin-form request.
     Route(Arc<Route>),
+    /// `CONNECT host:port` (HTTPS_PROXY): only the stages that vet a target see it; then the
+    /// connection becomes a tunnel (see [`TunnelPlan`]).
+    Connect,
 }
 
 /// The upstream of one request.
@@ -55,6 +58,48 @@ impl Target {
         match &self.kind {
             TargetKind::Forward => "forward",
             TargetKind::Route(r) => &r.name,
+            TargetKind::Connect => "connect",
+        }
+    }
+
+    /// Whether the SSRF guard vets this target (agent-chosen: forward requests and tunnels).
+    pub fn agent_chosen(&self) -> bool {
+        matches!(self.kind, TargetKind::Forward | TargetKind::Connect)
+    }
+}
+
+/// An intercepted tunnel, as the requests inside it see it: they go to `host:port` over TLS,
+/// authenticated with the `CONNECT`'s credentials. `Debug` hides the credentials.
+pub struct TunnelInfo {
+    pub host: String,
+    pub port: u16,
+    /// The `Proxy-Authorization` the agent sent with its `CONNECT`.
+    pub authorization: Option<http::HeaderValue>,
+}
+
+impl std::fmt::Debug for TunnelInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TunnelInfo({}:{})", self.host, self.port)
+    }
+}
+
+/// What a `CONNECT` that the pipeline accepted turns its connection into, once Pingora hands
+/// the connection back to the listener (the agent gets `200` then).
+pub enum TunnelPlan {
+    /// Terminate the agent's TLS with this leaf and serve the requests inside.
+    Intercept {
+        info: Arc<TunnelInfo>,
+        leaf: Arc<pingora::tls::sign::CertifiedKey>,
+    },
+    /// Relay bytes to this already connected upstream.
+    Blind(std::sync::Mutex<Option<tokio::net::TcpStream>>),
+}
+
+impl std::fmt::Debug for TunnelPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TunnelPlan::Intercept { info, .. } => write!(f, "Intercept({info:?})"),
+            TunnelPlan::Blind(_) => f.write_str("Blind"),
         }
     }
 }
@@ -133,6 +178,10 @@ pub struct RequestCtx {
     pub payment: PaymentState,
     pub idempotency: crate::stages::IdempotencyState,
     pub cache: crate::stages::CacheState,
+    /// Set on requests inside an intercepted tunnel (carried across its keep-alive requests).
+    pub tunnel: Option<Arc<TunnelInfo>>,
+    /// Set on an accepted `CONNECT`: what the listener makes of the connection.
+    pub tunnel_plan: Option<Arc<TunnelPlan>>,
 }
 
 impl RequestCtx {
@@ -147,6 +196,8 @@ impl RequestCtx {
             payment: PaymentState::default(),
             idempotency: Default::default(),
             cache: Default::default(),
+            tunnel: None,
+            tunnel_plan: None,
         }
     }
 

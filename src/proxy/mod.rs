@@ -1,9 +1,11 @@
 //! The Pingora side: the thin `ProxyHttp` impl, the request context, targets and replies.
 
 pub mod ctx;
+pub mod listener;
 pub mod respond;
 pub mod service;
 pub mod target;
+pub mod tunnel;
 pub mod upstream;
 
 pub use ctx::{RequestCtx, Target, TargetKind};

@@ -27,10 +27,16 @@ pub enum ErrorCode {
     InternalError,
     /// 502: the target's name does not resolve.
     DnsResolutionFailed,
-    /// 502: the upstream refused or dropped the connection, or its TLS failed.
+    /// 502: the upstream refused or dropped the connection.
     UpstreamConnectFailed,
     /// 502: the upstream broke the HTTP exchange.
     UpstreamError,
+    /// 502: the upstream's TLS certificate did not verify (or its TLS handshake failed).
+    UpstreamTlsFailed,
+    /// 405: `CONNECT` is off (`connect.mode: off`), or was sent inside a tunnel.
+    ConnectNotAllowed,
+    /// 421: a request inside an intercepted tunnel names another host than the `CONNECT`.
+    MisdirectedRequest,
     /// 504: the upstream did not connect or answer in time.
     UpstreamTimeout,
     /// 400: the client sent a malformed request.
@@ -133,7 +139,10 @@ impl ErrorCode {
             ErrorCode::InternalError => 500,
             ErrorCode::DnsResolutionFailed
             | ErrorCode::UpstreamConnectFailed
-            | ErrorCode::UpstreamError => 502,
+            | ErrorCode::UpstreamError
+            | ErrorCode::UpstreamTlsFailed => 502,
+            ErrorCode::ConnectNotAllowed => 405,
+            ErrorCode::MisdirectedRequest => 421,
             ErrorCode::UpstreamTimeout => 504,
         }
     }
@@ -172,6 +181,9 @@ impl ErrorCode {
             ErrorCode::DnsResolutionFailed => "DNS_RESOLUTION_FAILED",
             ErrorCode::UpstreamConnectFailed => "UPSTREAM_CONNECT_FAILED",
             ErrorCode::UpstreamError => "UPSTREAM_ERROR",
+            ErrorCode::UpstreamTlsFailed => "UPSTREAM_TLS_FAILED",
+            ErrorCode::ConnectNotAllowed => "CONNECT_NOT_ALLOWED",
+            ErrorCode::MisdirectedRequest => "MISDIRECTED_REQUEST",
             ErrorCode::UpstreamTimeout => "UPSTREAM_TIMEOUT",
         }
     }

@@ -15,9 +15,14 @@ use pingora::{ErrorSource, ErrorType};
 
 use crate::live::{Live, Shared};
 use crate::metrics::status_class;
+use crate::proxy::ctx::{TargetKind, TunnelInfo};
 use crate::proxy::respond::{ErrorCode, Reply};
-use crate::proxy::{RequestCtx, target, upstream};
+use crate::proxy::{RequestCtx, target, tunnel, upstream};
 use crate::stages::Flow;
+
+/// Keep-alive set on an accepted `CONNECT` so that Pingora returns the connection (the value
+/// itself is not used: the tunnel is not HTTP any more).
+const CONNECT_KEEPALIVE_SECONDS: u64 = 60;
 
 pub struct Pag0Proxy {
     live: Arc<ArcSwap<Live>>,
@@ -55,10 +60,9 @@ fn classify_error(e: &Error) -> Option<ErrorCode> {
         ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
             Some(ErrorCode::UpstreamTimeout)
         }
-        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure
-        | TLSHandshakeFailure | InvalidCert | BindError | SocketError => {
-            Some(ErrorCode::UpstreamConnectFailed)
-        }
+        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | BindError
+        | SocketError => Some(ErrorCode::UpstreamConnectFailed),
+        TLSHandshakeFailure | InvalidCert => Some(ErrorCode::UpstreamTlsFailed),
         _ => match e.esource() {
             ErrorSource::Upstream => Some(ErrorCode::UpstreamError),
             ErrorSource::Downstream => match e.etype() {
@@ -84,17 +88,79 @@ impl ProxyHttp for Pag0Proxy {
     }
 
     /// Resolves the target, then runs the enabled stages in order. Returning `Ok(true)` means
-    /// a reply was already sent (auth, rate limit, SSRF refusal, bad target).
+    /// a reply was already sent (auth, rate limit, SSRF refusal, bad target), or an accepted
+    /// `CONNECT` is handed to the listener as a tunnel.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        match target::resolve(session.req_header(), &ctx.live.config.routes) {
+        let resolved = target::resolve(
+            session.req_header(),
+            &ctx.live.config.routes,
+            ctx.tunnel.as_deref(),
+            ctx.live.config.connect.mode,
+        );
+        match resolved {
             Ok(t) => ctx.target = Some(t),
             Err(reply) => return self.answer(session, ctx, "proxy", reply).await,
         }
+        if let Some(auth) = ctx.tunnel.as_ref().and_then(|t| t.authorization.clone()) {
+            // Inside an intercepted tunnel the agent authenticated on its CONNECT.
+            session
+                .req_header_mut()
+                .insert_header(http::header::PROXY_AUTHORIZATION, auth)?;
+        }
         let live = ctx.live.clone();
         match live.pipeline.request_filter(session, ctx).await {
-            None | Some((_, Flow::Continue)) => Ok(false),
-            Some((stage, Flow::Respond(reply))) => self.answer(session, ctx, stage, reply).await,
-            Some((_, Flow::Served)) => Ok(true),
+            None | Some((_, Flow::Continue)) => {}
+            Some((stage, Flow::Respond(reply))) => {
+                return self.answer(session, ctx, stage, reply).await;
+            }
+            Some((_, Flow::Served)) => return Ok(true),
+        }
+        if !matches!(
+            ctx.target.as_ref().map(|t| &t.kind),
+            Some(TargetKind::Connect)
+        ) {
+            return Ok(false);
+        }
+        match tunnel::plan(session.req_header(), ctx, &self.shared).await {
+            Ok(plan) => {
+                // The listener takes the connection over once Pingora is done with this
+                // request, even from an HTTP/1.0 client; the agent gets its 200 there.
+                session.set_keepalive(Some(CONNECT_KEEPALIVE_SECONDS));
+                ctx.tunnel_plan = Some(Arc::new(plan));
+                Ok(true)
+            }
+            Err(reply) => {
+                session.set_keepalive(None);
+                self.answer(session, ctx, "connect", reply).await
+            }
+        }
+    }
+
+    /// Hands an accepted `CONNECT`'s plan to the listener, and keeps the tunnel's identity on
+    /// the keep-alive requests inside an intercepted tunnel.
+    fn persist_connection_context(
+        &self,
+        _session: &Session,
+        ctx: &RequestCtx,
+    ) -> Option<Box<dyn std::any::Any + Send + Sync>> {
+        if let Some(plan) = &ctx.tunnel_plan {
+            return Some(Box::new(plan.clone()));
+        }
+        ctx.tunnel
+            .clone()
+            .map(|t| Box::new(t) as Box<dyn std::any::Any + Send + Sync>)
+    }
+
+    /// The first request inside an intercepted tunnel gets the tunnel from the listener, the
+    /// next ones from the request before them.
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+        prev: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        if let Ok(tunnel) = prev.downcast::<Arc<TunnelInfo>>() {
+            ctx.tunnel = Some(*tunnel);
         }
     }
 
@@ -335,6 +401,9 @@ impl ProxyHttp for Pag0Proxy {
             let message = match code {
                 ErrorCode::UpstreamTimeout => "the upstream did not answer in time".to_string(),
                 ErrorCode::UpstreamConnectFailed => "cannot connect to the upstream".to_string(),
+                ErrorCode::UpstreamTlsFailed => {
+                    "TLS with the upstream failed (its certificate is not trusted or the handshake broke); nothing was sent".to_string()
+                }
                 ErrorCode::DnsResolutionFailed => "cannot resolve the upstream host".to_string(),
                 ErrorCode::FacilitatorUnavailable => {
                     "the x402 facilitator did not answer; nothing was paid".to_string()
@@ -359,7 +428,12 @@ impl ProxyHttp for Pag0Proxy {
 
     /// Records the request in metrics once it is done (no per-request log line at info).
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let status = match session.response_written() {
+            Some(r) => r.status.as_u16(),
+            // An accepted CONNECT: the listener answers 200 when it takes the connection.
+            None if ctx.tunnel_plan.is_some() => 200,
+            None => 0,
+        };
         let labels = [ctx.project_label(), ctx.route_label(), status_class(status)];
         let m = &self.shared.metrics;
         m.requests.with_label_values(&labels).inc();

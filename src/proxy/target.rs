@@ -1,21 +1,115 @@
 //! Turns a request line + Host into a [`Target`]: absolute-form → forward proxy,
-//! origin-form → the first matching YAML route.
+//! origin-form → the first matching YAML route, `CONNECT host:port` → a tunnel, and any
+//! request inside an intercepted tunnel → the tunnel's own host.
 
 use std::sync::Arc;
 
 use http::Uri;
 use pingora::http::RequestHeader;
 
-use crate::config::Route;
-use crate::proxy::ctx::{Target, TargetKind};
+use crate::config::{ConnectMode, Route};
+use crate::proxy::ctx::{Target, TargetKind, TunnelInfo};
 use crate::proxy::respond::{ErrorCode, Reply};
 
 /// Resolves the target of `req` (no DNS here; that is the SSRF guard's or the peer's job).
-pub fn resolve(req: &RequestHeader, routes: &[Arc<Route>]) -> Result<Target, Reply> {
+/// `tunnel` is set for requests inside an intercepted `CONNECT`.
+pub fn resolve(
+    req: &RequestHeader,
+    routes: &[Arc<Route>],
+    tunnel: Option<&TunnelInfo>,
+    connect: ConnectMode,
+) -> Result<Target, Reply> {
+    if req.method == http::Method::CONNECT {
+        return match (tunnel, connect) {
+            (Some(_), _) => Err(Reply::new(
+                ErrorCode::ConnectNotAllowed,
+                "CONNECT inside a CONNECT tunnel is not supported",
+            )),
+            (None, ConnectMode::Off) => Err(Reply::new(
+                ErrorCode::ConnectNotAllowed,
+                "CONNECT is off on this proxy (connect.mode: off)",
+            )),
+            (None, _) => connect_target(req),
+        };
+    }
+    if let Some(tunnel) = tunnel {
+        return tunnel_target(req, tunnel);
+    }
     let raw = req.raw_path();
     if raw.first() == Some(&b'/') {
         return route_target(req, routes);
     }
+    absolute_target(raw)
+}
+
+/// `CONNECT host:port` (authority-form; the port is required).
+fn connect_target(req: &RequestHeader) -> Result<Target, Reply> {
+    let bad = || Reply::new(ErrorCode::InvalidTarget, "CONNECT needs a host:port target");
+    let authority = std::str::from_utf8(req.raw_path())
+        .ok()
+        .and_then(|raw| raw.parse::<http::uri::Authority>().ok())
+        .ok_or_else(bad)?;
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    let port = authority.port_u16().ok_or_else(bad)?;
+    if host.is_empty() || authority.as_str().contains('@') || port == 0 {
+        return Err(bad());
+    }
+    Ok(Target {
+        kind: TargetKind::Connect,
+        tls: true,
+        host,
+        port,
+        path: String::new(),
+        addr: None,
+    })
+}
+
+/// A request inside an intercepted tunnel goes to the tunnel's host over TLS; one that names
+/// another host (absolute-form URL or `Host`) is misdirected (421).
+fn tunnel_target(req: &RequestHeader, tunnel: &TunnelInfo) -> Result<Target, Reply> {
+    let misdirected = |named: &str| {
+        Reply::new(
+            ErrorCode::MisdirectedRequest,
+            format!(
+                "this tunnel goes to {}:{}, not to {named}",
+                tunnel.host, tunnel.port
+            ),
+        )
+    };
+    let raw = req.raw_path();
+    let path = if raw.first() == Some(&b'/') {
+        std::str::from_utf8(raw)
+            .map_err(|_| Reply::new(ErrorCode::InvalidTarget, "the request target is not UTF-8"))?
+            .to_string()
+    } else {
+        let t = absolute_target(raw)?;
+        if !t.tls || t.host != tunnel.host || t.port != tunnel.port {
+            return Err(misdirected(&format!("{}:{}", t.host, t.port)));
+        }
+        t.path
+    };
+    if let Some(host) = req.headers.get(http::header::HOST) {
+        let named = host.to_str().map(host_without_port).unwrap_or_default();
+        if named != tunnel.host {
+            return Err(misdirected(&named));
+        }
+    }
+    Ok(Target {
+        kind: TargetKind::Forward,
+        tls: true,
+        host: tunnel.host.clone(),
+        port: tunnel.port,
+        path,
+        addr: None,
+    })
+}
+
+/// An absolute-form `http(s)://` request target (forward proxy).
+fn absolute_target(raw: &[u8]) -> Result<Target, Reply> {
     let uri = Uri::try_from(raw).map_err(|_| {
         Reply::new(
             ErrorCode::InvalidTarget,
@@ -144,15 +238,79 @@ mod tests {
         r
     }
 
+    fn resolve_plain(req: &RequestHeader, routes: &[Arc<Route>]) -> Result<Target, Reply> {
+        resolve(req, routes, None, ConnectMode::Intercept)
+    }
+
+    fn connect(target: &str) -> RequestHeader {
+        RequestHeader::build("CONNECT", target.as_bytes(), None).unwrap()
+    }
+
+    #[test]
+    fn connect_targets_need_host_and_port() {
+        let t = resolve_plain(&connect("API.example.com:8443"), &[]).unwrap();
+        assert!(matches!(t.kind, TargetKind::Connect));
+        assert_eq!((t.host.as_str(), t.port), ("api.example.com", 8443));
+        let t = resolve_plain(&connect("[::1]:443"), &[]).unwrap();
+        assert_eq!((t.host.as_str(), t.port), ("::1", 443));
+        for bad in [
+            "api.example.com",
+            "user@api.example.com:443",
+            ":443",
+            "a b:443",
+        ] {
+            assert_eq!(
+                resolve_plain(&connect(bad), &[]).unwrap_err().code,
+                ErrorCode::InvalidTarget,
+                "{bad}"
+            );
+        }
+        let off = resolve(&connect("api.example.com:443"), &[], None, ConnectMode::Off);
+        assert_eq!(off.unwrap_err().code, ErrorCode::ConnectNotAllowed);
+    }
+
+    #[test]
+    fn requests_inside_a_tunnel_go_to_its_host_only() {
+        let tunnel = TunnelInfo {
+            host: "api.example.com".into(),
+            port: 8443,
+            authorization: None,
+        };
+        let inside = |r: &RequestHeader| resolve(r, &[], Some(&tunnel), ConnectMode::Intercept);
+        let t = inside(&req("/v1/x?q=1", Some("API.example.com:8443"))).unwrap();
+        assert!(matches!(t.kind, TargetKind::Forward));
+        assert_eq!(
+            (t.tls, t.host.as_str(), t.port, t.path.as_str()),
+            (true, "api.example.com", 8443, "/v1/x?q=1")
+        );
+        let t = inside(&req("https://api.example.com:8443/abs", None)).unwrap();
+        assert_eq!(t.path, "/abs");
+        for (target, host) in [
+            ("/x", Some("evil.example")),
+            ("https://evil.example:8443/", None),
+            ("http://api.example.com:8443/", None),
+        ] {
+            assert_eq!(
+                inside(&req(target, host)).unwrap_err().code,
+                ErrorCode::MisdirectedRequest,
+                "{target} {host:?}"
+            );
+        }
+        assert_eq!(
+            inside(&connect("other.example:443")).unwrap_err().code,
+            ErrorCode::ConnectNotAllowed
+        );
+    }
+
     #[test]
     fn absolute_form_is_forward() {
-        let t = resolve(&req("http://Example.com:8080/a/b?q=1", None), &[]).unwrap();
+        let t = resolve_plain(&req("http://Example.com:8080/a/b?q=1", None), &[]).unwrap();
         assert!(matches!(t.kind, TargetKind::Forward));
         assert_eq!(
             (t.tls, t.host.as_str(), t.port, t.path.as_str()),
             (false, "example.com", 8080, "/a/b?q=1")
         );
-        let t = resolve(&req("https://[::1]/", None), &[]).unwrap();
+        let t = resolve_plain(&req("https://[::1]/", None), &[]).unwrap();
         assert_eq!((t.tls, t.host.as_str(), t.port), (true, "::1", 443));
     }
 
@@ -160,13 +318,13 @@ mod tests {
     fn bad_targets_are_rejected() {
         for bad in ["ftp://example.com/", "http://user:pw@example.com/"] {
             assert_eq!(
-                resolve(&req(bad, None), &[]).unwrap_err().code,
+                resolve_plain(&req(bad, None), &[]).unwrap_err().code,
                 ErrorCode::InvalidTarget,
                 "{bad}"
             );
         }
         assert_eq!(
-            resolve(&req("/x", Some("a")), &[]).unwrap_err().code,
+            resolve_plain(&req("/x", Some("a")), &[]).unwrap_err().code,
             ErrorCode::NoRoute
         );
     }
@@ -190,29 +348,29 @@ mod tests {
                 true,
             ),
         ];
-        let t = resolve(&req("/v1/items?x=1", Some("API.local:8402")), &routes).unwrap();
+        let t = resolve_plain(&req("/v1/items?x=1", Some("API.local:8402")), &routes).unwrap();
         assert_eq!(t.route_label(), "api");
         assert_eq!(
             (t.tls, t.host.as_str(), t.port, t.path.as_str()),
             (true, "up.example", 443, "/base/items?x=1")
         );
         assert_eq!(
-            resolve(&req("/v1", Some("api.local")), &routes)
+            resolve_plain(&req("/v1", Some("api.local")), &routes)
                 .unwrap()
                 .path,
             "/base"
         );
         assert_eq!(
-            resolve(&req("/v10", Some("api.local")), &routes)
+            resolve_plain(&req("/v10", Some("api.local")), &routes)
                 .unwrap()
                 .route_label(),
             "any"
         );
-        let t = resolve(&req("/keep/me", Some("whatever")), &routes).unwrap();
+        let t = resolve_plain(&req("/keep/me", Some("whatever")), &routes).unwrap();
         assert_eq!(
             (t.route_label(), t.path.as_str(), t.port),
             ("keep", "/keep/me", 81)
         );
-        assert!(resolve(&req("/v1/items", Some("other")), &routes).is_err());
+        assert!(resolve_plain(&req("/v1/items", Some("other")), &routes).is_err());
     }
 }

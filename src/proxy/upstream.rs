@@ -30,13 +30,18 @@ pub fn peer(target: &Target, addr: SocketAddr, up: &UpstreamSettings) -> HttpPee
     peer.options.read_timeout = Some(up.read_timeout);
     peer.options.write_timeout = Some(up.write_timeout);
     peer.options.idle_timeout = Some(up.idle_timeout);
-    if let TargetKind::Route(route) = &target.kind
-        && let Some(ca) = &route.ca
-    {
-        peer.options.ca = Some(ca.clone());
+    let private_ca = match &target.kind {
+        TargetKind::Route(route) => route.ca.clone().map(|ca| (ca, route.trust_group)),
+        TargetKind::Forward if target.tls => up
+            .trust_for(&target.host)
+            .map(|t| (t.ca.clone(), t.trust_group)),
+        _ => None,
+    };
+    if let Some((ca, trust_group)) = private_ca {
+        peer.options.ca = Some(ca);
         // Pingora's pool key ignores the CA: without this, a connection verified against
-        // this route's private CA could be reused by a route that trusts only system roots.
-        peer.group_key = route.trust_group;
+        // a private CA could be reused by a request that trusts only system roots.
+        peer.group_key = trust_group;
     }
     peer
 }

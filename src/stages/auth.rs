@@ -47,6 +47,10 @@ impl Stage for AuthStage {
         "auth"
     }
 
+    fn sees_connect(&self) -> bool {
+        true
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Flow {
         let found = credentials(session.req_header());
         let project = found.as_ref().and_then(|(user, key)| {
@@ -67,7 +71,7 @@ impl Stage for AuthStage {
         };
         let forward = matches!(
             ctx.target.as_ref().map(|t| &t.kind),
-            Some(TargetKind::Forward) | None
+            Some(TargetKind::Forward | TargetKind::Connect) | None
         );
         let challenge = format!("Basic realm=\"{AUTH_REALM}\"");
         Flow::Respond(if forward {

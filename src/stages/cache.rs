@@ -213,6 +213,7 @@ impl CacheStage {
         let route = match &target.kind {
             TargetKind::Route(r) => r.cache,
             TargetKind::Forward => RouteCache::default(),
+            TargetKind::Connect => return Err("connect"),
         };
         if !route.enabled {
             return Err("route");

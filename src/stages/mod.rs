@@ -1,8 +1,10 @@
 //! Pipeline stages: small plugins that the thin `ProxyHttp` impl walks in YAML order.
 //!
 //! ```text
-//!  request_filter ── target resolved (absolute-form URL or YAML route)
-//!        │
+//!  request_filter ── target resolved (absolute-form URL, YAML route, CONNECT authority, or
+//!        │           the tunnel's host for requests inside an intercepted CONNECT)
+//!        │           (a CONNECT only meets auth, rate_limit, ssrf_guard and policy, then
+//!        │            becomes a tunnel: see proxy::listener)
 //!        ├─ auth         identify the project (Proxy-Authorization Basic / X-Pag0-API-Key)
 //!        ├─ rate_limit   per-project token bucket
 //!        ├─ ssrf_guard   resolve the forward target, refuse non-public addresses
@@ -71,6 +73,13 @@ pub enum Flow {
 pub trait Stage: Send + Sync {
     /// Name used in logs and the `stage` metric label (the YAML `kind`).
     fn name(&self) -> &'static str;
+
+    /// Whether `request_filter` also runs for `CONNECT` requests (before a tunnel opens).
+    /// Only stages that vet the agent or the target host opt in; the requests inside an
+    /// intercepted tunnel run through every stage like any other request.
+    fn sees_connect(&self) -> bool {
+        false
+    }
 
     /// Runs in `request_filter`, after the target is known and before any upstream work.
     async fn request_filter(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Flow {
@@ -201,7 +210,14 @@ impl Pipeline {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Option<(&'static str, Flow)> {
+        let connect = ctx
+            .target
+            .as_ref()
+            .is_some_and(|t| matches!(t.kind, crate::proxy::TargetKind::Connect));
         for stage in &self.stages {
+            if connect && !stage.sees_connect() {
+                continue;
+            }
             match stage.request_filter(session, ctx).await {
                 Flow::Continue => {}
                 flow => return Some((stage.name(), flow)),

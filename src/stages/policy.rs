@@ -29,6 +29,11 @@ impl Stage for PolicyStage {
         "policy"
     }
 
+    /// A blocked host is refused before its tunnel opens.
+    fn sees_connect(&self) -> bool {
+        true
+    }
+
     /// Runs after auth (the project is known) and before any upstream contact.
     async fn request_filter(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Flow {
         let (Some(project), Some(target)) = (ctx.project.as_ref(), ctx.target.as_ref()) else {

@@ -29,6 +29,11 @@ impl Stage for RateLimitStage {
         "rate_limit"
     }
 
+    /// A `CONNECT` counts as one request (so do the requests inside an intercepted tunnel).
+    fn sees_connect(&self) -> bool {
+        true
+    }
+
     async fn request_filter(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Flow {
         let limit = ctx
             .project

@@ -2,8 +2,8 @@
 //! is public (loopback, private, link-local, CGNAT, multicast, cloud metadata, reserved),
 //! unless the address is in the stage's `allow` list. Runs before any connection is made, and
 //! pins the vetted address in the context so the connection goes exactly there (no DNS
-//! rebinding between check and connect). Reverse-proxy routes are operator-configured and
-//! not checked.
+//! rebinding between check and connect). `CONNECT` targets are checked the same way, before
+//! the tunnel opens. Reverse-proxy routes are operator-configured and not checked.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,8 +16,8 @@ use serde_json::json;
 use super::{Flow, Stage};
 use crate::net::dns::Resolver;
 use crate::net::ip::classify;
+use crate::proxy::RequestCtx;
 use crate::proxy::respond::{ErrorCode, Reply};
-use crate::proxy::{RequestCtx, TargetKind};
 
 pub struct SsrfGuardStage {
     allow: Vec<IpNet>,
@@ -36,11 +36,15 @@ impl Stage for SsrfGuardStage {
         "ssrf_guard"
     }
 
+    fn sees_connect(&self) -> bool {
+        true
+    }
+
     async fn request_filter(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Flow {
         let Some(target) = ctx.target.as_mut() else {
             return Flow::Continue;
         };
-        if !matches!(target.kind, TargetKind::Forward) {
+        if !target.agent_chosen() {
             return Flow::Continue;
         }
         let ips = match self.resolver.resolve(&target.host).await {

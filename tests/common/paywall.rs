@@ -75,6 +75,8 @@ struct State {
 
 pub struct Paywall {
     pub addr: SocketAddr,
+    /// `http://127.0.0.1:PORT`, or `https://localhost:PORT` for a TLS paywall.
+    origin: String,
     state: Arc<Mutex<State>>,
     /// The accept loop, which owns every connection: aborting it takes the paywall down.
     server: tokio::task::JoinHandle<()>,
@@ -138,30 +140,63 @@ impl Paywall {
 
     /// Listens on `addr`; `verify: false` accepts any well-formed payment (benchmarks only).
     pub async fn start_on(addr: &str, verify: bool) -> Paywall {
+        Self::start_inner(addr, verify, None).await
+    }
+
+    /// An HTTPS paywall (`https://localhost:PORT`, certificate from `tls`).
+    pub async fn start_tls(tls: Arc<tokio_rustls::rustls::ServerConfig>) -> Paywall {
+        Self::start_inner(
+            "127.0.0.1:0",
+            true,
+            Some(tokio_rustls::TlsAcceptor::from(tls)),
+        )
+        .await
+    }
+
+    async fn start_inner(
+        addr: &str,
+        verify: bool,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Paywall {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let origin = match tls {
+            Some(_) => format!("https://localhost:{}", addr.port()),
+            None => format!("http://{addr}"),
+        };
         let state = Arc::new(Mutex::new(State {
             skip_verify: !verify,
             ..State::default()
         }));
         let st = state.clone();
+        let paywall_origin = origin.clone();
         let server = tokio::spawn(async move {
             let mut connections = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
-                let st = st.clone();
+                let (st, origin, tls) = (st.clone(), origin.clone(), tls.clone());
                 connections.spawn(async move {
-                    let svc = service_fn(move |req| handle(req, st.clone(), addr));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let svc = service_fn(move |req| handle(req, st.clone(), origin.clone()));
+                    let http = hyper::server::conn::http1::Builder::new();
+                    match tls {
+                        None => {
+                            let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                        Some(tls) => {
+                            let Ok(stream) = tls.accept(stream).await else {
+                                return;
+                            };
+                            let _ = http.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                    }
                 });
             }
         });
         Paywall {
             addr,
+            origin: paywall_origin,
             state,
             server,
         }
@@ -184,7 +219,7 @@ impl Paywall {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}{path}", self.origin)
     }
 }
 
@@ -195,7 +230,7 @@ fn b64(v: &Value) -> String {
 async fn handle(
     req: Request<hyper::body::Incoming>,
     state: Arc<Mutex<State>>,
-    addr: SocketAddr,
+    origin: String,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let method = req.method().to_string();
     let full_path = req.uri().path().to_string();
@@ -222,7 +257,7 @@ async fn handle(
     let Some(offers) = offers_for(&path, price_changes) else {
         return Ok(respond(StatusCode::OK, echo.to_string(), None));
     };
-    let url = format!("http://{addr}{full_path}");
+    let url = format!("{origin}{full_path}");
     let offers: Vec<Value> = if v1 {
         offers.iter().map(|o| to_v1(o, &url)).collect()
     } else {

@@ -1,0 +1,93 @@
+//! `CONNECT` (HTTPS_PROXY) once the pipeline accepted it: decide between interception and a
+//! blind tunnel, and prepare what the listener needs before the agent gets its `200`: the
+//! leaf certificate (interception) or the upstream connection (blind), so that a failure is
+//! still an ordinary JSON error.
+//!
+//! ```text
+//!  CONNECT host:port ─▶ auth, rate_limit, ssrf_guard, policy (the stages that vet targets)
+//!     ─▶ plan(): tunnel_only host / connect.mode tunnel ─▶ connect upstream ─▶ Blind
+//!                otherwise                              ─▶ mint leaf     ─▶ Intercept
+//!     ─▶ Pingora hands the connection back ─▶ listener: 200, then TLS (intercept) or relay
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use pingora::http::RequestHeader;
+use serde_json::json;
+
+use crate::live::Shared;
+use crate::proxy::ctx::{RequestCtx, TunnelInfo, TunnelPlan};
+use crate::proxy::respond::{ErrorCode, Reply};
+
+/// Builds the plan for the accepted `CONNECT` in `ctx` (its target is the CONNECT authority).
+pub async fn plan(
+    req: &RequestHeader,
+    ctx: &mut RequestCtx,
+    shared: &Shared,
+) -> Result<TunnelPlan, Reply> {
+    let live = ctx.live.clone();
+    let target = ctx
+        .target
+        .as_mut()
+        .ok_or_else(|| Reply::new(ErrorCode::InternalError, "no target"))?;
+    let intercept = live.config.connect.intercepts(&target.host);
+    if intercept {
+        let interceptor = shared.interceptor.as_ref().ok_or_else(|| {
+            Reply::new(
+                ErrorCode::ConnectNotAllowed,
+                "interception is not available (the local CA was not loaded; restart pag0)",
+            )
+        })?;
+        let (leaf, minted) = interceptor.leaf(&target.host).map_err(|e| {
+            log::error!("cannot mint a certificate for {}: {e}", target.host);
+            Reply::new(
+                ErrorCode::InternalError,
+                "cannot mint a certificate for this host",
+            )
+        })?;
+        if minted {
+            shared.metrics.leaves_minted.inc();
+        }
+        let info = TunnelInfo {
+            host: target.host.clone(),
+            port: target.port,
+            authorization: req.headers.get(http::header::PROXY_AUTHORIZATION).cloned(),
+        };
+        return Ok(TunnelPlan::Intercept {
+            info: Arc::new(info),
+            leaf,
+        });
+    }
+    let addr = match target.addr {
+        Some(addr) => addr,
+        None => {
+            let ips = shared.resolver.resolve(&target.host).await.map_err(|e| {
+                Reply::new(ErrorCode::DnsResolutionFailed, e.to_string())
+                    .details(json!({"host": target.host}))
+            })?;
+            SocketAddr::new(ips[0], target.port)
+        }
+    };
+    let timeout = live.config.upstream.connect_timeout;
+    let failed = |code, message: &str| {
+        Reply::new(code, message.to_string()).details(json!({"host": target.host}))
+    };
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(TunnelPlan::Blind(std::sync::Mutex::new(Some(stream))))
+        }
+        Ok(Err(e)) => {
+            log::debug!("tunnel to {addr}: {e}");
+            Err(failed(
+                ErrorCode::UpstreamConnectFailed,
+                "cannot connect to the upstream",
+            ))
+        }
+        Err(_) => Err(failed(
+            ErrorCode::UpstreamTimeout,
+            "the upstream did not accept the connection in time",
+        )),
+    }
+}

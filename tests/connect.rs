@@ -1,0 +1,568 @@
+//! HTTPS through the forward proxy: `CONNECT` with TLS interception by pag0's local CA, blind
+//! tunnels for `tunnel_only` hosts, and the refusals, with real clients (reqwest, curl, Python)
+//! against local TLS upstreams that have their own test CA.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::paywall::{self, Paywall};
+use common::*;
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::rustls;
+
+/// The upstreams' own test CA, written where the YAML can point at it.
+struct UpstreamCa {
+    pki: TestPki,
+    dir: tempfile::TempDir,
+}
+
+impl UpstreamCa {
+    fn new() -> UpstreamCa {
+        let pki = test_pki();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("upstream-ca.pem"), &pki.ca_pem).unwrap();
+        UpstreamCa { pki, dir }
+    }
+
+    fn file(&self) -> PathBuf {
+        self.dir.path().join("upstream-ca.pem")
+    }
+
+    /// `upstream.trust` for `localhost` (the test leaf's name).
+    fn trust_yaml(&self) -> String {
+        format!(
+            "upstream:\n  trust:\n    - hosts: [localhost]\n      ca_file: {}\n",
+            self.file().display()
+        )
+    }
+}
+
+fn stages() -> &'static str {
+    "stages:\n  - kind: auth\n  - kind: ssrf_guard\n    allow: [\"127.0.0.0/8\"]\n"
+}
+
+fn config(ca: &UpstreamCa, connect: &str) -> String {
+    format!("{}{}{connect}{}", ca.trust_yaml(), stages(), demo_project())
+}
+
+/// pag0's CA certificate (created at first start next to the test config).
+fn pag0_ca(pag0: &Pag0) -> PathBuf {
+    pag0.dir.path().join("pag0-ca/ca.crt")
+}
+
+fn proxy_url(pag0: &Pag0) -> String {
+    format!("http://demo:{DEMO_KEY}@{}", pag0.proxy)
+}
+
+/// A reqwest client using pag0 for HTTPS too (CONNECT) and trusting only `ca`.
+fn https_client(pag0: &Pag0, ca: &Path) -> reqwest::Client {
+    let cert = reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap();
+    reqwest::Client::builder()
+        .proxy(reqwest::Proxy::all(proxy_url(pag0)).unwrap())
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(cert)
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+async fn metrics(pag0: &Pag0) -> String {
+    pag0.admin(reqwest::Method::GET, "/metrics").await.1
+}
+
+/// Runs curl with `args` (HTTPS_PROXY and NO_PROXY from `env`); returns (exit ok, stdout,
+/// stderr).
+async fn curl(args: &[&str], env: &[(&str, String)]) -> (bool, String, String) {
+    let mut cmd = tokio::process::Command::new("curl");
+    cmd.args(["-sS", "--max-time", "20"])
+        .args(args)
+        .env_remove("http_proxy")
+        .env_remove("https_proxy")
+        .env_remove("HTTPS_PROXY")
+        .env_remove("ALL_PROXY")
+        .env("NO_PROXY", "")
+        .env("no_proxy", "");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().await.expect("curl is installed");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intercepted_https_reaches_the_upstream_with_reqwest_and_curl() {
+    let ca = UpstreamCa::new();
+    let up = Upstream::start_tls(ca.pki.server_config.clone()).await;
+    let pag0 = Pag0::start(&config(&ca, ""));
+    assert!(pag0_ca(&pag0).exists(), "the CA is created on first start");
+    let key_mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(pag0.dir.path().join("pag0-ca/ca.key"))
+            .unwrap()
+            .permissions(),
+    );
+    assert_eq!(key_mode & 0o777, 0o600);
+    let url = format!("https://localhost:{}/hello?x=1", up.addr.port());
+
+    // reqwest trusting pag0's CA only: two requests on one tunnel (keep-alive).
+    let client = https_client(&pag0, &pag0_ca(&pag0));
+    for i in 0..2 {
+        let resp = client
+            .get(&url)
+            .header("x-pag0-debug", "secret")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "request {i}");
+        let echo: Value = resp.json().await.unwrap();
+        assert_eq!(echo["path"], "/hello?x=1");
+        let headers = echo["headers"].as_object().unwrap();
+        assert_eq!(headers["host"], format!("localhost:{}", up.addr.port()));
+        for name in headers.keys() {
+            assert!(
+                !name.starts_with("x-pag0-") && name != "proxy-authorization",
+                "{name} leaked upstream"
+            );
+        }
+    }
+    // A POST with a body, inside the same tunnel.
+    let body = vec![5u8; 100_000];
+    let resp = client.post(&url).body(body.clone()).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let echo: Value = resp.json().await.unwrap();
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["body_sha256"], sha256_hex(&body));
+    let seen = up.seen();
+    assert_eq!(seen.requests, 3);
+    assert!(
+        seen.sni.iter().all(|s| s.as_deref() == Some("localhost")),
+        "pag0 connects with SNI: {:?}",
+        seen.sni
+    );
+
+    // curl, configured through the environment (HTTPS_PROXY + CURL_CA_BUNDLE).
+    let (ok, out, err) = curl(
+        &["-v", &url],
+        &[
+            ("HTTPS_PROXY", proxy_url(&pag0)),
+            ("CURL_CA_BUNDLE", pag0_ca(&pag0).display().to_string()),
+        ],
+    )
+    .await;
+    assert!(ok, "curl failed: {err}");
+    let echo: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(echo["path"], "/hello?x=1");
+    assert!(
+        err.contains("pag0 local CA"),
+        "curl saw a leaf issued by pag0's CA: {err}"
+    );
+    assert!(
+        err.contains("subjectAltName") || err.contains("localhost"),
+        "{err}"
+    );
+
+    let m = metrics(&pag0).await;
+    assert!(
+        m.contains(r#"pag0_tunnels_total{kind="intercept",outcome="opened"} 2"#),
+        "one tunnel for reqwest's keep-alive connection, one for curl: {m}"
+    );
+    assert!(m.contains("pag0_tls_leaves_minted_total 1"), "{m}");
+    assert!(
+        m.contains(r#"pag0_requests_total{project="demo",route="connect",status_class="2xx"} 2"#),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paid_https_api_is_paid_inside_the_tunnel() {
+    let ca = UpstreamCa::new();
+    let wall = Paywall::start_tls(ca.pki.server_config.clone()).await;
+    let body = format!(
+        "{}{}{}stages:\n  - kind: auth\n  - kind: ssrf_guard\n    allow: [\"127.0.0.0/8\"]\n  - kind: payment\nprojects:\n  - id: demo\n    keys: [\"{DEMO_HASH}\"]\n    wallet:\n      private_key: ${{PAG0_TEST_WALLET_KEY:-{}}}\n",
+        ca.trust_yaml(),
+        paywall::payments_yaml(),
+        "",
+        paywall::WALLET_KEY,
+    );
+    let pag0 = Pag0::start(&body);
+    let client = https_client(&pag0, &pag0_ca(&pag0));
+    assert!(wall.url("/paid").starts_with("https://localhost:"));
+
+    let resp = client.get(wall.url("/paid")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "{:?}", wall.stats());
+    assert_eq!(
+        resp.headers()["x-pag0-paid"].to_str().unwrap(),
+        "true",
+        "paid by pag0 inside the tunnel"
+    );
+    assert_eq!(
+        resp.headers()["x-pag0-cost"].to_str().unwrap(),
+        "10000 USDC"
+    );
+    let stats = wall.stats();
+    assert_eq!((stats.paid, stats.requests), (1, 2), "{stats:?}");
+
+    // POST with a JSON body: the replay carries the same body.
+    let json = serde_json::json!({"prompt": "hello", "n": 3});
+    let resp = client
+        .post(wall.url("/paid"))
+        .json(&json)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "{:?}", wall.stats());
+    let echo: Value = resp.json().await.unwrap();
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(
+        echo["body_sha256"],
+        sha256_hex(serde_json::to_string(&json).unwrap().as_bytes())
+    );
+    let stats = wall.stats();
+    assert_eq!(stats.paid, 2, "{stats:?}");
+    assert!(stats.invalid.is_empty(), "{:?}", stats.invalid);
+
+    // curl too (plain HTTPS_PROXY usage).
+    let (ok, out, err) = curl(
+        &["-i", &wall.url("/paid")],
+        &[
+            ("HTTPS_PROXY", proxy_url(&pag0)),
+            ("CURL_CA_BUNDLE", pag0_ca(&pag0).display().to_string()),
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.to_ascii_lowercase().contains("x-pag0-paid: true"),
+        "{out}"
+    );
+    assert_eq!(wall.stats().paid, 3);
+}
+
+/// Sends a raw CONNECT and returns the status line and headers of pag0's answer.
+fn raw_connect(pag0: &Pag0, target: &str, auth: Option<&str>) -> (u16, String, Value) {
+    let auth = auth
+        .map(|a| format!("Proxy-Authorization: {a}\r\n"))
+        .unwrap_or_default();
+    raw_exchange(
+        pag0.proxy,
+        format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{auth}\r\n").as_bytes(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_needs_credentials_and_a_public_target() {
+    let ca = UpstreamCa::new();
+    let up = Upstream::start_tls(ca.pki.server_config.clone()).await;
+    // No SSRF allowlist here: loopback is refused too.
+    let pag0 = Pag0::start(&format!(
+        "{}stages:\n  - kind: auth\n  - kind: ssrf_guard\n{}",
+        ca.trust_yaml(),
+        demo_project()
+    ));
+    let target = format!("localhost:{}", up.addr.port());
+
+    let (status, head, body) = raw_connect(&pag0, &target, None);
+    assert_eq!(status, 407, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("proxy-authenticate: basic"),
+        "{head}"
+    );
+    assert_eq!(body["error"]["code"], "PROXY_AUTH_REQUIRED");
+    let (status, _, _) = raw_connect(&pag0, &target, Some(&basic("demo", "wrong-key")));
+    assert_eq!(status, 407);
+
+    let auth = basic("demo", DEMO_KEY);
+    for private in [
+        "10.0.0.1:443",
+        "169.254.169.254:443",
+        "127.0.0.1:443",
+        target.as_str(),
+    ] {
+        let (status, head, body) = raw_connect(&pag0, private, Some(&auth));
+        assert_eq!(status, 403, "{private}: {head}");
+        assert_eq!(body["error"]["code"], "TARGET_FORBIDDEN", "{private}");
+    }
+    let (status, _, body) = raw_connect(&pag0, "no-port.example", Some(&auth));
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "INVALID_TARGET");
+    assert_eq!(up.seen().connections, 0, "nothing reached the upstream");
+
+    // curl gets the same refusal as a failed CONNECT.
+    let (ok, _, err) = curl(
+        &[&format!("https://{target}/")],
+        &[("HTTPS_PROXY", proxy_url(&pag0))],
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("403"), "{err}");
+    assert_eq!(up.seen().connections, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnel_only_hosts_are_relayed_blind() {
+    let ca = UpstreamCa::new();
+    let up = Upstream::start_tls(ca.pki.server_config.clone()).await;
+    let pag0 = Pag0::start(&config(&ca, "connect:\n  tunnel_only: [localhost]\n"));
+    let url = format!("https://localhost:{}/blind", up.addr.port());
+
+    // The agent talks TLS with the upstream itself: it must trust the upstream's CA...
+    let client = https_client(&pag0, &ca.file());
+    let resp = client.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let echo: Value = resp.json().await.unwrap();
+    assert_eq!(echo["path"], "/blind");
+    // ...and pag0 added nothing (it cannot see inside).
+    assert!(echo["headers"].get("x-pag0-paid").is_none());
+    let resp = client.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(up.seen().connections, 1, "one tunnel, kept alive");
+
+    // curl sees the upstream's own certificate (issued by the test CA, not pag0's).
+    let (ok, _, err) = curl(
+        &["-v", &url],
+        &[
+            ("HTTPS_PROXY", proxy_url(&pag0)),
+            ("CURL_CA_BUNDLE", ca.file().display().to_string()),
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(err.contains("pag0 test CA"), "{err}");
+    assert!(!err.contains("pag0 local CA"), "{err}");
+    // With only pag0's CA trusted, the upstream's certificate is (rightly) rejected.
+    let (ok, _, _) = curl(
+        &[&url],
+        &[
+            ("HTTPS_PROXY", proxy_url(&pag0)),
+            ("CURL_CA_BUNDLE", pag0_ca(&pag0).display().to_string()),
+        ],
+    )
+    .await;
+    assert!(!ok);
+
+    let m = metrics(&pag0).await;
+    assert!(
+        m.contains(r#"pag0_tunnels_total{kind="blind",outcome="opened"} 3"#),
+        "{m}"
+    );
+    assert!(m.contains("pag0_tls_leaves_minted_total 0"), "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_upstream_certificate_is_a_502() {
+    let ca = UpstreamCa::new();
+    let up = Upstream::start_tls(ca.pki.server_config.clone()).await;
+    // No upstream.trust: the test CA is not among the system roots.
+    let pag0 = Pag0::start(&format!("{}{}", stages(), demo_project()));
+    let client = https_client(&pag0, &pag0_ca(&pag0));
+    let resp = client
+        .get(format!("https://localhost:{}/x", up.addr.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "UPSTREAM_TLS_FAILED");
+    assert_eq!(up.seen().requests, 0, "nothing was sent to the upstream");
+}
+
+/// Opens a CONNECT tunnel to `target` and starts TLS inside with `server_name`.
+async fn tls_through_tunnel(
+    pag0: &Pag0,
+    target: &str,
+    server_name: rustls::pki_types::ServerName<'static>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let mut tcp = tokio::net::TcpStream::connect(pag0.proxy).await?;
+    let auth = basic("demo", DEMO_KEY);
+    tcp.write_all(
+        format!(
+            "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {auth}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await?;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        assert_eq!(tcp.read(&mut byte).await?, 1, "pag0 closed the tunnel");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert_eq!(head, "HTTP/1.1 200 Connection Established\r\n\r\n");
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(pag0_ca(pag0)).unwrap();
+    for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(server_name, tcp)
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_hello_must_name_the_connect_host() {
+    let ca = UpstreamCa::new();
+    let up = Upstream::start_tls(ca.pki.server_config.clone()).await;
+    let pag0 = Pag0::start(&config(&ca, ""));
+    let target = format!("localhost:{}", up.addr.port());
+
+    // The right name works, and a request inside gets through.
+    let mut tls = tls_through_tunnel(&pag0, &target, "localhost".try_into().unwrap())
+        .await
+        .unwrap();
+    tls.write_all(b"GET /ok HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // Another name than the CONNECT's is refused in the handshake.
+    let other = tls_through_tunnel(&pag0, &target, "other.example".try_into().unwrap()).await;
+    assert!(other.is_err(), "SNI mismatch accepted");
+    // So is a ClientHello without SNI (rustls sends none for an IP address).
+    let ip =
+        rustls::pki_types::ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]).into());
+    assert!(tls_through_tunnel(&pag0, &target, ip).await.is_err());
+    // A request naming another host inside the tunnel is misdirected.
+    let mut tls = tls_through_tunnel(&pag0, &target, "localhost".try_into().unwrap())
+        .await
+        .unwrap();
+    tls.write_all(b"GET /x HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 421"), "{answer}");
+    assert!(answer.contains("MISDIRECTED_REQUEST"), "{answer}");
+
+    assert_eq!(
+        up.seen().requests,
+        1,
+        "only the good request reached the upstream"
+    );
+    let m = metrics(&pag0).await;
+    assert!(
+        m.contains(r#"pag0_tunnels_total{kind="intercept",outcome="sni_refused"} 2"#),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_off_is_a_405() {
+    let pag0 = Pag0::start(&format!(
+        "connect:\n  mode: off\n{}{}",
+        stages(),
+        demo_project()
+    ));
+    let (status, _, body) = raw_connect(&pag0, "example.com:443", Some(&basic("demo", DEMO_KEY)));
+    assert_eq!(status, 405);
+    assert_eq!(body["error"]["code"], "CONNECT_NOT_ALLOWED");
+    assert!(!pag0_ca(&pag0).exists(), "no CA without interception");
+}
+
+/// Python's standard library (HTTP/1.0 CONNECT) and `requests`, configured through the
+/// environment only (HTTPS_PROXY, SSL_CERT_FILE / REQUESTS_CA_BUNDLE).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_clients_use_pag0_through_the_environment() {
+    let ca = UpstreamCa::new();
+    let up = Upstream::start_tls(ca.pki.server_config.clone()).await;
+    let pag0 = Pag0::start(&config(&ca, ""));
+    let url = format!("https://localhost:{}/py", up.addr.port());
+    let script = r#"
+import json, os, sys, urllib.request
+url = sys.argv[1]
+with urllib.request.urlopen(url, timeout=20) as r:
+    print(json.loads(r.read())["path"])
+import requests
+r = requests.get(url, timeout=20)
+r.raise_for_status()
+print(r.json()["path"])
+"#;
+    let out = tokio::process::Command::new("python3")
+        .args(["-c", script, &url])
+        .env("HTTPS_PROXY", proxy_url(&pag0))
+        .env("SSL_CERT_FILE", pag0_ca(&pag0))
+        .env("REQUESTS_CA_BUNDLE", pag0_ca(&pag0))
+        .env("NO_PROXY", "")
+        .output()
+        .await
+        .expect("python3 is installed");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), ["/py", "/py"]);
+    assert_eq!(up.seen().requests, 2);
+}
+
+#[test]
+fn raw_tunnel_bytes_are_not_http_parsed_for_tunnel_only_hosts() {
+    // A blind tunnel relays whatever the agent sends (here: not TLS at all).
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let echo = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 5];
+            s.read_exact(&mut buf).await.unwrap();
+            s.write_all(&buf.iter().rev().copied().collect::<Vec<_>>())
+                .await
+                .unwrap();
+        });
+        addr
+    });
+    let pag0 = Pag0::start(&format!(
+        "connect:\n  mode: tunnel\n{}{}",
+        stages(),
+        demo_project()
+    ));
+    let mut tcp = std::net::TcpStream::connect(pag0.proxy).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = basic("demo", DEMO_KEY);
+    write!(
+        tcp,
+        "CONNECT {echo} HTTP/1.1\r\nHost: {echo}\r\nProxy-Authorization: {auth}\r\n\r\n"
+    )
+    .unwrap();
+    let mut read_until = |end: &[u8]| {
+        let mut got = Vec::new();
+        let mut byte = [0u8; 1];
+        while !got.ends_with(end) {
+            let n = tcp.read(&mut byte).unwrap();
+            assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&got));
+            got.push(byte[0]);
+        }
+        String::from_utf8(got).unwrap()
+    };
+    assert_eq!(
+        read_until(b"\r\n\r\n"),
+        "HTTP/1.1 200 Connection Established\r\n\r\n"
+    );
+    tcp.write_all(b"hello").unwrap();
+    let mut got = [0u8; 5];
+    tcp.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"olleh");
+    drop(rt);
+}
