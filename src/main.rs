@@ -82,13 +82,13 @@ enum Command {
 enum CaAction {
     /// Create the CA (ca.crt + ca.key, mode 0600) unless it exists; print where it is.
     Init {
-        /// CA directory (default: `pag0-ca` next to the config file).
+        /// CA directory (default: the config's `connect.ca_dir`, `pag0-ca` next to it).
         #[arg(long)]
         dir: Option<PathBuf>,
     },
     /// Print the CA certificate (PEM) for agents to trust.
     Export {
-        /// CA directory (default: `pag0-ca` next to the config file).
+        /// CA directory (default: the config's `connect.ca_dir`, `pag0-ca` next to it).
         #[arg(long)]
         dir: Option<PathBuf>,
     },
@@ -159,6 +159,7 @@ fn main() -> ExitCode {
     }
     let listen = config.server.listen.clone();
     let admin = config.admin.listen;
+    let connect = config.connect.clone();
     log::debug!("configuration: {config:?}");
     let pag0 = match server::build(
         config,
@@ -174,19 +175,35 @@ fn main() -> ExitCode {
         }
     };
     for addr in &listen {
-        println!("pag0 proxy listening on http://{addr} (HTTP_PROXY=http://PROJECT:KEY@{addr})");
+        println!(
+            "pag0 proxy listening on http://{addr} (HTTP_PROXY and HTTPS_PROXY=http://PROJECT:KEY@{addr})"
+        );
+    }
+    match connect.mode {
+        config::ConnectMode::Intercept => println!(
+            "pag0 intercepts HTTPS (CONNECT): agents must trust {}",
+            connect
+                .ca_dir
+                .join(pag0::intercept::ca::CA_CERT_FILE)
+                .display()
+        ),
+        config::ConnectMode::Tunnel => println!("pag0 relays HTTPS (CONNECT) blind"),
+        config::ConnectMode::Off => {}
     }
     println!("pag0 admin listening on http://{admin} (/health, /metrics, /reload; bearer token)");
     pag0.run(RunArgs::default());
     ExitCode::SUCCESS
 }
 
-/// Default CA directory: `pag0-ca` next to the config file.
+/// The CA directory: `--dir`, else the config's `connect.ca_dir`, else `pag0-ca` next to the
+/// config file (when the config does not load).
 fn ca_dir(conf: &std::path::Path, dir: Option<PathBuf>) -> PathBuf {
-    dir.unwrap_or_else(|| {
-        conf.parent()
+    dir.unwrap_or_else(|| match config::load(conf) {
+        Ok(c) => c.connect.ca_dir,
+        Err(_) => conf
+            .parent()
             .unwrap_or(std::path::Path::new("."))
-            .join("pag0-ca")
+            .join(config::file::DEFAULT_CA_DIR),
     })
 }
 

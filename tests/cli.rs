@@ -465,4 +465,22 @@ fn ca_init_creates_a_private_ca_once_and_export_prints_it() {
         stderr.contains("pag0-ca") && stderr.contains("pag0 ca init"),
         "{stderr}"
     );
+
+    // With a config, the CA lives where `connect.ca_dir` says (relative to the file).
+    std::fs::write(
+        &conf,
+        "admin:\n  token: ${PAG0_CLI_TEST_TOKEN:-cli-test-token-0123456789}\nconnect:\n  ca_dir: custom-ca\n",
+    )
+    .unwrap();
+    let init = pag0()
+        .args(["ca", "init", "-c", conf.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    assert!(dir.path().join("custom-ca/ca.crt").exists());
+    assert!(!dir.path().join("pag0-ca").exists());
 }

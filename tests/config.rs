@@ -118,4 +118,13 @@ fn defaults_are_the_named_constants() {
     );
     let kinds: Vec<_> = c.stages.iter().map(|s| s.kind()).collect();
     assert_eq!(kinds, ["auth", "ssrf_guard", "rate_limit"]);
+    assert_eq!(c.connect.mode, pag0::config::ConnectMode::Intercept);
+    assert_eq!(DEFAULT_CONNECT_MODE, "intercept");
+    assert_eq!(c.connect.ca_dir, Path::new(".").join(DEFAULT_CA_DIR));
+    assert_eq!(
+        c.connect.handshake_timeout.as_millis() as u64,
+        DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS
+    );
+    assert_eq!(c.connect.leaf_cache_size, DEFAULT_LEAF_CACHE_SIZE);
+    assert!(c.connect.tunnel_only.is_empty() && c.upstream.trust.is_empty());
 }
