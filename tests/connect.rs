@@ -143,6 +143,10 @@ async fn intercepted_https_reaches_the_upstream_with_reqwest_and_curl() {
     assert_eq!(echo["body_sha256"], sha256_hex(&body));
     let seen = up.seen();
     assert_eq!(seen.requests, 3);
+    assert_eq!(
+        seen.connections, 1,
+        "pag0 reuses its upstream TLS connection"
+    );
     assert!(
         seen.sni.iter().all(|s| s.as_deref() == Some("localhost")),
         "pag0 connects with SNI: {:?}",
@@ -383,13 +387,21 @@ async fn tls_through_tunnel(
     target: &str,
     server_name: rustls::pki_types::ServerName<'static>,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let auth = format!("Proxy-Authorization: {}", basic("demo", DEMO_KEY));
+    tls_through_tunnel_with(pag0, target, server_name, &auth).await
+}
+
+/// Like [`tls_through_tunnel`], with `credentials` as the CONNECT's credentials header line.
+/// An answer other than `200 Connection Established` is an error carrying it.
+async fn tls_through_tunnel_with(
+    pag0: &Pag0,
+    target: &str,
+    server_name: rustls::pki_types::ServerName<'static>,
+    credentials: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let mut tcp = tokio::net::TcpStream::connect(pag0.proxy).await?;
-    let auth = basic("demo", DEMO_KEY);
     tcp.write_all(
-        format!(
-            "CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: {auth}\r\n\r\n"
-        )
-        .as_bytes(),
+        format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{credentials}\r\n\r\n").as_bytes(),
     )
     .await?;
     let mut head = Vec::new();
@@ -399,7 +411,9 @@ async fn tls_through_tunnel(
         head.push(byte[0]);
     }
     let head = String::from_utf8(head).unwrap();
-    assert_eq!(head, "HTTP/1.1 200 Connection Established\r\n\r\n");
+    if head != "HTTP/1.1 200 Connection Established\r\n\r\n" {
+        return Err(std::io::Error::other(head));
+    }
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(pag0_ca(pag0)).unwrap();
     for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
@@ -565,4 +579,121 @@ fn raw_tunnel_bytes_are_not_http_parsed_for_tunnel_only_hosts() {
     tcp.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"olleh");
     drop(rt);
+}
+
+/// Sends one request inside a TLS tunnel (closing afterwards) and returns the whole answer.
+async fn exchange_inside(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    request: &str,
+) -> String {
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    tls.read_to_string(&mut answer).await.unwrap();
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connect_credentials_are_the_only_ones_inside_the_tunnel() {
+    const OTHER_KEY: &str = "other-project-key-0123456789";
+    let ca = UpstreamCa::new();
+    let up = Upstream::start_tls(ca.pki.server_config.clone()).await;
+    let projects = format!(
+        "{}  - id: other\n    keys: [\"sha256:{}\"]\n",
+        demo_project(),
+        sha256_hex(OTHER_KEY.as_bytes())
+    );
+    let pag0 = Pag0::start(&format!("{}{}{projects}", ca.trust_yaml(), stages()));
+    let target = format!("localhost:{}", up.addr.port());
+    let name = || rustls::pki_types::ServerName::try_from("localhost").unwrap();
+
+    // X-Pag0-API-Key on the CONNECT works too; a request inside that carries another
+    // project's credentials still counts for the CONNECT's project, and none of them leak.
+    let mut tls = tls_through_tunnel_with(
+        &pag0,
+        &target,
+        name(),
+        &format!("X-Pag0-API-Key: {DEMO_KEY}"),
+    )
+    .await
+    .unwrap();
+    let answer = exchange_inside(
+        &mut tls,
+        &format!(
+            "GET /inside HTTP/1.1\r\nHost: localhost\r\nProxy-Authorization: {}\r\nX-Pag0-API-Key: {OTHER_KEY}\r\nConnection: close\r\n\r\n",
+            basic("other", OTHER_KEY)
+        ),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap();
+    let echo: Value = serde_json::from_str(body).unwrap();
+    let headers = echo["headers"].as_object().unwrap();
+    assert!(
+        !headers.contains_key("x-pag0-api-key") && !headers.contains_key("proxy-authorization"),
+        "{headers:?}"
+    );
+    let m = metrics(&pag0).await;
+    assert!(
+        m.contains(r#"pag0_requests_total{project="demo",route="forward",status_class="2xx"} 1"#),
+        "{m}"
+    );
+    assert!(!m.contains(r#"project="other""#), "{m}");
+
+    // Credentials that are wrong on the CONNECT never open a tunnel.
+    let refused = tls_through_tunnel_with(
+        &pag0,
+        &target,
+        name(),
+        &format!("X-Pag0-API-Key: {OTHER_KEY}x"),
+    )
+    .await
+    .err()
+    .expect("a bad key opened a tunnel")
+    .to_string();
+    assert!(refused.starts_with("HTTP/1.1 407"), "{refused}");
+    assert_eq!(up.seen().requests, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_and_reload_apply_to_new_tunnels() {
+    let ca = UpstreamCa::new();
+    let up = Upstream::start_tls(ca.pki.server_config.clone()).await;
+    let policy_stages = "stages:\n  - kind: auth\n  - kind: ssrf_guard\n    allow: [\"127.0.0.0/8\"]\n  - kind: policy\n";
+    let blocked = format!(
+        "{}{policy_stages}{}    policy:\n      block_hosts: [localhost]\n",
+        ca.trust_yaml(),
+        demo_project()
+    );
+    let pag0 = Pag0::start(&blocked);
+    let target = format!("localhost:{}", up.addr.port());
+    let (status, head, body) = raw_connect(&pag0, &target, Some(&basic("demo", DEMO_KEY)));
+    assert_eq!(status, 403, "{head}");
+    assert_eq!(body["error"]["code"], "HOST_BLOCKED");
+    assert_eq!(up.seen().connections, 0);
+
+    // Unblocked and intercepted, then moved to tunnel_only by a reload: the next tunnel is
+    // blind (the agent sees the upstream's own certificate).
+    let url = format!("https://localhost:{}/r", up.addr.port());
+    let env = |ca: &Path| {
+        vec![
+            ("HTTPS_PROXY", proxy_url(&pag0)),
+            ("CURL_CA_BUNDLE", ca.display().to_string()),
+        ]
+    };
+    pag0.rewrite(&format!(
+        "{}{policy_stages}{}",
+        ca.trust_yaml(),
+        demo_project()
+    ));
+    assert_eq!(pag0.admin(reqwest::Method::POST, "/reload").await.0, 200);
+    let (ok, _, err) = curl(&["-v", &url], &env(&pag0_ca(&pag0))).await;
+    assert!(ok && err.contains("pag0 local CA"), "{err}");
+    pag0.rewrite(&format!(
+        "{}connect:\n  tunnel_only: [localhost]\n{policy_stages}{}",
+        ca.trust_yaml(),
+        demo_project()
+    ));
+    assert_eq!(pag0.admin(reqwest::Method::POST, "/reload").await.0, 200);
+    let (ok, _, err) = curl(&["-v", &url], &env(&ca.file())).await;
+    assert!(ok && err.contains("pag0 test CA"), "{err}");
 }

@@ -161,3 +161,44 @@ fn crypto_provider() -> Arc<CryptoProvider> {
         .cloned()
         .expect("a default rustls provider was just installed")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaves_are_minted_once_per_host_and_the_cache_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (interceptor, created) = Interceptor::load_or_create(dir.path(), 2).unwrap();
+        assert!(created);
+        let (first, minted) = interceptor.leaf("api.example.com").unwrap();
+        assert!(minted);
+        let (again, minted) = interceptor.leaf("api.example.com").unwrap();
+        assert!(!minted, "the second tunnel to a host reuses its leaf");
+        assert!(Arc::ptr_eq(&first, &again));
+        let (other, minted) = interceptor.leaf("other.example.com").unwrap();
+        assert!(minted);
+        assert_ne!(other.cert[0], first.cert[0]);
+        for i in 0..20 {
+            interceptor.leaf(&format!("h{i}.example.com")).unwrap();
+        }
+        interceptor.leaves.run_pending_tasks();
+        assert!(
+            interceptor.leaves.entry_count() <= 2,
+            "bounded by leaf_cache_size"
+        );
+        assert!(!format!("{interceptor:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn an_acceptor_is_built_for_names_and_ip_literals() {
+        let dir = tempfile::tempdir().unwrap();
+        let (interceptor, _) = Interceptor::load_or_create(dir.path(), 8).unwrap();
+        for host in ["api.example.com", "127.0.0.1", "::1"] {
+            let (leaf, _) = interceptor.leaf(host).unwrap();
+            let (_, check) = interceptor.acceptor(host, leaf).unwrap();
+            assert_eq!(check.ip_literal, host.parse::<std::net::IpAddr>().is_ok());
+            assert!(check.refused().is_none());
+        }
+    }
+}

@@ -73,8 +73,9 @@ impl Target {
 pub struct TunnelInfo {
     pub host: String,
     pub port: u16,
-    /// The `Proxy-Authorization` the agent sent with its `CONNECT`.
-    pub authorization: Option<http::HeaderValue>,
+    /// The credentials header the agent sent with its `CONNECT` (`Proxy-Authorization` or
+    /// `X-Pag0-API-Key`), given to every request inside.
+    pub credentials: Option<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl std::fmt::Debug for TunnelInfo {

@@ -101,11 +101,14 @@ impl ProxyHttp for Pag0Proxy {
             Ok(t) => ctx.target = Some(t),
             Err(reply) => return self.answer(session, ctx, "proxy", reply).await,
         }
-        if let Some(auth) = ctx.tunnel.as_ref().and_then(|t| t.authorization.clone()) {
-            // Inside an intercepted tunnel the agent authenticated on its CONNECT.
-            session
-                .req_header_mut()
-                .insert_header(http::header::PROXY_AUTHORIZATION, auth)?;
+        if let Some(tunnel) = &ctx.tunnel {
+            // Inside an intercepted tunnel the agent is who it said it was on its CONNECT.
+            let req = session.req_header_mut();
+            req.remove_header(&http::header::PROXY_AUTHORIZATION);
+            req.remove_header(crate::stages::API_KEY_HEADER);
+            if let Some((name, value)) = tunnel.credentials.clone() {
+                req.insert_header(name, value)?;
+            }
         }
         let live = ctx.live.clone();
         match live.pipeline.request_filter(session, ctx).await {

@@ -274,7 +274,7 @@ mod tests {
         let tunnel = TunnelInfo {
             host: "api.example.com".into(),
             port: 8443,
-            authorization: None,
+            credentials: None,
         };
         let inside = |r: &RequestHeader| resolve(r, &[], Some(&tunnel), ConnectMode::Intercept);
         let t = inside(&req("/v1/x?q=1", Some("API.example.com:8443"))).unwrap();

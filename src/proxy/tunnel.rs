@@ -52,7 +52,12 @@ pub async fn plan(
         let info = TunnelInfo {
             host: target.host.clone(),
             port: target.port,
-            authorization: req.headers.get(http::header::PROXY_AUTHORIZATION).cloned(),
+            credentials: [
+                http::header::PROXY_AUTHORIZATION,
+                http::HeaderName::from_static(crate::stages::API_KEY_HEADER),
+            ]
+            .into_iter()
+            .find_map(|name| Some((name.clone(), req.headers.get(&name)?.clone()))),
         };
         return Ok(TunnelPlan::Intercept {
             info: Arc::new(info),

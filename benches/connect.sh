@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# HTTPS through pag0's CONNECT path, side by side in one run on this machine: HTTPS straight to
+# the upstream (the baseline), pag0's forward proxy with absolute-form https:// targets (plain
+# HTTP to pag0, TLS upstream: what interception adds is the agent-side TLS), an intercepted
+# CONNECT tunnel with keep-alive (pass-through: pag0 terminates TLS, then connects upstream
+# with TLS), a tunnel with the cache stage (hits from the memory tier), and a blind tunnel
+# (tunnel_only); plus the time to mint a leaf certificate. Ratios matter; absolute numbers
+# depend on the box.
+#
+#   benches/connect.sh               # DURATION=10 THREADS=1 CONNS=50 by default
+#
+# Phases per target: (1) closed-loop saturation (CONNS keep-alive connections, one tunnel
+# each); (2) a paced load of ~1000 req/s (CONNS_PACED connections, each waiting PACE_MS between
+# requests), its p99. The load generator (benches/connect.rs) runs on one thread, like wrk -t1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+THREADS=${THREADS:-1}
+CONNS=${CONNS:-50}
+CONNS_PACED=${CONNS_PACED:-10}
+PACE_MS=${PACE_MS:-10}
+KEY=pag0_demo_dev_only_key
+
+. benches/lib.sh
+cargo build --release --locked --bin pag0 >&2
+HELPER=$(cargo bench --locked --bench connect --no-run 2>&1 | grep -o 'target/release/deps/connect-[0-9a-f]*' | head -n1)
+[ -x "$HELPER" ] || { echo "cannot find the connect bench helper" >&2; exit 1; }
+start_work
+UP=$(port)
+
+"$HELPER" upstream "127.0.0.1:$UP" "$work/upstream-ca.pem" 2>/dev/null & pids+=($!)
+
+# start_connect_pag0 NAME EXTRA_STAGES EXTRA_CONNECT: a release pag0 intercepting CONNECT,
+# trusting the upstream's CA for localhost; sets PAG0_PORT.
+start_connect_pag0() {
+  local p a
+  p=$(port); a=$(port)
+  { pag0_base_yaml "$1" "$p" "$a"; cat <<YAML; } > "$work/$1.yaml"
+connect:
+  ca_dir: $work/$1-ca
+$3
+upstream:
+  trust:
+    - hosts: [localhost]
+      ca_file: $work/upstream-ca.pem
+stages:
+  - kind: auth
+  - kind: rate_limit
+    default: { requests_per_second: 10000000, burst: 10000000 }
+  - kind: ssrf_guard
+    allow: ["127.0.0.1"]
+$2
+projects:
+  - id: demo
+    keys: ["sha256:79f8ca837c673888f582d0c8204f8b6ab31c8b0a7930512e94a4bd0a518bf83a"]
+YAML
+  RUST_LOG=warn target/release/pag0 -c "$work/$1.yaml" >/dev/null & pids+=($!)
+  PAG0_PORT=$p
+}
+
+wait_port "$UP"
+start_connect_pag0 pass "" ""
+PASS=$PAG0_PORT
+start_connect_pag0 cache "  - kind: cache" ""
+CACHE=$PAG0_PORT
+start_connect_pag0 blind "" "  tunnel_only: [localhost]"
+BLIND=$PAG0_PORT
+for p in $PASS $CACHE $BLIND; do wait_port "$p"; done
+
+URL="https://localhost:$UP/"
+# load NAME PACE_MS CONNS -> "req/s p99_ms errors"
+load() {
+  case $1 in
+    https-direct) "$HELPER" load "$URL" "$work/upstream-ca.pem" "$3" "$DURATION" "$2" ;;
+    forward-absolute) "$HELPER" load "$URL" "$work/upstream-ca.pem" "$3" "$DURATION" "$2" "127.0.0.1:$PASS" "demo:$KEY" absolute ;;
+    connect-pass-through) "$HELPER" load "$URL" "$work/pass-ca/ca.crt" "$3" "$DURATION" "$2" "127.0.0.1:$PASS" "demo:$KEY" ;;
+    connect-cache-hit) "$HELPER" load "$URL" "$work/cache-ca/ca.crt" "$3" "$DURATION" "$2" "127.0.0.1:$CACHE" "demo:$KEY" ;;
+    connect-blind) "$HELPER" load "$URL" "$work/upstream-ca.pem" "$3" "$DURATION" "$2" "127.0.0.1:$BLIND" "demo:$KEY" ;;
+  esac
+}
+
+# Warm-up (fills the cache, mints the leaves, opens the pools) and a check of each path.
+for target in forward-absolute connect-pass-through connect-cache-hit connect-blind; do
+  DURATION=1 load "$target" 0 4 >/dev/null
+done
+h=$(curl -s -o /dev/null -D - --cacert "$work/cache-ca/ca.crt" -x "http://demo:$KEY@127.0.0.1:$CACHE" "$URL" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-pag0-cache" {print $2}')
+[ "$h" = HIT ] || { echo "the cache pag0 does not answer from its cache (X-Pag0-Cache: $h)" >&2; exit 1; }
+
+targets="https-direct forward-absolute connect-pass-through connect-cache-hit connect-blind"
+declare -A ERR
+for target in $targets; do
+  read -r r p e < <(load "$target" 0 "$CONNS")
+  RPS[$target]=$r; P99[$target]=$p; ERR[$target]=$e
+  read -r r p e < <(load "$target" "$PACE_MS" "$CONNS_PACED")
+  PRPS[$target]=$r; PP99[$target]=$p; ERR[$target]="${ERR[$target]}/$e"
+done
+MINT=$("$HELPER" mint 200)
+
+echo
+echo "pag0 CONNECT benchmark  $(date -u +%Y-%m-%dT%H:%MZ)  $(nproc) cores  threads/workers=$THREADS  duration=${DURATION}s"
+printf "%-22s %10s %9s   %12s %10s   %s\n" target "req/s" "p99 ms" "paced req/s" "paced p99" "errors (sat/paced)"
+for t in $targets; do
+  printf "%-22s %10s %9s   %12s %10s   %s\n" "$t" "${RPS[$t]}" "${P99[$t]}" "${PRPS[$t]}" "${PP99[$t]}" "${ERR[$t]}"
+done
+echo
+echo "ratios (saturation req/s):"
+echo "  connect-pass-through / https-direct = $(ratio "${RPS[connect-pass-through]}" "${RPS[https-direct]}")"
+echo "  connect-pass-through / forward-absolute = $(ratio "${RPS[connect-pass-through]}" "${RPS[forward-absolute]}")"
+echo "  connect-cache-hit    / https-direct = $(ratio "${RPS[connect-cache-hit]}" "${RPS[https-direct]}")"
+echo "  connect-blind        / https-direct = $(ratio "${RPS[connect-blind]}" "${RPS[https-direct]}")"
+echo "added p99 at ~1000 req/s (paced): pass-through $(awk -v a="${PP99[connect-pass-through]}" -v b="${PP99[https-direct]}" 'BEGIN {printf "%+.2f", a-b}') ms, cache hit $(awk -v a="${PP99[connect-cache-hit]}" -v b="${PP99[https-direct]}" 'BEGIN {printf "%+.2f", a-b}') ms"
+echo "$MINT"
