@@ -28,6 +28,11 @@ impl LazyRedis {
         &self.client
     }
 
+    /// The connection if it was opened already (it reconnects by itself from then on).
+    pub fn connected(&self) -> Option<ConnectionManager> {
+        self.connection.get().cloned()
+    }
+
     /// The timeout of one call (also the connect and response timeout of the connection).
     pub fn timeout(&self) -> Duration {
         self.timeout
@@ -35,6 +40,9 @@ impl LazyRedis {
 
     /// The connection, opened on first use (a failed attempt is retried by the next call).
     pub async fn get(&self) -> redis::RedisResult<ConnectionManager> {
+        if let Some(c) = self.connection.get() {
+            return Ok(c.clone());
+        }
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(self.timeout)
             .set_response_timeout(self.timeout)

@@ -126,5 +126,10 @@ fn defaults_are_the_named_constants() {
         DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS
     );
     assert_eq!(c.connect.leaf_cache_size, DEFAULT_LEAF_CACHE_SIZE);
+    assert_eq!(c.connect.ports.as_deref(), Some(DEFAULT_CONNECT_PORTS));
+    assert_eq!(
+        c.connect.idle_timeout.as_secs(),
+        DEFAULT_TUNNEL_IDLE_TIMEOUT_SECONDS
+    );
     assert!(c.connect.tunnel_only.is_empty() && c.upstream.trust.is_empty());
 }

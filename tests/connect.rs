@@ -47,8 +47,20 @@ fn stages() -> &'static str {
     "stages:\n  - kind: auth\n  - kind: ssrf_guard\n    allow: [\"127.0.0.0/8\"]\n"
 }
 
+/// The `connect:` section with any port allowed (the test upstreams listen on random ports)
+/// and `extra` keys (indented by two spaces).
+fn connect_section(extra: &str) -> String {
+    format!("connect:\n  ports: [\"*\"]\n{extra}")
+}
+
 fn config(ca: &UpstreamCa, connect: &str) -> String {
-    format!("{}{}{connect}{}", ca.trust_yaml(), stages(), demo_project())
+    format!(
+        "{}{}{}{}",
+        ca.trust_yaml(),
+        stages(),
+        connect_section(connect),
+        demo_project()
+    )
 }
 
 /// pag0's CA certificate (created at first start next to the test config).
@@ -194,7 +206,7 @@ async fn a_paid_https_api_is_paid_inside_the_tunnel() {
         "{}{}{}stages:\n  - kind: auth\n  - kind: ssrf_guard\n    allow: [\"127.0.0.0/8\"]\n  - kind: payment\nprojects:\n  - id: demo\n    keys: [\"{DEMO_HASH}\"]\n    wallet:\n      private_key: ${{PAG0_TEST_WALLET_KEY:-{}}}\n",
         ca.trust_yaml(),
         paywall::payments_yaml(),
-        "",
+        connect_section(""),
         paywall::WALLET_KEY,
     );
     let pag0 = Pag0::start(&body);
@@ -317,7 +329,7 @@ async fn connect_needs_credentials_and_a_public_target() {
 async fn tunnel_only_hosts_are_relayed_blind() {
     let ca = UpstreamCa::new();
     let up = Upstream::start_tls(ca.pki.server_config.clone()).await;
-    let pag0 = Pag0::start(&config(&ca, "connect:\n  tunnel_only: [localhost]\n"));
+    let pag0 = Pag0::start(&config(&ca, "  tunnel_only: [localhost]\n"));
     let url = format!("https://localhost:{}/blind", up.addr.port());
 
     // The agent talks TLS with the upstream itself: it must trust the upstream's CA...
@@ -368,7 +380,12 @@ async fn an_untrusted_upstream_certificate_is_a_502() {
     let ca = UpstreamCa::new();
     let up = Upstream::start_tls(ca.pki.server_config.clone()).await;
     // No upstream.trust: the test CA is not among the system roots.
-    let pag0 = Pag0::start(&format!("{}{}", stages(), demo_project()));
+    let pag0 = Pag0::start(&format!(
+        "{}{}{}",
+        connect_section(""),
+        stages(),
+        demo_project()
+    ));
     let client = https_client(&pag0, &pag0_ca(&pag0));
     let resp = client
         .get(format!("https://localhost:{}/x", up.addr.port()))
@@ -548,7 +565,7 @@ fn raw_tunnel_bytes_are_not_http_parsed_for_tunnel_only_hosts() {
         addr
     });
     let pag0 = Pag0::start(&format!(
-        "connect:\n  mode: tunnel\n{}{}",
+        "connect:\n  mode: tunnel\n  ports: [\"*\"]\n{}{}",
         stages(),
         demo_project()
     ));
@@ -602,7 +619,12 @@ async fn the_connect_credentials_are_the_only_ones_inside_the_tunnel() {
         demo_project(),
         sha256_hex(OTHER_KEY.as_bytes())
     );
-    let pag0 = Pag0::start(&format!("{}{}{projects}", ca.trust_yaml(), stages()));
+    let pag0 = Pag0::start(&format!(
+        "{}{}{}{projects}",
+        ca.trust_yaml(),
+        connect_section(""),
+        stages()
+    ));
     let target = format!("localhost:{}", up.addr.port());
     let name = || rustls::pki_types::ServerName::try_from("localhost").unwrap();
 
@@ -660,8 +682,9 @@ async fn policy_and_reload_apply_to_new_tunnels() {
     let up = Upstream::start_tls(ca.pki.server_config.clone()).await;
     let policy_stages = "stages:\n  - kind: auth\n  - kind: ssrf_guard\n    allow: [\"127.0.0.0/8\"]\n  - kind: policy\n";
     let blocked = format!(
-        "{}{policy_stages}{}    policy:\n      block_hosts: [localhost]\n",
+        "{}{}{policy_stages}{}    policy:\n      block_hosts: [localhost]\n",
         ca.trust_yaml(),
+        connect_section(""),
         demo_project()
     );
     let pag0 = Pag0::start(&blocked);
@@ -681,19 +704,144 @@ async fn policy_and_reload_apply_to_new_tunnels() {
         ]
     };
     pag0.rewrite(&format!(
-        "{}{policy_stages}{}",
+        "{}{}{policy_stages}{}",
         ca.trust_yaml(),
+        connect_section(""),
         demo_project()
     ));
     assert_eq!(pag0.admin(reqwest::Method::POST, "/reload").await.0, 200);
     let (ok, _, err) = curl(&["-v", &url], &env(&pag0_ca(&pag0))).await;
     assert!(ok && err.contains("pag0 local CA"), "{err}");
     pag0.rewrite(&format!(
-        "{}connect:\n  tunnel_only: [localhost]\n{policy_stages}{}",
+        "{}{}{policy_stages}{}",
         ca.trust_yaml(),
+        connect_section("  tunnel_only: [localhost]\n"),
         demo_project()
     ));
     assert_eq!(pag0.admin(reqwest::Method::POST, "/reload").await.0, 200);
     let (ok, _, err) = curl(&["-v", &url], &env(&ca.file())).await;
     assert!(ok && err.contains("pag0 test CA"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_is_for_port_443_unless_configured() {
+    let pag0 = Pag0::start(&format!("{}{}", stages(), demo_project()));
+    let auth = basic("demo", DEMO_KEY);
+    let (status, _, body) = raw_connect(&pag0, "127.0.0.1:25", Some(&auth));
+    assert_eq!(status, 403);
+    assert_eq!(body["error"]["code"], "TARGET_FORBIDDEN");
+    assert_eq!(body["error"]["details"]["reason"], "port");
+    // A CONNECT with a body is malformed (the agent waits for the answer before sending):
+    // Pingora refuses it with a plain 400 before pag0's hooks (pag0 would too).
+    let (status, head, body) = raw_exchange(
+        pag0.proxy,
+        format!("CONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: x\r\nProxy-Authorization: {auth}\r\nContent-Length: 3\r\n\r\nabc").as_bytes(),
+    );
+    assert_eq!(status, 400, "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    assert_eq!(body, Value::Null);
+}
+
+/// Opens a blind tunnel to `echo` on a new connection (after `first`, a request answered on
+/// the same connection, if given) with `extra` header lines, and checks it relays.
+async fn open_echo_tunnel(
+    proxy: std::net::SocketAddr,
+    echo: std::net::SocketAddr,
+    extra: &str,
+    first: Option<&str>,
+) -> tokio::net::TcpStream {
+    let auth = basic("demo", DEMO_KEY);
+    let mut tcp = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    if let Some(first) = first {
+        // Sent and answered before the CONNECT (keep-alive, not pipelining).
+        tcp.write_all(first.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(tcp.read(&mut byte).await.unwrap(), 1);
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap();
+        assert!(head.starts_with("HTTP/1.1 407"), "{head}");
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let mut body = vec![0u8; length];
+        tcp.read_exact(&mut body).await.unwrap();
+    }
+    tcp.write_all(
+        format!(
+            "CONNECT {echo} HTTP/1.1\r\nHost: {echo}\r\nProxy-Authorization: {auth}\r\n{extra}\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"HTTP/1.1 200 Connection Established\r\n\r\n") {
+        let n = tcp.read(&mut byte).await.unwrap();
+        assert_eq!(
+            n,
+            1,
+            "closed before the 200: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.push(byte[0]);
+    }
+    tcp.write_all(b"ping").await.unwrap();
+    let mut pong = [0u8; 4];
+    tcp.read_exact(&mut pong).await.unwrap();
+    assert_eq!(&pong, b"ping");
+    tcp
+}
+
+/// `Connection: close` on the CONNECT, and a connection at its keep-alive request limit, still
+/// become tunnels; an idle blind tunnel is closed after `connect.idle_timeout_seconds`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_open_whatever_the_keepalive_and_close_when_idle() {
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = echo.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let pag0 = Pag0::start_with(
+        &format!(
+            "connect:\n  mode: tunnel\n  ports: [\"*\"]\n  idle_timeout_seconds: 1\n{}{}",
+            stages(),
+            demo_project()
+        ),
+        "  keepalive_request_limit: 1\n",
+    );
+    open_echo_tunnel(pag0.proxy, echo_addr, "Connection: close\r\n", None).await;
+    // A refused CONNECT (407) first uses up the connection's one request.
+    let refused = format!("CONNECT {echo_addr} HTTP/1.1\r\nHost: {echo_addr}\r\n\r\n");
+    let mut idle = open_echo_tunnel(pag0.proxy, echo_addr, "", Some(&refused)).await;
+    // Nothing moves: pag0 closes the tunnel after about a second.
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), idle.read(&mut buf))
+        .await
+        .expect("the idle tunnel was not closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
 }

@@ -108,6 +108,10 @@ impl RedisLedger {
     }
 
     async fn connection(&self) -> Result<ConnectionManager, LedgerError> {
+        // Once open, the connection manager reconnects by itself: no cooldown lock per call.
+        if let Some(c) = self.redis.connected() {
+            return Ok(c);
+        }
         if self
             .last_failure
             .lock()

@@ -498,7 +498,47 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
                 DEFAULT_LEAF_CACHE_SIZE,
                 "connect.leaf_cache_size",
             ),
+            ports: self.connect_ports(f.ports),
+            idle_timeout: Duration::from_secs(self.positive(
+                f.idle_timeout_seconds,
+                DEFAULT_TUNNEL_IDLE_TIMEOUT_SECONDS,
+                "connect.idle_timeout_seconds",
+            )),
         }
+    }
+
+    /// `connect.ports`: port numbers, or `"*"` alone for any port.
+    fn connect_ports(&mut self, raw: Option<Vec<Value>>) -> Option<Vec<u16>> {
+        let Some(raw) = raw else {
+            return Some(DEFAULT_CONNECT_PORTS.to_vec());
+        };
+        if raw.len() == 1 && raw[0].as_str() == Some("*") {
+            return None;
+        }
+        if raw.is_empty() {
+            self.issue(
+                "connect.ports",
+                "needs at least one port (or [\"*\"] for any)",
+            );
+        }
+        let mut ports = Vec::new();
+        for (i, v) in raw.iter().enumerate() {
+            match v
+                .as_u64()
+                .and_then(|p| u16::try_from(p).ok())
+                .filter(|p| *p > 0)
+            {
+                Some(p) => ports.push(p),
+                None => self.issue(
+                    &format!("connect.ports[{i}]"),
+                    format!(
+                        "invalid port {} (1-65535, or [\"*\"] alone for any)",
+                        serde_yaml::to_string(v).unwrap_or_default().trim()
+                    ),
+                ),
+            }
+        }
+        Some(ports)
     }
 
     fn admin(&mut self, f: FileAdmin) -> AdminSettings {

@@ -110,9 +110,17 @@ pub struct ConnectSettings {
     pub tunnel_only: Vec<crate::policy::HostPattern>,
     pub handshake_timeout: Duration,
     pub leaf_cache_size: u64,
+    /// Ports a CONNECT may name; `None`: any.
+    pub ports: Option<Vec<u16>>,
+    pub idle_timeout: Duration,
 }
 
 impl ConnectSettings {
+    /// Whether a CONNECT may name `port`.
+    pub fn allows_port(&self, port: u16) -> bool {
+        self.ports.as_ref().is_none_or(|p| p.contains(&port))
+    }
+
     /// Whether a tunnel to `host` is intercepted (as opposed to relayed blind).
     pub fn intercepts(&self, host: &str) -> bool {
         self.mode == ConnectMode::Intercept && !self.tunnel_only.iter().any(|p| p.matches(host))

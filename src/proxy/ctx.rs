@@ -87,10 +87,12 @@ impl std::fmt::Debug for TunnelInfo {
 /// What a `CONNECT` that the pipeline accepted turns its connection into, once Pingora hands
 /// the connection back to the listener (the agent gets `200` then).
 pub enum TunnelPlan {
-    /// Terminate the agent's TLS with this leaf and serve the requests inside.
+    /// Terminate the agent's TLS (this acceptor presents the host's leaf and checks SNI) and
+    /// serve the requests inside.
     Intercept {
         info: Arc<TunnelInfo>,
-        leaf: Arc<pingora::tls::sign::CertifiedKey>,
+        acceptor: pingora::listeners::tls::Acceptor,
+        sni: Arc<crate::intercept::SniCheck>,
     },
     /// Relay bytes to this already connected upstream.
     Blind(std::sync::Mutex<Option<tokio::net::TcpStream>>),

@@ -6,9 +6,14 @@
 //!
 //! * **intercept**: pag0 terminates the agent's TLS with a leaf for the CONNECT host and
 //!   serves the requests inside with the same proxy (every stage: payment, cache, ...), or
-//! * **blind**: pag0 relays bytes between the agent and the upstream until either side closes.
+//! * **blind**: pag0 relays bytes between the agent and the upstream until either side closes
+//!   or the tunnel is idle for `connect.idle_timeout_seconds`.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
@@ -17,20 +22,24 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use arc_swap::ArcSwap;
 
 use crate::live::{Live, Shared};
 use crate::proxy::Pag0Proxy;
 use crate::proxy::ctx::{TunnelInfo, TunnelPlan};
+use crate::proxy::respond::{ErrorCode, Reply};
 
-/// Keep-alive timeout of an idle downstream HTTP/1 connection (Pingora's own default).
+/// How long an idle downstream HTTP/1 connection waits for its next request (Pingora's own
+/// default for the first request; applied before every request here).
 const KEEPALIVE_SECONDS: u64 = 60;
 /// What the agent reads once its `CONNECT` is accepted (no headers: RFC 9110 §9.3.6).
 const CONNECT_ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection Established\r\n\r\n";
+/// How often a blind tunnel checks whether it has been idle too long.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 
-/// The app behind pag0's proxy listeners.
+/// The app behind pag0's proxy listeners (HTTP/1; pag0 does not configure h2c).
 pub struct ProxyApp {
     proxy: Arc<HttpProxy<Pag0Proxy>>,
     live: Arc<ArcSwap<Live>>,
@@ -64,31 +73,30 @@ impl ProxyApp {
             .server_options()
             .and_then(|o| o.keepalive_request_limit);
         let mut session = ServerSession::new_http1(stream);
-        session.set_keepalive(if *shutdown.borrow() {
-            None
-        } else {
-            Some(KEEPALIVE_SECONDS)
-        });
         session.set_keepalive_reuses_remaining(limit);
         if let Some(tunnel) = first {
             session.set_connection_user_context(Some(Box::new(tunnel)));
         }
-        let mut result = self.proxy.process_new_http(session, shutdown).await;
-        while let Some((stream, settings)) = result.map(|r| r.consume()) {
+        loop {
+            // Pingora turns keep-alive off itself once it is shutting down.
+            session.set_keepalive(Some(KEEPALIVE_SECONDS));
+            let result = self.proxy.process_new_http(session, shutdown).await;
+            let Some((stream, settings)) = result.map(|r| r.consume()) else {
+                return;
+            };
             let mut settings = settings;
             if let Some(s) = settings.as_mut()
                 && let Some(context) = s.take_user_context()
             {
                 match context.downcast::<Arc<TunnelPlan>>() {
-                    Ok(plan) => return self.tunnel(stream, &plan, shutdown).await,
+                    Ok(plan) => return Box::pin(self.tunnel(stream, &plan, shutdown)).await,
                     Err(other) => s.set_user_context(other),
                 }
             }
-            let mut session = ServerSession::new_http1(stream);
+            session = ServerSession::new_http1(stream);
             if let Some(s) = settings {
                 s.apply_to_session(&mut session);
             }
-            result = self.proxy.process_new_http(session, shutdown).await;
         }
     }
 
@@ -102,34 +110,34 @@ impl ProxyApp {
             return;
         };
         let mut l4 = *l4;
+        if *shutdown.borrow() {
+            // Accepted while pag0 began to shut down: no new tunnel.
+            let reply = Reply::new(ErrorCode::ShuttingDown, "pag0 is shutting down; retry");
+            let _ = l4.write_all(&reply.raw_http1()).await;
+            let _ = l4.flush().await;
+            return;
+        }
         if l4.write_all(CONNECT_ESTABLISHED).await.is_err() || l4.flush().await.is_err() {
             return;
         }
         match plan {
             TunnelPlan::Blind(upstream) => {
                 let upstream = upstream.lock().map(|mut u| u.take()).ok().flatten();
-                let Some(mut upstream) = upstream else {
+                let Some(upstream) = upstream else {
                     return;
                 };
                 metrics
                     .tunnels
                     .with_label_values(&["blind", "opened"])
                     .inc();
-                let mut shutdown = shutdown.clone();
-                tokio::select! {
-                    copied = tokio::io::copy_bidirectional(&mut l4, &mut upstream) => {
-                        log::debug!("blind tunnel closed: {copied:?}");
-                    }
-                    _ = shutdown.wait_for(|stop| *stop) => {}
-                }
+                let idle = self.live.load().config.connect.idle_timeout;
+                relay(l4, upstream, idle).await;
             }
-            TunnelPlan::Intercept { info, leaf } => {
-                let Some(interceptor) = &self.shared.interceptor else {
-                    return;
-                };
-                let Ok((acceptor, sni)) = interceptor.acceptor(&info.host, leaf.clone()) else {
-                    return;
-                };
+            TunnelPlan::Intercept {
+                info,
+                acceptor,
+                sni,
+            } => {
                 let timeout = self.live.load().config.connect.handshake_timeout;
                 let tls = match tokio::time::timeout(timeout, acceptor.tls_handshake(l4)).await {
                     Ok(Ok(tls)) => tls,
@@ -168,18 +176,94 @@ impl ProxyApp {
     }
 }
 
+/// Relays bytes both ways until either side closes or nothing moved for `idle`. A tunnel
+/// open at shutdown runs on until Pingora stops the runtime (after the grace period).
+async fn relay(agent: L4Stream, upstream: tokio::net::TcpStream, idle: Duration) {
+    let last = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut agent = Activity::new(agent, last.clone(), start);
+    let mut upstream = Activity::new(upstream, last.clone(), start);
+    let copy = tokio::io::copy_bidirectional(&mut agent, &mut upstream);
+    let watchdog = async {
+        loop {
+            tokio::time::sleep(IDLE_CHECK.min(idle)).await;
+            let quiet = start
+                .elapsed()
+                .saturating_sub(Duration::from_millis(last.load(Relaxed)));
+            if quiet >= idle {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        copied = copy => log::debug!("blind tunnel closed: {copied:?}"),
+        () = watchdog => log::debug!("blind tunnel idle for {idle:?}: closed"),
+    }
+}
+
+/// A stream that records when bytes last moved (milliseconds since `start`).
+struct Activity<S> {
+    inner: S,
+    last: Arc<AtomicU64>,
+    start: Instant,
+}
+
+impl<S> Activity<S> {
+    fn new(inner: S, last: Arc<AtomicU64>, start: Instant) -> Self {
+        Activity { inner, last, start }
+    }
+
+    fn touch(&self) {
+        self.last
+            .store(self.start.elapsed().as_millis() as u64, Relaxed);
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 #[async_trait]
 impl ServerApp for ProxyApp {
-    /// Runs for each new connection on the proxy listeners. HTTP/2 (h2c, when configured) is
-    /// left to Pingora; CONNECT tunnels are HTTP/1 only.
+    /// Runs for each new connection on the proxy listeners.
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        if self.proxy.server_options().is_some_and(|o| o.h2c) {
-            return ServerApp::process_new(&self.proxy, stream, shutdown).await;
-        }
         self.serve_http1(stream, None, shutdown).await;
         None
     }

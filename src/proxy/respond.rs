@@ -37,6 +37,8 @@ pub enum ErrorCode {
     ConnectNotAllowed,
     /// 421: a request inside an intercepted tunnel names another host than the `CONNECT`.
     MisdirectedRequest,
+    /// 503: a `CONNECT` was accepted while pag0 began to shut down.
+    ShuttingDown,
     /// 504: the upstream did not connect or answer in time.
     UpstreamTimeout,
     /// 400: the client sent a malformed request.
@@ -143,6 +145,7 @@ impl ErrorCode {
             | ErrorCode::UpstreamTlsFailed => 502,
             ErrorCode::ConnectNotAllowed => 405,
             ErrorCode::MisdirectedRequest => 421,
+            ErrorCode::ShuttingDown => 503,
             ErrorCode::UpstreamTimeout => 504,
         }
     }
@@ -184,6 +187,7 @@ impl ErrorCode {
             ErrorCode::UpstreamTlsFailed => "UPSTREAM_TLS_FAILED",
             ErrorCode::ConnectNotAllowed => "CONNECT_NOT_ALLOWED",
             ErrorCode::MisdirectedRequest => "MISDIRECTED_REQUEST",
+            ErrorCode::ShuttingDown => "SHUTTING_DOWN",
             ErrorCode::UpstreamTimeout => "UPSTREAM_TIMEOUT",
         }
     }
@@ -224,6 +228,28 @@ impl Reply {
             error["details"] = d.clone();
         }
         Bytes::from(json!({ "error": error }).to_string())
+    }
+
+    /// The whole response as HTTP/1.1 bytes, closing the connection (for a stream that is
+    /// no longer a Pingora session).
+    pub fn raw_http1(&self) -> Vec<u8> {
+        let body = self.body();
+        let status = http::StatusCode::from_u16(self.code.status())
+            .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        let mut head = format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-pag0-error: {}\r\nconnection: close\r\n",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len(),
+            self.code.as_str()
+        );
+        for (name, value) in &self.headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut out = head.into_bytes();
+        out.extend_from_slice(&body);
+        out
     }
 
     /// Writes the whole response to the client.

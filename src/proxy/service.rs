@@ -127,8 +127,16 @@ impl ProxyHttp for Pag0Proxy {
         match tunnel::plan(session.req_header(), ctx, &self.shared).await {
             Ok(plan) => {
                 // The listener takes the connection over once Pingora is done with this
-                // request, even from an HTTP/1.0 client; the agent gets its 200 there.
+                // request; the agent gets its 200 there. Pingora hands the connection back
+                // only if it is reusable: make it so whatever the client said (HTTP/1.0,
+                // `Connection: close`) and however many requests the connection had.
+                session
+                    .req_header_mut()
+                    .remove_header(&http::header::CONNECTION);
                 session.set_keepalive(Some(CONNECT_KEEPALIVE_SECONDS));
+                session
+                    .downstream_session
+                    .set_keepalive_reuses_remaining(None);
                 ctx.tunnel_plan = Some(Arc::new(plan));
                 Ok(true)
             }

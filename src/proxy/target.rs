@@ -49,14 +49,24 @@ fn connect_target(req: &RequestHeader) -> Result<Target, Reply> {
         .ok()
         .and_then(|raw| raw.parse::<http::uri::Authority>().ok())
         .ok_or_else(bad)?;
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
+    let host = normal_host(authority.host());
     let port = authority.port_u16().ok_or_else(bad)?;
     if host.is_empty() || authority.as_str().contains('@') || port == 0 {
         return Err(bad());
+    }
+    let framed = [
+        http::header::CONTENT_LENGTH,
+        http::header::TRANSFER_ENCODING,
+    ]
+    .iter()
+    .any(|h| req.headers.contains_key(h));
+    if framed {
+        // The agent waits for our answer before sending anything: a body would never come.
+        // (Pingora 0.9 already refuses such a CONNECT with a plain 400; this keeps it so.)
+        return Err(Reply::new(
+            ErrorCode::InvalidTarget,
+            "a CONNECT request has no body (no Content-Length or Transfer-Encoding)",
+        ));
     }
     Ok(Target {
         kind: TargetKind::Connect,
@@ -129,11 +139,7 @@ fn absolute_target(raw: &[u8]) -> Result<Target, Reply> {
     let authority = uri
         .authority()
         .ok_or_else(|| Reply::new(ErrorCode::InvalidTarget, "the request target has no host"))?;
-    let host = authority
-        .host()
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_ascii_lowercase();
+    let host = normal_host(authority.host());
     if host.is_empty() || authority.as_str().contains('@') {
         return Err(Reply::new(
             ErrorCode::InvalidTarget,
@@ -202,7 +208,16 @@ fn host_without_port(host: &str) -> String {
     } else {
         host.split(':').next().unwrap_or(host)
     };
-    host.to_ascii_lowercase()
+    normal_host(host)
+}
+
+/// A host as pag0 compares it: lowercase, IPv6 without brackets, no trailing dot (so that
+/// `api.example.com.` meets the same lists, CAs and certificates as `api.example.com`).
+fn normal_host(host: &str) -> String {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_end_matches('.')
+        .to_ascii_lowercase()
 }
 
 #[cfg(test)]
@@ -253,6 +268,14 @@ mod tests {
         assert_eq!((t.host.as_str(), t.port), ("api.example.com", 8443));
         let t = resolve_plain(&connect("[::1]:443"), &[]).unwrap();
         assert_eq!((t.host.as_str(), t.port), ("::1", 443));
+        let t = resolve_plain(&connect("Bank.Example.:443"), &[]).unwrap();
+        assert_eq!(t.host, "bank.example", "a trailing dot names the same host");
+        let mut with_body = connect("api.example.com:443");
+        with_body.insert_header("content-length", "5").unwrap();
+        assert_eq!(
+            resolve_plain(&with_body, &[]).unwrap_err().code,
+            ErrorCode::InvalidTarget
+        );
         for bad in [
             "api.example.com",
             "user@api.example.com:443",

@@ -31,8 +31,18 @@ pub async fn plan(
         .target
         .as_mut()
         .ok_or_else(|| Reply::new(ErrorCode::InternalError, "no target"))?;
-    let intercept = live.config.connect.intercepts(&target.host);
-    if intercept {
+    let connect = &live.config.connect;
+    if !connect.allows_port(target.port) {
+        return Err(Reply::new(
+            ErrorCode::TargetForbidden,
+            format!(
+                "CONNECT to port {} is not allowed (connect.ports)",
+                target.port
+            ),
+        )
+        .details(json!({"host": target.host, "port": target.port, "reason": "port"})));
+    }
+    if connect.intercepts(&target.host) {
         let interceptor = shared.interceptor.as_ref().ok_or_else(|| {
             Reply::new(
                 ErrorCode::ConnectNotAllowed,
@@ -49,6 +59,10 @@ pub async fn plan(
         if minted {
             shared.metrics.leaves_minted.inc();
         }
+        let (acceptor, sni) = interceptor.acceptor(&target.host, leaf).map_err(|e| {
+            log::error!("cannot set up TLS for {}: {e}", target.host);
+            Reply::new(ErrorCode::InternalError, "cannot set up TLS for this host")
+        })?;
         let info = TunnelInfo {
             host: target.host.clone(),
             port: target.port,
@@ -61,7 +75,8 @@ pub async fn plan(
         };
         return Ok(TunnelPlan::Intercept {
             info: Arc::new(info),
-            leaf,
+            acceptor,
+            sni,
         });
     }
     let addr = match target.addr {
@@ -75,7 +90,12 @@ pub async fn plan(
         }
     };
     let timeout = live.config.upstream.connect_timeout;
-    let failed = |code, message: &str| {
+    let failed = |code: ErrorCode, message: &str| {
+        shared
+            .metrics
+            .upstream_errors
+            .with_label_values(&["connect", code.as_str()])
+            .inc();
         Reply::new(code, message.to_string()).details(json!({"host": target.host}))
     };
     match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
