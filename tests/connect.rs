@@ -845,3 +845,37 @@ async fn tunnels_open_whatever_the_keepalive_and_close_when_idle() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_responses_are_cached_inside_the_tunnel() {
+    let ca = UpstreamCa::new();
+    let up = Upstream::start_tls(ca.pki.server_config.clone()).await;
+    let pag0 = Pag0::start(&format!(
+        "{}{}{}  - kind: cache\n{}",
+        ca.trust_yaml(),
+        connect_section(""),
+        stages(),
+        demo_project()
+    ));
+    let client = https_client(&pag0, &pag0_ca(&pag0));
+    let url = format!("https://localhost:{}/cached", up.addr.port());
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let resp = client.get(&url).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        seen.push(resp.headers()["x-pag0-cache"].to_str().unwrap().to_string());
+        let echo: Value = resp.json().await.unwrap();
+        assert_eq!(echo["path"], "/cached");
+    }
+    assert_eq!(seen, ["MISS", "HIT", "HIT"]);
+    assert_eq!(up.seen().requests, 1, "hits never reach the upstream");
+    let m = metrics(&pag0).await;
+    assert!(
+        m.contains(r#"pag0_cache_requests_total{project="demo",result="hit",tier="memory"} 2"#),
+        "{m}"
+    );
+    assert!(
+        !m.contains(r#"result="bypass""#),
+        "the CONNECT is no cache request: {m}"
+    );
+}
