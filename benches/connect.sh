@@ -31,29 +31,21 @@ UP=$(port)
 
 "$HELPER" upstream "127.0.0.1:$UP" "$work/upstream-ca.pem" 2>/dev/null & pids+=($!)
 
-# start_connect_pag0 NAME EXTRA_STAGES EXTRA_CONNECT: a release pag0 intercepting CONNECT,
-# trusting the upstream's CA for localhost; sets PAG0_PORT.
+# start_connect_pag0 NAME EXTRA_STAGES EXTRA_CONNECT: a release pag0 intercepting CONNECT (any
+# port: the upstream listens on a random one), trusting the upstream's CA for localhost; sets
+# PAG0_PORT.
 start_connect_pag0() {
   local p a
   p=$(port); a=$(port)
-  { pag0_base_yaml "$1" "$p" "$a"; cat <<YAML; } > "$work/$1.yaml"
+  { pag0_base_yaml "$1" "$p" "$a"; bench_pipeline_yaml "$2"; cat <<YAML; } > "$work/$1.yaml"
 connect:
   ca_dir: $work/$1-ca
+  ports: ["*"]
 $3
 upstream:
   trust:
     - hosts: [localhost]
       ca_file: $work/upstream-ca.pem
-stages:
-  - kind: auth
-  - kind: rate_limit
-    default: { requests_per_second: 10000000, burst: 10000000 }
-  - kind: ssrf_guard
-    allow: ["127.0.0.1"]
-$2
-projects:
-  - id: demo
-    keys: ["sha256:79f8ca837c673888f582d0c8204f8b6ab31c8b0a7930512e94a4bd0a518bf83a"]
 YAML
   RUST_LOG=warn target/release/pag0 -c "$work/$1.yaml" >/dev/null & pids+=($!)
   PAG0_PORT=$p
@@ -82,7 +74,8 @@ load() {
 
 # Warm-up (fills the cache, mints the leaves, opens the pools) and a check of each path.
 for target in forward-absolute connect-pass-through connect-cache-hit connect-blind; do
-  DURATION=1 load "$target" 0 4 >/dev/null
+  read -r _ _ e < <(DURATION=1 load "$target" 0 4)
+  [ "$e" = 0 ] || { echo "$target: $e errors in the warm-up" >&2; exit 1; }
 done
 h=$(curl -s -o /dev/null -D - --cacert "$work/cache-ca/ca.crt" -x "http://demo:$KEY@127.0.0.1:$CACHE" "$URL" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-pag0-cache" {print $2}')
 [ "$h" = HIT ] || { echo "the cache pag0 does not answer from its cache (X-Pag0-Cache: $h)" >&2; exit 1; }

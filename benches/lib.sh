@@ -77,23 +77,30 @@ database:
 YAML
 }
 
-# start_route_pag0 NAME EXTRA_STAGES EXTRA_SECTIONS: a release pag0 (THREADS workers) whose
-# route `/` goes to 127.0.0.1:$UP, with auth, a rate limit that never bites and the SSRF guard
-# (+ EXTRA_STAGES); sets PAG0_PORT and PAG0_ADMIN.
-start_route_pag0() {
-  local p a
-  p=$(port); a=$(port)
-  { pag0_base_yaml "$1" "$p" "$a"; cat <<YAML; } > "$work/$1.yaml"
+# bench_pipeline_yaml EXTRA_STAGES: auth, a rate limit that never bites and the SSRF guard
+# (loopback allowed) + EXTRA_STAGES, and the demo project.
+bench_pipeline_yaml() {
+  cat <<YAML
 stages:
   - kind: auth
   - kind: rate_limit
     default: { requests_per_second: 10000000, burst: 10000000 }
   - kind: ssrf_guard
     allow: ["127.0.0.1"]
-$2
+$1
 projects:
   - id: demo
     keys: ["sha256:79f8ca837c673888f582d0c8204f8b6ab31c8b0a7930512e94a4bd0a518bf83a"]
+YAML
+}
+
+# start_route_pag0 NAME EXTRA_STAGES EXTRA_SECTIONS: a release pag0 (THREADS workers) whose
+# route `/` goes to 127.0.0.1:$UP, with the bench pipeline (+ EXTRA_STAGES); sets PAG0_PORT
+# and PAG0_ADMIN.
+start_route_pag0() {
+  local p a
+  p=$(port); a=$(port)
+  { pag0_base_yaml "$1" "$p" "$a"; bench_pipeline_yaml "$2"; cat <<YAML; } > "$work/$1.yaml"
 routes:
   - name: bench
     path_prefix: /

@@ -93,6 +93,17 @@ async fn health_reports_status_and_dependencies() {
     assert_eq!(health["dependencies"]["database"]["status"], "up");
     assert_eq!(health["dependencies"]["database"]["kind"], "sqlite");
     assert_eq!(health["dependencies"]["database"]["required"], false);
+    let ca = &health["dependencies"]["local_ca"];
+    assert_eq!(
+        (&ca["status"], &ca["required"]),
+        (&"up".into(), &true.into())
+    );
+    assert!(
+        ca["certificate"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("pag0-ca/ca.crt")),
+        "{ca}"
+    );
     assert!(
         health["dependencies"].get("redis").is_none(),
         "no Redis configured"

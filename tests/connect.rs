@@ -459,11 +459,11 @@ async fn a_client_hello_must_name_the_connect_host() {
     let mut tls = tls_through_tunnel(&pag0, &target, "localhost".try_into().unwrap())
         .await
         .unwrap();
-    tls.write_all(b"GET /ok HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    tls.read_to_string(&mut answer).await.unwrap();
+    let answer = exchange_inside(
+        &mut tls,
+        "GET /ok HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
     // Another name than the CONNECT's is refused in the handshake.
@@ -477,11 +477,11 @@ async fn a_client_hello_must_name_the_connect_host() {
     let mut tls = tls_through_tunnel(&pag0, &target, "localhost".try_into().unwrap())
         .await
         .unwrap();
-    tls.write_all(b"GET /x HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut answer = String::new();
-    tls.read_to_string(&mut answer).await.unwrap();
+    let answer = exchange_inside(
+        &mut tls,
+        "GET /x HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(answer.starts_with("HTTP/1.1 421"), "{answer}");
     assert!(answer.contains("MISDIRECTED_REQUEST"), "{answer}");
 
@@ -878,4 +878,28 @@ async fn https_responses_are_cached_inside_the_tunnel() {
         !m.contains(r#"result="bypass""#),
         "the CONNECT is no cache request: {m}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interception_switched_on_by_a_reload_waits_for_a_restart() {
+    let pag0 = Pag0::start(&format!(
+        "connect:\n  mode: off\n{}{}",
+        stages(),
+        demo_project()
+    ));
+    pag0.rewrite(&format!("{}{}", stages(), demo_project()));
+    let (status, body) = pag0.admin(reqwest::Method::POST, "/reload").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("connect"),
+        "the reload says what waits: {body}"
+    );
+    // No CA was loaded at start: CONNECT is refused, and /health says why.
+    let (status, _, body) = raw_connect(&pag0, "127.0.0.1:443", Some(&basic("demo", DEMO_KEY)));
+    assert_eq!(status, 405);
+    assert_eq!(body["error"]["code"], "CONNECT_NOT_ALLOWED");
+    let (status, health) = pag0.admin(reqwest::Method::GET, "/health").await;
+    assert_eq!(status, 503, "{health}");
+    let health: Value = serde_json::from_str(&health).unwrap();
+    assert_eq!(health["dependencies"]["local_ca"]["status"], "down");
 }

@@ -152,6 +152,17 @@ async fn health(State(state): State<AdminState>) -> Response {
             "required": false,
         });
     }
+    // Required in intercept mode: without the CA, HTTPS through CONNECT fails.
+    if live.config.connect.mode == crate::config::ConnectMode::Intercept {
+        let ca = shared.interceptor.as_ref();
+        dependencies["local_ca"] = json!({
+            "status": if ca.is_some() { "up" } else { "down" },
+            "role": "CONNECT interception",
+            "certificate": ca.map(|i| i.ca().cert_path().display().to_string()),
+            "cached_leaves": ca.map(|i| i.cached_leaves()),
+            "required": true,
+        });
+    }
     let healthy = dependencies.as_object().is_some_and(|d| {
         d.values()
             .all(|v| v["required"] != true || v["status"] == "up")

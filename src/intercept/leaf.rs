@@ -70,6 +70,11 @@ impl Interceptor {
         &self.ca
     }
 
+    /// How many minted leaves are cached (approximately: evictions settle lazily).
+    pub fn cached_leaves(&self) -> u64 {
+        self.leaves.entry_count()
+    }
+
     /// The leaf for `host` (lowercase DNS name or IP literal): from the cache, else minted
     /// (concurrent callers for one host wait for one mint). Returns whether it was minted.
     pub fn leaf(&self, host: &str) -> Result<(Arc<CertifiedKey>, bool), CaError> {
