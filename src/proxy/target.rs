@@ -62,7 +62,6 @@ fn connect_target(req: &RequestHeader) -> Result<Target, Reply> {
     .any(|h| req.headers.contains_key(h));
     if framed {
         // The agent waits for our answer before sending anything: a body would never come.
-        // (Pingora 0.9 already refuses such a CONNECT with a plain 400; this keeps it so.)
         return Err(Reply::new(
             ErrorCode::InvalidTarget,
             "a CONNECT request has no body (no Content-Length or Transfer-Encoding)",

@@ -79,17 +79,6 @@ pub async fn plan(
             sni,
         });
     }
-    let addr = match target.addr {
-        Some(addr) => addr,
-        None => {
-            let ips = shared.resolver.resolve(&target.host).await.map_err(|e| {
-                Reply::new(ErrorCode::DnsResolutionFailed, e.to_string())
-                    .details(json!({"host": target.host}))
-            })?;
-            SocketAddr::new(ips[0], target.port)
-        }
-    };
-    let timeout = live.config.upstream.connect_timeout;
     let failed = |code: ErrorCode, message: &str| {
         shared
             .metrics
@@ -98,6 +87,14 @@ pub async fn plan(
             .inc();
         Reply::new(code, message.to_string()).details(json!({"host": target.host}))
     };
+    let addr = match target.addr {
+        Some(addr) => addr,
+        None => match shared.resolver.resolve(&target.host).await {
+            Ok(ips) => SocketAddr::new(ips[0], target.port),
+            Err(e) => return Err(failed(ErrorCode::DnsResolutionFailed, &e.to_string())),
+        },
+    };
+    let timeout = live.config.upstream.connect_timeout;
     match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
