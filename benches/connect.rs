@@ -7,7 +7,9 @@
 //!   proxy is given (else straight to the upstream), each waiting `pace-ms` between requests
 //!   (0: closed loop). With `absolute`, plain HTTP to the proxy with absolute-form
 //!   `https://` targets instead (pag0 does TLS upstream only). Prints `req/s p99_ms errors`.
-//!   One thread, like `wrk -t1`.
+//!   One thread, like `wrk -t1`; one TLS client configuration (and session cache) for all
+//!   connections, like one agent process. With `BENCH_FRESH=1` every request opens its own
+//!   connection (and tunnel), and its latency includes opening it.
 //! * `mint <n>`: time to mint one leaf certificate with pag0's local CA.
 
 use std::io::ErrorKind;
@@ -144,7 +146,7 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 async fn open(
     host: &str,
     port: u16,
-    ca: &rustls::RootCertStore,
+    client: &Arc<rustls::ClientConfig>,
     proxy: Option<&Proxy>,
 ) -> std::io::Result<Box<dyn Io>> {
     let mut tcp = match proxy {
@@ -176,14 +178,9 @@ async fn open(
             ));
         }
     }
-    let config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(ca.clone())
-        .with_no_client_auth();
     let name = rustls::pki_types::ServerName::try_from(host.to_string())
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let tls = tokio_rustls::TlsConnector::from(client.clone())
         .connect(name, tcp)
         .await?;
     Ok(Box::new(tls))
@@ -244,24 +241,33 @@ async fn load(
     for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
         roots.add(cert.unwrap()).unwrap();
     }
+    let client = Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let fresh = std::env::var("BENCH_FRESH").is_ok_and(|v| v == "1");
     let start = Instant::now();
     let deadline = start + duration;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..conns {
-        let (host, roots, proxy, request) =
-            (host.clone(), roots.clone(), proxy.clone(), request.clone());
+        let (host, client, proxy, request) =
+            (host.clone(), client.clone(), proxy.clone(), request.clone());
         tasks.spawn(async move {
             let mut latencies = Vec::new();
             let mut errors = 0usize;
             while Instant::now() < deadline {
-                let Ok(tls) = open(&host, port, &roots, proxy.as_ref()).await else {
+                let opened = Instant::now();
+                let Ok(tls) = open(&host, port, &client, proxy.as_ref()).await else {
                     errors += 1;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 };
                 let mut tls = BufReader::new(tls);
                 while Instant::now() < deadline {
-                    let sent = Instant::now();
+                    let sent = if fresh { opened } else { Instant::now() };
                     match get(&mut tls, &request).await {
                         Ok(200) => latencies.push(sent.elapsed().as_micros() as u32),
                         Ok(_) => errors += 1,
@@ -269,6 +275,9 @@ async fn load(
                             errors += 1;
                             break;
                         }
+                    }
+                    if fresh {
+                        break;
                     }
                     if !pace.is_zero() {
                         tokio::time::sleep(pace).await;

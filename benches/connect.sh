@@ -4,8 +4,10 @@
 # HTTP to pag0, TLS upstream: what interception adds is the agent-side TLS), an intercepted
 # CONNECT tunnel with keep-alive (pass-through: pag0 terminates TLS, then connects upstream
 # with TLS), a tunnel with the cache stage (hits from the memory tier), and a blind tunnel
-# (tunnel_only); plus the time to mint a leaf certificate. Ratios matter; absolute numbers
-# depend on the box.
+# (tunnel_only); plus the time to mint a leaf certificate, and a new connection (and tunnel)
+# per request, directly and through an intercepted tunnel (TLS session resumption on both: one
+# client session cache, like one agent process). Ratios matter; absolute numbers depend on
+# the box.
 #
 #   benches/connect.sh               # DURATION=10 THREADS=1 CONNS=50 by default
 #
@@ -88,6 +90,11 @@ for target in $targets; do
   read -r r p e < <(load "$target" "$PACE_MS" "$CONNS_PACED")
   PRPS[$target]=$r; PP99[$target]=$p; ERR[$target]="${ERR[$target]}/$e"
 done
+# A new connection per request (saturation only, short: every request leaves a TIME_WAIT).
+for target in https-direct connect-pass-through; do
+  read -r r p e < <(BENCH_FRESH=1 DURATION=${DURATION_FRESH:-3} load "$target" 0 "$CONNS")
+  RPS[$target-new]=$r; P99[$target-new]=$p; ERR[$target-new]=$e
+done
 MINT=$("$HELPER" mint 200)
 
 echo
@@ -102,5 +109,6 @@ echo "  connect-pass-through / https-direct = $(ratio "${RPS[connect-pass-throug
 echo "  connect-pass-through / forward-absolute = $(ratio "${RPS[connect-pass-through]}" "${RPS[forward-absolute]}")"
 echo "  connect-cache-hit    / https-direct = $(ratio "${RPS[connect-cache-hit]}" "${RPS[https-direct]}")"
 echo "  connect-blind        / https-direct = $(ratio "${RPS[connect-blind]}" "${RPS[https-direct]}")"
+echo "new connection per request (req/s, p99 ms incl. connect + CONNECT + TLS): direct ${RPS[https-direct-new]} ${P99[https-direct-new]} (errors ${ERR[https-direct-new]}), through pag0 ${RPS[connect-pass-through-new]} ${P99[connect-pass-through-new]} (errors ${ERR[connect-pass-through-new]}); ratio $(ratio "${RPS[connect-pass-through-new]}" "${RPS[https-direct-new]}")"
 echo "added p99 at ~1000 req/s (paced): pass-through $(awk -v a="${PP99[connect-pass-through]}" -v b="${PP99[https-direct]}" 'BEGIN {printf "%+.2f", a-b}') ms, cache hit $(awk -v a="${PP99[connect-cache-hit]}" -v b="${PP99[https-direct]}" 'BEGIN {printf "%+.2f", a-b}') ms"
 echo "$MINT"

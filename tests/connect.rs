@@ -416,6 +416,34 @@ async fn tls_through_tunnel_with(
     server_name: rustls::pki_types::ServerName<'static>,
     credentials: &str,
 ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    tunnel_tls(pag0, target, server_name, credentials, client_config(pag0)).await
+}
+
+/// A rustls client trusting pag0's CA (with its own session cache, for resumption).
+fn client_config(pag0: &Pag0) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(pag0_ca(pag0)).unwrap();
+    for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Arc::new(config)
+}
+
+/// Opens a CONNECT tunnel and starts TLS inside with `client`.
+async fn tunnel_tls(
+    pag0: &Pag0,
+    target: &str,
+    server_name: rustls::pki_types::ServerName<'static>,
+    credentials: &str,
+    client: Arc<rustls::ClientConfig>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let mut tcp = tokio::net::TcpStream::connect(pag0.proxy).await?;
     tcp.write_all(
         format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{credentials}\r\n\r\n").as_bytes(),
@@ -431,19 +459,7 @@ async fn tls_through_tunnel_with(
     if head != "HTTP/1.1 200 Connection Established\r\n\r\n" {
         return Err(std::io::Error::other(head));
     }
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(pag0_ca(pag0)).unwrap();
-    for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
+    tokio_rustls::TlsConnector::from(client)
         .connect(server_name, tcp)
         .await
 }
@@ -898,4 +914,48 @@ async fn interception_switched_on_by_a_reload_waits_for_a_restart() {
     assert_eq!(status, 503, "{health}");
     let health: Value = serde_json::from_str(&health).unwrap();
     assert_eq!(health["dependencies"]["local_ca"]["status"], "down");
+}
+
+/// An agent's next tunnel to a host resumes its TLS session (no new certificate, no
+/// signature); a session cannot be carried to a tunnel for another host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnels_to_one_host_resume_tls_sessions_and_only_there() {
+    let ca = UpstreamCa::new();
+    let up = Upstream::start_tls(ca.pki.server_config.clone()).await;
+    let pag0 = Pag0::start(&config(&ca, ""));
+    let client = client_config(&pag0);
+    let auth = format!("Proxy-Authorization: {}", basic("demo", DEMO_KEY));
+    let name = || rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let target = format!("localhost:{}", up.addr.port());
+    let mut kinds = Vec::new();
+    for _ in 0..3 {
+        let mut tls = tunnel_tls(&pag0, &target, name(), &auth, client.clone())
+            .await
+            .unwrap();
+        let answer = exchange_inside(
+            &mut tls,
+            "GET /resume HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        kinds.push(tls.get_ref().1.handshake_kind());
+    }
+    use rustls::HandshakeKind::{Full, Resumed};
+    assert_eq!(kinds[0], Some(Full), "{kinds:?}");
+    assert!(kinds[1..].iter().all(|k| *k == Some(Resumed)), "{kinds:?}");
+
+    // The client holds sessions for "localhost"; a tunnel to 127.0.0.1 (another host, its own
+    // session store) offering them with SNI localhost gets a full handshake, refused on SNI.
+    let other = format!("127.0.0.1:{}", up.addr.port());
+    assert!(
+        tunnel_tls(&pag0, &other, name(), &auth, client.clone())
+            .await
+            .is_err()
+    );
+    let m = metrics(&pag0).await;
+    assert!(
+        m.contains(r#"pag0_tunnels_total{kind="intercept",outcome="sni_refused"} 1"#),
+        "{m}"
+    );
+    assert_eq!(up.seen().requests, 3);
 }

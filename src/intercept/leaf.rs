@@ -1,6 +1,11 @@
 //! Leaf certificates for intercepted hosts: minted by the local CA on first use, kept in a
-//! bounded cache, and served by a per-tunnel TLS configuration that only answers a
+//! bounded cache with the host's TLS session cache (so an agent's next tunnel to the host
+//! resumes its session), and served by a per-tunnel TLS configuration that only answers a
 //! ClientHello naming the host the agent sent `CONNECT` for.
+//!
+//! Resumption cannot bypass the SNI check: each host has its own session store, whose sessions
+//! were all established through that check, and rustls resumes a session only for the same
+//! SNI it was established with (RFC 6066 §3).
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -14,6 +19,9 @@ use pingora::tls::{
 
 use super::ca::{CaError, LEAF_VALIDITY, LocalCa};
 
+/// TLS sessions kept per intercepted host for resumption.
+const SESSIONS_PER_HOST: usize = 256;
+
 /// A cached leaf is re-minted after this long, well before it expires ([`LEAF_VALIDITY`]).
 const LEAF_REUSE: Duration = Duration::from_secs(86_400);
 const _: () = assert!(LEAF_REUSE.as_secs() * 2 < LEAF_VALIDITY.as_secs());
@@ -21,7 +29,7 @@ const _: () = assert!(LEAF_REUSE.as_secs() * 2 < LEAF_VALIDITY.as_secs());
 /// The local CA with its cache of minted leaves. `Debug` never shows a key.
 pub struct Interceptor {
     ca: LocalCa,
-    leaves: moka::sync::Cache<String, Arc<CertifiedKey>>,
+    leaves: moka::sync::Cache<String, Arc<HostTls>>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -75,18 +83,22 @@ impl Interceptor {
         self.leaves.entry_count()
     }
 
-    /// The leaf for `host` (lowercase DNS name or IP literal): from the cache, else minted
-    /// (concurrent callers for one host wait for one mint). Returns whether it was minted.
-    pub fn leaf(&self, host: &str) -> Result<(Arc<CertifiedKey>, bool), CaError> {
+    /// The leaf and session cache for `host` (lowercase DNS name or IP literal): from the
+    /// cache, else minted (concurrent callers for one host wait for one mint). Returns whether
+    /// it was minted.
+    pub fn leaf(&self, host: &str) -> Result<(Arc<HostTls>, bool), CaError> {
         let mut minted = false;
-        let key = self
+        let tls = self
             .leaves
             .try_get_with(host.to_string(), || {
                 minted = true;
-                self.mint(host)
+                Ok::<_, CaError>(Arc::new(HostTls {
+                    leaf: self.mint(host)?,
+                    sessions: rustls::server::ServerSessionMemoryCache::new(SESSIONS_PER_HOST),
+                }))
             })
             .map_err(|e: Arc<CaError>| CaError::Cert(e.to_string()))?;
-        Ok((key, minted))
+        Ok((tls, minted))
     }
 
     /// Mints a leaf for `host` and turns it into what rustls serves.
@@ -101,17 +113,18 @@ impl Interceptor {
         Ok(Arc::new(CertifiedKey::new(chain, key)))
     }
 
-    /// A TLS acceptor for one tunnel to `host`: it presents `leaf`, offers `http/1.1` only, and
-    /// refuses a ClientHello whose SNI is missing (for a host name) or names another host.
+    /// A TLS acceptor for one tunnel to `host`: it presents the host's leaf, resumes the
+    /// host's sessions, offers `http/1.1` only, and refuses a ClientHello whose SNI is missing
+    /// (for a host name) or names another host.
     pub fn acceptor(
         &self,
         host: &str,
-        leaf: Arc<CertifiedKey>,
+        tls: &HostTls,
     ) -> Result<(Acceptor, Arc<SniCheck>), CaError> {
         let check = Arc::new(SniCheck {
             host: host.to_string(),
             ip_literal: host.parse::<std::net::IpAddr>().is_ok(),
-            leaf,
+            leaf: tls.leaf.clone(),
             refused: OnceLock::new(),
         });
         let mut config = ServerConfig::builder_with_provider(self.provider.clone())
@@ -120,7 +133,20 @@ impl Interceptor {
             .with_no_client_auth()
             .with_cert_resolver(check.clone());
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.session_storage = tls.sessions.clone();
         Ok((Acceptor::from_server_config(Arc::new(config)), check))
+    }
+}
+
+/// What an intercepted host's tunnels share: its leaf and its TLS session cache.
+pub struct HostTls {
+    pub leaf: Arc<CertifiedKey>,
+    sessions: Arc<rustls::server::ServerSessionMemoryCache>,
+}
+
+impl std::fmt::Debug for HostTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HostTls")
     }
 }
 
@@ -183,7 +209,11 @@ mod tests {
         assert!(Arc::ptr_eq(&first, &again));
         let (other, minted) = interceptor.leaf("other.example.com").unwrap();
         assert!(minted);
-        assert_ne!(other.cert[0], first.cert[0]);
+        assert_ne!(other.leaf.cert[0], first.leaf.cert[0]);
+        assert!(
+            !Arc::ptr_eq(&other.sessions, &first.sessions),
+            "one session store per host"
+        );
         for i in 0..20 {
             interceptor.leaf(&format!("h{i}.example.com")).unwrap();
         }
@@ -200,8 +230,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (interceptor, _) = Interceptor::load_or_create(dir.path(), 8).unwrap();
         for host in ["api.example.com", "127.0.0.1", "::1"] {
-            let (leaf, _) = interceptor.leaf(host).unwrap();
-            let (_, check) = interceptor.acceptor(host, leaf).unwrap();
+            let (tls, _) = interceptor.leaf(host).unwrap();
+            let (_, check) = interceptor.acceptor(host, &tls).unwrap();
             assert_eq!(check.ip_literal, host.parse::<std::net::IpAddr>().is_ok());
             assert!(check.refused().is_none());
         }

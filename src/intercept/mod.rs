@@ -5,4 +5,4 @@ pub mod ca;
 pub mod leaf;
 
 pub use ca::{CaError, LocalCa, MintedLeaf};
-pub use leaf::{Interceptor, SniCheck, SniRefusal};
+pub use leaf::{HostTls, Interceptor, SniCheck, SniRefusal};

@@ -49,7 +49,7 @@ pub async fn plan(
                 "interception is not available (the local CA was not loaded; restart pag0)",
             )
         })?;
-        let (leaf, minted) = interceptor.leaf(&target.host).map_err(|e| {
+        let (host_tls, minted) = interceptor.leaf(&target.host).map_err(|e| {
             log::error!("cannot mint a certificate for {}: {e}", target.host);
             Reply::new(
                 ErrorCode::InternalError,
@@ -59,7 +59,7 @@ pub async fn plan(
         if minted {
             shared.metrics.leaves_minted.inc();
         }
-        let (acceptor, sni) = interceptor.acceptor(&target.host, leaf).map_err(|e| {
+        let (acceptor, sni) = interceptor.acceptor(&target.host, &host_tls).map_err(|e| {
             log::error!("cannot set up TLS for {}: {e}", target.host);
             Reply::new(ErrorCode::InternalError, "cannot set up TLS for this host")
         })?;
