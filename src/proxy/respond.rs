@@ -237,30 +237,36 @@ impl Reply {
         let status = http::StatusCode::from_u16(self.code.status())
             .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
         let mut head = format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-pag0-error: {}\r\nconnection: close\r\n",
+            "HTTP/1.1 {} {}\r\n",
             status.as_u16(),
-            status.canonical_reason().unwrap_or(""),
-            body.len(),
-            self.code.as_str()
+            status.canonical_reason().unwrap_or("")
         );
-        for (name, value) in &self.headers {
+        for (name, value) in self.fields(&body) {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
-        head.push_str("\r\n");
+        head.push_str("connection: close\r\n\r\n");
         let mut out = head.into_bytes();
         out.extend_from_slice(&body);
         out
+    }
+
+    /// The header fields of every reply: JSON type, length, the code, then the stage's own.
+    fn fields(&self, body: &Bytes) -> impl Iterator<Item = (&'static str, String)> + '_ {
+        [
+            ("content-type", "application/json".to_string()),
+            ("content-length", body.len().to_string()),
+            ("x-pag0-error", self.code.as_str().to_string()),
+        ]
+        .into_iter()
+        .chain(self.headers.iter().map(|(n, v)| (*n, v.clone())))
     }
 
     /// Writes the whole response to the client.
     pub async fn send(&self, session: &mut Session) -> pingora::Result<()> {
         let body = self.body();
         let mut resp = ResponseHeader::build(self.code.status(), Some(4 + self.headers.len()))?;
-        resp.insert_header("content-type", "application/json")?;
-        resp.insert_header("content-length", body.len().to_string())?;
-        resp.insert_header("x-pag0-error", self.code.as_str())?;
-        for (name, value) in &self.headers {
-            resp.insert_header(*name, value.as_str())?;
+        for (name, value) in self.fields(&body) {
+            resp.insert_header(name, value)?;
         }
         session.write_response_header(Box::new(resp), false).await?;
         session.write_response_body(Some(body), true).await

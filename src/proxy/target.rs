@@ -8,6 +8,7 @@ use http::Uri;
 use pingora::http::RequestHeader;
 
 use crate::config::{ConnectMode, Route};
+use crate::policy::normalise;
 use crate::proxy::ctx::{Target, TargetKind, TunnelInfo};
 use crate::proxy::respond::{ErrorCode, Reply};
 
@@ -49,7 +50,7 @@ fn connect_target(req: &RequestHeader) -> Result<Target, Reply> {
         .ok()
         .and_then(|raw| raw.parse::<http::uri::Authority>().ok())
         .ok_or_else(bad)?;
-    let host = normal_host(authority.host());
+    let host = normalise(authority.host());
     let port = authority.port_u16().ok_or_else(bad)?;
     if host.is_empty() || authority.as_str().contains('@') || port == 0 {
         return Err(bad());
@@ -138,7 +139,7 @@ fn absolute_target(raw: &[u8]) -> Result<Target, Reply> {
     let authority = uri
         .authority()
         .ok_or_else(|| Reply::new(ErrorCode::InvalidTarget, "the request target has no host"))?;
-    let host = normal_host(authority.host());
+    let host = normalise(authority.host());
     if host.is_empty() || authority.as_str().contains('@') {
         return Err(Reply::new(
             ErrorCode::InvalidTarget,
@@ -207,16 +208,7 @@ fn host_without_port(host: &str) -> String {
     } else {
         host.split(':').next().unwrap_or(host)
     };
-    normal_host(host)
-}
-
-/// A host as pag0 compares it: lowercase, IPv6 without brackets, no trailing dot (so that
-/// `api.example.com.` meets the same lists, CAs and certificates as `api.example.com`).
-fn normal_host(host: &str) -> String {
-    host.trim_start_matches('[')
-        .trim_end_matches(']')
-        .trim_end_matches('.')
-        .to_ascii_lowercase()
+    normalise(host)
 }
 
 #[cfg(test)]

@@ -483,14 +483,6 @@ impl Stage for CacheStage {
     }
 
     async fn logging(&self, ctx: &mut RequestCtx) {
-        if ctx
-            .target
-            .as_ref()
-            .is_some_and(|t| matches!(t.kind, TargetKind::Connect))
-        {
-            // A CONNECT is no cache request (the requests inside its tunnel are).
-            return;
-        }
         let outcome = ctx.cache.outcome.unwrap_or(if ctx.cache.lookup.is_some() {
             Outcome::Miss
         } else {

@@ -210,14 +210,7 @@ impl Pipeline {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Option<(&'static str, Flow)> {
-        let connect = ctx
-            .target
-            .as_ref()
-            .is_some_and(|t| matches!(t.kind, crate::proxy::TargetKind::Connect));
-        for stage in &self.stages {
-            if connect && !stage.sees_connect() {
-                continue;
-            }
+        for stage in self.stages_for(is_connect(ctx)) {
             match stage.request_filter(session, ctx).await {
                 Flow::Continue => {}
                 flow => return Some((stage.name(), flow)),
@@ -286,12 +279,26 @@ impl Pipeline {
     }
 
     pub async fn logging(&self, ctx: &mut RequestCtx) {
-        for stage in &self.stages {
+        for stage in self.stages_for(is_connect(ctx)) {
             stage.logging(ctx).await;
         }
+    }
+
+    /// The stages a request meets: all of them, or for a `CONNECT` only those that opt in
+    /// ([`Stage::sees_connect`]); the hooks in between never run for a CONNECT.
+    fn stages_for(&self, connect: bool) -> impl Iterator<Item = &Arc<dyn Stage>> {
+        self.stages
+            .iter()
+            .filter(move |s| !connect || s.sees_connect())
     }
 
     pub fn names(&self) -> Vec<&'static str> {
         self.stages.iter().map(|s| s.name()).collect()
     }
+}
+
+fn is_connect(ctx: &RequestCtx) -> bool {
+    ctx.target
+        .as_ref()
+        .is_some_and(|t| matches!(t.kind, crate::proxy::TargetKind::Connect))
 }
