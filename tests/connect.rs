@@ -187,15 +187,22 @@ async fn intercepted_https_reaches_the_upstream_with_reqwest_and_curl() {
     );
 
     let m = metrics(&pag0).await;
-    assert!(
-        m.contains(r#"pag0_tunnels_total{kind="intercept",outcome="opened"} 2"#),
-        "one tunnel for reqwest's keep-alive connection, one for curl: {m}"
-    );
-    assert!(m.contains("pag0_tls_leaves_minted_total 1"), "{m}");
-    assert!(
-        m.contains(r#"pag0_requests_total{project="demo",route="connect",status_class="2xx"} 2"#),
+    let value = |series: &str| -> u64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    // Four requests (three from reqwest, one from curl): reqwest keeps its tunnel alive, so
+    // fewer tunnels than requests (its pool may open a second one now and then), each
+    // counted once as an accepted CONNECT.
+    let opened = value(r#"pag0_tunnels_total{kind="intercept",outcome="opened"}"#);
+    assert!((2..4).contains(&opened), "{m}");
+    assert_eq!(
+        value(r#"pag0_requests_total{project="demo",route="connect",status_class="2xx"}"#),
+        opened,
         "{m}"
     );
+    assert!(m.contains("pag0_tls_leaves_minted_total 1"), "{m}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -342,7 +349,9 @@ async fn tunnel_only_hosts_are_relayed_blind() {
     assert!(echo["headers"].get("x-pag0-paid").is_none());
     let resp = client.get(&url).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    assert_eq!(up.seen().connections, 1, "one tunnel, kept alive");
+    // One tunnel kept alive (reqwest's pool may now and then open a second one).
+    let reqwest_tunnels = up.seen().connections;
+    assert!((1..=2).contains(&reqwest_tunnels), "{reqwest_tunnels}");
 
     // curl sees the upstream's own certificate (issued by the test CA, not pag0's).
     let (ok, _, err) = curl(
@@ -368,10 +377,12 @@ async fn tunnel_only_hosts_are_relayed_blind() {
     assert!(!ok);
 
     let m = metrics(&pag0).await;
-    assert!(
-        m.contains(r#"pag0_tunnels_total{kind="blind",outcome="opened"} 3"#),
-        "{m}"
+    // reqwest's tunnels plus curl's two.
+    let blind = format!(
+        r#"pag0_tunnels_total{{kind="blind",outcome="opened"}} {}"#,
+        reqwest_tunnels + 2
     );
+    assert!(m.contains(&blind), "{m}");
     assert!(m.contains("pag0_tls_leaves_minted_total 0"), "{m}");
 }
 
