@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Paid x402 calls through pag0 against the test paywall (verification off, so the upstream stays
 # cheap), measured in one run: pass-through (free route) vs paid with price memory (one signed
-# round trip per call) vs paid without price memory (402 + signed replay per call). Also prints
-# the EIP-3009 sign+encode cost per call.
+# round trip per call, signatures on the signing pool: the default) vs the same with inline
+# signing on the worker (signer_threads: 0) vs paid without price memory (402 + signed replay per call). Also prints the EIP-3009
+# sign+encode cost per call.
 #
 #   benches/paid.sh            # DURATION=10 CONNS=20 THREADS=1 by default
 set -euo pipefail
@@ -26,7 +27,7 @@ UP=$(port)
 "$HELPER" paywall "127.0.0.1:$UP" --no-verify 2>/dev/null & pids+=($!)
 wait_port "$UP"
 
-start_pag0() { # $1 = name, $2 = price_memory_seconds, $3 = extra YAML (policy); sets PAG0_PORT
+start_pag0() { # $1 = name, $2 = price_memory_seconds, $3 = extra YAML (policy), $4 = signer threads; sets PAG0_PORT
   local p a
   p=$(port); a=$(port)
   { pag0_base_yaml "$1" "$p" "$a"; cat <<YAML; } > "$work/$1.yaml"
@@ -34,6 +35,7 @@ payments:
   assets:
     - { network: eip155:84532, address: "0x036CbD53842c5426634e7929541eC2318f3dCF7e", symbol: USDC, decimals: 6 }
   price_memory_seconds: $2
+  signer_threads: ${4:-1}
 stages:
   - kind: auth
   - kind: ssrf_guard
@@ -55,6 +57,8 @@ start_pag0 memory 300
 MEM=$PAG0_PORT
 start_pag0 nomemory 0
 NOMEM=$PAG0_PORT
+start_pag0 inline 300 "" 0
+INLINE=$PAG0_PORT
 # Spend firewall on top of price memory: a policy with a budget that never runs out, kept in
 # the in-process ledger or in Redis (127.0.0.1:6379, keys under a random prefix).
 POLICY='    policy:
@@ -93,17 +97,19 @@ paced() { # $1 = pag0 port, $2 = path -> p99 ms at ~1000 req/s (10 connections, 
 }
 
 # Warm-up: learns the price on the price-memory instances.
-for port in "$MEM" "$POLLOCAL" "$POLREDIS"; do
+for port in "$MEM" "$INLINE" "$POLLOCAL" "$POLREDIS"; do
   wrk -t1 -c4 -d2s -s "$(lua /paid)" "http://127.0.0.1:$port/" >/dev/null
 done
 wrk -t1 -c4 -d2s -s "$(lua /free)" "http://127.0.0.1:$MEM/" >/dev/null
 
 read -r FREE_RPS FREE_P99 FREE_BAD < <(paid_measure "$MEM" /free)
 read -r MEM_RPS MEM_P99 MEM_BAD < <(paid_measure "$MEM" /paid)
+read -r INLINE_RPS INLINE_P99 INLINE_BAD < <(paid_measure "$INLINE" /paid)
 read -r NOMEM_RPS NOMEM_P99 NOMEM_BAD < <(paid_measure "$NOMEM" /paid)
 read -r PL_RPS PL_P99 PL_BAD < <(paid_measure "$POLLOCAL" /paid)
 read -r PR_RPS PR_P99 PR_BAD < <(paid_measure "$POLREDIS" /paid)
 MEM_PACED=$(paced "$MEM" /paid)
+INLINE_PACED=$(paced "$INLINE" /paid)
 PL_PACED=$(paced "$POLLOCAL" /paid)
 PR_PACED=$(paced "$POLREDIS" /paid)
 for k in $(redis-cli --scan --pattern "$BENCH_PREFIX:*" 2>/dev/null); do redis-cli DEL "$k" >/dev/null; done
@@ -114,9 +120,10 @@ echo "pag0 paid-call benchmark  $(date -u +%Y-%m-%dT%H:%MZ)  $(nproc) cores  pag
 printf "%-26s %12s %10s %10s %10s\n" case "req/s" "p99 ms" "non-2xx" "ratio"
 printf "%-26s %12s %10s %10s %10s\n" "pass-through (free)" "$FREE_RPS" "$FREE_P99" "$FREE_BAD" "1.00"
 printf "%-26s %12s %10s %10s %10s\n" "paid, price memory" "$MEM_RPS" "$MEM_P99" "$MEM_BAD" "$(ratio "$MEM_RPS" "$FREE_RPS")"
+printf "%-26s %12s %10s %10s %10s\n" "paid, memory, inline sign" "$INLINE_RPS" "$INLINE_P99" "$INLINE_BAD" "$(ratio "$INLINE_RPS" "$FREE_RPS")"
 printf "%-26s %12s %10s %10s %10s\n" "paid, no price memory" "$NOMEM_RPS" "$NOMEM_P99" "$NOMEM_BAD" "$(ratio "$NOMEM_RPS" "$FREE_RPS")"
 printf "%-26s %12s %10s %10s %10s\n" "paid, memory, policy/mem" "$PL_RPS" "$PL_P99" "$PL_BAD" "$(ratio "$PL_RPS" "$FREE_RPS")"
 printf "%-26s %12s %10s %10s %10s\n" "paid, memory, policy/redis" "$PR_RPS" "$PR_P99" "$PR_BAD" "$(ratio "$PR_RPS" "$FREE_RPS")"
 echo
-echo "paced ~1000 req/s, p99 ms: paid+memory $MEM_PACED | + policy (in-process ledger) $PL_PACED (added $(awk -v a="$PL_PACED" -v b="$MEM_PACED" 'BEGIN {printf "%.2f", a-b}')) | + policy (redis ledger) $PR_PACED (added $(awk -v a="$PR_PACED" -v b="$MEM_PACED" 'BEGIN {printf "%.2f", a-b}'))"
+echo "paced ~1000 req/s, p99 ms: paid+memory $MEM_PACED | inline signing $INLINE_PACED | + policy (in-process ledger) $PL_PACED (added $(awk -v a="$PL_PACED" -v b="$MEM_PACED" 'BEGIN {printf "%.2f", a-b}')) | + policy (redis ledger) $PR_PACED (added $(awk -v a="$PR_PACED" -v b="$MEM_PACED" 'BEGIN {printf "%.2f", a-b}'))"
 echo "$SIGN"

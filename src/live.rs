@@ -393,6 +393,9 @@ impl Reloader {
         if facilitator_url(&config) != facilitator_url(&current.config) {
             kept.push("payments.facilitator changed; it applies after a restart".to_string());
         }
+        if config.payments.signer_threads != current.config.payments.signer_threads {
+            kept.push("payments.signer_threads changed; it applies after a restart".to_string());
+        }
         if config.database.url.expose() != current.config.database.url.expose()
             || config.budgets.ledger != current.config.budgets.ledger
             || config.budgets.redis_down != current.config.budgets.redis_down

@@ -66,6 +66,7 @@ pub fn build(config: Config, path: Option<PathBuf>, opts: &StartOptions) -> anyh
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
+    crate::x402::SigningPool::configure(config.payments.signer_threads);
     let shared = Shared::new(&config)?;
     let reloader = Reloader::new(config, path, shared.clone());
     shared.spawn(crate::live::sync_policies(

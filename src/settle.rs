@@ -2,8 +2,8 @@
 //! reservation is committed; a request that did not settle releases its reservation. Runs on
 //! a worker of its own so `logging` never holds the agent's connection for it.
 //!
-//! The worker takes whatever is queued (up to [`MAX_BATCH`]) and writes the journal rows in
-//! one transaction (group commit), then commits or releases each reservation concurrently
+//! The worker takes whatever is queued within [`GROUP_COMMIT_WINDOW`] (up to [`MAX_BATCH`])
+//! and writes the journal rows in one transaction (group commit), then commits or releases each reservation concurrently
 //! (pipelined on the Redis connection). Order per payment is always journal → commit, so a
 //! budget rebuilt from the journal never misses a committed payment. On graceful shutdown
 //! [`Settler::drain`] waits until the queue is empty.
@@ -27,6 +27,11 @@ use crate::store::{SpendRecord, Store};
 pub const MAX_BATCH: usize = 512;
 /// Jobs that may wait; a full queue makes `logging` wait (backpressure, nothing is dropped).
 pub const QUEUE_CAPACITY: usize = 65_536;
+/// How long the worker lets concurrent payments join a round before writing it (group commit:
+/// one transaction for many rows costs a fraction of one per row). The agent already has its
+/// response; this only delays the journal row and the budget commit by at most this much (a
+/// round of releases only is not delayed).
+pub const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(2);
 
 /// What to do with a finished request's payment.
 pub enum Job {
@@ -90,6 +95,17 @@ impl Settler {
 async fn run(mut rx: mpsc::Receiver<Job>, parts: Arc<SettlerParts>, in_flight: Arc<AtomicUsize>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        // Only journal rows gain from company; a release gives budget back at once.
+        let journals = batch.iter().any(|j| matches!(j, Job::Commit { .. }));
+        if journals && batch.len() < MAX_BATCH {
+            tokio::time::sleep(GROUP_COMMIT_WINDOW).await;
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+        }
         let n = batch.len();
         settle(&parts, std::mem::take(&mut batch)).await;
         in_flight.fetch_sub(n, Ordering::SeqCst);

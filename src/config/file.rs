@@ -238,6 +238,8 @@ pub struct FileHostCap {
 pub const DEFAULT_MAX_PER_PAYMENT: &str = "0.10";
 /// Seconds a paid endpoint's offer is remembered, so the next call is signed up front.
 pub const DEFAULT_PRICE_MEMORY_SECONDS: u64 = 300;
+/// Largest `payments.signer_threads`.
+pub const MAX_SIGNER_THREADS: u64 = 64;
 /// Seconds an `Idempotency-Key` is remembered.
 pub const DEFAULT_IDEMPOTENCY_WINDOW_SECONDS: u64 = 24 * 3600;
 /// Payment schemes accepted when `payments.schemes` is absent.
@@ -259,6 +261,8 @@ pub struct FilePayments {
     pub price_memory_seconds: Option<u64>,
     /// Optional x402 facilitator (health and verify-before-pay).
     pub facilitator: Option<FileFacilitator>,
+    /// Threads computing signatures off Pingora's workers; 0 signs inline (applies at start).
+    pub signer_threads: Option<u64>,
 }
 
 /// Timeout of one facilitator call.

@@ -1030,12 +1030,22 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
                 timeout,
             })
         });
+        let signer_threads = f
+            .signer_threads
+            .unwrap_or(crate::x402::pool::DEFAULT_SIGNER_THREADS as u64);
+        if signer_threads > MAX_SIGNER_THREADS {
+            self.issue(
+                "payments.signer_threads",
+                format!("at most {MAX_SIGNER_THREADS}"),
+            );
+        }
         Payments {
             assets,
             schemes,
             pay_to,
             price_memory,
             facilitator,
+            signer_threads: signer_threads.min(MAX_SIGNER_THREADS) as usize,
         }
     }
 

@@ -234,6 +234,8 @@ pub struct Payments {
     /// How long a paid offer is remembered (zero: price memory off).
     pub price_memory: std::time::Duration,
     pub facilitator: Option<FacilitatorConfig>,
+    /// Size of the process's signing pool (taken at start).
+    pub signer_threads: usize,
 }
 
 /// `payments.facilitator`, validated.

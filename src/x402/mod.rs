@@ -7,6 +7,7 @@ pub mod facilitator;
 pub mod guard;
 pub mod memory;
 pub mod networks;
+pub mod pool;
 pub mod receipt;
 pub mod sign;
 pub mod wire;
@@ -15,6 +16,7 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 
 pub use guard::{LocalNonceGuard, NonceGuard};
 pub use memory::{LocalPriceMemory, PriceMemory, Remembered};
+pub use pool::SigningPool;
 pub use receipt::{DecodedPayment, Receipt, decode_payment_header, parse_receipt};
 pub use sign::{
     Authorization, Eip3009Signer, PaymentSigner, SignError, SignedPayment, payment_header,
