@@ -206,11 +206,15 @@ impl PaymentSigner for Eip3009Signer {
             valid_before: now.saturating_add(offer.max_timeout_seconds),
             nonce: B256::from(nonce),
         };
-        // The ECDSA signature runs on the signing pool, off Pingora's worker threads.
+        // The EIP-712 hash (seven keccaks) and the ECDSA signature run on the signing pool,
+        // off Pingora's worker threads.
         let key = Arc::clone(&self.key);
-        let hash = signing_hash(&domain, &authorization);
+        let auth = authorization.clone();
         let signature = SigningPool::global()
-            .run(move || key.sign_hash_sync(&hash).map(|sig| sig.as_bytes()))
+            .run(move || {
+                key.sign_hash_sync(&signing_hash(&domain, &auth))
+                    .map(|sig| sig.as_bytes())
+            })
             .await
             .and_then(Result::ok)
             .ok_or(SignError::Signer)?;
