@@ -1,6 +1,6 @@
-//! The signing pool: a few dedicated OS threads that compute ECDSA signatures (about 30 µs
-//! each), so a paid call never holds a Pingora worker thread for the signature and the worker
-//! keeps proxying other requests meanwhile.
+//! The signing pool: a few dedicated OS threads that compute EIP-712 hashes and ECDSA
+//! signatures (30–55 µs each on the bench VM), so a paid call never holds a Pingora worker
+//! thread for them and the worker keeps proxying other requests meanwhile.
 //!
 //! One pool per process, sized once at startup (`payments.signer_threads`; 0 signs inline on
 //! the worker); code that signs before the server configured it (tests, benches, `pag0 -t`)
