@@ -176,9 +176,7 @@ impl SpendHistory for NoHistory {
 /// the other 80 random (like a UUIDv7). Ids sort by time, so the journal's primary-key index
 /// grows at its end instead of at random pages (fewer pages written per journal batch).
 pub fn new_reservation_id() -> String {
-    let millis = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64);
+    let millis = crate::clock::unix_millis();
     let mut bytes: [u8; 16] = rand::random();
     bytes[..6].copy_from_slice(&millis.to_be_bytes()[2..]);
     hex::encode(bytes)

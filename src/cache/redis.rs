@@ -19,6 +19,7 @@ use futures::StreamExt;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 
+use crate::clock::unix_millis;
 use crate::redis_client::LazyRedis;
 use tokio::sync::Semaphore;
 
@@ -66,12 +67,6 @@ impl std::fmt::Display for TierError {
     }
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -99,12 +94,14 @@ impl RedisTier {
 
     /// Whether the tier is currently usable (not cooling down after an error).
     pub fn healthy(&self) -> bool {
-        self.down_until.load(Ordering::Relaxed) <= now_ms()
+        self.down_until.load(Ordering::Relaxed) <= unix_millis()
     }
 
     fn failed(&self, e: impl std::fmt::Display) -> TierError {
-        self.down_until
-            .store(now_ms() + COOLDOWN.as_millis() as u64, Ordering::Relaxed);
+        self.down_until.store(
+            unix_millis() + COOLDOWN.as_millis() as u64,
+            Ordering::Relaxed,
+        );
         TierError::Failed(e.to_string())
     }
 
@@ -146,7 +143,7 @@ impl RedisTier {
         let Some(expires_ms) = std::str::from_utf8(&x).ok().and_then(|x| x.parse().ok()) else {
             return Ok(None);
         };
-        if expires_ms <= now_ms() {
+        if expires_ms <= unix_millis() {
             return Ok(None);
         }
         Ok(Some(Entry {

@@ -53,16 +53,14 @@ impl SigningPool {
         }
     }
 
-    /// Sizes the process's pool; the first call wins (a reload cannot resize it). Returns the
-    /// thread count in effect.
-    pub fn configure(threads: usize) -> usize {
+    /// Sizes the process's pool; the first call wins (a reload cannot resize it).
+    pub fn configure(threads: usize) {
         let active = POOL.get_or_init(|| SigningPool::start(threads)).threads;
         if active != threads {
             log::warn!(
                 "payments.signer_threads: this process already signs with {active} thread(s); {threads} applies after a restart"
             );
         }
-        active
     }
 
     /// The process's pool (started with the default size if nobody configured it).
