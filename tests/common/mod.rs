@@ -32,13 +32,34 @@ pub const DEMO_HASH: &str =
     "sha256:79f8ca837c673888f582d0c8204f8b6ab31c8b0a7930512e94a4bd0a518bf83a";
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
-/// A port that was free a moment ago.
+/// Where [`free_port`] hands out ports: below Linux's ephemeral range (32768–60999), so no
+/// listener bound to port 0 and no outgoing connection can take one between the check and
+/// the bind by pag0 (or a private Redis).
+const TEST_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A port that was free a moment ago and that no other call in this process has returned.
+///
+/// Asking the kernel for port 0 and closing the socket is racy here: two calls can return the
+/// same port, and a concurrent test's port-0 listener can take it before pag0 binds it (a
+/// test then talks to another test's server). The counter starts at a per-process offset so
+/// test binaries run side by side rarely meet.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static NEXT: AtomicUsize = AtomicUsize::new(usize::MAX);
+    let span = usize::from(TEST_PORTS.end - TEST_PORTS.start);
+    let _ = NEXT.compare_exchange(
+        usize::MAX,
+        std::process::id() as usize * 97 % span,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::SeqCst) % span;
+        let port = TEST_PORTS.start + offset as u16;
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {TEST_PORTS:?}")
 }
 
 fn wait_for_port(addr: SocketAddr) {
