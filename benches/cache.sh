@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Cache-hit throughput and latency, side by side in one run on this machine: nginx proxy_cache
 # hits, pag0 hits from the memory tier, pag0 hits from Redis only (memory tier off), and pag0's
-# pass-through (no cache stage) to the same upstream. Ratios matter; absolute numbers depend
-# on the box.
+# pass-through (no cache stage) to the same upstream, and a bare Pingora answering every request
+# itself (benches/pingora.rs: the ceiling for a response served from Pingora's request_filter).
+# Ratios matter; absolute numbers depend on the box.
 #
 #   benches/cache.sh                 # DURATION=10 THREADS=1 CONNS=50 by default
 #
@@ -24,6 +25,7 @@ TOKEN=bench-admin-token-0123456789
 . benches/lib.sh
 need_tools wrk nginx
 cargo build --release --locked --bin pag0 >&2
+BARE=$(bench_helper pingora)
 start_work
 UP=$(port); NGX=$(port)
 BODY=0123456789012345678901234567890123456789012345678901234567890123
@@ -49,8 +51,10 @@ start_route_pag0 redis "  - kind: cache" "redis:
 cache:
   memory_bytes: 0"
 RED=$PAG0_PORT; RED_ADM=$PAG0_ADMIN
+PA=$(port)
+"$BARE" answer "127.0.0.1:$PA" "$THREADS" >/dev/null 2>&1 & pids+=($!)
 
-for p in $UP $NGX $PASS $MEM $RED; do wait_port "$p"; done
+for p in $UP $NGX $PASS $MEM $RED $PA; do wait_port "$p"; done
 h=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$NGX/")
 [ "$h" = 200 ] || { echo "nginx proxy_cache answers $h; see $work/cache.err" >&2; cat "$work/cache.err" >&2; exit 1; }
 
@@ -66,10 +70,11 @@ for p in $MEM $RED; do
   [ "$h" = HIT ] || { echo "pag0 on $p does not answer from its cache (X-Pag0-Cache: $h)" >&2; exit 1; }
 done
 
-targets="nginx-cache-hit pag0-memory-hit pag0-redis-hit pag0-pass-through"
+targets="nginx-cache-hit pingora-answer pag0-memory-hit pag0-redis-hit pag0-pass-through"
 for target in $targets; do
   case $target in
     nginx-cache-hit) url="http://127.0.0.1:$NGX/"; lua="" ;;
+    pingora-answer) url="http://127.0.0.1:$PA/"; lua="" ;;
     pag0-memory-hit) url="http://127.0.0.1:$MEM/"; lua="$work/reverse.lua" ;;
     pag0-redis-hit) url="http://127.0.0.1:$RED/"; lua="$work/reverse.lua" ;;
     pag0-pass-through) url="http://127.0.0.1:$PASS/"; lua="$work/reverse.lua" ;;
@@ -89,4 +94,6 @@ echo
 echo "ratios (saturation req/s):"
 echo "  pag0-memory-hit / nginx-cache-hit   = $(ratio "${RPS[pag0-memory-hit]}" "${RPS[nginx-cache-hit]}")"
 echo "  pag0-redis-hit  / nginx-cache-hit   = $(ratio "${RPS[pag0-redis-hit]}" "${RPS[nginx-cache-hit]}")"
+echo "  pingora-answer  / nginx-cache-hit   = $(ratio "${RPS[pingora-answer]}" "${RPS[nginx-cache-hit]}")"
+echo "  pag0-memory-hit / pingora-answer    = $(ratio "${RPS[pag0-memory-hit]}" "${RPS[pingora-answer]}")"
 echo "  pag0-memory-hit / pag0-pass-through = $(ratio "${RPS[pag0-memory-hit]}" "${RPS[pag0-pass-through]}")"

@@ -134,3 +134,11 @@ measure_target() {
 }
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
+
+# bench_helper NAME: builds `cargo bench --bench NAME` and prints the binary's path.
+bench_helper() {
+  local bin
+  bin=$(cargo bench --locked --bench "$1" --no-run 2>&1 | grep -o "target/release/deps/$1-[0-9a-f]*" | head -n1)
+  [ -x "$bin" ] || { echo "cannot find the $1 bench helper" >&2; exit 1; }
+  echo "$bin"
+}

@@ -18,8 +18,7 @@ WALLET=0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d
 . benches/lib.sh
 need_tools wrk
 cargo build --release --locked --bin pag0 >&2
-HELPER=$(cargo bench --locked --bench x402 --no-run 2>&1 | grep -o 'target/release/deps/x402-[0-9a-f]*' | head -n1)
-[ -x "$HELPER" ] || { echo "cannot find the x402 bench helper" >&2; exit 1; }
+HELPER=$(bench_helper x402)
 
 start_work
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Throughput and latency of pag0 against the same upstream reached directly and through nginx,
+# Throughput and latency of pag0 against the same upstream reached directly, through nginx and
+# through a bare Pingora proxy (benches/pingora.rs: Pingora's own cost, without pag0's stages),
 # all measured in one run on this machine (ratios matter, absolute numbers depend on the box).
 #
 #   benches/proxy.sh                 # DURATION=10 THREADS=1 CONNS=50 by default
@@ -22,6 +23,7 @@ KEY=pag0_demo_dev_only_key
 . benches/lib.sh
 need_tools wrk nginx
 cargo build --release --locked --bin pag0 >&2
+BARE=$(bench_helper pingora)
 start_work
 UP=$(port); NGX=$(port)
 
@@ -33,8 +35,10 @@ nginx -c "$work/proxy.conf" & pids+=($!)
 
 start_route_pag0 pag0 "" ""
 P0=$PAG0_PORT
+PB=$(port)
+"$BARE" proxy "127.0.0.1:$PB" "127.0.0.1:$UP" "$THREADS" >/dev/null 2>&1 & pids+=($!)
 
-for p in $UP $NGX $P0; do wait_port "$p"; done
+for p in $UP $NGX $P0 $PB; do wait_port "$p"; done
 
 cat > "$work/reverse.lua" <<LUA
 wrk.headers["X-Pag0-API-Key"] = "$KEY"
@@ -48,11 +52,14 @@ LUA
 # Warm-up (connection pools, DNS cache).
 wrk -t1 -c10 -d2s -s "$work/reverse.lua" "http://127.0.0.1:$P0/" >/dev/null
 wrk -t1 -c10 -d2s "http://127.0.0.1:$NGX/" >/dev/null
+wrk -t1 -c10 -d2s "http://127.0.0.1:$PB/" >/dev/null
 
-for target in direct nginx pag0-reverse pag0-forward; do
+targets="direct nginx pingora-bare pag0-reverse pag0-forward"
+for target in $targets; do
   case $target in
     direct) url="http://127.0.0.1:$UP/"; lua="" ;;
     nginx) url="http://127.0.0.1:$NGX/"; lua="" ;;
+    pingora-bare) url="http://127.0.0.1:$PB/"; lua="" ;;
     pag0-reverse) url="http://127.0.0.1:$P0/"; lua="$work/reverse.lua" ;;
     pag0-forward) url="http://127.0.0.1:$P0/"; lua="$work/forward.lua" ;;
   esac
@@ -62,7 +69,7 @@ done
 echo
 echo "pag0 benchmark  $(date -u +%Y-%m-%dT%H:%MZ)  $(nproc) cores  threads/workers=$THREADS  duration=${DURATION}s"
 printf "%-14s %12s %10s   %14s %12s %14s\n" target "req/s" "p99 ms" "paced req/s" "paced p99" "added p99 ms"
-for t in direct nginx pag0-reverse pag0-forward; do
+for t in $targets; do
   added=$(awk -v a="${PP99[$t]}" -v b="${PP99[direct]}" 'BEGIN {printf "%.3f", a-b}')
   printf "%-14s %12s %10s   %14s %12s %14s\n" "$t" "${RPS[$t]}" "${P99[$t]}" "${PRPS[$t]}" "${PP99[$t]}" "$added"
 done
@@ -70,5 +77,7 @@ echo
 echo "ratios (saturation req/s):"
 echo "  pag0-reverse / nginx   = $(ratio "${RPS[pag0-reverse]}" "${RPS[nginx]}")"
 echo "  pag0-forward / nginx   = $(ratio "${RPS[pag0-forward]}" "${RPS[nginx]}")"
+echo "  pingora-bare / nginx   = $(ratio "${RPS[pingora-bare]}" "${RPS[nginx]}")"
+echo "  pag0-reverse / pingora-bare = $(ratio "${RPS[pag0-reverse]}" "${RPS[pingora-bare]}")"
 echo "  pag0-reverse / direct  = $(ratio "${RPS[pag0-reverse]}" "${RPS[direct]}")"
 echo "  pag0-forward / direct  = $(ratio "${RPS[pag0-forward]}" "${RPS[direct]}")"

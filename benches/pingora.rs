@@ -1,0 +1,89 @@
+//! Bare Pingora baseline for `benches/proxy.sh` and `benches/cache.sh` (run with
+//! `cargo bench --bench pingora -- <command>`): what Pingora 0.9.1 itself costs per request,
+//! so the scripts can show how much of pag0's gap to nginx is Pingora's and how much is pag0's.
+//!
+//! * `proxy <listen> <upstream> [threads]`: a `ProxyHttp` that sends every request to
+//!   `upstream` (no stages, metrics, timeouts or header edits; pooled upstream keep-alive).
+//! * `answer <listen> [threads]`: answers every request from `request_filter` with the same
+//!   64-byte body as the bench upstream (the ceiling for anything pag0 serves itself, such as a
+//!   cache hit).
+
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::proxy::{ProxyHttp, Session, http_proxy_service};
+use pingora::server::configuration::ServerConf;
+use pingora::upstreams::peer::HttpPeer;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The bench upstream's body (benches/proxy.sh: nginx `return 200`).
+const BODY: &[u8] = b"0123456789012345678901234567890123456789012345678901234567890123";
+
+struct Bare {
+    /// `None`: answer every request itself.
+    upstream: Option<SocketAddr>,
+}
+
+#[async_trait]
+impl ProxyHttp for Bare {
+    type CTX = ();
+
+    fn new_ctx(&self) {}
+
+    async fn request_filter(&self, session: &mut Session, _: &mut ()) -> Result<bool> {
+        if self.upstream.is_some() {
+            return Ok(false);
+        }
+        let mut header = ResponseHeader::build(200, Some(1))?;
+        header.insert_header("content-length", BODY.len())?;
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
+        session
+            .write_response_body(Some(Bytes::from_static(BODY)), true)
+            .await?;
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _: &mut Session, _: &mut ()) -> Result<Box<HttpPeer>> {
+        let upstream = self.upstream.expect("request_filter answers without one");
+        Ok(Box::new(HttpPeer::new(upstream, false, String::new())))
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let arg = |i: usize| args.get(i).map(String::as_str);
+    let (listen, upstream, threads) = match arg(0) {
+        Some("proxy") => (
+            arg(1),
+            arg(2).map(|u| u.parse().expect("upstream ip:port")),
+            arg(3),
+        ),
+        Some("answer") => (arg(1), None, arg(2)),
+        _ => {
+            eprintln!(
+                "usage: pingora proxy <listen> <upstream> [threads] | answer <listen> [threads]"
+            );
+            std::process::exit(2);
+        }
+    };
+    let listen = listen.expect("a listen address");
+    let conf = ServerConf {
+        threads: threads.map_or(1, |t| t.parse().expect("threads")),
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let mut service = http_proxy_service(&server.configuration, Bare { upstream });
+    service.add_tcp(listen);
+    server.add_service(service);
+    server.run_forever();
+}
