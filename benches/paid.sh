@@ -5,11 +5,12 @@
 # signing on the worker (signer_threads: 0) vs paid without price memory (402 + signed replay per call). Also prints the EIP-3009
 # sign+encode cost per call.
 #
-#   benches/paid.sh            # DURATION=10 CONNS=20 THREADS=1 by default
+#   benches/paid.sh            # DURATION=10 ROUNDS=3 CONNS=20 THREADS=1 by default
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-20}
 THREADS=${THREADS:-1}
 KEY=pag0_demo_dev_only_key
@@ -101,8 +102,18 @@ for port in "$MEM" "$INLINE" "$POLLOCAL" "$POLREDIS"; do
 done
 wrk -t1 -c4 -d2s -s "$(lua /free)" "http://127.0.0.1:$MEM/" >/dev/null
 
-read -r FREE_RPS FREE_P99 FREE_BAD < <(paid_measure "$MEM" /free)
-read -r MEM_RPS MEM_P99 MEM_BAD < <(paid_measure "$MEM" /paid)
+# The headline ratio: ROUNDS alternating pass-through / paid pairs on the same instance (the
+# VM's speed drifts within a run), reported as medians, with each pair's own ratio.
+free_runs=(); mem_runs=(); pair_ratios=()
+for _ in $(seq 1 "$ROUNDS"); do
+  read -r FREE_RPS FREE_P99 FREE_BAD < <(paid_measure "$MEM" /free)
+  read -r MEM_RPS MEM_P99 MEM_BAD < <(paid_measure "$MEM" /paid)
+  free_runs+=("$FREE_RPS $FREE_P99 $FREE_BAD"); mem_runs+=("$MEM_RPS $MEM_P99 $MEM_BAD")
+  pair_ratios+=("$(ratio "$MEM_RPS" "$FREE_RPS")")
+done
+median_run() { printf '%s\n' "$@" | sort -n -k1,1 | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
+read -r FREE_RPS FREE_P99 FREE_BAD < <(median_run "${free_runs[@]}")
+read -r MEM_RPS MEM_P99 MEM_BAD < <(median_run "${mem_runs[@]}")
 read -r INLINE_RPS INLINE_P99 INLINE_BAD < <(paid_measure "$INLINE" /paid)
 read -r NOMEM_RPS NOMEM_P99 NOMEM_BAD < <(paid_measure "$NOMEM" /paid)
 read -r PL_RPS PL_P99 PL_BAD < <(paid_measure "$POLLOCAL" /paid)
@@ -125,4 +136,5 @@ printf "%-26s %12s %10s %10s %10s\n" "paid, memory, policy/mem" "$PL_RPS" "$PL_P
 printf "%-26s %12s %10s %10s %10s\n" "paid, memory, policy/redis" "$PR_RPS" "$PR_P99" "$PR_BAD" "$(ratio "$PR_RPS" "$FREE_RPS")"
 echo
 echo "paced ~1000 req/s, p99 ms: paid+memory $MEM_PACED | inline signing $INLINE_PACED | + policy (in-process ledger) $PL_PACED (added $(awk -v a="$PL_PACED" -v b="$MEM_PACED" 'BEGIN {printf "%.2f", a-b}')) | + policy (redis ledger) $PR_PACED (added $(awk -v a="$PR_PACED" -v b="$MEM_PACED" 'BEGIN {printf "%.2f", a-b}'))"
+echo "paid, price memory / pass-through per round ($ROUNDS alternating pairs; medians above): ${pair_ratios[*]}"
 echo "$SIGN"
