@@ -2,8 +2,8 @@
 # Paid x402 calls through pag0 against the test paywall (verification off, so the upstream stays
 # cheap), measured in one run: pass-through (free route) vs paid with price memory (one signed
 # round trip per call, signatures on the signing pool: the default) vs the same with inline
-# signing on the worker (signer_threads: 0) vs paid without price memory (402 + signed replay per call). Also prints the EIP-3009
-# sign+encode cost per call.
+# signing on the worker (signer_threads: 0) vs paid without price memory (402 + signed replay
+# per call). Also prints the EIP-3009 sign+encode cost per call.
 #
 #   benches/paid.sh            # DURATION=10 ROUNDS=3 CONNS=20 THREADS=1 by default
 set -euo pipefail

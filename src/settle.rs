@@ -4,9 +4,9 @@
 //!
 //! The worker takes whatever is queued within [`GROUP_COMMIT_WINDOW`] (up to [`MAX_BATCH`])
 //! and writes the journal rows in one transaction (group commit), then commits or releases
-//! each reservation concurrently (pipelined on the Redis connection). Order per payment is always journal → commit, so a
-//! budget rebuilt from the journal never misses a committed payment. On graceful shutdown
-//! [`Settler::drain`] waits until the queue is empty.
+//! each reservation concurrently (pipelined on the Redis connection). Order per payment is
+//! always journal → commit, so a budget rebuilt from the journal never misses a committed
+//! payment. On graceful shutdown [`Settler::drain`] waits until the queue is empty.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -174,12 +174,20 @@ impl Eip3009Signer {
         domain: &TokenDomain,
         auth: &Authorization,
     ) -> Result<[u8; 65], SignError> {
-        let sig = self
-            .key
-            .sign_hash_sync(&signing_hash(domain, auth))
-            .map_err(|_| SignError::Signer)?;
-        Ok(sig.as_bytes())
+        sign_with(&self.key, domain, auth)
     }
+}
+
+/// The EIP-712 hash of `auth` and its ECDSA signature with `key` (65 bytes: r, s, v).
+fn sign_with(
+    key: &Secp256k1Signer,
+    domain: &TokenDomain,
+    auth: &Authorization,
+) -> Result<[u8; 65], SignError> {
+    let sig = key
+        .sign_hash_sync(&signing_hash(domain, auth))
+        .map_err(|_| SignError::Signer)?;
+    Ok(sig.as_bytes())
 }
 
 #[async_trait]
@@ -211,13 +219,9 @@ impl PaymentSigner for Eip3009Signer {
         let key = Arc::clone(&self.key);
         let auth = authorization.clone();
         let signature = SigningPool::global()
-            .run(move || {
-                key.sign_hash_sync(&signing_hash(&domain, &auth))
-                    .map(|sig| sig.as_bytes())
-            })
+            .run(move || sign_with(&key, &domain, &auth))
             .await
-            .and_then(Result::ok)
-            .ok_or(SignError::Signer)?;
+            .ok_or(SignError::Signer)??;
         Ok(SignedPayment {
             authorization,
             signature,
