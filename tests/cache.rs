@@ -258,6 +258,101 @@ async fn hit_miss_bypass_and_refresh() {
     }
 }
 
+/// A fresh hit is answered before pingora-cache runs; requests that need pingora-cache's hit
+/// logic (conditional, range) still get it. Both send the same response, from the memory tier
+/// and from Redis alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fresh_hits_answer_like_pingora_cache_hits() {
+    let origin = Origin::start().await;
+    let memory = Pag0::start(&config(&origin, "", ""));
+    fresh_and_pingora_hits_agree(&memory, &origin, "/mem", "memory").await;
+    let redis = PrivateRedis::start();
+    let extra = format!(
+        "redis:\n  url: {}\ncache:\n  memory_bytes: 0\n",
+        redis.url()
+    );
+    let redis_only = Pag0::start(&config(&origin, "", &extra));
+    fresh_and_pingora_hits_agree(&redis_only, &origin, "/redis", "redis").await;
+}
+
+async fn fresh_and_pingora_hits_agree(pag0: &Pag0, origin: &Origin, path: &str, tier: &str) {
+    let client = pag0.client("demo", DEMO_KEY);
+    let url = origin.url(&format!("{path}?etag=1&size=40&cc=max-age=60"));
+    let (s, c, stored) = call(client.get(&url)).await;
+    assert_eq!((s, c.as_str()), (200, "MISS"));
+
+    let headers = |resp: &reqwest::Response| {
+        let mut h: Vec<(String, String)> = resp
+            .headers()
+            .iter()
+            .filter(|(n, _)| !matches!(n.as_str(), "date" | "age"))
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        h.sort();
+        h
+    };
+    let fast = client.get(&url).send().await.unwrap();
+    assert!(
+        fast.headers().contains_key("age"),
+        "a stored answer has an Age"
+    );
+    let fast_headers = headers(&fast);
+    assert_eq!(fast.text().await.unwrap(), stored);
+    // If-Modified-Since (the stored answer has no Last-Modified: a full 200) goes through
+    // pingora-cache's own hit path.
+    let slow = client
+        .get(&url)
+        .header("if-modified-since", "Thu, 01 Jan 2026 00:00:00 GMT")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(slow.status(), 200);
+    assert!(slow.headers().contains_key("age"));
+    assert_eq!(headers(&slow), fast_headers);
+    assert!(
+        fast_headers.contains(&("x-pag0-cache".into(), "HIT".into())),
+        "{fast_headers:?}"
+    );
+    assert_eq!(slow.text().await.unwrap(), stored);
+
+    // Conditional and range requests on a stored entry.
+    let resp = client
+        .get(&url)
+        .header("if-none-match", "\"v1\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 304);
+    let resp = client
+        .get(&url)
+        .header("range", "bytes=0-3")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 206);
+    assert_eq!(resp.text().await.unwrap(), stored[..4]);
+
+    // HEAD has its own entry; a hit sends the stored length and no body.
+    for expected in ["MISS", "HIT"] {
+        let resp = client.head(&url).send().await.unwrap();
+        assert_eq!(header(&resp, "x-pag0-cache"), expected);
+        assert_eq!(header(&resp, "content-length"), stored.len().to_string());
+        assert_eq!(resp.bytes().await.unwrap().len(), 0);
+    }
+    assert_eq!(
+        origin.hits(path),
+        2,
+        "one GET and one HEAD reached the origin"
+    );
+    assert_eq!(origin.hits(&format!("{path} 304")), 0);
+
+    // Every hit above came from `tier`.
+    let metrics = pag0.admin(reqwest::Method::GET, "/metrics").await.1;
+    let line =
+        format!(r#"pag0_cache_requests_total{{project="demo",result="hit",tier="{tier}"}} 5"#);
+    assert!(metrics.contains(&line), "{line} missing in:\n{metrics}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paid_response_is_cached_and_served_without_paying() {
     let wall = Paywall::start().await;

@@ -100,12 +100,12 @@ mod tests {
     use bytes::Bytes;
 
     fn entry(i: usize, body: usize, ttl: Duration) -> Arc<Entry> {
-        Arc::new(Entry {
-            primary: format!("p.demo\nGET\nhttp://h/{i}\n"),
-            meta: [Bytes::from_static(b"m0"), Bytes::from_static(b"m1")],
-            body: Bytes::from(vec![b'x'; body]),
-            expires_at: SystemTime::now() + ttl,
-        })
+        Arc::new(Entry::new(
+            format!("p.demo\nGET\nhttp://h/{i}\n"),
+            [Bytes::from_static(b"m0"), Bytes::from_static(b"m1")],
+            Bytes::from(vec![b'x'; body]),
+            SystemTime::now() + ttl,
+        ))
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! `user_tag` and the first part of the entry id (`scope:hash`), so purges can select by scope
 //! and match URLs. This module knows nothing of requests or rules (see `stages::cache`).
 
+mod entry;
 mod memory;
 mod redis;
 pub mod stats;
@@ -30,29 +31,12 @@ use pingora::cache::{CacheKey, CacheMeta, Storage};
 use pingora::{Error, ErrorType, Result};
 use serde::{Deserialize, Serialize};
 
+pub use entry::{DecodedMetas, Entry, Ready};
 pub use memory::MemoryTier;
 pub use redis::{RedisTier, TierError};
 pub use stats::CacheStats;
 
 use crate::metrics::Metrics;
-
-/// One cached response.
-#[derive(Debug)]
-pub struct Entry {
-    /// `scope \n METHOD \n URL \n body-hash`.
-    pub primary: String,
-    /// `CacheMeta::serialize()`: internal meta, response header.
-    pub meta: [Bytes; 2],
-    pub body: Bytes,
-    /// When even a stale copy is useless (freshness plus the stale windows).
-    pub expires_at: SystemTime,
-}
-
-impl Entry {
-    pub fn size(&self) -> usize {
-        self.primary.len() + self.meta[0].len() + self.meta[1].len() + self.body.len()
-    }
-}
 
 /// (scope, method, url) of a primary key.
 pub fn primary_parts(primary: &str) -> (&str, &str, &str) {
@@ -66,6 +50,26 @@ pub fn primary_parts(primary: &str) -> (&str, &str, &str) {
 /// Builds the primary key (see the module docs). None of the parts contains a newline.
 pub fn primary_key(scope: &str, method: &str, url: &str, body_hash: &str) -> String {
     format!("{scope}\n{method}\n{url}\n{body_hash}")
+}
+
+/// An entry and the tier that had it.
+pub type Found = Option<(Arc<Entry>, Tier)>;
+
+/// What the cache stage's lookup found when it could not answer itself, carried in the
+/// [`CacheKey`]'s extensions so that pingora-cache's lookup does not ask the tiers again.
+/// Only the first lookup takes it: after waiting on the cache lock pingora-cache looks up
+/// again, and must see what the request holding the lock stored.
+#[derive(Debug, Clone)]
+pub struct Prefetched(Arc<std::sync::Mutex<Option<Found>>>);
+
+impl Prefetched {
+    pub fn new(found: Found) -> Prefetched {
+        Prefetched(Arc::new(std::sync::Mutex::new(Some(found))))
+    }
+
+    fn take(&self) -> Option<Found> {
+        self.0.lock().expect("prefetch lock").take()
+    }
 }
 
 /// When the request that may fill an entry started, carried in the [`CacheKey`]'s extensions:
@@ -102,6 +106,8 @@ pub struct StoreSettings {
 pub struct CacheStore {
     memory: Option<MemoryTier>,
     redis: Option<Arc<RedisTier>>,
+    /// Without a memory tier: the decoded metas of recent Redis hits.
+    decoded: Option<DecodedMetas>,
     metrics: Arc<Metrics>,
     /// Purges of the last [`PURGE_MEMORY`], so a fill that started before one of them is not
     /// stored after it (it would bring the purged answer back).
@@ -111,6 +117,8 @@ pub struct CacheStore {
 /// How long a purge is remembered against fills still in flight (longer than any upstream
 /// answer may take).
 const PURGE_MEMORY: Duration = Duration::from_secs(600);
+/// Bound of [`DecodedMetas`] (headers only).
+const DECODED_METAS_BYTES: u64 = 8 << 20;
 /// Most purges remembered at once (older ones are forgotten first).
 const MAX_RECENT_PURGES: usize = 1_000;
 
@@ -165,8 +173,11 @@ impl CacheStore {
             Some((url, prefix, timeout)) => Some(Arc::new(RedisTier::new(url, prefix, *timeout)?)),
             None => None,
         };
+        let memory = (settings.memory_bytes > 0).then(|| MemoryTier::new(settings.memory_bytes));
         Ok(CacheStore {
-            memory: (settings.memory_bytes > 0).then(|| MemoryTier::new(settings.memory_bytes)),
+            decoded: (memory.is_none() && redis.is_some())
+                .then(|| DecodedMetas::new(DECODED_METAS_BYTES)),
+            memory,
             redis,
             metrics,
             recent_purges: Default::default(),
@@ -212,6 +223,17 @@ impl CacheStore {
         if let TierError::Failed(e) = e {
             log::debug!("cache {op}: {e}");
         }
+    }
+
+    /// Looks `key` up in memory, then Redis (a Redis hit is copied into memory), for the cache
+    /// stage's own hit path; what it found goes on to pingora-cache's lookup as [`Prefetched`].
+    pub async fn find_entry(&self, key: &CacheKey) -> Found {
+        let id = entry_id(&key.user_tag, &key.combined());
+        let found = self.find(&id).await;
+        if let (Some((entry, Tier::Redis)), Some(decoded)) = (&found, &self.decoded) {
+            decoded.apply(&id, entry);
+        }
+        found
     }
 
     async fn find(&self, id: &str) -> Option<(Arc<Entry>, Tier)> {
@@ -350,7 +372,12 @@ impl Storage for CacheStore {
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let id = entry_id(&key.user_tag, &key.combined());
-        let Some((entry, tier)) = self.find(&id).await else {
+        let prefetched = key.extensions.get::<Prefetched>().and_then(|p| p.take());
+        let found = match prefetched {
+            Some(found) => found,
+            None => self.find(&id).await,
+        };
+        let Some((entry, tier)) = found else {
             return Ok(None);
         };
         let meta = match CacheMeta::deserialize(&entry.meta[0], &entry.meta[1]) {
@@ -432,12 +459,12 @@ impl Storage for CacheStore {
         {
             m.insert(
                 id.clone(),
-                Arc::new(Entry {
-                    primary: old.primary.clone(),
-                    meta: blobs.clone(),
-                    body: old.body.clone(),
+                Arc::new(Entry::new(
+                    old.primary.clone(),
+                    blobs.clone(),
+                    old.body.clone(),
                     expires_at,
-                }),
+                )),
             );
             updated = true;
         }
@@ -535,12 +562,7 @@ impl HandleMiss for Miss {
             body,
             expires_at,
         } = *self;
-        let entry = Entry {
-            primary,
-            meta,
-            body: body.freeze(),
-            expires_at,
-        };
+        let entry = Entry::new(primary, meta, body.freeze(), expires_at);
         let size = entry.size();
         store.put(id, entry, started).await;
         Ok(MissFinishType::Created(size))

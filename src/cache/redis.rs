@@ -146,12 +146,12 @@ impl RedisTier {
         if expires_ms <= unix_millis() {
             return Ok(None);
         }
-        Ok(Some(Entry {
-            primary: String::from_utf8_lossy(&u).into_owned(),
-            meta: [Bytes::from(m0), Bytes::from(m1)],
-            body: Bytes::from(b),
-            expires_at: UNIX_EPOCH + Duration::from_millis(expires_ms),
-        }))
+        Ok(Some(Entry::new(
+            String::from_utf8_lossy(&u).into_owned(),
+            [Bytes::from(m0), Bytes::from(m1)],
+            Bytes::from(b),
+            UNIX_EPOCH + Duration::from_millis(expires_ms),
+        )))
     }
 
     /// Writes `entry` (one pipeline: HSET + PEXPIREAT).

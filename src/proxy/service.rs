@@ -53,6 +53,30 @@ impl Pag0Proxy {
     }
 }
 
+impl Pag0Proxy {
+    /// Sends a stored response the cache stage found in `request_filter`, through the stages'
+    /// response hooks like any hit pingora-cache serves (`X-Pag0-Cache`, saved price,
+    /// idempotency capture); `logging` follows as for every request.
+    async fn serve_stored(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        mut header: Box<ResponseHeader>,
+        body: bytes::Bytes,
+    ) -> Result<()> {
+        let live = ctx.live.clone();
+        live.pipeline.response_filter(&mut header, ctx).await?;
+        let header_only = session.req_header().method == http::Method::HEAD;
+        session.write_response_header(header, header_only).await?;
+        if !header_only {
+            let mut body = Some(body);
+            live.pipeline.response_body_filter(&mut body, true, ctx);
+            session.write_response_body(body, true).await?;
+        }
+        Ok(())
+    }
+}
+
 /// Maps a Pingora error to the JSON code pag0 answers with (`None`: the client is gone).
 fn classify_error(e: &Error) -> Option<ErrorCode> {
     use ErrorType::*;
@@ -122,6 +146,12 @@ impl ProxyHttp for Pag0Proxy {
             ctx.target.as_ref().map(|t| &t.kind),
             Some(TargetKind::Connect)
         ) {
+            if let Some(cache) = live.pipeline.cache()
+                && let Some((header, body)) = cache.fresh_hit(session.req_header(), ctx).await
+            {
+                self.serve_stored(session, ctx, header, body).await?;
+                return Ok(true);
+            }
             return Ok(false);
         }
         match tunnel::plan(session.req_header(), ctx, &self.shared).await {

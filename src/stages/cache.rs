@@ -35,7 +35,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Flow, Stage};
 use crate::cache::stats::Outcome;
-use crate::cache::{CacheStats, CacheStore, FillStarted, Hit, Tier, primary_key};
+use crate::cache::{CacheStats, CacheStore, FillStarted, Hit, Prefetched, Tier, primary_key};
 use crate::config::{CacheRules, RouteCache};
 use crate::metrics::Metrics;
 use crate::proxy::{RequestCtx, Target, TargetKind};
@@ -70,6 +70,8 @@ pub struct CacheState {
     pub bytes_served: u64,
     /// The upstream answered `304 Not Modified` to a revalidation.
     pub not_modified: bool,
+    /// What [`CacheStage::fresh_hit`] found but could not serve, for pingora-cache's lookup.
+    pub prefetched: Option<Prefetched>,
 }
 
 /// How one request uses the cache.
@@ -281,13 +283,82 @@ impl CacheStage {
     }
 
     /// Runs in `cache_key_callback` (only for requests [`enable`](Self::enable) accepted).
-    pub fn key(&self, ctx: &RequestCtx) -> pingora::Result<CacheKey> {
+    pub fn key(&self, ctx: &mut RequestCtx) -> pingora::Result<CacheKey> {
+        let prefetched = ctx.cache.prefetched.take();
         let lookup = ctx.cache.lookup.as_ref().ok_or_else(|| {
             pingora::Error::explain(pingora::ErrorType::InternalError, "cache not decided")
         })?;
         let mut key = CacheKey::new(lookup.primary.as_str(), lookup.scope.as_str());
         key.extensions.insert(FillStarted(SystemTime::now()));
+        if let Some(prefetched) = prefetched {
+            key.extensions.insert(prefetched);
+        }
         Ok(key)
+    }
+
+    /// Runs at the end of `request_filter`, once every stage let the request through: finds a
+    /// fresh entry and returns the response to send (the header as pingora-cache would send
+    /// it, the body), without pingora-cache's hit state machine and the meta decoding it does
+    /// on every hit. What it could not answer exactly like pingora-cache (a refresh,
+    /// conditional and range requests, `Vary`, stale entries) is left to pingora-cache,
+    /// which runs next.
+    pub async fn fresh_hit(
+        &self,
+        req: &RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Option<(Box<ResponseHeader>, bytes::Bytes)> {
+        use http::header::{IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, RANGE};
+        use http::header::{IF_UNMODIFIED_SINCE, TRANSFER_ENCODING};
+        let lookup = ctx.cache.lookup.as_ref()?;
+        if lookup.refresh || !matches!(req.method, http::Method::GET | http::Method::HEAD) {
+            return None;
+        }
+        let conditional = [
+            RANGE,
+            IF_RANGE,
+            IF_NONE_MATCH,
+            IF_MODIFIED_SINCE,
+            IF_MATCH,
+            IF_UNMODIFIED_SINCE,
+        ];
+        if conditional.iter().any(|h| req.headers.contains_key(h)) {
+            return None;
+        }
+        let key = CacheKey::new(lookup.primary.as_str(), lookup.scope.as_str());
+        let found = self.store.find_entry(&key).await;
+        let fresh = found.as_ref().and_then(|(entry, tier)| {
+            let ready = entry.ready()?;
+            (ready.fresh_until >= SystemTime::now()).then_some((entry, ready, *tier))
+        });
+        let Some((entry, ready, tier)) = fresh else {
+            ctx.cache.prefetched = Some(Prefetched::new(found));
+            return None;
+        };
+        // The header pingora-cache's hit path sends: with `Age`, as HTTP/1.1, chunked when the
+        // stored response has no length, `Accept-Ranges` on a 200 of known length.
+        let mut header = Box::new(ready.header.clone());
+        let age = SystemTime::now()
+            .duration_since(ready.epoch)
+            .unwrap_or_default();
+        header
+            .insert_header(http::header::AGE, age.as_secs())
+            .ok()?;
+        header.set_version(http::Version::HTTP_11);
+        let no_body =
+            matches!(header.status.as_u16(), 204 | 304) || header.status.is_informational();
+        let length = header.headers.get(http::header::CONTENT_LENGTH);
+        if length.is_some_and(|l| l.to_str().is_ok_and(|l| l.parse::<usize>().is_ok()))
+            && header.status == http::StatusCode::OK
+        {
+            header
+                .insert_header(http::header::ACCEPT_RANGES, "bytes")
+                .ok()?;
+        } else if !no_body && length.is_none() {
+            header.insert_header(TRANSFER_ENCODING, "chunked").ok()?;
+        }
+        ctx.cache.tier = Some(tier);
+        self.observe(CachePhase::Hit, ctx);
+        Some((header, entry.body.clone()))
     }
 
     /// Runs in `cache_hit_filter` when an entry was found: notes the tier; an agent's refresh
