@@ -159,8 +159,15 @@ pub struct StoreUsage {
     pub redis_up: Option<bool>,
 }
 
-fn entry_id(user_tag: &str, combined_hex: &str) -> String {
-    format!("{user_tag}:{combined_hex}")
+/// `scope:hash`, the hash being pingora-cache's `combined()` hex (written without its
+/// per-byte formatting: this runs on every lookup).
+fn entry_id(key: &impl CacheHashKey) -> String {
+    let hash = key.combined_bin();
+    let mut id = String::with_capacity(key.user_tag().len() + 1 + 2 * hash.len());
+    id.push_str(key.user_tag());
+    id.push(':');
+    id.push_str(&hex::encode(hash));
+    id
 }
 
 fn internal(context: &'static str, e: impl std::fmt::Display) -> Box<Error> {
@@ -228,7 +235,7 @@ impl CacheStore {
     /// Looks `key` up in memory, then Redis (a Redis hit is copied into memory), for the cache
     /// stage's own hit path; what it found goes on to pingora-cache's lookup as [`Prefetched`].
     pub async fn find_entry(&self, key: &CacheKey) -> Found {
-        let id = entry_id(&key.user_tag, &key.combined());
+        let id = entry_id(key);
         let found = self.find(&id).await;
         if let (Some((entry, Tier::Redis)), Some(decoded)) = (&found, &self.decoded) {
             decoded.apply(&id, entry);
@@ -371,7 +378,7 @@ impl Storage for CacheStore {
         key: &CacheKey,
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let id = entry_id(&key.user_tag, &key.combined());
+        let id = entry_id(key);
         let prefetched = key.extensions.get::<Prefetched>().and_then(|p| p.take());
         let found = match prefetched {
             Some(found) => found,
@@ -413,7 +420,7 @@ impl Storage for CacheStore {
                 .extensions
                 .get::<FillStarted>()
                 .map_or(meta.created(), |s| s.0),
-            id: entry_id(&key.user_tag, &key.combined()),
+            id: entry_id(key),
             primary: key.primary_key_str().unwrap_or_default().to_string(),
             meta: [Bytes::from(m0), Bytes::from(m1)],
             body: BytesMut::new(),
@@ -428,7 +435,7 @@ impl Storage for CacheStore {
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
         let key: &CompactCacheKey = target.key();
-        let id = entry_id(&key.user_tag, &key.combined());
+        let id = entry_id(key);
         let mut found = self.memory.as_ref().is_some_and(|m| m.remove(&id));
         if let Some(redis) = &self.redis {
             found |= redis.remove(&id).await.map_err(|e| internal("purge", e))?;
@@ -446,7 +453,7 @@ impl Storage for CacheStore {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<bool> {
-        let id = entry_id(&key.user_tag, &key.combined());
+        let id = entry_id(key);
         let (m0, m1) = meta.serialize()?;
         let blobs = [Bytes::from(m0), Bytes::from(m1)];
         let stale = meta
@@ -566,5 +573,20 @@ impl HandleMiss for Miss {
         let size = entry.size();
         store.put(id, entry, started).await;
         Ok(MissFinishType::Created(size))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ids name Redis keys that other instances and earlier versions wrote: they must stay
+    /// `scope:` + pingora-cache's own hex of the combined hash.
+    #[test]
+    fn entry_ids_are_scope_and_pingora_hex() {
+        let key = CacheKey::new(primary_key("p.demo", "GET", "http://h/x", ""), "p.demo");
+        assert_eq!(entry_id(&key), format!("p.demo:{}", key.combined()));
+        let compact = key.to_compact();
+        assert_eq!(entry_id(&compact), entry_id(&key));
     }
 }

@@ -105,22 +105,22 @@ pub fn normalize_url(raw: &str) -> Result<String, String> {
         return Err(invalid("contains spaces or control characters"));
     }
     let (scheme, rest) = raw.split_once("://").ok_or_else(|| invalid("no scheme"))?;
-    let scheme = scheme.to_ascii_lowercase();
-    let default_port = match scheme.as_str() {
-        "http" => 80,
-        "https" => 443,
-        _ => return Err(invalid("scheme must be http or https")),
+    let (scheme, default_port) = if scheme.eq_ignore_ascii_case("http") {
+        ("http", 80)
+    } else if scheme.eq_ignore_ascii_case("https") {
+        ("https", 443)
+    } else {
+        return Err(invalid("scheme must be http or https"));
     };
     let rest = rest.split('#').next().unwrap_or("");
     let split = rest.find(['/', '?']).unwrap_or(rest.len());
     let (authority, target) = rest.split_at(split);
-    let authority = authority.to_ascii_lowercase();
     let (host, port) = match authority.rsplit_once(':') {
         Some((h, p)) if !h.is_empty() && (!h.contains(':') || h.ends_with(']')) => {
             let port: u16 = p.parse().map_err(|_| invalid("bad port"))?;
-            (h.to_string(), Some(port))
+            (h, Some(port))
         }
-        _ => (authority.clone(), None),
+        _ => (authority, None),
     };
     if host.is_empty() || host.contains(['@', '/']) {
         return Err(invalid("no host"));
@@ -129,17 +129,22 @@ pub fn normalize_url(raw: &str) -> Result<String, String> {
         Some((p, q)) => (p, Some(q)),
         None => (target, None),
     };
-    let mut out = format!("{scheme}://{host}");
+    // Built in place: this runs on every request the cache takes part in.
+    let mut out = String::with_capacity(raw.len() + 1);
+    out.push_str(scheme);
+    out.push_str("://");
+    out.extend(host.chars().map(|c| c.to_ascii_lowercase()));
     if let Some(port) = port.filter(|p| *p != default_port) {
-        out.push_str(&format!(":{port}"));
+        out.push(':');
+        out.push_str(&port.to_string());
     }
     out.push_str(if path.is_empty() { "/" } else { path });
     if let Some(query) = query {
         let mut params: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
         params.sort_by_key(|p| p.split('=').next().unwrap_or(""));
-        if !params.is_empty() {
-            out.push('?');
-            out.push_str(&params.join("&"));
+        for (i, param) in params.iter().enumerate() {
+            out.push(if i == 0 { '?' } else { '&' });
+            out.push_str(param);
         }
     }
     Ok(out)
