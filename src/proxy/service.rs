@@ -51,9 +51,7 @@ impl Pag0Proxy {
         reply.send(session).await?;
         Ok(true)
     }
-}
 
-impl Pag0Proxy {
     /// Sends a stored response the cache stage found in `request_filter`, through the stages'
     /// response hooks like any hit pingora-cache serves (`X-Pag0-Cache`, saved price,
     /// idempotency capture); `logging` follows as for every request.

@@ -11,8 +11,9 @@
 //!        ├─ policy       the project's host allow/block lists
 //!        ├─ idempotency  replay the first paid response of a repeated Idempotency-Key
 //!        ├─ cache        decide whether the cache takes part; key (scope, method, URL, body)
-//!        └─ payment      note an agent's own payment header (relay mode: check it)
-//!  cache phase ───────── lookup in memory, then Redis; a hit is served here (no payment)
+//!        ├─ payment      note an agent's own payment header (relay mode: check it)
+//!        └─ (after them) a fresh cache hit for a plain GET/HEAD is sent here (no payment)
+//!  cache phase ───────── pingora-cache: conditional/range hits, stale, Vary, misses, lock
 //!  proxy_upstream_filter (misses only) before_upstream: payment pre-signs a remembered price
 //!  upstream_peer ─────── async DNS (unless a stage resolved already), pooled connection, TLS+SNI
 //!  upstream_request_filter  origin-form target, Host, pag0's own headers stripped
