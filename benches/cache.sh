@@ -2,7 +2,8 @@
 # Cache-hit throughput and latency, side by side in one run on this machine: nginx proxy_cache
 # hits, pag0 hits from the memory tier, pag0 hits from Redis only (memory tier off), and pag0's
 # pass-through (no cache stage) to the same upstream, and a bare Pingora answering every request
-# itself (benches/pingora.rs: the ceiling for a response served from Pingora's request_filter).
+# itself (benches/pingora.rs: the ceiling for a response served from Pingora's request_filter),
+# and one answering with a body it first reads from Redis (the ceiling for a Redis-only hit).
 # Ratios matter; absolute numbers depend on the box.
 #
 #   benches/cache.sh                 # DURATION=10 THREADS=1 CONNS=50 by default
@@ -53,8 +54,10 @@ cache:
 RED=$PAG0_PORT; RED_ADM=$PAG0_ADMIN
 PA=$(port)
 "$BARE" answer "127.0.0.1:$PA" "$THREADS" >/dev/null 2>&1 & pids+=($!)
+PR=$(port)
+"$BARE" answer-redis "127.0.0.1:$PR" "$REDIS_URL" "$THREADS" >/dev/null 2>&1 & pids+=($!)
 
-for p in $UP $NGX $PASS $MEM $RED $PA; do wait_port "$p"; done
+for p in $UP $NGX $PASS $MEM $RED $PA $PR; do wait_port "$p"; done
 h=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$NGX/")
 [ "$h" = 200 ] || { echo "nginx proxy_cache answers $h; see $work/cache.err" >&2; cat "$work/cache.err" >&2; exit 1; }
 
@@ -64,17 +67,19 @@ LUA
 
 # Warm-up: fills every cache, opens the pools.
 wrk -t1 -c10 -d2s "http://127.0.0.1:$NGX/" >/dev/null
+wrk -t1 -c10 -d2s "http://127.0.0.1:$PR/" >/dev/null
 for p in $PASS $MEM $RED; do wrk -t1 -c10 -d2s -s "$work/reverse.lua" "http://127.0.0.1:$p/" >/dev/null; done
 for p in $MEM $RED; do
   h=$(curl -s -o /dev/null -D - -H "X-Pag0-API-Key: $KEY" "http://127.0.0.1:$p/" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-pag0-cache" {print $2}')
   [ "$h" = HIT ] || { echo "pag0 on $p does not answer from its cache (X-Pag0-Cache: $h)" >&2; exit 1; }
 done
 
-targets="nginx-cache-hit pingora-answer pag0-memory-hit pag0-redis-hit pag0-pass-through"
+targets="nginx-cache-hit pingora-answer pag0-memory-hit pingora-redis-answer pag0-redis-hit pag0-pass-through"
 for target in $targets; do
   case $target in
     nginx-cache-hit) url="http://127.0.0.1:$NGX/"; lua="" ;;
     pingora-answer) url="http://127.0.0.1:$PA/"; lua="" ;;
+    pingora-redis-answer) url="http://127.0.0.1:$PR/"; lua="" ;;
     pag0-memory-hit) url="http://127.0.0.1:$MEM/"; lua="$work/reverse.lua" ;;
     pag0-redis-hit) url="http://127.0.0.1:$RED/"; lua="$work/reverse.lua" ;;
     pag0-pass-through) url="http://127.0.0.1:$PASS/"; lua="$work/reverse.lua" ;;
@@ -86,9 +91,9 @@ curl -s -o /dev/null -X POST -H "Authorization: Bearer $TOKEN" -d '{"pattern":"*
 
 echo
 echo "pag0 cache benchmark  $(date -u +%Y-%m-%dT%H:%MZ)  $(nproc) cores  threads/workers=$THREADS  duration=${DURATION}s"
-printf "%-18s %12s %10s   %14s %12s\n" target "req/s" "p99 ms" "paced req/s" "paced p99"
+printf "%-20s %12s %10s   %14s %12s\n" target "req/s" "p99 ms" "paced req/s" "paced p99"
 for t in $targets; do
-  printf "%-18s %12s %10s   %14s %12s\n" "$t" "${RPS[$t]}" "${P99[$t]}" "${PRPS[$t]}" "${PP99[$t]}"
+  printf "%-20s %12s %10s   %14s %12s\n" "$t" "${RPS[$t]}" "${P99[$t]}" "${PRPS[$t]}" "${PP99[$t]}"
 done
 echo
 echo "ratios (saturation req/s):"
@@ -96,4 +101,6 @@ echo "  pag0-memory-hit / nginx-cache-hit   = $(ratio "${RPS[pag0-memory-hit]}" 
 echo "  pag0-redis-hit  / nginx-cache-hit   = $(ratio "${RPS[pag0-redis-hit]}" "${RPS[nginx-cache-hit]}")"
 echo "  pingora-answer  / nginx-cache-hit   = $(ratio "${RPS[pingora-answer]}" "${RPS[nginx-cache-hit]}")"
 echo "  pag0-memory-hit / pingora-answer    = $(ratio "${RPS[pag0-memory-hit]}" "${RPS[pingora-answer]}")"
+echo "  pingora-redis-answer / nginx-cache-hit = $(ratio "${RPS[pingora-redis-answer]}" "${RPS[nginx-cache-hit]}")"
+echo "  pag0-redis-hit / pingora-redis-answer  = $(ratio "${RPS[pag0-redis-hit]}" "${RPS[pingora-redis-answer]}")"
 echo "  pag0-memory-hit / pag0-pass-through = $(ratio "${RPS[pag0-memory-hit]}" "${RPS[pag0-pass-through]}")"

@@ -7,6 +7,8 @@
 //! * `answer <listen> [threads]`: answers every request from `request_filter` with the same
 //!   64-byte body as the bench upstream (the ceiling for anything pag0 serves itself, such as a
 //!   cache hit).
+//! * `answer-redis <listen> <redis-url> [threads]`: the same, but every answer's body is first
+//!   read from Redis with one `GET` (the ceiling for a cache hit served from Redis alone).
 
 use std::net::SocketAddr;
 
@@ -17,6 +19,8 @@ use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session, http_proxy_service};
 use pingora::server::configuration::ServerConf;
 use pingora::upstreams::peer::HttpPeer;
+use redis::AsyncCommands;
+use redis::aio::ConnectionManager;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -27,6 +31,33 @@ const BODY: &[u8] = b"0123456789012345678901234567890123456789012345678901234567
 struct Bare {
     /// `None`: answer every request itself.
     upstream: Option<SocketAddr>,
+    /// Answer with the body read from Redis (connected on first use, on Pingora's runtime).
+    redis: Option<(redis::Client, tokio::sync::OnceCell<ConnectionManager>)>,
+}
+
+/// The key `answer-redis` reads (set once at start, expires by itself).
+fn redis_key() -> String {
+    format!("pag0-bench:answer:{}", std::process::id())
+}
+
+impl Bare {
+    async fn body(&self) -> Result<Bytes> {
+        let Some((client, connection)) = &self.redis else {
+            return Ok(Bytes::from_static(BODY));
+        };
+        let redis_error = |e: redis::RedisError| Error::explain(InternalError, e.to_string());
+        let mut con = connection
+            .get_or_try_init(|| async {
+                let mut con = ConnectionManager::new(client.clone()).await?;
+                let _: () = con.set_ex(redis_key(), BODY, 3600).await?;
+                Ok(con)
+            })
+            .await
+            .map_err(redis_error)?
+            .clone();
+        let body: Vec<u8> = con.get(redis_key()).await.map_err(redis_error)?;
+        Ok(Bytes::from(body))
+    }
 }
 
 #[async_trait]
@@ -39,14 +70,13 @@ impl ProxyHttp for Bare {
         if self.upstream.is_some() {
             return Ok(false);
         }
+        let body = self.body().await?;
         let mut header = ResponseHeader::build(200, Some(1))?;
-        header.insert_header("content-length", BODY.len())?;
+        header.insert_header("content-length", body.len())?;
         session
             .write_response_header(Box::new(header), false)
             .await?;
-        session
-            .write_response_body(Some(Bytes::from_static(BODY)), true)
-            .await?;
+        session.write_response_body(Some(body), true).await?;
         Ok(true)
     }
 
@@ -62,16 +92,22 @@ fn main() {
         .filter(|a| a != "--bench")
         .collect();
     let arg = |i: usize| args.get(i).map(String::as_str);
-    let (listen, upstream, threads) = match arg(0) {
+    let (listen, upstream, redis, threads) = match arg(0) {
         Some("proxy") => (
             arg(1),
             arg(2).map(|u| u.parse().expect("upstream ip:port")),
+            None,
             arg(3),
         ),
-        Some("answer") => (arg(1), None, arg(2)),
+        Some("answer") => (arg(1), None, None, arg(2)),
+        Some("answer-redis") => {
+            let client = redis::Client::open(arg(2).expect("a Redis URL")).expect("Redis URL");
+            let redis = Some((client, tokio::sync::OnceCell::new()));
+            (arg(1), None, redis, arg(3))
+        }
         _ => {
             eprintln!(
-                "usage: pingora proxy <listen> <upstream> [threads] | answer <listen> [threads]"
+                "usage: pingora proxy <listen> <upstream> [threads] | answer <listen> [threads] | answer-redis <listen> <redis-url> [threads]"
             );
             std::process::exit(2);
         }
@@ -82,7 +118,7 @@ fn main() {
         ..Default::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
-    let mut service = http_proxy_service(&server.configuration, Bare { upstream });
+    let mut service = http_proxy_service(&server.configuration, Bare { upstream, redis });
     service.add_tcp(listen);
     server.add_service(service);
     server.run_forever();
