@@ -32,30 +32,37 @@ struct Bare {
     /// `None`: answer every request itself.
     upstream: Option<SocketAddr>,
     /// Answer with the body read from Redis (connected on first use, on Pingora's runtime).
-    redis: Option<(redis::Client, tokio::sync::OnceCell<ConnectionManager>)>,
+    redis: Option<RedisBody>,
 }
 
-/// The key `answer-redis` reads (set once at start, expires by itself).
-fn redis_key() -> String {
-    format!("pag0-bench:answer:{}", std::process::id())
+struct RedisBody {
+    client: redis::Client,
+    connection: tokio::sync::OnceCell<ConnectionManager>,
+    /// The key read per request (set on connecting, expires by itself).
+    key: String,
 }
 
 impl Bare {
     async fn body(&self) -> Result<Bytes> {
-        let Some((client, connection)) = &self.redis else {
+        let Some(RedisBody {
+            client,
+            connection,
+            key,
+        }) = &self.redis
+        else {
             return Ok(Bytes::from_static(BODY));
         };
         let redis_error = |e: redis::RedisError| Error::explain(InternalError, e.to_string());
         let mut con = connection
             .get_or_try_init(|| async {
                 let mut con = ConnectionManager::new(client.clone()).await?;
-                let _: () = con.set_ex(redis_key(), BODY, 3600).await?;
+                let _: () = con.set_ex(key, BODY, 3600).await?;
                 Ok(con)
             })
             .await
             .map_err(redis_error)?
             .clone();
-        let body: Vec<u8> = con.get(redis_key()).await.map_err(redis_error)?;
+        let body: Vec<u8> = con.get(key).await.map_err(redis_error)?;
         Ok(Bytes::from(body))
     }
 }
@@ -102,7 +109,11 @@ fn main() {
         Some("answer") => (arg(1), None, None, arg(2)),
         Some("answer-redis") => {
             let client = redis::Client::open(arg(2).expect("a Redis URL")).expect("Redis URL");
-            let redis = Some((client, tokio::sync::OnceCell::new()));
+            let redis = Some(RedisBody {
+                client,
+                connection: tokio::sync::OnceCell::new(),
+                key: format!("pag0-bench:answer:{}", std::process::id()),
+            });
             (arg(1), None, redis, arg(3))
         }
         _ => {

@@ -300,10 +300,9 @@ async fn fresh_and_pingora_hits_agree(pag0: &Pag0, origin: &Origin, path: &str, 
     assert_eq!(fast.text().await.unwrap(), stored);
     // If-Modified-Since (the stored answer has no Last-Modified: a full 200) goes through
     // pingora-cache's own hit path.
-    let slow = client
-        .get(&url)
-        .header("if-modified-since", "Thu, 01 Jan 2026 00:00:00 GMT")
-        .send()
+    let get_with =
+        |name: &'static str, value: &'static str| client.get(&url).header(name, value).send();
+    let slow = get_with("if-modified-since", "Thu, 01 Jan 2026 00:00:00 GMT")
         .await
         .unwrap();
     assert_eq!(slow.status(), 200);
@@ -316,19 +315,9 @@ async fn fresh_and_pingora_hits_agree(pag0: &Pag0, origin: &Origin, path: &str, 
     assert_eq!(slow.text().await.unwrap(), stored);
 
     // Conditional and range requests on a stored entry.
-    let resp = client
-        .get(&url)
-        .header("if-none-match", "\"v1\"")
-        .send()
-        .await
-        .unwrap();
+    let resp = get_with("if-none-match", "\"v1\"").await.unwrap();
     assert_eq!(resp.status(), 304);
-    let resp = client
-        .get(&url)
-        .header("range", "bytes=0-3")
-        .send()
-        .await
-        .unwrap();
+    let resp = get_with("range", "bytes=0-3").await.unwrap();
     assert_eq!(resp.status(), 206);
     assert_eq!(resp.text().await.unwrap(), stored[..4]);
 

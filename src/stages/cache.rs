@@ -16,6 +16,7 @@
 //!   `Cache-Control: no-cache` (not read, the fresh answer is stored); a request that carries
 //!   its own payment header is never answered from the cache.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -135,8 +136,7 @@ pub fn normalize_url(raw: &str) -> Result<String, String> {
     out.push_str("://");
     out.extend(host.chars().map(|c| c.to_ascii_lowercase()));
     if let Some(port) = port.filter(|p| *p != default_port) {
-        out.push(':');
-        out.push_str(&port.to_string());
+        let _ = write!(out, ":{port}");
     }
     out.push_str(if path.is_empty() { "/" } else { path });
     if let Some(query) = query {
