@@ -23,6 +23,7 @@ pub mod policy;
 pub mod proxy;
 pub mod ratelimit;
 pub mod redis_client;
+pub mod sched;
 pub mod server;
 pub mod settle;
 pub mod stages;

@@ -82,13 +82,18 @@ impl Shared {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("pag0-state")
+            .on_thread_start(crate::sched::background_thread)
             .enable_all()
             .build()?;
-        // block_on from a thread of our own: the caller may itself run inside a runtime.
+        // block_on from a thread of our own: the caller may itself run inside a runtime. The
+        // database's worker threads (SQLite) start from here and inherit its priority.
         let store = std::thread::scope(|s| {
-            s.spawn(|| rt.block_on(Store::open(&config.database)))
-                .join()
-                .expect("store open does not panic")
+            s.spawn(|| {
+                crate::sched::background_thread();
+                rt.block_on(Store::open(&config.database))
+            })
+            .join()
+            .expect("store open does not panic")
         })
         .map_err(|e| anyhow::anyhow!("database: {e}"))?;
         let store = Arc::new(store);

@@ -26,6 +26,9 @@ pub struct Metrics {
     /// `pag0_payments_total{project,outcome}`: 402s paid (`signed`), `declined`, or whose paid
     /// attempt was refused again (`rejected`).
     pub payments: IntCounterVec,
+    /// `pag0_signatures_total{project,source}`: payment signatures pag0 made, taken from the
+    /// pre-signed `stock` or signed `fresh` for the call.
+    pub signatures: IntCounterVec,
     /// `pag0_policy_violations_total{project,code,enforced}`: policy decisions that refused
     /// (`enforced="false"`: dry run, the request went on).
     pub policy_violations: IntCounterVec,
@@ -99,6 +102,14 @@ impl Metrics {
                 "x402 payment decisions by project and outcome",
             ),
             &["project", "outcome"],
+        )
+        .expect("valid metric");
+        let signatures = IntCounterVec::new(
+            Opts::new(
+                "pag0_signatures_total",
+                "Payment signatures by project and source (stock: pre-signed, fresh)",
+            ),
+            &["project", "source"],
         )
         .expect("valid metric");
         let policy_violations = IntCounterVec::new(
@@ -194,6 +205,7 @@ impl Metrics {
             Box::new(stage_rejections.clone()),
             Box::new(upstream_errors.clone()),
             Box::new(payments.clone()),
+            Box::new(signatures.clone()),
             Box::new(policy_violations.clone()),
             Box::new(budget_operations.clone()),
             Box::new(approvals.clone()),
@@ -216,6 +228,7 @@ impl Metrics {
             stage_rejections,
             upstream_errors,
             payments,
+            signatures,
             policy_violations,
             budget_operations,
             approvals,

@@ -12,6 +12,7 @@ const DOCUMENTED_METRICS: &[&str] = &[
     "pag0_stage_rejections_total",
     "pag0_upstream_errors_total",
     "pag0_payments_total",
+    "pag0_signatures_total",
     "pag0_policy_violations_total",
     "pag0_budget_operations_total",
     "pag0_approvals_total",

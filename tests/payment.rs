@@ -298,6 +298,45 @@ async fn price_memory_makes_repeat_calls_one_round_trip() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_repeat_calls_is_paid_with_presigned_authorizations() {
+    let wall = Paywall::start().await;
+    let pag0 = Pag0::start(&config());
+    let client = pag0.client("demo", DEMO_KEY);
+    let calls: usize = 40;
+    for call in 1..=calls {
+        let resp = client.get(wall.url("/paid")).send().await.unwrap();
+        assert_eq!(
+            resp.status(),
+            StatusCode::OK,
+            "call {call}: {:?}",
+            wall.stats()
+        );
+        assert_eq!(header(&resp, "x-pag0-paid").as_deref(), Some("true"));
+    }
+    // The paywall recovered every signer and checked each window (never beyond
+    // maxTimeoutSeconds, though signed ahead) and that no nonce came twice.
+    let stats = wall.stats();
+    assert_eq!(
+        (stats.paid, stats.requests),
+        (calls, calls + 1),
+        "{stats:?}"
+    );
+    assert!(stats.invalid.is_empty(), "{:?}", stats.invalid);
+    let (_, metrics) = pag0.admin(reqwest::Method::GET, "/metrics").await;
+    let count = |source: &str| -> u64 {
+        let line = format!(r#"pag0_signatures_total{{project="demo",source="{source}"}} "#);
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(line.as_str()))
+            .map_or(0, |n| n.parse().unwrap())
+    };
+    assert_eq!(count("stock") + count("fresh"), calls as u64, "{metrics}");
+    // The first calls are signed for themselves; once the calls come in a stream, the signing
+    // pool keeps a stock ahead of them.
+    assert!(count("stock") > 0, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_price_falls_back_to_the_normal_replay_once() {
     let wall = Paywall::start().await;
     let pag0 = Pag0::start(&config());

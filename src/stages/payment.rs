@@ -242,6 +242,11 @@ impl PaymentStage {
                 return Err(SignFailure::Declined(e.to_string()));
             }
         };
+        let source = if signed.presigned { "stock" } else { "fresh" };
+        self.metrics
+            .signatures
+            .with_label_values(&[ctx.project_label(), source])
+            .inc();
         let header = x402::payment_header(required, offer, &signed);
         if let Some(f) = self.facilitator.as_ref().filter(|f| f.verify_before_pay) {
             let failure = match f.verify(&header, offer).await {

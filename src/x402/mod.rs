@@ -10,6 +10,7 @@ pub mod networks;
 pub mod pool;
 pub mod receipt;
 pub mod sign;
+pub mod stock;
 pub mod wire;
 
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
@@ -51,10 +52,58 @@ fn decode_b64(value: &[u8]) -> Result<Vec<u8>, ParseError> {
     B64.decode(value).map_err(|_| ParseError::Base64)
 }
 
+/// Addresses memoized per thread by [`checksummed`]; the memo starts over when full.
+const CHECKSUM_MEMO_SIZE: usize = 256;
+
+/// `addr` in EIP-55 mixed case. The same few addresses (the wallet, recipients, assets) are
+/// written on every paid call, and each encoding costs a keccak, so they are memoized.
+pub fn checksummed(addr: &alloy_primitives::Address) -> String {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    thread_local! {
+        static MEMO: RefCell<HashMap<alloy_primitives::Address, String>> = RefCell::default();
+    }
+    MEMO.with_borrow_mut(|memo| {
+        if let Some(known) = memo.get(addr) {
+            return known.clone();
+        }
+        if memo.len() >= CHECKSUM_MEMO_SIZE {
+            memo.clear();
+        }
+        let text = addr.to_checksum(None);
+        memo.insert(*addr, text.clone());
+        text
+    })
+}
+
 /// Parses a decimal amount in atomic units (`"10000"`); hex, signs and blanks are refused.
 pub fn parse_amount(raw: &str) -> Option<alloy_primitives::U256> {
     if raw.is_empty() || raw.len() > 78 || !raw.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     alloy_primitives::U256::from_str_radix(raw, 10).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use alloy_primitives::Address;
+
+    #[test]
+    fn checksummed_matches_eip55_when_memoized_and_after_the_memo_fills() {
+        let known: Address = "0x209693bc6afc0c5328ba36faf03c514ef312287c"
+            .parse()
+            .unwrap();
+        let eip55 = "0x209693Bc6afc0C5328bA36FaF03C514EF312287C";
+        assert_eq!(super::checksummed(&known), eip55);
+        assert_eq!(super::checksummed(&known), eip55, "from the memo");
+        for i in 0..=super::CHECKSUM_MEMO_SIZE as u64 {
+            let other = Address::left_padding_from(&i.to_be_bytes());
+            assert_eq!(super::checksummed(&other), other.to_checksum(None));
+        }
+        assert_eq!(
+            super::checksummed(&known),
+            eip55,
+            "after the memo started over"
+        );
+    }
 }

@@ -39,6 +39,7 @@ impl SigningPool {
             std::thread::Builder::new()
                 .name(format!("pag0-signer-{i}"))
                 .spawn(move || {
+                    crate::sched::background_thread();
                     // A panicking job drops its reply channel (the caller sees an error); the
                     // thread itself stays.
                     while let Ok(job) = queue.recv() {
@@ -66,6 +67,20 @@ impl SigningPool {
     /// The process's pool (started with the default size if nobody configured it).
     pub fn global() -> &'static SigningPool {
         POOL.get_or_init(|| SigningPool::start(DEFAULT_SIGNER_THREADS))
+    }
+
+    /// Whether work runs on the caller's thread (`signer_threads: 0`).
+    pub fn runs_inline(&self) -> bool {
+        self.jobs.is_none()
+    }
+
+    /// Queues `work` on a signer thread without waiting for it; `false` (and `work` dropped
+    /// unrun) when the pool runs inline.
+    pub fn spawn(&self, work: impl FnOnce() + Send + 'static) -> bool {
+        match &self.jobs {
+            Some(jobs) => jobs.send(Box::new(work)).is_ok(),
+            None => false,
+        }
     }
 
     /// Runs `work` on a signer thread and waits for its result without blocking the caller's

@@ -17,6 +17,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::pool::SigningPool;
+use super::stock::{Refill, ShelfKey, Stock};
 use super::wire::{Offer, PaymentRequired, Version};
 
 sol! {
@@ -30,6 +31,9 @@ sol! {
         bytes32 nonce;
     }
 }
+
+/// A refill is stocked in parts of this many signatures.
+const STOCK_PART: usize = 8;
 
 /// `validAfter` = now − this, absorbing a payer clock that runs fast (§4.2).
 pub const VALID_AFTER_SLACK_SECONDS: u64 = 600;
@@ -46,7 +50,7 @@ pub struct Authorization {
 }
 
 /// The EIP-712 domain of an EIP-3009 token.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TokenDomain {
     pub name: String,
     pub version: String,
@@ -79,6 +83,12 @@ impl TokenDomain {
 
 /// The EIP-712 digest that gets signed.
 pub fn signing_hash(domain: &TokenDomain, auth: &Authorization) -> B256 {
+    signing_hash_in(domain.eip712().separator(), auth)
+}
+
+/// The EIP-712 digest of `auth` under a domain separator already computed (a batch of
+/// signatures for one domain hashes the domain once).
+fn signing_hash_in(separator: B256, auth: &Authorization) -> B256 {
     let message = TransferWithAuthorization {
         from: auth.from,
         to: auth.to,
@@ -87,7 +97,11 @@ pub fn signing_hash(domain: &TokenDomain, auth: &Authorization) -> B256 {
         validBefore: U256::from(auth.valid_before),
         nonce: auth.nonce,
     };
-    message.eip712_signing_hash(&domain.eip712())
+    let mut digest = [0u8; 66];
+    digest[..2].copy_from_slice(&[0x19, 0x01]);
+    digest[2..34].copy_from_slice(separator.as_slice());
+    digest[34..].copy_from_slice(message.eip712_hash_struct().as_slice());
+    alloy_primitives::keccak256(digest)
 }
 
 /// The address that produced `signature` (65 bytes r‖s‖v) over `auth` in `domain`.
@@ -102,11 +116,13 @@ pub fn recover_signer(
 }
 
 /// A signed authorization for one offer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SignedPayment {
     pub authorization: Authorization,
     /// 65 bytes r‖s‖v, v ∈ {27, 28} (§4.3).
     pub signature: [u8; 65],
+    /// Signed ahead and taken from the stock (see [`Stock`]) rather than signed for the call.
+    pub presigned: bool,
 }
 
 /// Why an offer could not be signed.
@@ -133,9 +149,11 @@ pub trait PaymentSigner: Send + Sync {
 
 /// Signs `exact` offers with EIP-3009 using a local private key. Signing runs on libsecp256k1
 /// (about 4x faster than the pure-Rust k256 backend in benches/paid.sh; same RFC 6979
-/// deterministic signatures, checked against vector B).
+/// deterministic signatures, checked against vector B). Offers paid in a steady stream are
+/// signed ahead in batches and served from a [`Stock`].
 pub struct Eip3009Signer {
     key: Arc<Secp256k1Signer>,
+    stock: Arc<Stock>,
 }
 
 impl fmt::Debug for Eip3009Signer {
@@ -165,7 +183,54 @@ impl Eip3009Signer {
     }
 
     fn with_key(key: Secp256k1Signer) -> Eip3009Signer {
-        Eip3009Signer { key: Arc::new(key) }
+        Eip3009Signer {
+            key: Arc::new(key),
+            stock: Arc::default(),
+        }
+    }
+
+    /// Has the signing pool sign `refill` and stock the result, without waiting for it. The
+    /// batch is stocked in parts as it goes, so calls arriving meanwhile find some ready.
+    fn order(&self, refill: Refill) {
+        /// Stocks the rest and ends the refill even if signing failed or panicked, so the
+        /// shelf can be refilled again.
+        struct Batch {
+            stock: Arc<Stock>,
+            refill: Refill,
+            signed: Vec<SignedPayment>,
+        }
+        impl Drop for Batch {
+            fn drop(&mut self) {
+                let rest = std::mem::take(&mut self.signed);
+                self.stock.put(&self.refill, rest, true);
+            }
+        }
+        let key = Arc::clone(&self.key);
+        let mut batch = Batch {
+            stock: Arc::clone(&self.stock),
+            refill,
+            signed: Vec::new(),
+        };
+        SigningPool::global().spawn(move || {
+            let shelf = &batch.refill.key;
+            let separator = shelf.domain.eip712().separator();
+            for i in 1..=batch.refill.count {
+                let authorization = new_authorization(key.address(), shelf, batch.refill.now);
+                let Ok(signature) = key.sign_hash_sync(&signing_hash_in(separator, &authorization))
+                else {
+                    break;
+                };
+                batch.signed.push(SignedPayment {
+                    authorization,
+                    signature: signature.as_bytes(),
+                    presigned: true,
+                });
+                if i % STOCK_PART == 0 && i < batch.refill.count {
+                    let part = std::mem::take(&mut batch.signed);
+                    batch.stock.put(&batch.refill, part, false);
+                }
+            }
+        });
     }
 
     /// Signs a fully specified authorization (deterministic: RFC 6979).
@@ -203,29 +268,50 @@ impl PaymentSigner for Eip3009Signer {
         if let Some(method) = offer.transfer_method.as_deref().filter(|m| *m != "eip3009") {
             return Err(SignError::UnsupportedTransferMethod(method.to_string()));
         }
-        let domain = TokenDomain::of(offer).ok_or(SignError::MissingDomain)?;
-        let mut nonce = [0u8; 32];
-        rand::rng().fill_bytes(&mut nonce);
-        let authorization = Authorization {
-            from: self.key.address(),
+        let shelf = ShelfKey {
+            domain: TokenDomain::of(offer).ok_or(SignError::MissingDomain)?,
             to: offer.pay_to,
             value: offer.amount,
-            valid_after: now.saturating_sub(VALID_AFTER_SLACK_SECONDS),
-            valid_before: now.saturating_add(offer.max_timeout_seconds),
-            nonce: B256::from(nonce),
+            max_timeout_seconds: offer.max_timeout_seconds,
         };
+        let pool = SigningPool::global();
+        if !pool.runs_inline() {
+            let (ready, refill) = self.stock.take(&shelf, now);
+            if let Some(refill) = refill {
+                self.order(refill);
+            }
+            if let Some(payment) = ready {
+                return Ok(payment);
+            }
+        }
+        let authorization = new_authorization(self.key.address(), &shelf, now);
         // The EIP-712 hash (seven keccaks) and the ECDSA signature run on the signing pool,
         // off Pingora's worker threads.
         let key = Arc::clone(&self.key);
         let auth = authorization.clone();
-        let signature = SigningPool::global()
-            .run(move || sign_with(&key, &domain, &auth))
+        let signature = pool
+            .run(move || sign_with(&key, &shelf.domain, &auth))
             .await
             .ok_or(SignError::Signer)??;
         Ok(SignedPayment {
             authorization,
             signature,
+            presigned: false,
         })
+    }
+}
+
+/// A fresh authorization (32 random bytes of nonce) for the window starting at `now`.
+fn new_authorization(from: Address, shelf: &ShelfKey, now: u64) -> Authorization {
+    let mut nonce = [0u8; 32];
+    rand::rng().fill_bytes(&mut nonce);
+    Authorization {
+        from,
+        to: shelf.to,
+        value: shelf.value,
+        valid_after: now.saturating_sub(VALID_AFTER_SLACK_SECONDS),
+        valid_before: now.saturating_add(shelf.max_timeout_seconds),
+        nonce: B256::from(nonce),
     }
 }
 
@@ -277,8 +363,8 @@ fn wire_payload(signed: &SignedPayment) -> WirePayload {
     WirePayload {
         signature: format!("0x{}", hex::encode(signed.signature)),
         authorization: WireAuthorization {
-            from: a.from.to_checksum(None),
-            to: a.to.to_checksum(None),
+            from: super::checksummed(&a.from),
+            to: super::checksummed(&a.to),
             value: a.value.to_string(),
             valid_after: a.valid_after.to_string(),
             valid_before: a.valid_before.to_string(),
@@ -402,6 +488,7 @@ mod tests {
         let signed = SignedPayment {
             authorization: auth_b(),
             signature,
+            presigned: false,
         };
         let v2 = payment_header(&required, &required.offers[0], &signed);
         assert_eq!(

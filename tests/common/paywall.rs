@@ -405,6 +405,9 @@ fn verify(
     if valid_after > now || valid_before < now + 6 {
         return Err("outside the validity window".into());
     }
+    if valid_before > now + accepted["maxTimeoutSeconds"].as_u64().unwrap_or(0) {
+        return Err("validBefore beyond maxTimeoutSeconds".into());
+    }
     let domain = Eip712Domain::new(
         Some(s(&accepted["extra"]["name"]).into()),
         Some(s(&accepted["extra"]["version"]).into()),

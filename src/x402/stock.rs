@@ -1,0 +1,251 @@
+//! Pre-signed authorizations for offers a wallet is paying again and again (the price-memory
+//! hot path), so a repeat paid call takes a ready signature instead of waiting for the signing
+//! pool: no thread hand-off on the request's path, and the pool signs in batches (one wake-up
+//! for many signatures) while the worker goes on proxying.
+//!
+//! A shelf holds authorizations for one (domain, payTo, amount, maxTimeoutSeconds), each with
+//! its own random nonce and the window it was signed with. Rules:
+//! - an authorization is handed out once, and only within [`MAX_AGE_SECONDS`] of the second it
+//!   was signed for; its `validBefore` is then at most that much earlier than a fresh one's,
+//!   which is why offers with a short `maxTimeoutSeconds` are never stocked;
+//! - a shelf is refilled only while it is in use (a second take within the age limit), by what
+//!   was taken since the last refill (twice that, up to [`MAX_PER_SHELF`]), so a steady stream
+//!   of calls is served from stock and a lone call costs nothing extra;
+//! - an unused authorization is never sent anywhere: it expires in memory, unsettled.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use alloy_primitives::{Address, U256};
+
+use super::sign::{SignedPayment, TokenDomain};
+
+/// Seconds after its signing second an authorization may still be handed out.
+pub const MAX_AGE_SECONDS: u64 = 1;
+/// Offers whose window is shorter than this are always signed fresh.
+pub const MIN_TIMEOUT_SECONDS: u64 = 30;
+/// Ready authorizations kept per shelf at most.
+pub const MAX_PER_SHELF: usize = 256;
+/// Shelves kept before idle ones are dropped.
+const MAX_SHELVES: usize = 1024;
+
+/// What makes authorizations interchangeable: everything signed except nonce and window.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ShelfKey {
+    pub domain: TokenDomain,
+    pub to: Address,
+    pub value: U256,
+    pub max_timeout_seconds: u64,
+}
+
+/// One stocked authorization and the second its window was computed from.
+struct Ready {
+    signed_for: u64,
+    payment: SignedPayment,
+}
+
+#[derive(Default)]
+struct Shelf {
+    ready: VecDeque<Ready>,
+    /// Takes since the last refill was ordered.
+    demand: usize,
+    /// The second of the last take (0: never).
+    last_take: u64,
+    refilling: bool,
+}
+
+/// A refill the caller must have signed (on the signing pool) and then [`Stock::put`] back.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refill {
+    pub key: ShelfKey,
+    /// Authorizations to sign, all for the window starting at `now`.
+    pub count: usize,
+    pub now: u64,
+}
+
+/// The stock of one wallet.
+#[derive(Default)]
+pub struct Stock {
+    shelves: Mutex<HashMap<ShelfKey, Shelf>>,
+}
+
+impl Stock {
+    /// Takes a ready authorization for `key` usable at `now`, if any, and says whether the
+    /// shelf needs refilling.
+    pub fn take(&self, key: &ShelfKey, now: u64) -> (Option<SignedPayment>, Option<Refill>) {
+        if key.max_timeout_seconds < MIN_TIMEOUT_SECONDS {
+            return (None, None);
+        }
+        let mut shelves = self.shelves.lock().unwrap_or_else(|p| p.into_inner());
+        let shelf = match shelves.get_mut(key) {
+            Some(shelf) => shelf,
+            None => {
+                if shelves.len() >= MAX_SHELVES {
+                    shelves.retain(|_, s| s.refilling || !s.ready.is_empty());
+                }
+                shelves.entry(key.clone()).or_default()
+            }
+        };
+        // Too old, or from a clock that has since gone back: the window would not fit.
+        shelf
+            .ready
+            .retain(|r| r.signed_for <= now && now <= r.signed_for + MAX_AGE_SECONDS);
+        let taken = shelf.ready.pop_front().map(|r| r.payment);
+        let in_use = taken.is_some() || now <= shelf.last_take + MAX_AGE_SECONDS;
+        shelf.last_take = now;
+        shelf.demand += 1;
+        let mut refill = None;
+        if in_use && !shelf.refilling {
+            let count = (4 * shelf.demand)
+                .min(MAX_PER_SHELF)
+                .saturating_sub(shelf.ready.len());
+            if count > 0 {
+                shelf.refilling = true;
+                shelf.demand = 0;
+                refill = Some(Refill {
+                    key: key.clone(),
+                    count,
+                    now,
+                });
+            }
+        }
+        (taken, refill)
+    }
+
+    /// Stocks authorizations signed for `refill`; `done` (the last part, possibly empty if
+    /// signing failed) allows the next refill of that shelf.
+    pub fn put(&self, refill: &Refill, signed: Vec<SignedPayment>, done: bool) {
+        let mut shelves = self.shelves.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(shelf) = shelves.get_mut(&refill.key) else {
+            return;
+        };
+        shelf.refilling &= !done;
+        let room = MAX_PER_SHELF.saturating_sub(shelf.ready.len());
+        shelf
+            .ready
+            .extend(signed.into_iter().take(room).map(|payment| Ready {
+                signed_for: refill.now,
+                payment,
+            }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::x402::Authorization;
+    use alloy_primitives::B256;
+
+    fn key(max_timeout_seconds: u64) -> ShelfKey {
+        ShelfKey {
+            domain: TokenDomain {
+                name: "USDC".into(),
+                version: "2".into(),
+                chain_id: 84532,
+                verifying_contract: Address::with_last_byte(1),
+            },
+            to: Address::with_last_byte(2),
+            value: U256::from(10_000),
+            max_timeout_seconds,
+        }
+    }
+
+    fn signed(refill: &Refill, first_nonce: u8) -> Vec<SignedPayment> {
+        (0..refill.count)
+            .map(|i| SignedPayment {
+                authorization: Authorization {
+                    from: Address::with_last_byte(3),
+                    to: refill.key.to,
+                    value: refill.key.value,
+                    valid_after: refill.now - 600,
+                    valid_before: refill.now + refill.key.max_timeout_seconds,
+                    nonce: B256::with_last_byte(first_nonce + i as u8),
+                },
+                signature: [0; 65],
+                presigned: true,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_lone_call_orders_nothing_and_a_stream_is_served_from_stock() {
+        let stock = Stock::default();
+        let k = key(60);
+        let now = 1_800_000_000;
+        // First call ever: nothing ready, nothing ordered (it may stay the only one).
+        assert_eq!(stock.take(&k, now), (None, None));
+        // A second call within the age limit: the shelf is in use; the refill is four times
+        // the two calls so far.
+        let (none, refill) = stock.take(&k, now + 1);
+        assert!(none.is_none());
+        let refill = refill.expect("a repeat orders a refill");
+        assert_eq!((refill.count, refill.now), (8, now + 1));
+        // While that refill is out, no second one is ordered.
+        assert_eq!(stock.take(&k, now + 1).1, None);
+        stock.put(&refill, signed(&refill, 10), true);
+        let mut nonces = std::collections::HashSet::new();
+        for _ in 0..8 {
+            let (got, _) = stock.take(&k, now + 2);
+            let got = got.expect("served from stock");
+            assert_eq!(got.authorization.valid_before, now + 1 + 60);
+            nonces.insert(got.authorization.nonce);
+        }
+        assert_eq!(nonces.len(), 8, "each authorization is handed out once");
+        assert!(
+            stock.take(&k, now + 2).0.is_none(),
+            "and then the shelf is empty"
+        );
+    }
+
+    #[test]
+    fn old_authorizations_expire_and_short_windows_are_never_stocked() {
+        let stock = Stock::default();
+        let k = key(60);
+        let now = 1_800_000_000;
+        stock.take(&k, now);
+        let refill = stock.take(&k, now).1.unwrap();
+        stock.put(&refill, signed(&refill, 0), true);
+        // Two seconds later the stocked window is too old: signed fresh instead, and after
+        // such a pause the shelf is not refilled until a call follows within the age limit.
+        let later = now + MAX_AGE_SECONDS + 1;
+        assert_eq!(stock.take(&k, later), (None, None));
+        let (got, again) = stock.take(&k, later);
+        assert!(got.is_none());
+        // A clock that went back never gets a window from its future.
+        let refill = again.expect("in use again: refilled for the new second");
+        stock.put(&refill, signed(&refill, 50), true);
+        assert!(stock.take(&k, now).0.is_none());
+
+        let short = key(MIN_TIMEOUT_SECONDS - 1);
+        for _ in 0..3 {
+            assert_eq!(stock.take(&short, now), (None, None));
+        }
+    }
+
+    #[test]
+    fn shelves_and_refills_are_bounded() {
+        let stock = Stock::default();
+        let now = 1_800_000_000;
+        for i in 0..(MAX_SHELVES as u64 + 10) {
+            let mut k = key(60);
+            k.value = U256::from(i);
+            // Lone calls: no stock, and idle shelves do not pile up.
+            stock.take(&k, now);
+        }
+        assert!(stock.shelves.lock().unwrap().len() <= MAX_SHELVES);
+        let k = key(60);
+        stock.take(&k, now);
+        let refill = stock.take(&k, now).1.unwrap();
+        // More than a shelf holds comes back: the surplus is dropped.
+        let mut big = signed(&refill, 0);
+        while big.len() < MAX_PER_SHELF * 2 {
+            big.extend(signed(&refill, 100));
+        }
+        stock.put(&refill, big, true);
+        let mut served = 0;
+        while stock.take(&k, now).0.is_some() {
+            served += 1;
+        }
+        assert_eq!(served, MAX_PER_SHELF);
+    }
+}
