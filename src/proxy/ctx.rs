@@ -111,7 +111,7 @@ impl std::fmt::Debug for TunnelPlan {
 #[derive(Debug, Default)]
 pub struct PaymentState {
     /// Header (name, value) sent on the paid attempt; `Some` means pag0 already paid once.
-    pub header: Option<(&'static str, String)>,
+    pub header: Option<(&'static str, http::HeaderValue)>,
     /// Set when a 402 was answered by signing: the request must be replayed.
     pub replay_requested: bool,
     /// Whether Pingora's retry buffer still holds the whole request body (≤ 64 KiB).

@@ -265,6 +265,13 @@ impl PaymentStage {
             .payments
             .asset(offer.chain_id, offer.asset)
             .map_or_else(String::new, |a| a.symbol.clone());
+        // Base64 is always a valid header value; checked once here, shared by the attempts.
+        // Sensitive: a bearer authorization until it expires, so `Debug` does not show it.
+        let Ok(mut header) = http::HeaderValue::try_from(header) else {
+            self.spend.release(reservation).await;
+            return Err(SignFailure::Declined("unencodable payment header".into()));
+        };
+        header.set_sensitive(true);
         ctx.payment.header = Some((offer.version.payment_header(), header));
         ctx.payment.charge = Some(Charge {
             amount: offer.amount,
@@ -566,7 +573,7 @@ impl Stage for PaymentStage {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         if let Some((name, value)) = &ctx.payment.header {
-            req.insert_header(*name, value.as_str())?;
+            req.insert_header(*name, value.clone())?;
             return Ok(());
         }
         normalise_probe(req)

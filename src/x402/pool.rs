@@ -1,6 +1,10 @@
 //! The signing pool: a few dedicated OS threads that compute EIP-712 hashes and ECDSA
-//! signatures (30–55 µs each on the bench VM), so a paid call never holds a Pingora worker
+//! signatures (20–35 µs each on the bench VM), so a paid call never holds a Pingora worker
 //! thread for them and the worker keeps proxying other requests meanwhile.
+//!
+//! Two queues: signatures a call is waiting for ([`SigningPool::run`]) always go before
+//! background work ([`SigningPool::spawn_background`]: stock refills, queued in small parts),
+//! so a call never waits behind a whole refill.
 //!
 //! One pool per process, sized once at startup (`payments.signer_threads`; 0 signs inline on
 //! the worker); code that signs before the server configured it (tests, benches, `pag0 -t`)
@@ -17,39 +21,60 @@ pub const DEFAULT_SIGNER_THREADS: usize = 1;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// A fixed set of threads taking jobs from one queue (none: inline).
+/// The two queues of a pool with threads.
+struct Queues {
+    waited_for: Sender<Job>,
+    background: Sender<Job>,
+}
+
+/// A fixed set of threads taking jobs from two queues (none: inline).
 pub struct SigningPool {
-    jobs: Option<Sender<Job>>,
+    queues: Option<Queues>,
     threads: usize,
 }
 
 static POOL: OnceLock<SigningPool> = OnceLock::new();
 
+/// A signer thread: waited-for jobs first, background jobs when there are none.
+fn serve(waited_for: Receiver<Job>, background: Receiver<Job>) {
+    crate::sched::background_thread();
+    loop {
+        let job = match waited_for.try_recv() {
+            Ok(job) => Ok(job),
+            Err(_) => crossbeam_channel::select! {
+                recv(waited_for) -> job => job,
+                recv(background) -> job => job,
+            },
+        };
+        let Ok(job) = job else { return };
+        // A panicking job drops its reply channel (the caller sees an error); the thread
+        // itself stays.
+        let _ = catch_unwind(AssertUnwindSafe(job));
+    }
+}
+
 impl SigningPool {
     fn start(threads: usize) -> SigningPool {
         if threads == 0 {
             return SigningPool {
-                jobs: None,
+                queues: None,
                 threads,
             };
         }
-        let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
+        let (waited_for, waited_for_rx) = crossbeam_channel::unbounded::<Job>();
+        let (background, background_rx) = crossbeam_channel::unbounded::<Job>();
         for i in 0..threads {
-            let queue: Receiver<Job> = queue.clone();
+            let (w, b) = (waited_for_rx.clone(), background_rx.clone());
             std::thread::Builder::new()
                 .name(format!("pag0-signer-{i}"))
-                .spawn(move || {
-                    crate::sched::background_thread();
-                    // A panicking job drops its reply channel (the caller sees an error); the
-                    // thread itself stays.
-                    while let Ok(job) = queue.recv() {
-                        let _ = catch_unwind(AssertUnwindSafe(job));
-                    }
-                })
+                .spawn(move || serve(w, b))
                 .expect("cannot start a signer thread");
         }
         SigningPool {
-            jobs: Some(jobs),
+            queues: Some(Queues {
+                waited_for,
+                background,
+            }),
             threads,
         }
     }
@@ -71,14 +96,15 @@ impl SigningPool {
 
     /// Whether work runs on the caller's thread (`signer_threads: 0`).
     pub fn runs_inline(&self) -> bool {
-        self.jobs.is_none()
+        self.queues.is_none()
     }
 
-    /// Queues `work` on a signer thread without waiting for it; `false` (and `work` dropped
-    /// unrun) when the pool runs inline.
-    pub fn spawn(&self, work: impl FnOnce() + Send + 'static) -> bool {
-        match &self.jobs {
-            Some(jobs) => jobs.send(Box::new(work)).is_ok(),
+    /// Queues `work` behind every waited-for job, without waiting for it; `false` (and `work`
+    /// dropped unrun) when the pool runs inline. Keep each piece short: a call arriving while
+    /// it runs waits for it to finish.
+    pub fn spawn_background(&self, work: impl FnOnce() + Send + 'static) -> bool {
+        match &self.queues {
+            Some(q) => q.background.send(Box::new(work)).is_ok(),
             None => false,
         }
     }
@@ -90,14 +116,14 @@ impl SigningPool {
         R: Send + 'static,
         F: FnOnce() -> R + Send + 'static,
     {
-        let Some(jobs) = &self.jobs else {
+        let Some(queues) = &self.queues else {
             return catch_unwind(AssertUnwindSafe(work)).ok();
         };
         let (reply, result) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move || {
             let _ = reply.send(work());
         });
-        jobs.send(job).ok()?;
+        queues.waited_for.send(job).ok()?;
         result.await.ok()
     }
 }
@@ -121,6 +147,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn waited_for_work_goes_before_queued_background_work() {
+        use std::sync::{Arc, Mutex};
+        let pool: &'static SigningPool = Box::leak(Box::new(SigningPool::start(1)));
+        let order = Arc::new(Mutex::new(Vec::new()));
+        // Keep the only thread busy while the queues fill.
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        assert!(pool.spawn_background(move || gate.recv().unwrap()));
+        for i in 0..3 {
+            let order = order.clone();
+            pool.spawn_background(move || order.lock().unwrap().push(format!("background {i}")));
+        }
+        let (done, finished) = tokio::sync::oneshot::channel();
+        pool.spawn_background(move || done.send(()).unwrap());
+        let waited = {
+            let order = order.clone();
+            pool.run(move || order.lock().unwrap().push("waited".to_string()))
+        };
+        let mut waited = Box::pin(waited);
+        assert!(futures::poll!(&mut waited).is_pending(), "queued, not run");
+        release.send(()).unwrap();
+        waited.await.unwrap();
+        finished.await.unwrap();
+        assert_eq!(
+            *order.lock().unwrap(),
+            ["waited", "background 0", "background 1", "background 2"]
+        );
+    }
+
+    #[tokio::test]
     async fn zero_threads_runs_inline() {
         let pool = SigningPool::start(0);
         let here = std::thread::current().id();
@@ -129,5 +184,6 @@ mod tests {
             Some(true)
         );
         assert_eq!(pool.run(|| -> u8 { panic!("boom") }).await, None);
+        assert!(!pool.spawn_background(|| unreachable!("an inline pool runs nothing later")));
     }
 }

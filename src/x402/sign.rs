@@ -189,50 +189,18 @@ impl Eip3009Signer {
         }
     }
 
-    /// Has the signing pool sign `refill` and stock the result, without waiting for it. The
-    /// batch is stocked in parts as it goes, so calls arriving meanwhile find some ready.
+    /// Has the signing pool sign `refill` and stock it, in parts queued behind the calls
+    /// waiting for a signature; returns at once.
     fn order(&self, refill: Refill) {
-        /// Stocks the rest and ends the refill even if signing failed or panicked, so the
-        /// shelf can be refilled again.
-        struct Batch {
-            stock: Arc<Stock>,
-            refill: Refill,
-            signed: Vec<SignedPayment>,
-        }
-        impl Drop for Batch {
-            fn drop(&mut self) {
-                let rest = std::mem::take(&mut self.signed);
-                self.stock.put(&self.refill, rest, true);
-            }
-        }
-        let key = Arc::clone(&self.key);
-        let mut batch = Batch {
+        let batch = Batch {
+            key: Arc::clone(&self.key),
             stock: Arc::clone(&self.stock),
+            left: refill.count,
             refill,
-            signed: Vec::new(),
+            separator: None,
         };
-        SigningPool::global().spawn(move || {
-            let shelf = &batch.refill.key;
-            let separator = shelf.domain.eip712().separator();
-            for i in 1..=batch.refill.count {
-                let authorization = new_authorization(key.address(), shelf, batch.refill.now);
-                let Ok(signature) = key.sign_hash_sync(&signing_hash_in(separator, &authorization))
-                else {
-                    break;
-                };
-                batch.signed.push(SignedPayment {
-                    authorization,
-                    signature: signature.as_bytes(),
-                    presigned: true,
-                });
-                if i % STOCK_PART == 0 && i < batch.refill.count {
-                    let part = std::mem::take(&mut batch.signed);
-                    batch.stock.put(&batch.refill, part, false);
-                }
-            }
-        });
+        SigningPool::global().spawn_background(move || batch.sign_part());
     }
-
     /// Signs a fully specified authorization (deterministic: RFC 6979).
     pub fn sign_authorization(
         &self,
@@ -298,6 +266,55 @@ impl PaymentSigner for Eip3009Signer {
             signature,
             presigned: false,
         })
+    }
+}
+
+/// A stock refill under way on the signing pool.
+struct Batch {
+    key: Arc<Secp256k1Signer>,
+    stock: Arc<Stock>,
+    refill: Refill,
+    /// Signatures still to make.
+    left: usize,
+    /// The domain's EIP-712 separator, hashed once per refill.
+    separator: Option<B256>,
+}
+
+impl Batch {
+    /// Signs and stocks the next [`STOCK_PART`] authorizations, then queues the rest.
+    fn sign_part(mut self) {
+        let shelf = &self.refill.key;
+        let separator = *self
+            .separator
+            .get_or_insert_with(|| shelf.domain.eip712().separator());
+        let mut part = Vec::with_capacity(self.left.min(STOCK_PART));
+        while part.len() < STOCK_PART && self.left > 0 {
+            let authorization = new_authorization(self.key.address(), shelf, self.refill.now);
+            let Ok(signature) = self
+                .key
+                .sign_hash_sync(&signing_hash_in(separator, &authorization))
+            else {
+                self.left = 0;
+                break;
+            };
+            self.left -= 1;
+            part.push(SignedPayment {
+                authorization,
+                signature: signature.as_bytes(),
+                presigned: true,
+            });
+        }
+        self.stock.put(&self.refill, part, false);
+        if self.left > 0 {
+            SigningPool::global().spawn_background(move || self.sign_part());
+        }
+    }
+}
+
+impl Drop for Batch {
+    /// Ends the refill however it ends (done, failed, panicked), so the shelf can be refilled.
+    fn drop(&mut self) {
+        self.stock.put(&self.refill, Vec::new(), true);
     }
 }
 
