@@ -8,9 +8,9 @@
 //! - an authorization is handed out once, and only within [`MAX_AGE_SECONDS`] of the second it
 //!   was signed for; its `validBefore` is then at most that much earlier than a fresh one's,
 //!   which is why offers with a short `maxTimeoutSeconds` are never stocked;
-//! - a shelf is refilled only while it is in use (a second take within the age limit), by what
-//!   was taken since the last refill (twice that, up to [`MAX_PER_SHELF`]), so a steady stream
-//!   of calls is served from stock and a lone call costs nothing extra;
+//! - a shelf is refilled only while it is in use (a second take within the age limit), to four
+//!   times what was taken since the last refill was ordered (up to [`MAX_PER_SHELF`]), so a
+//!   steady stream of calls is served from stock and a lone call costs nothing extra;
 //! - an unused authorization is never sent anywhere: it expires in memory, unsettled.
 
 use std::collections::{HashMap, VecDeque};
@@ -54,7 +54,7 @@ struct Shelf {
     refilling: bool,
 }
 
-/// A refill the caller must have signed (on the signing pool) and then [`Stock::put`] back.
+/// Authorizations to sign (on the signing pool) and hand back with [`Stock::put`].
 #[derive(Debug, PartialEq, Eq)]
 pub struct Refill {
     pub key: ShelfKey,
