@@ -1,8 +1,9 @@
-//! Thread priorities: pag0's background threads (the signing pool, the state runtime and the
-//! database workers it starts) give way to Pingora's worker threads when the CPU is contended,
-//! so proxying comes first. Their work is not on the request's path: paid calls take
-//! pre-signed authorizations from stock, journal rows are group-committed. With idle cores the
-//! priority changes nothing.
+//! Thread priorities: pag0's background threads (the stock refill thread of the signing
+//! pool, the state runtime and the database workers it starts) give way to Pingora's worker
+//! threads when the CPU is contended, so proxying comes first. Their work does not hold up a
+//! request: refills only stock signatures ahead (a call finding the stock empty is signed on a
+//! normal-priority pool thread), journal rows are group-committed after the response. With idle
+//! cores the priority changes nothing.
 
 /// Nice value of background threads (Linux: a per-thread setting; higher is lower priority).
 /// Moderate on purpose: under full load they still get about a quarter of a contended core.
@@ -37,6 +38,7 @@ mod tests {
         })
         .join()
         .unwrap();
-        assert_eq!(nice, super::BACKGROUND_NICE);
+        // At least that low (a runner started under `nice` is lower already and stays so).
+        assert!(nice >= super::BACKGROUND_NICE, "nice {nice}");
     }
 }

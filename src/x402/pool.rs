@@ -2,9 +2,11 @@
 //! signatures (20–35 µs each on the bench VM), so a paid call never holds a Pingora worker
 //! thread for them and the worker keeps proxying other requests meanwhile.
 //!
-//! Two queues: signatures a call is waiting for ([`SigningPool::run`]) always go before
-//! background work ([`SigningPool::spawn_background`]: stock refills, queued in small parts),
-//! so a call never waits behind a whole refill.
+//! Two kinds of threads: `signer_threads` threads sign for calls that wait
+//! ([`SigningPool::run`]), at normal priority; one more thread does background work
+//! ([`SigningPool::spawn_background`]: stock refills) at a lower priority (see
+//! [`crate::sched`]). A waiting call never queues behind a refill, and on a contended host the
+//! refills give way: the stock then drains and calls are signed for themselves as before.
 //!
 //! One pool per process, sized once at startup (`payments.signer_threads`; 0 signs inline on
 //! the worker); code that signs before the server configured it (tests, benches, `pag0 -t`)
@@ -35,22 +37,24 @@ pub struct SigningPool {
 
 static POOL: OnceLock<SigningPool> = OnceLock::new();
 
-/// A signer thread: waited-for jobs first, background jobs when there are none.
-fn serve(waited_for: Receiver<Job>, background: Receiver<Job>) {
-    crate::sched::background_thread();
-    loop {
-        let job = match waited_for.try_recv() {
-            Ok(job) => Ok(job),
-            Err(_) => crossbeam_channel::select! {
-                recv(waited_for) -> job => job,
-                recv(background) -> job => job,
-            },
-        };
-        let Ok(job) = job else { return };
-        // A panicking job drops its reply channel (the caller sees an error); the thread
-        // itself stays.
+/// A pool thread: runs `jobs` until the pool is gone.
+fn serve(jobs: Receiver<Job>, background: bool) {
+    if background {
+        crate::sched::background_thread();
+    }
+    // A panicking job drops its reply channel (the caller sees an error); the thread itself
+    // stays.
+    while let Ok(job) = jobs.recv() {
         let _ = catch_unwind(AssertUnwindSafe(job));
     }
+}
+
+/// Starts a named pool thread serving `jobs`.
+fn thread(name: String, jobs: Receiver<Job>, background: bool) {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(move || serve(jobs, background))
+        .expect("cannot start a signer thread");
 }
 
 impl SigningPool {
@@ -64,12 +68,9 @@ impl SigningPool {
         let (waited_for, waited_for_rx) = crossbeam_channel::unbounded::<Job>();
         let (background, background_rx) = crossbeam_channel::unbounded::<Job>();
         for i in 0..threads {
-            let (w, b) = (waited_for_rx.clone(), background_rx.clone());
-            std::thread::Builder::new()
-                .name(format!("pag0-signer-{i}"))
-                .spawn(move || serve(w, b))
-                .expect("cannot start a signer thread");
+            thread(format!("pag0-signer-{i}"), waited_for_rx.clone(), false);
         }
+        thread("pag0-presigner".into(), background_rx, true);
         SigningPool {
             queues: Some(Queues {
                 waited_for,
@@ -99,9 +100,9 @@ impl SigningPool {
         self.queues.is_none()
     }
 
-    /// Queues `work` behind every waited-for job, without waiting for it; `false` (and `work`
-    /// dropped unrun) when the pool runs inline. Keep each piece short: a call arriving while
-    /// it runs waits for it to finish.
+    /// Queues `work` for the background thread, without waiting for it; `false` (and `work`
+    /// dropped unrun) when the pool runs inline. Pieces run one after another: keep each short
+    /// so that the next one (another shelf's refill) does not wait long.
     pub fn spawn_background(&self, work: impl FnOnce() + Send + 'static) -> bool {
         match &self.queues {
             Some(q) => q.background.send(Box::new(work)).is_ok(),
@@ -147,32 +148,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn waited_for_work_goes_before_queued_background_work() {
-        use std::sync::{Arc, Mutex};
+    async fn waited_for_work_never_waits_for_background_work() {
         let pool: &'static SigningPool = Box::leak(Box::new(SigningPool::start(1)));
-        let order = Arc::new(Mutex::new(Vec::new()));
-        // Keep the only thread busy while the queues fill.
+        // Keep the background thread busy.
         let (release, gate) = std::sync::mpsc::channel::<()>();
-        assert!(pool.spawn_background(move || gate.recv().unwrap()));
-        for i in 0..3 {
-            let order = order.clone();
-            pool.spawn_background(move || order.lock().unwrap().push(format!("background {i}")));
-        }
-        let (done, finished) = tokio::sync::oneshot::channel();
-        pool.spawn_background(move || done.send(()).unwrap());
-        let waited = {
-            let order = order.clone();
-            pool.run(move || order.lock().unwrap().push("waited".to_string()))
-        };
-        let mut waited = Box::pin(waited);
-        assert!(futures::poll!(&mut waited).is_pending(), "queued, not run");
+        let (started, running) = tokio::sync::oneshot::channel();
+        assert!(pool.spawn_background(move || {
+            started
+                .send(std::thread::current().name().map(str::to_string))
+                .unwrap();
+            gate.recv().unwrap();
+        }));
+        let background = running.await.unwrap().unwrap();
+        assert_eq!(background, "pag0-presigner");
+        // A call is signed meanwhile, on a thread of its own.
+        let name = pool
+            .run(|| std::thread::current().name().map(str::to_string))
+            .await
+            .unwrap();
+        assert_eq!(name.as_deref(), Some("pag0-signer-0"));
         release.send(()).unwrap();
-        waited.await.unwrap();
-        finished.await.unwrap();
-        assert_eq!(
-            *order.lock().unwrap(),
-            ["waited", "background 0", "background 1", "background 2"]
-        );
     }
 
     #[tokio::test]

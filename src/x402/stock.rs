@@ -44,6 +44,13 @@ struct Ready {
     payment: SignedPayment,
 }
 
+impl Ready {
+    /// The last second it may be handed out.
+    fn usable_until(&self) -> u64 {
+        self.signed_for + MAX_AGE_SECONDS
+    }
+}
+
 #[derive(Default)]
 struct Shelf {
     ready: VecDeque<Ready>,
@@ -77,22 +84,29 @@ impl Stock {
             return (None, None);
         }
         let mut shelves = self.shelves.lock().unwrap_or_else(|p| p.into_inner());
-        let shelf = match shelves.get_mut(key) {
-            Some(shelf) => shelf,
-            None => {
-                if shelves.len() >= MAX_SHELVES {
-                    shelves.retain(|_, s| s.refilling || !s.ready.is_empty());
-                }
-                shelves.entry(key.clone()).or_default()
+        if !shelves.contains_key(key) && shelves.len() >= MAX_SHELVES {
+            // Keep the shelves that can still serve; a new offer beyond that is signed fresh.
+            shelves.retain(|_, s| s.refilling || s.ready.iter().any(|r| r.usable_until() >= now));
+            if shelves.len() >= MAX_SHELVES {
+                return (None, None);
             }
-        };
-        // Too old, or from a clock that has since gone back: the window would not fit.
-        shelf
+        }
+        let shelf = shelves.entry(key.clone()).or_default();
+        // Too old: the window would no longer fit. A later second's (the caller read its
+        // clock before a slow step) stays for the calls after it.
+        shelf.ready.retain(|r| r.usable_until() >= now);
+        let taken = shelf
             .ready
-            .retain(|r| r.signed_for <= now && now <= r.signed_for + MAX_AGE_SECONDS);
-        let taken = shelf.ready.pop_front().map(|r| r.payment);
+            .iter()
+            .position(|r| r.signed_for <= now)
+            .and_then(|i| shelf.ready.remove(i))
+            .map(|r| r.payment);
         let in_use = taken.is_some() || now <= shelf.last_take + MAX_AGE_SECONDS;
-        shelf.last_take = now;
+        if !in_use {
+            // After a pause the earlier calls say nothing about the coming ones.
+            shelf.demand = 0;
+        }
+        shelf.last_take = shelf.last_take.max(now);
         shelf.demand += 1;
         let mut refill = None;
         if in_use && !shelf.refilling {
@@ -105,7 +119,8 @@ impl Stock {
                 refill = Some(Refill {
                     key: key.clone(),
                     count,
-                    now,
+                    // For the latest second seen, so the next calls can use them.
+                    now: shelf.last_take,
                 });
             }
         }
@@ -215,11 +230,56 @@ mod tests {
         let refill = again.expect("in use again: refilled for the new second");
         stock.put(&refill, signed(&refill, 50), true);
         assert!(stock.take(&k, now).0.is_none());
+        assert!(
+            stock.take(&k, later).0.is_some(),
+            "kept for the calls of its own second"
+        );
 
         let short = key(MIN_TIMEOUT_SECONDS - 1);
         for _ in 0..3 {
             assert_eq!(stock.take(&short, now), (None, None));
         }
+    }
+
+    #[test]
+    fn a_pause_resets_the_demand() {
+        let stock = Stock::default();
+        let k = key(60);
+        let now = 1_800_000_000;
+        for i in 0..10 {
+            // Calls 2 s apart: none orders anything.
+            assert_eq!(stock.take(&k, now + 2 * i), (None, None));
+        }
+        let later = now + 100;
+        stock.take(&k, later);
+        let refill = stock.take(&k, later).1.unwrap();
+        assert_eq!(
+            refill.count, 8,
+            "four times the two calls of the new stream"
+        );
+    }
+
+    #[test]
+    fn shelves_with_only_old_stock_make_room() {
+        let stock = Stock::default();
+        let now = 1_800_000_000;
+        for i in 0..MAX_SHELVES as u64 {
+            let mut k = key(60);
+            k.value = U256::from(i);
+            stock.take(&k, now);
+            let refill = stock.take(&k, now).1.unwrap();
+            stock.put(&refill, signed(&refill, 0), true);
+        }
+        // Full of shelves that can still serve: a new offer is signed fresh, nothing stocked.
+        let new = key(61);
+        assert_eq!(stock.take(&new, now), (None, None));
+        assert_eq!(stock.take(&new, now), (None, None));
+        assert!(!stock.shelves.lock().unwrap().contains_key(&new));
+        // Later their stock is too old to serve: they make room.
+        let later = now + MAX_AGE_SECONDS + 1;
+        stock.take(&new, later);
+        assert!(stock.take(&new, later).1.is_some());
+        assert!(stock.shelves.lock().unwrap().len() <= 2);
     }
 
     #[test]
