@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use super::pool::SigningPool;
-use super::stock::{Refill, ShelfKey, Stock};
+use super::stock::{REFILL_PART, Refill, ShelfKey, Stock};
 use super::wire::{Offer, PaymentRequired, Version};
 
 sol! {
@@ -31,9 +31,6 @@ sol! {
         bytes32 nonce;
     }
 }
-
-/// A refill is stocked in parts of this many signatures.
-const STOCK_PART: usize = 8;
 
 /// `validAfter` = now − this, absorbing a payer clock that runs fast (§4.2).
 pub const VALID_AFTER_SLACK_SECONDS: u64 = 600;
@@ -197,7 +194,6 @@ impl Eip3009Signer {
             stock: Arc::clone(&self.stock),
             left: refill.count,
             refill,
-            separator: None,
         };
         SigningPool::global().spawn_background(move || batch.sign_part());
     }
@@ -207,18 +203,19 @@ impl Eip3009Signer {
         domain: &TokenDomain,
         auth: &Authorization,
     ) -> Result<[u8; 65], SignError> {
-        sign_with(&self.key, domain, auth)
+        sign_with(&self.key, domain.eip712().separator(), auth)
     }
 }
 
-/// The EIP-712 hash of `auth` and its ECDSA signature with `key` (65 bytes: r, s, v).
+/// The EIP-712 hash of `auth` under the domain `separator` and its ECDSA signature with `key`
+/// (65 bytes: r, s, v).
 fn sign_with(
     key: &Secp256k1Signer,
-    domain: &TokenDomain,
+    separator: B256,
     auth: &Authorization,
 ) -> Result<[u8; 65], SignError> {
     let sig = key
-        .sign_hash_sync(&signing_hash(domain, auth))
+        .sign_hash_sync(&signing_hash_in(separator, auth))
         .map_err(|_| SignError::Signer)?;
     Ok(sig.as_bytes())
 }
@@ -258,7 +255,7 @@ impl PaymentSigner for Eip3009Signer {
         let key = Arc::clone(&self.key);
         let auth = authorization.clone();
         let signature = pool
-            .run(move || sign_with(&key, &shelf.domain, &auth))
+            .run(move || sign_with(&key, shelf.domain.eip712().separator(), &auth))
             .await
             .ok_or(SignError::Signer)??;
         Ok(SignedPayment {
@@ -276,31 +273,25 @@ struct Batch {
     refill: Refill,
     /// Signatures still to make.
     left: usize,
-    /// The domain's EIP-712 separator, hashed once per refill.
-    separator: Option<B256>,
 }
 
 impl Batch {
-    /// Signs and stocks the next [`STOCK_PART`] authorizations, then queues the rest.
+    /// Signs and stocks the next [`REFILL_PART`] authorizations, then queues the rest.
     fn sign_part(mut self) {
         let shelf = &self.refill.key;
-        let separator = *self
-            .separator
-            .get_or_insert_with(|| shelf.domain.eip712().separator());
-        let mut part = Vec::with_capacity(self.left.min(STOCK_PART));
-        while part.len() < STOCK_PART && self.left > 0 {
+        // Hashed once per part, not per signature.
+        let separator = shelf.domain.eip712().separator();
+        let mut part = Vec::with_capacity(self.left.min(REFILL_PART));
+        while part.len() < REFILL_PART && self.left > 0 {
             let authorization = new_authorization(self.key.address(), shelf, self.refill.now);
-            let Ok(signature) = self
-                .key
-                .sign_hash_sync(&signing_hash_in(separator, &authorization))
-            else {
+            let Ok(signature) = sign_with(&self.key, separator, &authorization) else {
                 self.left = 0;
                 break;
             };
             self.left -= 1;
             part.push(SignedPayment {
                 authorization,
-                signature: signature.as_bytes(),
+                signature,
                 presigned: true,
             });
         }

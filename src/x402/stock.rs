@@ -24,6 +24,8 @@ use super::sign::{SignedPayment, TokenDomain};
 pub const MAX_AGE_SECONDS: u64 = 1;
 /// Offers whose window is shorter than this are always signed fresh.
 pub const MIN_TIMEOUT_SECONDS: u64 = 30;
+/// A refill is signed and stocked in parts of this many authorizations.
+pub const REFILL_PART: usize = 8;
 /// Ready authorizations kept per shelf at most.
 pub const MAX_PER_SHELF: usize = 256;
 /// Shelves kept before idle ones are dropped.
@@ -84,14 +86,22 @@ impl Stock {
             return (None, None);
         }
         let mut shelves = self.shelves.lock().unwrap_or_else(|p| p.into_inner());
-        if !shelves.contains_key(key) && shelves.len() >= MAX_SHELVES {
-            // Keep the shelves that can still serve; a new offer beyond that is signed fresh.
-            shelves.retain(|_, s| s.refilling || s.ready.iter().any(|r| r.usable_until() >= now));
+        if !shelves.contains_key(key) {
             if shelves.len() >= MAX_SHELVES {
-                return (None, None);
+                // Keep the shelves that can still serve; a new offer beyond that is signed
+                // fresh.
+                shelves
+                    .retain(|_, s| s.refilling || s.ready.iter().any(|r| r.usable_until() >= now));
+                if shelves.len() >= MAX_SHELVES {
+                    return (None, None);
+                }
             }
+            shelves.insert(key.clone(), Shelf::default());
         }
-        let shelf = shelves.entry(key.clone()).or_default();
+        // The key is cloned only for a new shelf, not on every call.
+        let Some(shelf) = shelves.get_mut(key) else {
+            return (None, None);
+        };
         // Too old: the window would no longer fit. A later second's (the caller read its
         // clock before a slow step) stays for the calls after it.
         shelf.ready.retain(|r| r.usable_until() >= now);
