@@ -5,6 +5,9 @@
 # signing on the worker (signer_threads: 0) vs paid without price memory (402 + signed replay
 # per call). Also prints the EIP-3009 sign+encode cost per call.
 #
+# BASELINE=path/to/an/older/pag0 adds that binary's paid/pass-through pairs to the same rounds
+# (same paywall, alternating), for a before/after comparison in one run.
+#
 #   benches/paid.sh            # DURATION=10 ROUNDS=3 CONNS=20 THREADS=1 by default
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,7 +50,7 @@ projects:
     wallet: { private_key: "\${BENCH_WALLET_KEY}" }
 ${3:-}
 YAML
-  BENCH_WALLET_KEY=$WALLET RUST_LOG=warn target/release/pag0 -c "$work/$1.yaml" >/dev/null 2>&1 &
+  BENCH_WALLET_KEY=$WALLET RUST_LOG=warn "${PAG0_BIN:-target/release/pag0}" -c "$work/$1.yaml" >/dev/null 2>&1 &
   pids+=($!)
   wait_port "$p"
   PAG0_PORT=$p
@@ -55,6 +58,11 @@ YAML
 
 start_pag0 memory 300
 MEM=$PAG0_PORT
+BASE=""
+if [ -n "${BASELINE:-}" ]; then
+  PAG0_BIN=$BASELINE start_pag0 baseline 300
+  BASE=$PAG0_PORT
+fi
 start_pag0 nomemory 0
 NOMEM=$PAG0_PORT
 start_pag0 inline 300 "" 0
@@ -97,19 +105,24 @@ paced() { # $1 = pag0 port, $2 = path -> p99 ms at ~1000 req/s (10 connections, 
 }
 
 # Warm-up: learns the price on the price-memory instances.
-for port in "$MEM" "$INLINE" "$POLLOCAL" "$POLREDIS"; do
+for port in "$MEM" "$INLINE" "$POLLOCAL" "$POLREDIS" $BASE; do
   wrk -t1 -c4 -d2s -s "$(lua /paid)" "http://127.0.0.1:$port/" >/dev/null
 done
 wrk -t1 -c4 -d2s -s "$(lua /free)" "http://127.0.0.1:$MEM/" >/dev/null
 
 # The headline ratio: ROUNDS alternating pass-through / paid pairs on the same instance (the
 # VM's speed drifts within a run), reported as medians, with each pair's own ratio.
-free_runs=(); mem_runs=(); pair_ratios=()
+free_runs=(); mem_runs=(); pair_ratios=(); base_ratios=()
 for _ in $(seq 1 "$ROUNDS"); do
   read -r FREE_RPS FREE_P99 FREE_BAD < <(paid_measure "$MEM" /free)
   read -r MEM_RPS MEM_P99 MEM_BAD < <(paid_measure "$MEM" /paid)
   free_runs+=("$FREE_RPS $FREE_P99 $FREE_BAD"); mem_runs+=("$MEM_RPS $MEM_P99 $MEM_BAD")
   pair_ratios+=("$(ratio "$MEM_RPS" "$FREE_RPS")")
+  if [ -n "$BASE" ]; then
+    read -r B_FREE _ _ < <(paid_measure "$BASE" /free)
+    read -r B_PAID _ _ < <(paid_measure "$BASE" /paid)
+    base_ratios+=("$(ratio "$B_PAID" "$B_FREE") ($B_PAID/$B_FREE)")
+  fi
 done
 median_run() { printf '%s\n' "$@" | sort -n -k1,1 | awk '{a[NR]=$0} END {print a[int((NR+1)/2)]}'; }
 read -r FREE_RPS FREE_P99 FREE_BAD < <(median_run "${free_runs[@]}")
@@ -137,4 +150,7 @@ printf "%-26s %12s %10s %10s %10s\n" "paid, memory, policy/redis" "$PR_RPS" "$PR
 echo
 echo "paced ~1000 req/s, p99 ms: paid+memory $MEM_PACED | inline signing $INLINE_PACED | + policy (in-process ledger) $PL_PACED (added $(awk -v a="$PL_PACED" -v b="$MEM_PACED" 'BEGIN {printf "%.2f", a-b}')) | + policy (redis ledger) $PR_PACED (added $(awk -v a="$PR_PACED" -v b="$MEM_PACED" 'BEGIN {printf "%.2f", a-b}'))"
 echo "paid, price memory / pass-through per round ($ROUNDS alternating pairs; medians above): ${pair_ratios[*]}"
+if [ -n "$BASE" ]; then
+  echo "baseline $BASELINE, paid / pass-through per round (paid/free req/s): ${base_ratios[*]}"
+fi
 echo "$SIGN"

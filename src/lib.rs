@@ -3,7 +3,7 @@
 //! Layout: [`config`] (YAML → validated config), [`net`] (DNS, address classes),
 //! [`ratelimit`], [`metrics`], [`stages`] (pipeline plugins), [`proxy`] (the Pingora glue),
 //! [`cache`] (response cache storage: memory and Redis tiers), [`budget`] / [`store`] /
-//! [`settle`] (spend ledger and journal), [`x402`] (payments), [`admin`] (health, metrics,
+//! [`settle`] (spend ledger and journal), [`intents`] (write-ahead payment intents), [`x402`] (payments), [`admin`] (health, metrics,
 //! reload, admin API), [`live`] (reloadable state), [`server`] (assembly).
 
 pub mod admin;
@@ -14,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod glob;
 pub mod idempotency;
+pub mod intents;
 pub mod intercept;
 pub mod keys;
 pub mod live;

@@ -46,6 +46,8 @@ pub struct Shared {
     pub policies: Arc<PolicyBook>,
     /// Journals, commits and releases once requests are over (survives reloads).
     pub settler: Arc<crate::settle::Settler>,
+    /// Write-ahead payment intents (durable before a payment header leaves pag0).
+    pub intents: Arc<crate::intents::IntentLog>,
     /// The response cache storage (changes to `cache:` need a restart).
     pub cache: &'static crate::cache::CacheStore,
     /// Collapses concurrent misses for one key inside this process.
@@ -97,8 +99,28 @@ impl Shared {
         })
         .map_err(|e| anyhow::anyhow!("database: {e}"))?;
         let store = Arc::new(store);
+        let metrics = Arc::new(Metrics::new());
+        let (intents, writer) = crate::intents::IntentLog::new(store.clone(), metrics.clone());
+        let intents = Arc::new(intents);
+        rt.spawn(writer);
+        // Before anything is paid or a budget is read: payments the previous run sent without
+        // recording an outcome become in doubt (and hold their budget).
+        std::thread::scope(|s| {
+            s.spawn(|| rt.block_on(intents.recover(&store)))
+                .join()
+                .expect("intent recovery does not panic")
+        })
+        .map_err(|e| anyhow::anyhow!("payment intents: {e}"))?;
+        let maintained = intents.clone();
+        let upkeep_store = store.clone();
+        rt.spawn(async move { maintained.maintain(upkeep_store, UPKEEP_INTERVAL).await });
         let budgets = &config.budgets;
-        let local = || LocalLedger::new(store.clone(), budgets.reservation_ttl);
+        // A hold must outlive the authorization it paid for: a payment in doubt keeps its
+        // budget until it can no longer be settled.
+        let reservation_ttl = budgets.reservation_ttl.max(std::time::Duration::from_secs(
+            config.payments.max_authorization_seconds + crate::store::IN_DOUBT_MARGIN_SECONDS,
+        ));
+        let local = || LocalLedger::new(store.clone(), reservation_ttl);
         let (ledger, redis_ledger): (Arc<dyn Ledger>, _) =
             match (budgets.ledger, config.redis.as_ref()) {
                 (LedgerKind::Redis, Some(r)) => {
@@ -107,7 +129,7 @@ impl Shared {
                             r.url.expose(),
                             &r.key_prefix,
                             r.timeout,
-                            budgets.reservation_ttl,
+                            reservation_ttl,
                             store.clone(),
                         )
                         .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?,
@@ -125,7 +147,6 @@ impl Shared {
         let upkeep = store.clone();
         rt.spawn(async move { upkeep.maintain(UPKEEP_INTERVAL).await });
         let policies = Arc::new(PolicyBook::default());
-        let metrics = Arc::new(Metrics::new());
         let (settler, worker) = crate::settle::Settler::new(crate::settle::SettlerParts {
             store: store.clone(),
             ledger: ledger.clone(),
@@ -181,6 +202,7 @@ impl Shared {
             redis_ledger,
             policies,
             settler: Arc::new(settler),
+            intents,
             _state: StateRuntime(Some(rt)),
         }))
     }

@@ -29,6 +29,12 @@ pub struct Metrics {
     /// `pag0_signatures_total{project,source}`: payment signatures pag0 made, taken from the
     /// pre-signed `stock` or signed `fresh` for the call.
     pub signatures: IntCounterVec,
+    /// `pag0_payment_intents_total{project,state}`: payment intents written ahead (`sent`) and
+    /// their outcomes (`committed`, `released`, `in_doubt`, `unresolved`).
+    pub payment_intents: IntCounterVec,
+    /// `pag0_payments_in_doubt{project}`: payments sent whose outcome is unknown (in doubt,
+    /// still holding budget) right now.
+    pub payments_in_doubt: IntGaugeVec,
     /// `pag0_policy_violations_total{project,code,enforced}`: policy decisions that refused
     /// (`enforced="false"`: dry run, the request went on).
     pub policy_violations: IntCounterVec,
@@ -110,6 +116,22 @@ impl Metrics {
                 "Payment signatures by project and source (stock: pre-signed, fresh)",
             ),
             &["project", "source"],
+        )
+        .expect("valid metric");
+        let payment_intents = IntCounterVec::new(
+            Opts::new(
+                "pag0_payment_intents_total",
+                "Payment intents written ahead of sending (sent) and their outcomes",
+            ),
+            &["project", "state"],
+        )
+        .expect("valid metric");
+        let payments_in_doubt = IntGaugeVec::new(
+            Opts::new(
+                "pag0_payments_in_doubt",
+                "Payments sent whose outcome is unknown (holding budget until they expire)",
+            ),
+            &["project"],
         )
         .expect("valid metric");
         let policy_violations = IntCounterVec::new(
@@ -206,6 +228,8 @@ impl Metrics {
             Box::new(upstream_errors.clone()),
             Box::new(payments.clone()),
             Box::new(signatures.clone()),
+            Box::new(payment_intents.clone()),
+            Box::new(payments_in_doubt.clone()),
             Box::new(policy_violations.clone()),
             Box::new(budget_operations.clone()),
             Box::new(approvals.clone()),
@@ -229,6 +253,8 @@ impl Metrics {
             upstream_errors,
             payments,
             signatures,
+            payment_intents,
+            payments_in_doubt,
             policy_violations,
             budget_operations,
             approvals,

@@ -1,6 +1,8 @@
-//! After a paid request is over: the payment goes to the spend journal, then its budget
-//! reservation is committed; a request that did not settle releases its reservation. Runs on
-//! a worker of its own so `logging` never holds the agent's connection for it.
+//! After a paid request is over: the payment goes to the spend journal (and its write-ahead
+//! intent becomes `committed`, in the same transaction), then its budget reservation is
+//! committed; a payment proved not paid releases its reservation (intent `released`); one whose
+//! outcome is unknown keeps its hold (intent `in_doubt`). Runs on a worker of its own so
+//! `logging` never holds the agent's connection for it.
 //!
 //! The worker takes whatever is queued within [`GROUP_COMMIT_WINDOW`] (up to [`MAX_BATCH`])
 //! and writes the journal rows in one transaction (group commit), then commits or releases
@@ -21,7 +23,7 @@ use crate::budget::{Ledger, Reservation};
 use crate::config::Project;
 use crate::live::PolicyBook;
 use crate::metrics::Metrics;
-use crate::store::{SpendRecord, Store};
+use crate::store::{IntentState, Outcome, SpendRecord, Store};
 
 /// Most jobs handled in one round (one journal transaction).
 pub const MAX_BATCH: usize = 512;
@@ -35,14 +37,21 @@ pub const GROUP_COMMIT_WINDOW: Duration = Duration::from_millis(2);
 
 /// What to do with a finished request's payment.
 pub enum Job {
-    /// It settled: journal it, then commit its reservation (if any).
+    /// It settled: journal it (its intent, same id, becomes `committed`), then commit its
+    /// reservation (if any).
     Commit {
         record: Box<SpendRecord>,
         reservation: Option<Reservation>,
         project: Arc<Project>,
     },
-    /// It did not: give the budget back.
-    Release(Reservation),
+    /// It was not paid: give the budget back, and record why (when an intent was written).
+    Release {
+        reservation: Option<Reservation>,
+        intent: Option<Outcome>,
+    },
+    /// It was sent and nobody knows whether it was paid: the intent becomes `in_doubt` and the
+    /// reservation keeps holding budget until it expires (after the authorization does).
+    InDoubt(Outcome),
 }
 
 pub struct Settler {
@@ -96,7 +105,9 @@ async fn run(mut rx: mpsc::Receiver<Job>, parts: Arc<SettlerParts>, in_flight: A
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         // Only journal rows gain from company; a release gives budget back at once.
-        let journals = batch.iter().any(|j| matches!(j, Job::Commit { .. }));
+        let journals = batch
+            .iter()
+            .any(|j| !matches!(j, Job::Release { intent: None, .. }));
         if journals && batch.len() < MAX_BATCH {
             tokio::time::sleep(GROUP_COMMIT_WINDOW).await;
             while batch.len() < MAX_BATCH {
@@ -117,28 +128,50 @@ async fn settle(parts: &Arc<SettlerParts>, jobs: Vec<Job>) {
         .iter()
         .filter_map(|j| match j {
             Job::Commit { record, .. } => Some(&**record),
-            Job::Release(_) => None,
+            _ => None,
+        })
+        .collect();
+    let at = crate::clock::unix_millis() as i64;
+    let outcomes: Vec<Outcome> = jobs
+        .iter()
+        .filter_map(|j| match j {
+            Job::Commit { record, .. } => Some(Outcome {
+                id: record.id.clone(),
+                state: IntentState::Committed,
+                reason: None,
+                tx_hash: record.tx_hash.clone(),
+                at,
+            }),
+            Job::Release { intent, .. } => intent.clone(),
+            Job::InDoubt(outcome) => Some(outcome.clone()),
         })
         .collect();
     // Journal first: a budget rebuilt from it then never misses these payments.
-    if !records.is_empty()
-        && let Err(e) = parts.store.record_spends(&records).await
+    if (!records.is_empty() || !outcomes.is_empty())
+        && let Err(e) = parts.store.settle(&records, &outcomes).await
     {
         for r in &records {
             parts.count(&r.project, "journal_failed");
             log::error!(project = r.project.as_str(), id = r.id.as_str(); "SPEND NOT JOURNALED (database and spool failed): {e}; record: {}", serde_json::to_string(r).unwrap_or_default());
+        }
+        for o in &outcomes {
+            log::error!(id = o.id.as_str(), state = o.state.as_str(); "PAYMENT OUTCOME NOT RECORDED (database and spool failed): {e}; the intent stays in doubt");
         }
     }
     let ledger_ops = jobs.iter().map(|job| {
         let parts = parts.clone();
         async move {
             match job {
-                Job::Release(r) => {
+                Job::Release {
+                    reservation: Some(r),
+                    ..
+                } => {
                     if let Err(e) = parts.ledger.release(r).await {
                         log::debug!("release failed (the hold expires by itself): {e}");
                     }
                     parts.count(&r.key.project, "released");
                 }
+                Job::Release { .. } | Job::InDoubt(_) => {}
                 Job::Commit {
                     reservation: Some(r),
                     ..

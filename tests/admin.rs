@@ -13,6 +13,8 @@ const DOCUMENTED_METRICS: &[&str] = &[
     "pag0_upstream_errors_total",
     "pag0_payments_total",
     "pag0_signatures_total",
+    "pag0_payment_intents_total",
+    "pag0_payments_in_doubt",
     "pag0_policy_violations_total",
     "pag0_budget_operations_total",
     "pag0_approvals_total",

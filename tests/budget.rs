@@ -294,28 +294,34 @@ async fn dry_run_blocks_nothing_but_counts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_timed_out_and_abandoned_paid_calls_release_their_budget() {
+async fn paid_calls_with_unknown_outcome_stay_in_doubt_and_refused_ones_release() {
     let wall = Paywall::start().await;
-    // Budget for exactly one call; reads time out after 300 ms (/slow-paid answers after 800).
+    // Budget for four calls; reads time out after 300 ms (/slow-paid answers after 800).
     let cfg = config(
-        &budget("0.01", "0.01", "1"),
+        &budget("0.01", "0.04", "1"),
         "upstream:\n  read_timeout_ms: 300\n",
     );
     let pag0 = Pag0::start(&cfg);
     let client = pag0.client("demo", DEMO_KEY);
+    // Refused by the upstream after verifying: proved not paid, the hold is released.
+    for _ in 0..3 {
+        let resp = client.get(wall.url("/always402")).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::PAYMENT_REQUIRED);
+    }
+    // The paywall took these three payments and then failed, timed out, or lost the client:
+    // whether they were settled is unknown, so each keeps holding its budget.
     let resp = client.get(wall.url("/paid-500")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
     let resp = client.get(wall.url("/slow-paid")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
-    // The client gives up while the paid attempt is in flight.
     let impatient = reqwest::Client::builder()
         .proxy(reqwest::Proxy::all(format!("http://demo:{DEMO_KEY}@{}", pag0.proxy)).unwrap())
         .timeout(Duration::from_millis(150))
         .build()
         .unwrap();
     assert!(impatient.get(wall.url("/slow-paid")).send().await.is_err());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    // All three released their hold: the one budgeted call still goes through, then no more.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // One call's budget is left: it goes through, then no more.
     let resp = client.get(wall.url("/paid")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     let resp = client.get(wall.url("/paid")).send().await.unwrap();
@@ -325,6 +331,39 @@ async fn failed_timed_out_and_abandoned_paid_calls_release_their_budget() {
     );
     let journal = eventually(|| sqlite_journal(&pag0), |rows| !rows.is_empty()).await;
     assert_eq!(journal.len(), 1, "only the settled payment is journaled");
+    let spend = eventually(
+        || pag0.admin_get("/api/spend?project=demo"),
+        |v| v["in_doubt"]["count"] == 3,
+    )
+    .await;
+    assert_eq!(spend["in_doubt"]["count"], 3, "{spend}");
+    let key = format!("{}/{}", paywall::NETWORK, paywall::ASSET);
+    assert_eq!(spend["in_doubt"]["amounts"][&key], "30000", "{spend}");
+    let reasons: Vec<&str> = spend["in_doubt"]["payments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["reason"].as_str().unwrap())
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r.contains("answered 500")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("no answer")),
+        "{reasons:?}"
+    );
+    let budgets = pag0.admin_get("/api/budgets/demo").await;
+    assert_eq!(
+        budgets["budgets"][0]["in_doubt"]["daily"], "30000",
+        "{budgets}"
+    );
+    assert_eq!(
+        budgets["budgets"][0]["daily"]["spent"], "10000",
+        "{budgets}"
+    );
+    assert_eq!(budgets["budgets"][0]["daily"]["held"], "30000", "{budgets}");
+    assert_eq!(wall.stats().paid, 7, "3 refused + 3 in doubt + 1 settled");
 }
 
 fn redis_config(port: u16, redis_down: &str, policy: &str) -> String {

@@ -370,7 +370,15 @@ async fn migrate_creates_the_journal_tables_on_sqlite_and_postgres() {
     .fetch_all(&pool)
     .await
     .unwrap();
-    assert_eq!(tables, ["policies", "policy_versions", "spend_journal"]);
+    assert_eq!(
+        tables,
+        [
+            "payment_intents",
+            "policies",
+            "policy_versions",
+            "spend_journal"
+        ]
+    );
 
     let pg = common::services::TempDatabase::create().await;
     write(&format!("  url: {}\n", pg.url()));
@@ -382,12 +390,12 @@ async fn migrate_creates_the_journal_tables_on_sqlite_and_postgres() {
     );
     let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
     let n: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM information_schema.tables WHERE table_name IN ('spend_journal', 'policies', 'policy_versions')",
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_name IN ('spend_journal', 'policies', 'policy_versions', 'payment_intents')",
     )
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!(n, 3);
+    assert_eq!(n, 4);
     pool.close().await;
     pg.drop_now().await;
 

@@ -319,11 +319,33 @@ pub async fn budgets(
                 e.to_string(),
             )
         })?;
+        // Payments in doubt hold budget (included in `held`); shown apart as well.
+        let filter = crate::store::IntentFilter {
+            project: Some(&project),
+            pool: Some(&rule.pool),
+            month: Some(&usage.windows.month),
+            ..crate::store::IntentFilter::states(&[crate::store::IntentState::InDoubt])
+        };
+        let in_doubt = shared
+            .store
+            .intents(&filter, MAX_SPEND_ROWS)
+            .await
+            .map_err(store_error)?;
+        let sum = |day: bool| {
+            in_doubt
+                .iter()
+                .filter(|r| !day || r.intent.window_day == usage.windows.day)
+                .fold(alloy_primitives::U256::ZERO, |a, r| {
+                    a.saturating_add(r.intent.amount)
+                })
+                .to_string()
+        };
         pools.push(json!({
             "pool": rule.pool,
             "per_request": rule.per_request.map(|v| v.to_string()),
             "daily": window_json(&usage.windows.day, &usage.day, rule.daily),
             "monthly": window_json(&usage.windows.month, &usage.month, rule.monthly),
+            "in_doubt": {"count": in_doubt.len(), "daily": sum(true), "monthly": sum(false)},
         }));
     }
     Ok(Json(json!({
@@ -398,8 +420,40 @@ pub async fn spend(
         .spend(&project, from, to, limit)
         .await
         .map_err(store_error)?;
-    Ok(Json(
-        json!({"project": project, "from": from, "to": to, "count": rows.len(), "spend": rows}),
-    )
+    // Payments sent whose outcome is unknown, listed apart from the journal (they are not
+    // known to be spent): in doubt (holding budget) and unresolved (expired in doubt).
+    let store = &state.reloader.shared.store;
+    let open = |state| crate::store::IntentFilter {
+        project: Some(&project),
+        created: Some((from.saturating_mul(1000), to.saturating_mul(1000))),
+        ..crate::store::IntentFilter::states(state)
+    };
+    let in_doubt = store
+        .intents(&open(&[crate::store::IntentState::InDoubt]), limit)
+        .await
+        .map_err(store_error)?;
+    let unresolved = store
+        .intents(&open(&[crate::store::IntentState::Unresolved]), limit)
+        .await
+        .map_err(store_error)?;
+    // Base units per asset (`network/asset`): amounts of different tokens never add up.
+    let total = |rows: &[crate::store::IntentRow]| {
+        let mut by_asset = std::collections::BTreeMap::<String, alloy_primitives::U256>::new();
+        for r in rows {
+            let sum = by_asset
+                .entry(format!("{}/{}", r.intent.network, r.intent.asset))
+                .or_default();
+            *sum = sum.saturating_add(r.intent.amount);
+        }
+        by_asset
+            .into_iter()
+            .map(|(k, v)| (k, Value::String(v.to_string())))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    Ok(Json(json!({
+        "project": project, "from": from, "to": to, "count": rows.len(), "spend": rows,
+        "in_doubt": {"count": in_doubt.len(), "amounts": total(&in_doubt), "payments": in_doubt},
+        "unresolved": {"count": unresolved.len(), "amounts": total(&unresolved), "payments": unresolved},
+    }))
     .into_response())
 }

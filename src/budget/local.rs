@@ -73,10 +73,11 @@ impl LocalLedger {
         if !missing {
             return Ok(());
         }
-        let (day, month) =
-            self.history.window_totals(key, w).await.map_err(|e| {
-                LedgerError(format!("cannot rebuild the budget from the journal: {e}"))
-            })?;
+        let rebuild =
+            |e: String| LedgerError(format!("cannot rebuild the budget from the journal: {e}"));
+        let (day, month) = self.history.window_totals(key, w).await.map_err(rebuild)?;
+        let pending = self.history.pending_holds(key, w).await.map_err(rebuild)?;
+        let now = crate::clock::unix_now();
         let mut state = self.state.lock().expect("ledger lock");
         let windows = state.windows.entry(key.clone()).or_default();
         for (label, spent) in [(&w.day, day), (&w.month, month)] {
@@ -84,6 +85,27 @@ impl LocalLedger {
                 spent,
                 held: U256::ZERO,
             });
+        }
+        // Payments in doubt hold their amount again until their authorization has expired.
+        for p in pending {
+            if p.expires_at <= now
+                || state.holds.contains_key(&p.id)
+                || state.expired.contains_key(&p.id)
+            {
+                continue;
+            }
+            let hold = Hold {
+                key: key.clone(),
+                amount: p.amount,
+                day: p.day,
+                month: p.month,
+                expires_at: p.expires_at,
+            };
+            for label in [&hold.day, &hold.month] {
+                let w = state.window(key, label);
+                w.held = w.held.saturating_add(hold.amount);
+            }
+            state.holds.insert(p.id, hold);
         }
         Ok(())
     }

@@ -159,6 +159,29 @@ pub trait SpendHistory: Send + Sync {
         key: &BudgetKey,
         windows: &Windows,
     ) -> Result<(U256, U256), String>;
+
+    /// Holds of payments in doubt counted in `windows`' month (sent, outcome unknown).
+    async fn pending_holds(
+        &self,
+        _key: &BudgetKey,
+        _windows: &Windows,
+    ) -> Result<Vec<PendingHold>, String> {
+        Ok(Vec::new())
+    }
+}
+
+/// Budget a ledger holds again when it rebuilds a window: a payment whose outcome is not known
+/// (an in-doubt payment intent), held until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingHold {
+    /// The reservation id it was paid under.
+    pub id: String,
+    pub amount: U256,
+    /// The day (`YYYY-MM-DD`) and month (`YYYY-MM`) it counts in.
+    pub day: String,
+    pub month: String,
+    /// Unix seconds: when its authorization can no longer be settled (plus a margin).
+    pub expires_at: u64,
 }
 
 /// A history with nothing in it (unit tests, or a project that never paid).

@@ -240,6 +240,10 @@ pub const DEFAULT_MAX_PER_PAYMENT: &str = "0.10";
 pub const DEFAULT_PRICE_MEMORY_SECONDS: u64 = 300;
 /// Largest `payments.signer_threads`.
 pub const MAX_SIGNER_THREADS: u64 = 64;
+/// `payments.max_authorization_seconds` when absent.
+pub const DEFAULT_MAX_AUTHORIZATION_SECONDS: u64 = 600;
+/// The largest `payments.max_authorization_seconds` accepted.
+pub const MAX_AUTHORIZATION_SECONDS: u64 = 3600;
 /// Seconds an `Idempotency-Key` is remembered.
 pub const DEFAULT_IDEMPOTENCY_WINDOW_SECONDS: u64 = 24 * 3600;
 /// Payment schemes accepted when `payments.schemes` is absent.
@@ -263,6 +267,9 @@ pub struct FilePayments {
     pub facilitator: Option<FileFacilitator>,
     /// Threads computing signatures off Pingora's workers; 0 signs inline (applies at start).
     pub signer_threads: Option<u64>,
+    /// Longest validity pag0 signs an authorization for (default 600, at most 3600): offers
+    /// whose `maxTimeoutSeconds` is longer are declined.
+    pub max_authorization_seconds: Option<u64>,
 }
 
 /// Timeout of one facilitator call.
@@ -294,6 +301,17 @@ pub struct FileAsset {
     pub decimals: u8,
     /// Ceiling per payment in asset units (`"0.10"` or `"0.10 USDC"`).
     pub max_per_payment: Option<String>,
+    /// The token's EIP-712 domain; an offer naming another one is declined. Defaults to the
+    /// pinned entry for well-known USDC deployments.
+    pub eip712: Option<FileEip712>,
+}
+
+/// `payments.assets[].eip712`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEip712 {
+    pub name: String,
+    pub version: String,
 }
 
 /// `projects[].wallet` — the key pag0 signs this project's payments with: exactly one of

@@ -989,12 +989,25 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
                 {
                     self.issue(&path, "this asset is listed twice");
                 }
+                let eip712 = match &a.eip712 {
+                    Some(d) if d.name.is_empty() || d.version.is_empty() => {
+                        self.issue(
+                            &format!("{path}.eip712"),
+                            "name and version must not be empty",
+                        );
+                        None
+                    }
+                    Some(d) => Some((d.name.clone(), d.version.clone())),
+                    None => crate::x402::networks::known_domain(chain_id, address)
+                        .map(|(n, v)| (n.to_string(), v.to_string())),
+                };
                 assets.push(Asset {
                     chain_id,
                     address,
                     symbol: a.symbol.clone(),
                     decimals: a.decimals,
                     max_per_payment,
+                    eip712,
                 });
             }
         }
@@ -1039,6 +1052,15 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
                 format!("at most {MAX_SIGNER_THREADS}"),
             );
         }
+        let max_authorization_seconds = f
+            .max_authorization_seconds
+            .unwrap_or(DEFAULT_MAX_AUTHORIZATION_SECONDS);
+        if max_authorization_seconds == 0 || max_authorization_seconds > MAX_AUTHORIZATION_SECONDS {
+            self.issue(
+                "payments.max_authorization_seconds",
+                format!("must be between 1 and {MAX_AUTHORIZATION_SECONDS}"),
+            );
+        }
         Payments {
             assets,
             schemes,
@@ -1046,6 +1068,8 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
             price_memory,
             facilitator,
             signer_threads: signer_threads.min(MAX_SIGNER_THREADS) as usize,
+            max_authorization_seconds: max_authorization_seconds
+                .clamp(1, MAX_AUTHORIZATION_SECONDS),
         }
     }
 

@@ -236,6 +236,8 @@ pub struct Payments {
     pub facilitator: Option<FacilitatorConfig>,
     /// Size of the process's signing pool (taken at start).
     pub signer_threads: usize,
+    /// No authorization pag0 signs or relays is valid for longer than this (seconds).
+    pub max_authorization_seconds: u64,
 }
 
 /// `payments.facilitator`, validated.
@@ -255,6 +257,8 @@ pub struct Asset {
     pub symbol: String,
     pub decimals: u8,
     pub max_per_payment: U256,
+    /// The token's EIP-712 domain (name, version), when known: offers must name this one.
+    pub eip712: Option<(String, String)>,
 }
 
 impl Payments {

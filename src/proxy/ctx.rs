@@ -141,6 +141,24 @@ pub struct PaymentState {
     /// The paid attempt's receipt header, read as the upstream sent it (before the cache
     /// stores or merges the header).
     pub receipt: Option<Vec<u8>>,
+    /// The write-ahead intent of the payment header (durable before the header is sent).
+    pub intent: Option<SentIntent>,
+    /// The upstream said the paid attempt was not paid (why): its intent is `released`.
+    pub refused: Option<String>,
+    /// Status of the upstream's answer to the paid attempt, once it arrived.
+    pub paid_status: Option<u16>,
+}
+
+/// A payment header whose intent is durable.
+#[derive(Debug, Clone)]
+pub struct SentIntent {
+    /// The intent's id (the reservation's, and the journal row's once committed).
+    pub id: String,
+    pub nonce: alloy_primitives::B256,
+    /// The agent's `Idempotency-Key`, if it sent one.
+    pub idempotency_key: Option<String>,
+    /// The header was put on a request to the upstream (it may have been read there).
+    pub sent: bool,
 }
 
 /// Budget held for a paid attempt, with the limits it was checked against.

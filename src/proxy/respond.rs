@@ -47,6 +47,9 @@ pub enum ErrorCode {
     InvalidIdempotencyKey,
     /// 409: the first request with this `Idempotency-Key` is still running.
     IdempotencyInFlight,
+    /// 409: the payment made for this `Idempotency-Key` was sent and its outcome is unknown
+    /// (in doubt): it may have been paid, so pag0 does not pay again.
+    IdempotencyInDoubt,
     /// 409: the key was paid for, but its response was too large to keep for replay.
     IdempotencyResponseUnavailable,
     /// 413: a request with `Idempotency-Key` has a body over 64 KiB.
@@ -85,6 +88,9 @@ pub enum ErrorCode {
     ApprovalDenied,
     /// 503: the budget ledger (Redis) is unavailable; nothing was paid.
     BudgetUnavailable,
+    /// 503: the payment could not be recorded before sending (database and spool failed);
+    /// nothing was sent.
+    PaymentNotRecorded,
 }
 
 impl ErrorCode {
@@ -114,7 +120,9 @@ impl ErrorCode {
             ErrorCode::InvalidTarget | ErrorCode::BadRequest | ErrorCode::InvalidIdempotencyKey => {
                 400
             }
-            ErrorCode::IdempotencyInFlight | ErrorCode::IdempotencyResponseUnavailable => 409,
+            ErrorCode::IdempotencyInFlight
+            | ErrorCode::IdempotencyInDoubt
+            | ErrorCode::IdempotencyResponseUnavailable => 409,
             ErrorCode::IdempotencyBodyTooLarge => 413,
             ErrorCode::IdempotencyKeyReused => 422,
             ErrorCode::InvalidPaymentHeader => 400,
@@ -132,7 +140,7 @@ impl ErrorCode {
             | ErrorCode::DailyBudgetExceeded
             | ErrorCode::MonthlyBudgetExceeded
             | ErrorCode::ApprovalDenied => 403,
-            ErrorCode::BudgetUnavailable => 503,
+            ErrorCode::BudgetUnavailable | ErrorCode::PaymentNotRecorded => 503,
             ErrorCode::Unauthorized => 401,
             ErrorCode::TargetForbidden => 403,
             ErrorCode::NoRoute => 404,
@@ -156,6 +164,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "BAD_REQUEST",
             ErrorCode::InvalidIdempotencyKey => "INVALID_IDEMPOTENCY_KEY",
             ErrorCode::IdempotencyInFlight => "IDEMPOTENCY_IN_FLIGHT",
+            ErrorCode::IdempotencyInDoubt => "IDEMPOTENCY_IN_DOUBT",
             ErrorCode::IdempotencyResponseUnavailable => "IDEMPOTENCY_RESPONSE_UNAVAILABLE",
             ErrorCode::IdempotencyBodyTooLarge => "IDEMPOTENCY_BODY_TOO_LARGE",
             ErrorCode::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
@@ -175,6 +184,7 @@ impl ErrorCode {
             ErrorCode::MonthlyBudgetExceeded => "MONTHLY_BUDGET_EXCEEDED",
             ErrorCode::ApprovalDenied => "APPROVAL_DENIED",
             ErrorCode::BudgetUnavailable => "BUDGET_UNAVAILABLE",
+            ErrorCode::PaymentNotRecorded => "PAYMENT_NOT_RECORDED",
             ErrorCode::Unauthorized => "UNAUTHORIZED",
             ErrorCode::TargetForbidden => "TARGET_FORBIDDEN",
             ErrorCode::NoRoute => "NO_ROUTE",

@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Flow, Stage};
 use crate::idempotency::{Begin, IdempotencyStore, StoredResponse};
+use crate::intents::IntentLog;
 use crate::proxy::RequestCtx;
 use crate::proxy::respond::{ErrorCode, Reply};
 
@@ -32,6 +33,8 @@ pub const MAX_STORED_BODY: usize = 1024 * 1024;
 pub struct IdempotencyStage {
     store: Arc<dyn IdempotencyStore>,
     window: Duration,
+    /// Payments in doubt: their keys are refused (409) instead of paid again.
+    intents: Arc<IntentLog>,
 }
 
 /// Response headers as (name, value) pairs.
@@ -42,6 +45,8 @@ pub type Headers = Vec<(String, Vec<u8>)>;
 pub struct IdempotencyState {
     /// Store key (`project|key`) claimed by this request.
     pub key: Option<String>,
+    /// The agent's `Idempotency-Key` as sent (recorded with the payment's intent).
+    pub agent_key: Option<String>,
     /// The response being captured: header part, body so far, overflowed, complete.
     pub captured: Option<(u16, Headers)>,
     pub body: BytesMut,
@@ -50,8 +55,16 @@ pub struct IdempotencyState {
 }
 
 impl IdempotencyStage {
-    pub fn new(store: Arc<dyn IdempotencyStore>, window: Duration) -> IdempotencyStage {
-        IdempotencyStage { store, window }
+    pub fn new(
+        store: Arc<dyn IdempotencyStore>,
+        window: Duration,
+        intents: Arc<IntentLog>,
+    ) -> IdempotencyStage {
+        IdempotencyStage {
+            store,
+            window,
+            intents,
+        }
     }
 }
 
@@ -97,6 +110,17 @@ impl Stage for IdempotencyStage {
                 ));
             }
         };
+        // A payment for this key was sent and may have been paid (pag0 crashed, or the
+        // upstream failed): never pay again; the agent learns which authorization to look for.
+        if let Some(nonce) = self.intents.in_doubt_nonce(ctx.project_label(), &key) {
+            return Flow::Respond(
+                Reply::new(
+                    ErrorCode::IdempotencyInDoubt,
+                    "the payment made for this Idempotency-Key was sent and its outcome is unknown; it is not paid again",
+                )
+                .details(json!({"key": key, "nonce": nonce})),
+            );
+        }
         // Hash the body now (it stays in the retry buffer and is sent from there).
         session.enable_retry_buffering();
         let mut hasher = Sha256::new();
@@ -146,6 +170,7 @@ impl Stage for IdempotencyStage {
         match self.store.begin(&store_key, fingerprint, self.window).await {
             Begin::New => {
                 ctx.idempotency.key = Some(store_key);
+                ctx.idempotency.agent_key = Some(key);
                 Flow::Continue
             }
             Begin::InFlight => Flow::Respond(

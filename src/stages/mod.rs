@@ -166,9 +166,11 @@ impl Pipeline {
                         cache = Some(stage.clone());
                         stage
                     }
-                    StageConfig::Idempotency { window } => {
-                        Arc::new(IdempotencyStage::new(shared.idempotency.clone(), *window))
-                    }
+                    StageConfig::Idempotency { window } => Arc::new(IdempotencyStage::new(
+                        shared.idempotency.clone(),
+                        *window,
+                        shared.intents.clone(),
+                    )),
                     StageConfig::Policy => Arc::new(PolicyStage::new(
                         shared.metrics.clone(),
                         shared.policies.clone(),
@@ -183,6 +185,7 @@ impl Pipeline {
                             policies: shared.policies.clone(),
                             ledger: shared.ledger.clone(),
                             settler: shared.settler.clone(),
+                            intents: shared.intents.clone(),
                             metrics: shared.metrics.clone(),
                         }),
                         config.budgets.commit_without_receipt,

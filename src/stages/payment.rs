@@ -30,7 +30,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 use pingora::{Error, ErrorType};
 
-use super::spend::{BUDGET_REMAINING_HEADER, PaidRequest, SpendGuard, remaining};
+use super::spend::{BUDGET_REMAINING_HEADER, PaidRequest, SpendGuard, Validity, remaining};
 use super::{Flow, Stage};
 use crate::clock::unix_now;
 use crate::config::{Asset, PaymentMode, Payments, Wallet};
@@ -133,7 +133,7 @@ impl PaymentStage {
                 "this payment authorization was already relayed",
             ));
         }
-        ctx.payment.charge = Some(Charge {
+        let charge = Charge {
             amount: a.value,
             symbol: asset.symbol.clone(),
             network: networks::caip2(asset.chain_id),
@@ -141,7 +141,25 @@ impl PaymentStage {
             pay_to: a.to,
             payer: a.from,
             nonce: a.nonce,
-        });
+        };
+        let validity = Validity {
+            valid_after: a.valid_after,
+            valid_before: a.valid_before,
+        };
+        // The agent's header is forwarded only once its intent is durable.
+        let intent = match self
+            .spend
+            .write_ahead(ctx, &charge, validity, reservation.as_ref(), "relay")
+            .await
+        {
+            Ok(intent) => intent,
+            Err(reply) => {
+                self.spend.release(reservation).await;
+                return Err(reply);
+            }
+        };
+        ctx.payment.intent = Some(intent);
+        ctx.payment.charge = Some(charge);
         ctx.payment.reservation = reservation;
         self.metrics
             .payments
@@ -272,8 +290,7 @@ impl PaymentStage {
             return Err(SignFailure::Declined("unencodable payment header".into()));
         };
         header.set_sensitive(true);
-        ctx.payment.header = Some((offer.version.payment_header(), header));
-        ctx.payment.charge = Some(Charge {
+        let charge = Charge {
             amount: offer.amount,
             symbol,
             network: networks::caip2(offer.chain_id),
@@ -281,7 +298,26 @@ impl PaymentStage {
             pay_to: offer.pay_to,
             payer: signed.authorization.from,
             nonce: signed.authorization.nonce,
-        });
+        };
+        let validity = Validity {
+            valid_after: signed.authorization.valid_after,
+            valid_before: signed.authorization.valid_before,
+        };
+        // Write ahead: the header may leave pag0 only once this payment is durable.
+        let intent = match self
+            .spend
+            .write_ahead(ctx, &charge, validity, reservation.as_ref(), "wallet")
+            .await
+        {
+            Ok(intent) => intent,
+            Err(reply) => {
+                self.spend.release(reservation).await;
+                return Err(SignFailure::Refused(reply));
+            }
+        };
+        ctx.payment.intent = Some(intent);
+        ctx.payment.header = Some((offer.version.payment_header(), header));
+        ctx.payment.charge = Some(charge);
         ctx.payment.reservation = reservation;
         self.metrics
             .payments
@@ -353,6 +389,17 @@ pub fn check_relayed<'p>(
                 return Err("authorization.to differs from accepted.payTo".into());
             }
             let extra = accepted.get("extra");
+            if let Some((name, version)) = &allowed.eip712
+                && (extra.and_then(|e| e.get("name")).and_then(Value::as_str) != Some(name)
+                    || extra.and_then(|e| e.get("version")).and_then(Value::as_str)
+                        != Some(version))
+            {
+                return Err(format!(
+                    "accepted.extra does not name {}'s EIP-712 domain ({name:?}, version {version:?})",
+                    allowed.symbol
+                ));
+            }
+            let extra = accepted.get("extra");
             let domain_part = |k: &str| {
                 extra
                     .and_then(|e| e.get(k))
@@ -399,8 +446,20 @@ pub fn check_relayed<'p>(
     if !payments.pay_to.is_empty() && !payments.pay_to.contains(&a.to) {
         return Err(format!("recipient {} not allowed", a.to));
     }
+    if a.value.is_zero() {
+        return Err("the authorization is for amount 0".into());
+    }
+    if a.to.is_zero() {
+        return Err("the authorization pays the zero address".into());
+    }
     if a.valid_before <= now {
         return Err("the authorization has expired".into());
+    }
+    if a.valid_before > now.saturating_add(payments.max_authorization_seconds) {
+        return Err(format!(
+            "the authorization is valid until {}, longer than payments.max_authorization_seconds ({}) from now",
+            a.valid_before, payments.max_authorization_seconds
+        ));
     }
     if a.valid_after > now + RELAY_CLOCK_SKEW_SECONDS {
         return Err("the authorization is not valid yet".into());
@@ -450,6 +509,10 @@ pub fn candidates<'a, 'p>(
             ));
             continue;
         }
+        if let Err(why) = sane_offer(payments, offer, asset) {
+            reasons.push(format!("offer {i}: {why}"));
+            continue;
+        }
         // Compare across assets on one scale (36 decimals); amounts are bounded by the ceiling.
         let scaled = offer
             .amount
@@ -466,6 +529,38 @@ pub fn candidates<'a, 'p>(
     // Stable: among equal prices the server's order wins.
     found.sort_by_key(|(_, _, scaled)| *scaled);
     Ok(found.into_iter().map(|(o, a, _)| (o, a)).collect())
+}
+
+/// What no payment pag0 signs may be: of amount 0, to the zero address, valid longer than
+/// `payments.max_authorization_seconds` (an authorization that never expires can be settled
+/// long after its budget window, by whoever holds it), or in an EIP-712 domain other than the
+/// asset's known one (a wrong `extra` makes pag0 sign for another contract's domain).
+fn sane_offer(payments: &Payments, offer: &Offer, asset: &Asset) -> Result<(), String> {
+    if offer.amount.is_zero() {
+        return Err("amount 0".into());
+    }
+    if offer.pay_to.is_zero() {
+        return Err("payTo is the zero address".into());
+    }
+    let max = payments.max_authorization_seconds;
+    if offer.max_timeout_seconds == 0 || offer.max_timeout_seconds > max {
+        return Err(format!(
+            "maxTimeoutSeconds {} is outside 1..={max} (payments.max_authorization_seconds)",
+            offer.max_timeout_seconds
+        ));
+    }
+    if let Some((name, version)) = &asset.eip712
+        && (offer.domain_name.as_deref() != Some(name.as_str())
+            || offer.domain_version.as_deref() != Some(version.as_str()))
+    {
+        return Err(format!(
+            "the offer's EIP-712 domain (extra.name {:?}, extra.version {:?}) is not {} {name:?} version {version:?}",
+            offer.domain_name.as_deref().unwrap_or(""),
+            offer.domain_version.as_deref().unwrap_or(""),
+            asset.symbol
+        ));
+    }
+    Ok(())
 }
 
 /// Reference servers answer browsers (Accept has text/html AND User-Agent has Mozilla) with an
@@ -572,6 +667,10 @@ impl Stage for PaymentStage {
         req: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
+        // From here on a payment header may reach the upstream (pag0's, or a relayed one).
+        if let Some(intent) = &mut ctx.payment.intent {
+            intent.sent = true;
+        }
         if let Some((name, value)) = &ctx.payment.header {
             req.insert_header(*name, value.clone())?;
             return Ok(());
@@ -607,7 +706,17 @@ impl Stage for PaymentStage {
                     .payments
                     .with_label_values(&[ctx.project_label(), "price_changed"])
                     .inc();
-                self.spend.release(ctx.payment.reservation.take()).await;
+                let (reservation, intent) =
+                    (ctx.payment.reservation.take(), ctx.payment.intent.take());
+                self.spend
+                    .refused(
+                        ctx.project_label(),
+                        reservation,
+                        intent,
+                        "the upstream answered 402 to the pre-signed payment (its price changed)"
+                            .into(),
+                    )
+                    .await;
                 ctx.payment.header = None;
                 ctx.payment.charge = None;
                 ctx.payment.presigned = false;
@@ -709,6 +818,20 @@ impl Stage for PaymentStage {
             .and_then(|v| x402::parse_receipt(&v).ok());
         let paid = resp.status.is_success() && receipt.as_ref().is_none_or(|r| r.success);
         resp.insert_header("x-pag0-paid", if paid { "true" } else { "false" })?;
+        ctx.payment.paid_status = Some(resp.status.as_u16());
+        // What proves the payment was not made: the upstream refused it, or its receipt says
+        // the settlement failed. Anything else unpaid leaves it in doubt.
+        if resp.status.as_u16() == 402 {
+            ctx.payment.refused = Some("the upstream answered 402 to the paid attempt".into());
+        } else if let Some(r) = receipt.as_ref().filter(|r| !r.success) {
+            ctx.payment.refused = Some(format!(
+                "the receipt says the settlement failed{}",
+                r.error_reason
+                    .as_deref()
+                    .map(|e| format!(": {}", e.chars().take(200).collect::<String>()))
+                    .unwrap_or_default()
+            ));
+        }
         ctx.payment.settled = Some(
             resp.status.is_success()
                 && receipt

@@ -8,14 +8,15 @@ use alloy_primitives::U256;
 use crate::budget::{BudgetKey, Ledger, Limits, Usage};
 use crate::clock::unix_now;
 use crate::config::{Asset, Project};
+use crate::intents::IntentLog;
 use crate::live::PolicyBook;
 use crate::metrics::Metrics;
 use crate::policy::{Approval, Policy, Spend, Violation};
 use crate::proxy::RequestCtx;
-use crate::proxy::ctx::Reservation;
+use crate::proxy::ctx::{Charge, Reservation, SentIntent};
 use crate::proxy::respond::{ErrorCode, Reply};
 use crate::settle::{Job, Settler};
-use crate::store::SpendRecord;
+use crate::store::{Intent, IntentState, Outcome, SpendRecord};
 use crate::webhook::WebhookError;
 use crate::x402::Offer;
 use serde_json::{Value, json};
@@ -37,7 +38,15 @@ pub struct SpendGuard {
     pub policies: Arc<PolicyBook>,
     pub ledger: Arc<dyn Ledger>,
     pub settler: Arc<Settler>,
+    pub intents: Arc<IntentLog>,
     pub metrics: Arc<Metrics>,
+}
+
+/// The signed authorization's validity window (unix seconds), as the intent records it.
+#[derive(Debug, Clone, Copy)]
+pub struct Validity {
+    pub valid_after: u64,
+    pub valid_before: u64,
 }
 
 /// `daily=…; monthly=…; pool=…` from the limits and the usage (windows without a limit are left out).
@@ -359,16 +368,140 @@ impl SpendGuard {
         }
     }
 
+    /// Makes the payment about to be sent durable (its intent, state `sent`) and returns it;
+    /// call it right before the signed header goes into the request. On an error (503) the
+    /// header must not be sent; the caller releases the reservation.
+    pub async fn write_ahead(
+        &self,
+        ctx: &RequestCtx,
+        charge: &Charge,
+        validity: Validity,
+        reservation: Option<&Reservation>,
+        source: &'static str,
+    ) -> Result<SentIntent, Reply> {
+        let now = unix_now();
+        let (id, pool, windows) = match reservation {
+            Some(r) => (
+                r.held.id.clone(),
+                r.held.key.pool.clone(),
+                r.held.windows.clone(),
+            ),
+            None => (
+                crate::budget::new_reservation_id(),
+                String::new(),
+                crate::budget::Windows::at(now),
+            ),
+        };
+        let project = ctx.project_label().to_string();
+        let idempotency_key = ctx.idempotency.agent_key.clone();
+        let intent = Intent {
+            id: id.clone(),
+            project: project.clone(),
+            pool,
+            network: charge.network.clone(),
+            asset: crate::x402::checksummed(&charge.asset),
+            payer: crate::x402::checksummed(&charge.payer),
+            pay_to: crate::x402::checksummed(&charge.pay_to),
+            amount: charge.amount,
+            nonce: charge.nonce.to_string(),
+            valid_after: validity.valid_after,
+            valid_before: validity.valid_before,
+            url: ctx
+                .target
+                .as_ref()
+                .map_or_else(String::new, |t| t.url_without_query()),
+            idempotency_key: idempotency_key.clone(),
+            source: source.to_string(),
+            window_day: windows.day,
+            window_month: windows.month,
+            created_at: crate::clock::unix_millis() as i64,
+        };
+        if let Err(e) = self.intents.write_ahead(intent).await {
+            log::error!(project = project.as_str(); "{e}");
+            return Err(Reply::new(
+                ErrorCode::PaymentNotRecorded,
+                format!("{e}; nothing was paid"),
+            ));
+        }
+        Ok(SentIntent {
+            id,
+            nonce: charge.nonce,
+            idempotency_key,
+            sent: false,
+        })
+    }
+
+    /// The upstream refused a payment header that was sent (a 402 to the paid attempt): its
+    /// intent is `released` and its budget given back.
+    pub async fn refused(
+        &self,
+        project: &str,
+        reservation: Option<Reservation>,
+        intent: Option<SentIntent>,
+        reason: String,
+    ) {
+        let Some(intent) = intent else {
+            return self.release(reservation).await;
+        };
+        self.submit_release(project, reservation.map(|r| r.held), intent, reason)
+            .await;
+    }
+
+    async fn submit_release(
+        &self,
+        project: &str,
+        reservation: Option<crate::budget::Reservation>,
+        intent: SentIntent,
+        reason: String,
+    ) {
+        self.intents.count(project, IntentState::Released);
+        self.settler
+            .submit(Job::Release {
+                reservation,
+                intent: Some(Outcome {
+                    id: intent.id,
+                    state: IntentState::Released,
+                    reason: Some(reason),
+                    tx_hash: None,
+                    at: crate::clock::unix_millis() as i64,
+                }),
+            })
+            .await;
+    }
+
     /// Runs in `logging`: hands the outcome to the [`Settler`] (journal, then commit; or
-    /// release) without holding the connection for it.
+    /// release; or in doubt) without holding the connection for it.
     pub async fn finish(&self, ctx: &mut RequestCtx) {
         let reservation = ctx.payment.reservation.take().map(|r| r.held);
+        let intent = ctx.payment.intent.take();
         let settled = ctx.payment.settled == Some(true);
+        let project_label = ctx.project_label().to_string();
         let (Some(charge), Some(project), true) =
             (ctx.payment.charge.clone(), ctx.project.clone(), settled)
         else {
-            if let Some(r) = reservation {
-                self.settler.submit(Job::Release(r)).await;
+            match intent {
+                None => {
+                    if let Some(r) = reservation {
+                        self.settler
+                            .submit(Job::Release {
+                                reservation: Some(r),
+                                intent: None,
+                            })
+                            .await;
+                    }
+                }
+                Some(i) if !i.sent => {
+                    let why = "never sent: the request ended before the paid attempt".to_string();
+                    self.submit_release(&project_label, reservation, i, why)
+                        .await;
+                }
+                Some(i) => match ctx.payment.refused.take() {
+                    Some(why) => {
+                        self.submit_release(&project_label, reservation, i, why)
+                            .await
+                    }
+                    None => self.in_doubt(ctx, &project_label, i, reservation).await,
+                },
             }
             return;
         };
@@ -381,12 +514,17 @@ impl SpendGuard {
                 r.reserved_at,
             ),
             None => (
-                crate::budget::new_reservation_id(),
+                intent
+                    .as_ref()
+                    .map_or_else(crate::budget::new_reservation_id, |i| i.id.clone()),
                 String::new(),
                 crate::budget::Windows::at(now),
                 now,
             ),
         };
+        if intent.is_some() {
+            self.intents.count(&project.id, IntentState::Committed);
+        }
         let record = SpendRecord {
             id,
             project: project.id.clone(),
@@ -413,6 +551,42 @@ impl SpendGuard {
                 reservation,
                 project,
             })
+            .await;
+    }
+
+    /// A payment was sent and its outcome is unknown (an upstream error or no answer): its
+    /// intent becomes `in_doubt`, its reservation keeps holding budget until it expires (the
+    /// ledger's hold outlives the authorization), and a retry with the same Idempotency-Key
+    /// is refused rather than paid again.
+    async fn in_doubt(
+        &self,
+        ctx: &RequestCtx,
+        project: &str,
+        intent: SentIntent,
+        reservation: Option<crate::budget::Reservation>,
+    ) {
+        let reason = match ctx.payment.paid_status {
+            Some(status) => format!(
+                "the upstream answered {status} to the paid attempt, without saying whether it settled"
+            ),
+            None => "no answer from the upstream to the paid attempt".to_string(),
+        };
+        log::warn!(project = project, id = intent.id.as_str(); "payment in doubt: {reason}");
+        if let Some(key) = &intent.idempotency_key {
+            self.intents
+                .note_in_doubt(project, key, intent.nonce.to_string(), unix_now());
+        }
+        // Not released: the hold stays until the authorization can no longer be settled.
+        drop(reservation);
+        self.intents.count(project, IntentState::InDoubt);
+        self.settler
+            .submit(Job::InDoubt(Outcome {
+                id: intent.id,
+                state: IntentState::InDoubt,
+                reason: Some(reason),
+                tx_hash: None,
+                at: crate::clock::unix_millis() as i64,
+            }))
             .await;
     }
 }

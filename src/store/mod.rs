@@ -16,6 +16,40 @@ macro_rules! with_pool {
     };
 }
 
+/// Inserts journal rows (`&[&SpendRecord]`) through `$exec` in multi-row `INSERT`s; `$cast`
+/// turns the amount text into the column's type (`""` on SQLite, `"::numeric"` on PostgreSQL).
+macro_rules! insert_journal {
+    ($db:ty, $exec:expr, $recs:expr, $cast:expr) => {{
+        for chunk in $recs.chunks($crate::store::INSERT_CHUNK) {
+            let mut q = sqlx::QueryBuilder::<$db>::new($crate::store::INSERT_COLUMNS);
+            q.push_values(chunk, |mut row, r| {
+                row.push_bind(&r.id)
+                    .push_bind(&r.project)
+                    .push_bind(&r.pool)
+                    .push_bind(&r.network)
+                    .push_bind(&r.asset)
+                    .push_bind(&r.pay_to)
+                    .push_bind(&r.payer)
+                    .push_bind(r.amount.to_string())
+                    .push_unseparated($cast)
+                    .push_bind(&r.nonce)
+                    .push_bind(&r.tx_hash)
+                    .push_bind(&r.url)
+                    .push_bind(&r.window_day)
+                    .push_bind(&r.window_month)
+                    .push_bind(r.reserved_at)
+                    .push_bind(r.committed_at);
+            });
+            q.push(" ON CONFLICT (id) DO NOTHING");
+            q.build()
+                .execute(&mut *$exec)
+                .await
+                .map_err(|e| err("journal insert", e))?;
+        }
+    }};
+}
+
+mod intents;
 mod policies;
 mod spool;
 
@@ -31,12 +65,16 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 use crate::budget::{BudgetKey, SpendHistory, Windows};
+pub use intents::{
+    HOLDING, IN_DOUBT_MARGIN_SECONDS, InDoubtHold, Intent, IntentEvent, IntentFilter, IntentRow,
+    IntentState, Outcome,
+};
 pub use policies::{PolicyVersion, PolicyWriteError};
 pub use spool::Spool;
 
-const INSERT_COLUMNS: &str = "INSERT INTO spend_journal (id, project, pool, network, asset, pay_to, payer, amount, nonce, tx_hash, url, window_day, window_month, reserved_at, committed_at) ";
+pub(crate) const INSERT_COLUMNS: &str = "INSERT INTO spend_journal (id, project, pool, network, asset, pay_to, payer, amount, nonce, tx_hash, url, window_day, window_month, reserved_at, committed_at) ";
 /// Rows per `INSERT` (15 parameters each: within SQLite's and PostgreSQL's limits).
-const INSERT_CHUNK: usize = 512;
+pub(crate) const INSERT_CHUNK: usize = 512;
 
 /// Most journal rows one query returns.
 pub const MAX_SPEND_ROWS: i64 = 10_000;
@@ -102,10 +140,11 @@ enum Db {
     Postgres(PgPool),
 }
 
-/// The spend journal.
+/// The spend journal and the payment intents.
 pub struct Store {
     db: Db,
-    spool: Spool,
+    spool: Spool<SpendRecord>,
+    intent_spool: Spool<IntentEvent>,
 }
 
 /// Why the store could not be opened or queried (never contains the database password).
@@ -150,6 +189,7 @@ impl Store {
         let store = Store {
             db,
             spool: Spool::new(config.spool_file.clone()),
+            intent_spool: Spool::new(intent_spool_path(&config.spool_file)),
         };
         match store.migrate().await {
             Ok(()) => {}
@@ -188,9 +228,10 @@ impl Store {
         .map_err(|e| err("database", e))
     }
 
-    /// Rows waiting in the spool.
+    /// Rows waiting in the spools (journal rows and intent events).
     pub async fn spooled(&self) -> usize {
         self.spool.read().await.map_or(0, |rows| rows.len())
+            + self.intent_spool.read().await.map_or(0, |rows| rows.len())
     }
 
     /// Records a committed payment: in the database, or in the spool when the database
@@ -216,42 +257,18 @@ impl Store {
 
     /// One multi-row `INSERT` per chunk (one round trip to the database, one transaction).
     async fn insert_all(&self, recs: &[&SpendRecord]) -> Result<(), StoreError> {
-        macro_rules! insert_rows {
-            ($db:ty, $pool:expr, $amount_cast:expr) => {{
-                for chunk in recs.chunks(INSERT_CHUNK) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(INSERT_COLUMNS);
-                    q.push_values(chunk, |mut row, r| {
-                        row.push_bind(&r.id)
-                            .push_bind(&r.project)
-                            .push_bind(&r.pool)
-                            .push_bind(&r.network)
-                            .push_bind(&r.asset)
-                            .push_bind(&r.pay_to)
-                            .push_bind(&r.payer)
-                            .push_bind(r.amount.to_string())
-                            .push_unseparated($amount_cast)
-                            .push_bind(&r.nonce)
-                            .push_bind(&r.tx_hash)
-                            .push_bind(&r.url)
-                            .push_bind(&r.window_day)
-                            .push_bind(&r.window_month)
-                            .push_bind(r.reserved_at)
-                            .push_bind(r.committed_at);
-                    });
-                    q.push(" ON CONFLICT (id) DO NOTHING");
-                    q.build()
-                        .execute($pool)
-                        .await
-                        .map_err(|e| err("journal insert", e))?;
-                }
-                Ok(())
-            }};
-        }
         match &self.db {
             // Text on SQLite: its integers are 64-bit.
-            Db::Sqlite(p) => insert_rows!(sqlx::Sqlite, p, ""),
-            Db::Postgres(p) => insert_rows!(sqlx::Postgres, p, "::numeric"),
+            Db::Sqlite(p) => {
+                let mut conn = p.acquire().await.map_err(|e| err("journal", e))?;
+                insert_journal!(sqlx::Sqlite, conn, recs, "");
+            }
+            Db::Postgres(p) => {
+                let mut conn = p.acquire().await.map_err(|e| err("journal", e))?;
+                insert_journal!(sqlx::Postgres, conn, recs, "::numeric");
+            }
         }
+        Ok(())
     }
 
     /// Writes spooled rows to the database; keeps the spool if the database is still away.
@@ -268,10 +285,15 @@ impl Store {
         Ok(rows.len())
     }
 
-    /// Applies migrations and drains the spool every `every`, forever (run it in a task).
+    /// Applies migrations and drains the spools every `every`, forever (run it in a task).
     pub async fn maintain(&self, every: Duration) {
         loop {
             tokio::time::sleep(every).await;
+            match self.replay_intent_spool().await {
+                Ok(0) => {}
+                Ok(n) => log::info!("wrote {n} spooled payment intent events to the database"),
+                Err(e) => log::debug!("spooled payment intents wait for the database: {e}"),
+            }
             match self.replay_spool().await {
                 Ok(0) => {}
                 Ok(n) => log::info!("wrote {n} spooled journal rows to the database"),
@@ -354,6 +376,13 @@ where
     })
 }
 
+/// The intent spool sits beside the journal spool: `<spool_file>.intents`.
+fn intent_spool_path(spool_file: &std::path::Path) -> PathBuf {
+    let mut name = spool_file.as_os_str().to_owned();
+    name.push(".intents");
+    PathBuf::from(name)
+}
+
 /// sqlx errors can quote the URL; never let the password through.
 fn redact(e: impl std::fmt::Display, config: &DatabaseConfig) -> String {
     e.to_string().replace(config.url.expose(), "<database.url>")
@@ -361,6 +390,29 @@ fn redact(e: impl std::fmt::Display, config: &DatabaseConfig) -> String {
 
 #[async_trait]
 impl SpendHistory for Store {
+    async fn pending_holds(
+        &self,
+        key: &BudgetKey,
+        w: &Windows,
+    ) -> Result<Vec<crate::budget::PendingHold>, String> {
+        let rows = self
+            .holding_intents(&key.project, &key.pool, &w.month)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(rows
+            .into_iter()
+            .map(|h| crate::budget::PendingHold {
+                id: h.id,
+                amount: h.amount,
+                day: h.day,
+                month: h.month,
+                expires_at: h
+                    .valid_before
+                    .saturating_add(intents::IN_DOUBT_MARGIN_SECONDS),
+            })
+            .collect())
+    }
+
     async fn window_totals(&self, key: &BudgetKey, w: &Windows) -> Result<(U256, U256), String> {
         // Held across both reads: a spool replay cannot move rows between them.
         let spool = self.spool.lock().await;

@@ -26,6 +26,94 @@ const V1_NETWORKS: &[(&str, u64)] = &[
     ("stable-testnet", 2201),
 ];
 
+/// EIP-712 domains (name, version) of well-known USDC deployments (x402-protocol §6.2), the
+/// defaults of `payments.assets[].eip712`.
+const USDC_DOMAINS: &[(u64, &str, &str, &str)] = &[
+    (
+        8453,
+        "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913",
+        "USD Coin",
+        "2",
+    ),
+    (
+        84532,
+        "0x036CbD53842c5426634e7929541eC2318f3dCF7e",
+        "USDC",
+        "2",
+    ),
+    (
+        43114,
+        "0xB97EF9Ef8734C71904D8002F8b6Bc66Dd9c48a6E",
+        "USD Coin",
+        "2",
+    ),
+    (
+        43113,
+        "0x5425890298aed601595a70AB815c96711a31Bc65",
+        "USD Coin",
+        "2",
+    ),
+    (
+        137,
+        "0x3c499c542cEF5E3811e1192ce70d8cC03d5c3359",
+        "USD Coin",
+        "2",
+    ),
+    (
+        80002,
+        "0x41E94Eb019C0762f9Bfcf9Fb1E58725BfB0e7582",
+        "USDC",
+        "2",
+    ),
+    (
+        42161,
+        "0xaf88d065e77c8cC2239327C5EDb3A432268e5831",
+        "USD Coin",
+        "2",
+    ),
+    (
+        421614,
+        "0x75faf114eafb1BDbe2F0316DF893fd58CE46AA4d",
+        "USD Coin",
+        "2",
+    ),
+    (
+        1329,
+        "0xe15fC38F6D8c56aF07bbCBe3BAf5708A2Bf42392",
+        "USDC",
+        "2",
+    ),
+    (
+        1328,
+        "0x4fCF1784B31630811181f670Aea7A7bEF803eaED",
+        "USDC",
+        "2",
+    ),
+    (
+        4689,
+        "0xcdf79194c6c285077a58da47641d4dbe51f63542",
+        "Bridged USDC",
+        "2",
+    ),
+    (
+        143,
+        "0x754704Bc059F8C67012fEd69BC8A327a5aafb603",
+        "USDC",
+        "2",
+    ),
+];
+
+/// The pinned EIP-712 domain (name, version) of a well-known token, if any.
+pub fn known_domain(
+    chain_id: u64,
+    address: alloy_primitives::Address,
+) -> Option<(&'static str, &'static str)> {
+    USDC_DOMAINS
+        .iter()
+        .find(|(id, a, _, _)| *id == chain_id && a.parse().ok() == Some(address))
+        .map(|(_, _, name, version)| (*name, *version))
+}
+
 /// The EVM chain id of a network id: a v1 name (`base-sepolia`) or CAIP-2 (`eip155:84532`).
 /// `None` for unknown names and non-EVM networks (Solana etc.).
 pub fn chain_id(network: &str) -> Option<u64> {
@@ -70,5 +158,23 @@ mod tests {
         assert_eq!(chain_id("eip155:99999999999999999999999"), None);
         assert_eq!(chain_id("mainnet"), None);
         assert_eq!(caip2(8453), "eip155:8453");
+    }
+
+    #[test]
+    fn pinned_usdc_domains() {
+        let base = "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"
+            .parse()
+            .unwrap();
+        assert_eq!(known_domain(8453, base), Some(("USD Coin", "2")));
+        let sepolia = "0x036cbd53842c5426634e7929541ec2318f3dcf7e"
+            .parse()
+            .unwrap();
+        assert_eq!(known_domain(84532, sepolia), Some(("USDC", "2")));
+        assert_eq!(known_domain(1, base), None, "same address, other chain");
+        assert!(
+            USDC_DOMAINS
+                .iter()
+                .all(|(_, a, _, _)| a.parse::<alloy_primitives::Address>().is_ok())
+        );
     }
 }

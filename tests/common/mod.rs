@@ -130,6 +130,16 @@ impl Pag0 {
         }
     }
 
+    /// The config file text [`Pag0::start`] writes (for tests that run pag0 as a process).
+    pub fn config_text(
+        dir: &tempfile::TempDir,
+        proxy: SocketAddr,
+        admin: SocketAddr,
+        body: &str,
+    ) -> String {
+        Self::yaml(dir, proxy, admin, body, "")
+    }
+
     fn yaml(
         dir: &tempfile::TempDir,
         proxy: SocketAddr,
@@ -209,6 +219,13 @@ impl Pag0 {
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
+    }
+}
+
+impl Pag0 {
+    /// GET an admin endpoint with the admin token; the JSON answer (`Null` if not JSON).
+    pub async fn admin_get(&self, path: &str) -> Value {
+        self.admin_json(reqwest::Method::GET, path, None).await.1
     }
 }
 

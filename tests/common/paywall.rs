@@ -5,7 +5,8 @@
 //! 20000); `/expensive` (500000); `/wrong-network` (eip155:1); `/always402` (verifies, then
 //! refuses anyway); `/price-change` (10000, +5000 after every payment on it); `/slow-paid`
 //! (10000, answers 800 ms after a valid payment); `/paid-500` (10000, answers 500 without a receipt
-//! after a valid payment); `/paid-stale` (10000, 200 with `max-age=1, stale-if-error=60`); `/expensive-empty` (a 402 with an empty body); `/unknown-asset` (an asset pag0 does not allow). Every route also
+//! after a valid payment); `/paid-stale` (10000, 200 with `max-age=1, stale-if-error=60`); `/expensive-empty` (a 402 with an empty body); `/unknown-asset` (an asset pag0 does not allow); `/huge-timeout`, `/zero-payto`, `/zero-amount`,
+//! `/wrong-domain`, `/no-domain` (offers pag0 must decline). Every route also
 //! exists as x402 v1 under `/v1/...` (offer in the 402 JSON body, `X-PAYMENT`, network name
 //! `base-sepolia`, `X-PAYMENT-RESPONSE`). Every 200 echoes `{method, path, body_len, body_sha256}`.
 
@@ -129,6 +130,21 @@ fn offers_for(path: &str, price_changes: u64) -> Option<Vec<Value>> {
             "0x0000000000000000000000000000000000000bad",
         )],
         "/wrong-network" => vec![offer(10_000, "eip155:1", ASSET)],
+        // Offers pag0 must never sign (issue 15): an authorization that never expires, a
+        // payment to the zero address, of amount 0, in the wrong or no EIP-712 domain.
+        "/huge-timeout" | "/zero-payto" | "/zero-amount" | "/wrong-domain" | "/no-domain" => {
+            let mut o = offer(10_000, NETWORK, ASSET);
+            match path {
+                "/huge-timeout" => o["maxTimeoutSeconds"] = json!(u64::MAX),
+                "/zero-payto" => o["payTo"] = json!("0x0000000000000000000000000000000000000000"),
+                "/zero-amount" => o["amount"] = json!("0"),
+                "/wrong-domain" => o["extra"] = json!({"name": "USD Coin", "version": "2"}),
+                _ => {
+                    o.as_object_mut().unwrap().remove("extra");
+                }
+            }
+            vec![o]
+        }
         _ => return None,
     })
 }
@@ -216,6 +232,16 @@ impl Paywall {
 
     pub fn stats(&self) -> PaywallStats {
         self.state.lock().unwrap().stats.clone()
+    }
+
+    /// Nonces (`0x…` hex) of every payment the paywall accepted.
+    pub fn nonces(&self) -> HashSet<String> {
+        let state = self.state.lock().unwrap();
+        state
+            .nonces
+            .iter()
+            .map(|(_, n)| format!("{n:#x}"))
+            .collect()
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,0 +1,403 @@
+//! Never lose a payment (issue 15): every payment header pag0 sends is recorded before it
+//! leaves, a SIGKILL at any instant loses none of them, and after a restart the payments whose
+//! outcome is unknown are in doubt, hold their budget and cannot be paid again through a retry.
+//! Also: offers pag0 must never sign are declined.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::paywall::{self, Paywall};
+use common::*;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+/// One paid call to `/paid` or `/slow-paid` costs 10000 base units = 0.01 USDC.
+const PRICE: u64 = 10_000;
+
+fn body() -> String {
+    format!(
+        "{}stages:\n  - kind: auth\n  - kind: ssrf_guard\n    allow: [\"127.0.0.0/8\"]\n  - kind: idempotency\n  - kind: policy\n  - kind: payment\nprojects:\n  - id: demo\n    keys: [\"{DEMO_HASH}\"]\n    wallet:\n      private_key: ${{PAG0_TEST_WALLET_KEY:-{}}}\n    policy:\n      budgets:\n        - asset: USDC\n          per_request: \"0.01\"\n          daily: \"100\"\n          monthly: \"1000\"\n",
+        paywall::payments_yaml(),
+        paywall::WALLET_KEY,
+    )
+}
+
+/// pag0 as a child process (so it can be killed with SIGKILL), on the SQLite file in `dir`.
+struct Process {
+    child: Child,
+    proxy: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Process {
+    fn start(dir: &tempfile::TempDir) -> Process {
+        let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = dir.path().join("pag0.yaml");
+        std::fs::write(&config, Pag0::config_text(dir, proxy, admin, &body())).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("pag0.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_pag0"))
+            .args(["-c", config.to_str().unwrap()])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(admin).is_err()
+            || std::net::TcpStream::connect(proxy).is_err()
+        {
+            assert!(Instant::now() < deadline, "pag0 did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Process {
+            child,
+            proxy,
+            admin,
+        }
+    }
+
+    fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .proxy(reqwest::Proxy::all(format!("http://demo:{DEMO_KEY}@{}", self.proxy)).unwrap())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    }
+
+    async fn admin_get(&self, path: &str) -> Value {
+        reqwest::Client::new()
+            .get(format!("http://{}{path}", self.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// SIGKILL: no shutdown, no flush, nothing drained.
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Paid calls in flight from `tasks` agents, each calling `path` in a loop until stopped.
+fn load(
+    pag0: &Process,
+    wall: &Paywall,
+    path: &str,
+    tasks: usize,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..tasks)
+        .map(|_| {
+            let client = pag0.client();
+            let url = wall.url(path);
+            tokio::spawn(async move {
+                // Errors are expected: the proxy dies under them.
+                while client.get(&url).send().await.is_ok() {}
+            })
+        })
+        .collect()
+}
+
+fn nonces(rows: &Value) -> Vec<String> {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["nonce"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn amount_sum(rows: &Value) -> u64 {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["amount"].as_str().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_under_load_loses_no_payment_and_counts_none_twice() {
+    let wall = Paywall::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Killed at several instants while paid calls are in flight: fast ones (/paid, signed up
+    // front from price memory after the first) and slow ones (/slow-paid: the paywall has taken
+    // the payment and answers 800 ms later).
+    for kill_after in [60, 300, 450, 900] {
+        let pag0 = Process::start(&dir);
+        let mut tasks = load(&pag0, &wall, "/paid", 8);
+        tasks.extend(load(&pag0, &wall, "/slow-paid", 12));
+        tokio::time::sleep(Duration::from_millis(kill_after)).await;
+        pag0.kill();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    }
+    let accepted = wall.nonces();
+    assert!(accepted.len() >= 20, "the load paid: {}", accepted.len());
+
+    let pag0 = Process::start(&dir);
+    let spend = pag0.admin_get("/api/spend?project=demo&limit=10000").await;
+    let journal = nonces(&spend["spend"]);
+    let in_doubt = nonces(&spend["in_doubt"]["payments"]);
+    let journal_set: HashSet<&String> = journal.iter().collect();
+    let doubt_set: HashSet<&String> = in_doubt.iter().collect();
+    assert_eq!(
+        journal_set.len(),
+        journal.len(),
+        "a payment journaled twice"
+    );
+    assert_eq!(doubt_set.len(), in_doubt.len(), "an intent listed twice");
+    assert!(
+        journal_set.is_disjoint(&doubt_set),
+        "a payment both committed and in doubt"
+    );
+    let recorded: HashSet<&String> = journal_set.union(&doubt_set).copied().collect();
+    let lost: Vec<&String> = accepted.iter().filter(|n| !recorded.contains(n)).collect();
+    assert!(
+        lost.is_empty(),
+        "payments the paywall took that pag0 lost: {lost:?}"
+    );
+    println!(
+        "paywall accepted {}, journaled {}, in doubt {}",
+        accepted.len(),
+        journal.len(),
+        in_doubt.len()
+    );
+    assert!(
+        !in_doubt.is_empty(),
+        "some payments were in flight at a kill"
+    );
+    assert!(!journal.is_empty(), "some payments completed before a kill");
+    // Every intent of the crashed runs has an outcome or is in doubt: none is left `sent`.
+    assert_eq!(
+        spend["in_doubt"]["count"].as_u64().unwrap() as usize,
+        in_doubt.len()
+    );
+
+    // The rebuilt budget counts the journal as spent and the payments in doubt as held.
+    let budgets = pag0.admin_get("/api/budgets/demo").await;
+    let daily = &budgets["budgets"][0]["daily"];
+    assert_eq!(
+        daily["spent"].as_str().unwrap().parse::<u64>().unwrap(),
+        amount_sum(&spend["spend"]),
+        "{budgets}"
+    );
+    assert_eq!(
+        daily["held"].as_str().unwrap().parse::<u64>().unwrap(),
+        amount_sum(&spend["in_doubt"]["payments"]),
+        "{budgets}"
+    );
+    assert_eq!(
+        amount_sum(&spend["spend"]) + amount_sum(&spend["in_doubt"]["payments"]),
+        PRICE * recorded.len() as u64
+    );
+    let gauge = format!(
+        "pag0_payments_in_doubt{{project=\"demo\"}} {}",
+        in_doubt.len()
+    );
+    let metrics_url = format!("http://{}/metrics", pag0.admin);
+    let metrics = eventually(
+        || async {
+            let resp = reqwest::Client::new()
+                .get(&metrics_url)
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap();
+            resp.text().await.unwrap()
+        },
+        |m: &String| m.contains(&gauge),
+    )
+    .await;
+    assert!(metrics.contains(&gauge), "{gauge} in\n{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_crash_with_the_same_idempotency_key_is_not_paid_again() {
+    let wall = Paywall::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pag0 = Process::start(&dir);
+    let client = pag0.client();
+    let url = wall.url("/slow-paid");
+    let first = tokio::spawn({
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let _ = client
+                .get(url)
+                .header("idempotency-key", "order-42")
+                .send()
+                .await;
+        }
+    });
+    // The paywall has taken the payment and will answer 800 ms later: pag0 dies now.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while wall.stats().paid == 0 {
+        assert!(Instant::now() < deadline, "the paid attempt never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    pag0.kill();
+    let _ = first.await;
+    let paid_nonce = wall.nonces().into_iter().next().unwrap();
+
+    let pag0 = Process::start(&dir);
+    let resp = pag0
+        .client()
+        .get(&url)
+        .header("idempotency-key", "order-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CONFLICT);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "IDEMPOTENCY_IN_DOUBT", "{body}");
+    assert_eq!(body["error"]["details"]["nonce"], paid_nonce, "{body}");
+    assert_eq!(wall.stats().paid, 1, "nothing was signed again");
+    assert_eq!(
+        wall.stats().requests,
+        2,
+        "the retry never reached the paywall"
+    );
+    // Another key is a new request and is paid.
+    let resp = pag0
+        .client()
+        .get(wall.url("/paid"))
+        .header("idempotency-key", "order-43")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(wall.stats().paid, 2);
+    let metrics_url = format!("http://{}/metrics", pag0.admin);
+    let metrics = eventually(
+        || async {
+            let resp = reqwest::Client::new()
+                .get(&metrics_url)
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap();
+            resp.text().await.unwrap()
+        },
+        |m: &String| {
+            m.contains(r#"pag0_payment_intents_total{project="demo",state="committed"} 1"#)
+        },
+    )
+    .await;
+    for line in [
+        r#"pag0_payment_intents_total{project="demo",state="sent"} 1"#,
+        r#"pag0_payment_intents_total{project="demo",state="committed"} 1"#,
+        r#"pag0_payments_in_doubt{project="demo"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_that_must_never_be_signed_are_declined() {
+    let wall = Paywall::start().await;
+    let pag0 = Pag0::start(&body());
+    let client = pag0.client("demo", DEMO_KEY);
+    for (path, why) in [
+        (
+            "/huge-timeout",
+            "maxTimeoutSeconds 18446744073709551615 is outside 1..=600",
+        ),
+        ("/zero-payto", "payTo is the zero address"),
+        ("/zero-amount", "amount 0"),
+        ("/wrong-domain", "EIP-712 domain"),
+        ("/no-domain", "EIP-712 domain"),
+    ] {
+        let resp = client.get(wall.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::PAYMENT_REQUIRED, "{path}");
+        assert_eq!(
+            resp.headers()["x-pag0-payment"].to_str().unwrap(),
+            "declined",
+            "{path}"
+        );
+        let reason = resp.headers()["x-pag0-payment-reason"].to_str().unwrap();
+        assert!(reason.contains(why), "{path}: {reason}");
+    }
+    let stats = wall.stats();
+    assert_eq!(
+        stats.requests, 5,
+        "one unpaid request each, no paid attempt"
+    );
+    assert_eq!(stats.paid, 0);
+    assert!(stats.invalid.is_empty(), "{:?}", stats.invalid);
+    let spend = pag0.admin_get("/api/spend?project=demo").await;
+    assert_eq!(spend["in_doubt"]["count"], 0);
+    assert_eq!(spend["count"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_longer_max_authorization_lets_a_longer_offer_through_and_bounds_valid_before() {
+    let wall = Paywall::start().await;
+    // The paywall's offers ask for 60 s; a cap below that declines them.
+    let tight = body().replace(
+        "payments:\n",
+        "payments:\n  max_authorization_seconds: 30\n",
+    );
+    let pag0 = Pag0::start(&tight);
+    let resp = pag0
+        .client("demo", DEMO_KEY)
+        .get(wall.url("/paid"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYMENT_REQUIRED);
+    let reason = resp.headers()["x-pag0-payment-reason"].to_str().unwrap();
+    assert!(
+        reason.contains("maxTimeoutSeconds 60 is outside 1..=30"),
+        "{reason}"
+    );
+    drop(pag0);
+    let pag0 = Pag0::start(&body());
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let resp = pag0
+        .client("demo", DEMO_KEY)
+        .get(wall.url("/paid"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let spend = eventually(
+        || pag0.admin_get("/api/spend?project=demo"),
+        |v| v["count"] == 1,
+    )
+    .await;
+    assert_eq!(spend["count"], 1, "{spend}");
+    // The committed intent carries the window that was signed.
+    let db = pag0.dir.path().join("pag0.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
+        .await
+        .unwrap();
+    let (state, valid_before): (String, i64) =
+        sqlx::query_as("SELECT state, valid_before FROM payment_intents")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(state, "committed");
+    assert!(valid_before as u64 <= before + 2 + 60, "{valid_before}");
+}
