@@ -10,6 +10,11 @@
 //! The log also remembers which `Idempotency-Key`s belong to payments in doubt, so a retry
 //! after a crash or an upstream failure gets `409 IDEMPOTENCY_IN_DOUBT` instead of paying
 //! again (see [`IntentLog::in_doubt_nonce`]).
+//!
+//! Payments in doubt are resolved in the background ([`IntentLog::maintain`]): on a network
+//! with an RPC (`payments.rpc`), from the chain (used → `committed` with its transaction and
+//! journal row; unused once the latest block is past `validBefore` → `released`); elsewhere
+//! they hold their budget until `validBefore` + a margin, then are `unresolved`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -17,8 +22,14 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::budget::{BudgetKey, Reservation, Usage, Windows};
+use crate::chain::{Chain, OnChain};
 use crate::metrics::Metrics;
-use crate::store::{IN_DOUBT_MARGIN_SECONDS, Intent, IntentRow, IntentState, Store};
+use crate::settle::{Job, Settler};
+use crate::store::{
+    IN_DOUBT_MARGIN_SECONDS, Intent, IntentFilter, IntentRow, IntentState, Outcome, SpendRecord,
+    Store,
+};
 
 /// Intents written in one commit at most.
 pub const MAX_BATCH: usize = 512;
@@ -123,14 +134,34 @@ impl IntentLog {
         Ok(in_doubt)
     }
 
-    /// Every `every`, forever: in-doubt intents whose authorization expired (plus a margin)
-    /// become `unresolved`, and the in-doubt gauge is refreshed.
-    pub async fn maintain(&self, store: Arc<Store>, every: Duration) {
+    /// Forgets the in-doubt mark of `project`'s `Idempotency-Key` (its payment was proved
+    /// not made: a retry may pay).
+    fn forget_key(&self, project: &str, key: &str) {
+        let mut keys = self.in_doubt_keys.lock().unwrap_or_else(|p| p.into_inner());
+        keys.remove(&format!("{project}|{key}"));
+    }
+
+    /// Every `every`, forever: resolves payments in doubt from the chains in `chains` (by
+    /// CAIP-2 network), turns the others `unresolved` once their authorization expired (plus a
+    /// margin), and refreshes the in-doubt gauge. Outcomes go through `settler` (journal,
+    /// intent state and budget ledger together).
+    pub async fn maintain(
+        &self,
+        store: Arc<Store>,
+        chains: HashMap<String, Chain>,
+        settler: Arc<Settler>,
+        every: Duration,
+    ) {
         let mut projects_seen: Vec<String> = Vec::new();
         loop {
+            if !chains.is_empty() {
+                self.resolve_on_chain(&store, &chains, &settler).await;
+            }
             let now = crate::clock::unix_now();
             match store
-                .expire_in_doubt(now.saturating_sub(IN_DOUBT_MARGIN_SECONDS))
+                .expire_in_doubt(now.saturating_sub(IN_DOUBT_MARGIN_SECONDS), |network| {
+                    !chains.contains_key(network)
+                })
                 .await
             {
                 Ok(rows) => {
@@ -165,6 +196,130 @@ impl IntentLog {
             tokio::time::sleep(every).await;
         }
     }
+
+    /// Asks the chain about every payment in doubt on a network with an RPC.
+    async fn resolve_on_chain(
+        &self,
+        store: &Store,
+        chains: &HashMap<String, Chain>,
+        settler: &Settler,
+    ) {
+        let rows = match store
+            .intents(&IntentFilter::states(&[IntentState::InDoubt]), 1_000)
+            .await
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                log::debug!("in-doubt payments: {e}");
+                return;
+            }
+        };
+        for r in rows {
+            let Some(chain) = chains.get(&r.intent.network) else {
+                continue;
+            };
+            let i = &r.intent;
+            let (Ok(token), Ok(payer), Ok(nonce)) =
+                (i.asset.parse(), i.payer.parse(), i.nonce.parse())
+            else {
+                log::warn!(id = i.id.as_str(); "payment in doubt with an unreadable asset, payer or nonce");
+                continue;
+            };
+            match chain.authorization(token, payer, nonce).await {
+                Ok(OnChain::Used { tx }) => {
+                    let tx = tx.map(|t| format!("{t:#x}"));
+                    log::info!(project = i.project.as_str(), id = i.id.as_str(); "payment in doubt was settled on chain{}", tx.as_deref().map(|t| format!(" in {t}")).unwrap_or_default());
+                    self.count(&i.project, IntentState::Committed);
+                    settler
+                        .submit(Job::Commit {
+                            record: Box::new(spend_record(&r, tx)),
+                            reservation: reservation(&r),
+                            project: None,
+                        })
+                        .await;
+                }
+                Ok(OnChain::Unused { latest_block_time })
+                    if latest_block_time >= i.valid_before =>
+                {
+                    log::info!(project = i.project.as_str(), id = i.id.as_str(); "payment in doubt was never settled and has expired: released");
+                    if let Some(key) = &i.idempotency_key {
+                        self.forget_key(&i.project, key);
+                    }
+                    self.count(&i.project, IntentState::Released);
+                    settler
+                        .submit(Job::Release {
+                            reservation: reservation(&r),
+                            intent: Some(Outcome {
+                                id: i.id.clone(),
+                                state: IntentState::Released,
+                                reason: Some(format!(
+                                    "not used on chain by block time {latest_block_time}, past its validBefore {}",
+                                    i.valid_before
+                                )),
+                                tx_hash: None,
+                                at: crate::clock::unix_millis() as i64,
+                            }),
+                        })
+                        .await;
+                }
+                Ok(OnChain::Unused { .. }) => {} // still settleable: ask again later
+                Err(e) => {
+                    log::debug!(network = i.network.as_str(); "cannot resolve a payment in doubt yet: {e}")
+                }
+            }
+        }
+    }
+}
+
+/// The journal row of a payment in doubt found settled.
+fn spend_record(r: &IntentRow, tx_hash: Option<String>) -> SpendRecord {
+    let i = &r.intent;
+    SpendRecord {
+        id: i.id.clone(),
+        project: i.project.clone(),
+        pool: i.pool.clone(),
+        network: i.network.clone(),
+        asset: i.asset.clone(),
+        pay_to: i.pay_to.clone(),
+        payer: i.payer.clone(),
+        amount: i.amount,
+        nonce: i.nonce.clone(),
+        tx_hash,
+        url: i.url.clone(),
+        window_day: i.window_day.clone(),
+        window_month: i.window_month.clone(),
+        reserved_at: i.created_at / 1000,
+        committed_at: crate::clock::unix_now() as i64,
+    }
+}
+
+/// The budget reservation a payment in doubt holds (the ledger knows it by its id), if it
+/// counted in a budget.
+fn reservation(r: &IntentRow) -> Option<Reservation> {
+    let i = &r.intent;
+    if i.pool.is_empty() {
+        return None;
+    }
+    let reserved_at = (i.created_at.max(0) / 1000) as u64;
+    let windows = Windows {
+        day: i.window_day.clone(),
+        month: i.window_month.clone(),
+        ..Windows::at(reserved_at)
+    };
+    Some(Reservation {
+        id: i.id.clone(),
+        key: BudgetKey::new(i.project.clone(), i.pool.clone()),
+        amount: i.amount,
+        usage: Usage {
+            windows: windows.clone(),
+            day: Default::default(),
+            month: Default::default(),
+        },
+        windows,
+        reserved_at,
+        expires_at: i.valid_before.saturating_add(IN_DOUBT_MARGIN_SECONDS),
+        fallback: false,
+    })
 }
 
 /// The writer: each round makes everything queued durable with one commit, then answers.

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod anomaly;
 pub mod budget;
 pub mod cache;
+pub mod chain;
 pub mod clock;
 pub mod config;
 pub mod glob;

@@ -111,9 +111,6 @@ impl Shared {
                 .expect("intent recovery does not panic")
         })
         .map_err(|e| anyhow::anyhow!("payment intents: {e}"))?;
-        let maintained = intents.clone();
-        let upkeep_store = store.clone();
-        rt.spawn(async move { maintained.maintain(upkeep_store, UPKEEP_INTERVAL).await });
         let budgets = &config.budgets;
         // A hold must outlive the authorization it paid for: a payment in doubt keeps its
         // budget until it can no longer be settled.
@@ -155,6 +152,20 @@ impl Shared {
             metrics: metrics.clone(),
         });
         rt.spawn(worker);
+        let settler = Arc::new(settler);
+        let mut chains = HashMap::new();
+        for (network, url) in &config.payments.rpc {
+            let chain = crate::chain::Chain::new(url.clone())
+                .map_err(|e| anyhow::anyhow!("payments.rpc.{network}: {e}"))?;
+            chains.insert(network.clone(), chain);
+        }
+        let (maintained, upkeep_store, upkeep_settler) =
+            (intents.clone(), store.clone(), settler.clone());
+        rt.spawn(async move {
+            maintained
+                .maintain(upkeep_store, chains, upkeep_settler, UPKEEP_INTERVAL)
+                .await
+        });
         let cache = crate::cache::CacheStore::new(&config.cache.store, metrics.clone())
             .map_err(|e| anyhow::anyhow!("cache: {e}"))?
             .leak();
@@ -201,7 +212,7 @@ impl Shared {
             ledger,
             redis_ledger,
             policies,
-            settler: Arc::new(settler),
+            settler,
             intents,
             _state: StateRuntime(Some(rt)),
         }))

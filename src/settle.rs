@@ -42,7 +42,9 @@ pub enum Job {
     Commit {
         record: Box<SpendRecord>,
         reservation: Option<Reservation>,
-        project: Arc<Project>,
+        /// The project as configured, for its anomaly alert (`None`: a payment resolved from
+        /// the chain after the fact, not watched).
+        project: Option<Arc<Project>>,
     },
     /// It was not paid: give the budget back, and record why (when an intent was written).
     Release {
@@ -187,7 +189,9 @@ async fn settle(parts: &Arc<SettlerParts>, jobs: Vec<Job>) {
     let batch: std::collections::HashSet<&str> = records.iter().map(|r| r.id.as_str()).collect();
     for job in &jobs {
         if let Job::Commit {
-            record, project, ..
+            record,
+            project: Some(project),
+            ..
         } = job
         {
             watch_anomaly(parts, project, record, &batch).await;

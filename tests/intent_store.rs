@@ -208,7 +208,7 @@ async fn recovery_and_expiry(store: Store) {
 
     // Expiry: d is past valid_before + margin, c is not.
     let cutoff = t.saturating_sub(pag0::store::IN_DOUBT_MARGIN_SECONDS);
-    let expired = store.expire_in_doubt(cutoff).await.unwrap();
+    let expired = store.expire_in_doubt(cutoff, |_| true).await.unwrap();
     assert_eq!(
         states(&expired),
         vec![("d-expired".into(), IntentState::InDoubt)]

@@ -35,10 +35,14 @@ struct Process {
 
 impl Process {
     fn start(dir: &tempfile::TempDir) -> Process {
+        Self::start_with(dir, &body())
+    }
+
+    fn start_with(dir: &tempfile::TempDir, body: &str) -> Process {
         let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = dir.path().join("pag0.yaml");
-        std::fs::write(&config, Pag0::config_text(dir, proxy, admin, &body())).unwrap();
+        std::fs::write(&config, Pag0::config_text(dir, proxy, admin, body)).unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -400,4 +404,107 @@ async fn a_longer_max_authorization_lets_a_longer_offer_through_and_bounds_valid
             .unwrap();
     assert_eq!(state, "committed");
     assert!(valid_before as u64 <= before + 2 + 60, "{valid_before}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_in_doubt_are_resolved_from_the_chain_after_a_crash() {
+    use common::chain::{Anvil, CHAIN_ID};
+    let anvil = Anvil::start();
+    let token = anvil.deploy_token("USDC").await;
+    let wallet: alloy_primitives::Address = paywall::WALLET_ADDRESS.parse().unwrap();
+    anvil.mint(token, wallet, 1_000_000).await;
+    let network = format!("eip155:{CHAIN_ID}");
+    let wall = Paywall::start_for(paywall::Token {
+        network: network.clone(),
+        chain_id: CHAIN_ID,
+        asset: token.to_string(),
+        max_timeout_seconds: 8,
+    })
+    .await;
+    let body = body()
+        .replace(
+            &paywall::payments_yaml(),
+            &format!(
+                "payments:\n  assets:\n    - network: {network}\n      address: \"{token}\"\n      symbol: USDC\n      decimals: 6\n      eip712: {{name: USDC, version: \"2\"}}\n  rpc:\n    {network}: {}\n",
+                anvil.url
+            ),
+        );
+    let dir = tempfile::tempdir().unwrap();
+    let pag0 = Process::start_with(&dir, &body);
+    // Two paid calls the paywall takes; pag0 dies before either answer comes back.
+    let calls: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, url) = (pag0.client(), wall.url("/slow-paid"));
+            tokio::spawn(async move {
+                let _ = client.get(url).send().await;
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while wall.stats().paid < 2 {
+        assert!(Instant::now() < deadline, "the paid attempts never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    pag0.kill();
+    for c in calls {
+        let _ = c.await;
+    }
+    // The facilitator settles one of them; the other is never settled and expires.
+    let accepted = wall.accepted();
+    assert_eq!(accepted.len(), 2);
+    let settled_tx = anvil.settle(token, &accepted[0]).await;
+    let expiry = accepted[1].valid_before;
+    while pag0::clock::unix_now() <= expiry {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    anvil.mine().await;
+
+    let pag0 = Process::start_with(&dir, &body);
+    let spend = eventually(
+        || pag0.admin_get("/api/spend?project=demo"),
+        |v| v["in_doubt"]["count"] == 0 && v["count"] == 1,
+    )
+    .await;
+    assert_eq!(spend["count"], 1, "{spend}");
+    assert_eq!(spend["in_doubt"]["count"], 0, "{spend}");
+    let row = &spend["spend"][0];
+    assert_eq!(row["nonce"], format!("{:#x}", accepted[0].nonce));
+    assert_eq!(row["tx_hash"], format!("{settled_tx:#x}"), "{row}");
+    let db = dir.path().join("pag0.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
+        .await
+        .unwrap();
+    let states: Vec<(String, String, Option<String>)> =
+        sqlx::query_as("SELECT nonce, state, tx_hash FROM payment_intents ORDER BY state")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        states,
+        vec![
+            (
+                format!("{:#x}", accepted[0].nonce),
+                "committed".to_string(),
+                Some(format!("{settled_tx:#x}"))
+            ),
+            (
+                format!("{:#x}", accepted[1].nonce),
+                "released".to_string(),
+                None
+            ),
+        ]
+    );
+    // The budget counts the settled payment as spent and holds nothing for the released one.
+    let budgets = pag0.admin_get("/api/budgets/demo").await;
+    assert_eq!(
+        budgets["budgets"][0]["daily"]["spent"],
+        PRICE.to_string(),
+        "{budgets}"
+    );
+    assert_eq!(budgets["budgets"][0]["daily"]["held"], "0", "{budgets}");
+    let pay_to: alloy_primitives::Address = paywall::PAY_TO.parse().unwrap();
+    assert_eq!(
+        anvil.balance(token, pay_to).await,
+        alloy_primitives::U256::from(PRICE)
+    );
 }

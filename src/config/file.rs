@@ -270,6 +270,11 @@ pub struct FilePayments {
     /// Longest validity pag0 signs an authorization for (default 600, at most 3600): offers
     /// whose `maxTimeoutSeconds` is longer are declined.
     pub max_authorization_seconds: Option<u64>,
+    /// JSON-RPC endpoints by network (CAIP-2 or v1 name): payments in doubt on a network with
+    /// one are resolved from the chain (`authorizationState`, `AuthorizationUsed`). A URL with
+    /// an API key goes in as an `${ENV_VAR}` reference.
+    #[serde(default)]
+    pub rpc: std::collections::BTreeMap<String, String>,
 }
 
 /// Timeout of one facilitator call.

@@ -1061,12 +1061,37 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
                 format!("must be between 1 and {MAX_AUTHORIZATION_SECONDS}"),
             );
         }
+        let mut rpc = Vec::new();
+        for (network, raw) in &f.rpc {
+            let path = format!("payments.rpc.{network}");
+            let Some(chain_id) = crate::x402::networks::chain_id(network) else {
+                self.issue(
+                    &path,
+                    format!("unknown EVM network {network:?} (use eip155:<chain id>)"),
+                );
+                continue;
+            };
+            // A plain URL prints as itself; one with an API key comes from the environment.
+            let url = if raw.starts_with("${") {
+                self.secret(raw, &path)
+            } else {
+                Some(Secret::plain(raw.clone()))
+            };
+            let Some(url) = url else { continue };
+            if !url::Url::parse(url.expose()).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
+            {
+                self.issue(&path, "must be an http(s) URL");
+                continue;
+            }
+            rpc.push((crate::x402::networks::caip2(chain_id), url));
+        }
         Payments {
             assets,
             schemes,
             pay_to,
             price_memory,
             facilitator,
+            rpc,
             signer_threads: signer_threads.min(MAX_SIGNER_THREADS) as usize,
             max_authorization_seconds: max_authorization_seconds
                 .clamp(1, MAX_AUTHORIZATION_SECONDS),

@@ -238,6 +238,8 @@ pub struct Payments {
     pub signer_threads: usize,
     /// No authorization pag0 signs or relays is valid for longer than this (seconds).
     pub max_authorization_seconds: u64,
+    /// JSON-RPC endpoint per network (CAIP-2), for resolving payments in doubt.
+    pub rpc: Vec<(String, Secret)>,
 }
 
 /// `payments.facilitator`, validated.

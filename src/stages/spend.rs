@@ -549,7 +549,7 @@ impl SpendGuard {
             .submit(Job::Commit {
                 record: Box::new(record),
                 reservation,
-                project,
+                project: Some(project),
             })
             .await;
     }

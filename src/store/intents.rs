@@ -290,7 +290,32 @@ impl Store {
             ($pool:expr, $db:ty, $cast:expr) => {{
                 let mut tx = $pool.begin().await.map_err(|e| err("journal", e))?;
                 insert_journal!($db, &mut *tx, records, $cast);
-                for o in outcomes {
+                // The common outcome (a paid response) in one statement per chunk; the
+                // transaction hash is the journal row's.
+                let committed: Vec<&Outcome> = outcomes
+                    .iter()
+                    .filter(|o| o.state == IntentState::Committed)
+                    .collect();
+                for chunk in committed.chunks(INTENT_CHUNK) {
+                    let mut q = sqlx::QueryBuilder::<$db>::new(
+                        "UPDATE payment_intents SET state = 'committed', updated_at = ",
+                    );
+                    q.push_bind(chunk[0].at);
+                    q.push(
+                        ", tx_hash = COALESCE((SELECT j.tx_hash FROM spend_journal j WHERE j.id = payment_intents.id), tx_hash)
+                         WHERE state IN ('sent', 'in_doubt') AND id IN (",
+                    );
+                    let mut ids = q.separated(", ");
+                    for o in chunk {
+                        ids.push_bind(o.id.as_str());
+                    }
+                    q.push(")");
+                    q.build()
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(|e| err("intent update", e))?;
+                }
+                for o in outcomes.iter().filter(|o| o.state != IntentState::Committed) {
                     update_outcome!(&mut *tx, o)?;
                 }
                 tx.commit().await.map_err(|e| err("journal commit", e))
@@ -352,14 +377,19 @@ impl Store {
             .await
     }
 
-    /// In-doubt intents whose authorization expired before `cutoff` (unix seconds) become
-    /// `unresolved`; returns them.
-    pub async fn expire_in_doubt(&self, cutoff: u64) -> Result<Vec<IntentRow>, StoreError> {
+    /// In-doubt intents whose authorization expired before `cutoff` (unix seconds), on a
+    /// network `unresolvable` accepts (no RPC could tell), become `unresolved`; returns them.
+    pub async fn expire_in_doubt(
+        &self,
+        cutoff: u64,
+        unresolvable: impl Fn(&str) -> bool,
+    ) -> Result<Vec<IntentRow>, StoreError> {
         let filter = IntentFilter {
             expired_before: Some(cutoff),
             ..IntentFilter::states(&[IntentState::InDoubt])
         };
-        let rows = self.intents(&filter, 10_000).await?;
+        let mut rows = self.intents(&filter, 10_000).await?;
+        rows.retain(|r| unresolvable(&r.intent.network));
         if rows.is_empty() {
             return Ok(rows);
         }

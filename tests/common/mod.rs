@@ -1,6 +1,7 @@
 //! Test harness: pag0 in-process on ephemeral ports, and small real upstream servers.
 #![allow(dead_code)]
 
+pub mod chain;
 pub mod facilitator;
 pub mod paywall;
 pub mod services;

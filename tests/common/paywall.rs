@@ -65,8 +65,34 @@ pub struct PaywallStats {
     pub amounts: Vec<U256>,
 }
 
+/// A token other than the default test asset (e.g. one deployed on anvil) that the paywall's
+/// offers name instead, with their `maxTimeoutSeconds`.
+#[derive(Clone)]
+pub struct Token {
+    /// CAIP-2.
+    pub network: String,
+    pub chain_id: u64,
+    pub asset: String,
+    pub max_timeout_seconds: u64,
+}
+
+/// A payment the paywall accepted, with everything needed to settle it on chain.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub from: Address,
+    pub to: Address,
+    pub value: U256,
+    pub valid_after: u64,
+    pub valid_before: u64,
+    pub nonce: B256,
+    /// 65 bytes r‖s‖v.
+    pub signature: Vec<u8>,
+}
+
 #[derive(Default)]
 struct State {
+    token: Option<Token>,
+    accepted: Vec<Accepted>,
     /// Skip signature recovery and nonce tracking (benchmarks: keep the upstream cheap).
     skip_verify: bool,
     stats: PaywallStats,
@@ -157,6 +183,18 @@ impl Paywall {
     /// Listens on `addr`; `verify: false` accepts any well-formed payment (benchmarks only).
     pub async fn start_on(addr: &str, verify: bool) -> Paywall {
         Self::start_inner(addr, verify, None).await
+    }
+
+    /// A paywall whose offers name `token` instead of the default test asset.
+    pub async fn start_for(token: Token) -> Paywall {
+        let wall = Self::start().await;
+        wall.state.lock().unwrap().token = Some(token);
+        wall
+    }
+
+    /// Every payment accepted so far, in order.
+    pub fn accepted(&self) -> Vec<Accepted> {
+        self.state.lock().unwrap().accepted.clone()
     }
 
     /// An HTTPS paywall (`https://localhost:PORT`, certificate from `tls`).
@@ -280,9 +318,16 @@ async fn handle(
     state.lock().unwrap().stats.requests += 1;
     let echo = json!({"method": method, "path": full_path, "body_len": body.len(), "body_sha256": hex::encode(Sha256::digest(&body))});
     let price_changes = state.lock().unwrap().price_changes;
-    let Some(offers) = offers_for(&path, price_changes) else {
+    let Some(mut offers) = offers_for(&path, price_changes) else {
         return Ok(respond(StatusCode::OK, echo.to_string(), None));
     };
+    if let Some(token) = state.lock().unwrap().token.clone() {
+        for o in offers.iter_mut().filter(|o| o["asset"] == ASSET) {
+            o["network"] = json!(token.network);
+            o["asset"] = json!(token.asset);
+            o["maxTimeoutSeconds"] = json!(token.max_timeout_seconds);
+        }
+    }
     let url = format!("{origin}{full_path}");
     let offers: Vec<Value> = if v1 {
         offers.iter().map(|o| to_v1(o, &url)).collect()
@@ -437,7 +482,14 @@ fn verify(
     let domain = Eip712Domain::new(
         Some(s(&accepted["extra"]["name"]).into()),
         Some(s(&accepted["extra"]["version"]).into()),
-        Some(U256::from(84532)),
+        Some(U256::from(
+            state
+                .lock()
+                .unwrap()
+                .token
+                .as_ref()
+                .map_or(84532, |t| t.chain_id),
+        )),
         Some(s(&accepted["asset"]).parse().map_err(|_| "bad asset")?),
         None,
     );
@@ -471,6 +523,15 @@ fn verify(
     if !st.nonces.insert((from, nonce)) {
         return Err("nonce already used".into());
     }
+    st.accepted.push(Accepted {
+        from,
+        to,
+        value,
+        valid_after,
+        valid_before,
+        nonce,
+        signature: sig_bytes,
+    });
     st.stats.paid += 1;
     st.stats.amounts.push(value);
     Ok((from, nonce))

@@ -1,0 +1,182 @@
+//! A local EVM chain for tests: anvil (npm `@foundry-rs/anvil-linux-amd64`, installed under
+//! target/tools by .ci/bootstrap) on a free port, and the test EIP-3009 token
+//! (tests/contracts/TestUSDC.sol, compiled by tests/contracts/build.sh) deployed on it.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use alloy_primitives::{Address, B256, U256};
+use alloy_sol_types::{SolCall, SolConstructor, sol};
+use serde_json::{Value, json};
+
+sol! {
+    constructor(string name_);
+    function mint(address to, uint256 value) external;
+    function balanceOf(address owner) external view returns (uint256);
+    function transferWithAuthorization(
+        address from, address to, uint256 value, uint256 validAfter, uint256 validBefore,
+        bytes32 nonce, uint8 v, bytes32 r, bytes32 s
+    ) external;
+}
+
+/// Anvil's first dev account (unlocked: anvil signs its transactions): the "facilitator".
+pub const FACILITATOR: &str = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266";
+/// Anvil's chain id.
+pub const CHAIN_ID: u64 = 31337;
+
+/// The anvil binary: `$ANVIL`, else target/tools (see .ci/bootstrap), else `anvil` on PATH.
+fn anvil_binary() -> String {
+    if let Ok(path) = std::env::var("ANVIL") {
+        return path;
+    }
+    let local = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/target/tools/node_modules/.bin/anvil"
+    );
+    if std::path::Path::new(local).exists() {
+        return local.to_string();
+    }
+    "anvil".to_string()
+}
+
+/// A running anvil. Dropping it stops it.
+pub struct Anvil {
+    child: Child,
+    pub url: String,
+}
+
+impl Anvil {
+    pub fn start() -> Anvil {
+        let port = super::free_port();
+        let child = Command::new(anvil_binary())
+            .args([
+                "--port",
+                &port.to_string(),
+                "--host",
+                "127.0.0.1",
+                "--silent",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot run anvil ({e}); .ci/bootstrap installs it under target/tools")
+            });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "anvil did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Anvil {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    pub async fn rpc(&self, method: &str, params: Value) -> Value {
+        let answer: Value = reqwest::Client::new()
+            .post(&self.url)
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(answer.get("error").is_none(), "{method}: {answer}");
+        answer["result"].clone()
+    }
+
+    /// Sends a transaction from the facilitator account and returns its receipt.
+    pub async fn send(&self, to: Option<Address>, data: Vec<u8>) -> Value {
+        let mut tx = json!({"from": FACILITATOR, "data": format!("0x{}", hex::encode(data)), "gas": "0x1000000"});
+        if let Some(to) = to {
+            tx["to"] = json!(to.to_string());
+        }
+        let hash = self.rpc("eth_sendTransaction", json!([tx])).await;
+        self.rpc("eth_getTransactionReceipt", json!([hash])).await
+    }
+
+    /// Deploys the test EIP-3009 token with EIP-712 domain name `name` (version "2").
+    pub async fn deploy_token(&self, name: &str) -> Address {
+        let bytecode = hex::decode(include_str!("../contracts/TestUSDC.bin").trim()).unwrap();
+        let mut data = bytecode;
+        data.extend(
+            constructorCall {
+                name_: name.to_string(),
+            }
+            .abi_encode(),
+        );
+        let receipt = self.send(None, data).await;
+        assert_eq!(receipt["status"], "0x1", "{receipt}");
+        receipt["contractAddress"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    pub async fn mint(&self, token: Address, to: Address, value: u64) {
+        let receipt = self
+            .send(
+                Some(token),
+                mintCall {
+                    to,
+                    value: U256::from(value),
+                }
+                .abi_encode(),
+            )
+            .await;
+        assert_eq!(receipt["status"], "0x1", "{receipt}");
+    }
+
+    pub async fn balance(&self, token: Address, owner: Address) -> U256 {
+        let out = self
+            .rpc(
+                "eth_call",
+                json!([{"to": token.to_string(), "data": format!("0x{}", hex::encode(balanceOfCall { owner }.abi_encode()))}, "latest"]),
+            )
+            .await;
+        let bytes = hex::decode(out.as_str().unwrap().trim_start_matches("0x")).unwrap();
+        U256::from_be_slice(&bytes)
+    }
+
+    /// Settles an authorization as a facilitator would; returns the transaction hash.
+    pub async fn settle(&self, token: Address, p: &super::paywall::Accepted) -> B256 {
+        let sig = &p.signature;
+        let call = transferWithAuthorizationCall {
+            from: p.from,
+            to: p.to,
+            value: p.value,
+            validAfter: U256::from(p.valid_after),
+            validBefore: U256::from(p.valid_before),
+            nonce: p.nonce,
+            v: sig[64],
+            r: B256::from_slice(&sig[..32]),
+            s: B256::from_slice(&sig[32..64]),
+        };
+        let receipt = self.send(Some(token), call.abi_encode()).await;
+        assert_eq!(receipt["status"], "0x1", "settlement failed: {receipt}");
+        receipt["transactionHash"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    }
+
+    /// Mines a block stamped with the current time (block time moves on only with blocks).
+    pub async fn mine(&self) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        self.rpc("evm_mine", json!([now])).await;
+    }
+}
+
+impl Drop for Anvil {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
