@@ -100,13 +100,20 @@ impl Shared {
         .map_err(|e| anyhow::anyhow!("database: {e}"))?;
         let store = Arc::new(store);
         let metrics = Arc::new(Metrics::new());
-        let (intents, writer) = crate::intents::IntentLog::new(store.clone(), metrics.clone());
+        // Payments are written ahead to a file beside the journal's spool (see intents::wal).
+        let wal_base = {
+            let mut name = config.database.spool_file.as_os_str().to_owned();
+            name.push(".wal");
+            std::path::PathBuf::from(name)
+        };
+        let wal = crate::intents::Wal::open(wal_base.clone())
+            .map_err(|e| anyhow::anyhow!("payment intent log: {e}"))?;
+        let (intents, written) = crate::intents::IntentLog::new(wal, metrics.clone());
         let intents = Arc::new(intents);
-        rt.spawn(writer);
         // Before anything is paid or a budget is read: payments the previous run sent without
         // recording an outcome become in doubt (and hold their budget).
         std::thread::scope(|s| {
-            s.spawn(|| rt.block_on(intents.recover(&store)))
+            s.spawn(|| rt.block_on(intents.recover(&store, &wal_base)))
                 .join()
                 .expect("intent recovery does not panic")
         })
@@ -144,13 +151,17 @@ impl Shared {
         let upkeep = store.clone();
         rt.spawn(async move { upkeep.maintain(UPKEEP_INTERVAL).await });
         let policies = Arc::new(PolicyBook::default());
-        let (settler, worker) = crate::settle::Settler::new(crate::settle::SettlerParts {
-            store: store.clone(),
-            ledger: ledger.clone(),
-            anomaly: Arc::default(),
-            policies: policies.clone(),
-            metrics: metrics.clone(),
-        });
+        let (settler, worker) = crate::settle::Settler::new(
+            crate::settle::SettlerParts {
+                store: store.clone(),
+                ledger: ledger.clone(),
+                anomaly: Arc::default(),
+                policies: policies.clone(),
+                metrics: metrics.clone(),
+                intents: intents.clone(),
+            },
+            written,
+        );
         rt.spawn(worker);
         let settler = Arc::new(settler);
         let mut chains = HashMap::new();

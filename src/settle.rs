@@ -10,6 +10,7 @@
 //! always journal → commit, so a budget rebuilt from the journal never misses a committed
 //! payment. On graceful shutdown [`Settler::drain`] waits until the queue is empty.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -21,9 +22,10 @@ use tokio::sync::mpsc;
 use crate::anomaly::AnomalyDetector;
 use crate::budget::{Ledger, Reservation};
 use crate::config::Project;
+use crate::intents::IntentLog;
 use crate::live::PolicyBook;
 use crate::metrics::Metrics;
-use crate::store::{IntentState, Outcome, SpendRecord, Store};
+use crate::store::{Intent, IntentRow, IntentState, Outcome, SpendRecord, Store};
 
 /// Most jobs handled in one round (one journal transaction).
 pub const MAX_BATCH: usize = 512;
@@ -69,14 +71,21 @@ pub struct SettlerParts {
     pub anomaly: Arc<AnomalyDetector>,
     pub policies: Arc<PolicyBook>,
     pub metrics: Arc<Metrics>,
+    /// Told which written intents are in the table (its file segments can go).
+    pub intents: Arc<IntentLog>,
 }
 
 impl Settler {
     /// The settler and its worker future (spawn it on a runtime that lives as long as pag0).
-    pub fn new(parts: SettlerParts) -> (Settler, impl std::future::Future<Output = ()> + Send) {
+    /// `written`: the intents the [`IntentLog`] wrote ahead, in its order; the worker puts
+    /// them in the SQL table together with the outcomes that follow them.
+    pub fn new(
+        parts: SettlerParts,
+        written: mpsc::UnboundedReceiver<(u64, Intent)>,
+    ) -> (Settler, impl std::future::Future<Output = ()> + Send) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let in_flight = Arc::new(AtomicUsize::new(0));
-        let worker = run(rx, Arc::new(parts), in_flight.clone());
+        let worker = run(rx, written, Arc::new(parts), in_flight.clone());
         (Settler { tx, in_flight }, worker)
     }
 
@@ -103,29 +112,54 @@ impl Settler {
     }
 }
 
-async fn run(mut rx: mpsc::Receiver<Job>, parts: Arc<SettlerParts>, in_flight: Arc<AtomicUsize>) {
+async fn run(
+    mut rx: mpsc::Receiver<Job>,
+    mut written_rx: mpsc::UnboundedReceiver<(u64, Intent)>,
+    parts: Arc<SettlerParts>,
+    in_flight: Arc<AtomicUsize>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        // Only journal rows gain from company; a release gives budget back at once.
-        let journals = batch
-            .iter()
-            .any(|j| !matches!(j, Job::Release { intent: None, .. }));
-        if journals && batch.len() < MAX_BATCH {
-            tokio::time::sleep(GROUP_COMMIT_WINDOW).await;
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(job) => batch.push(job),
-                    Err(_) => break,
-                }
+    let mut written: Vec<(u64, Intent)> = Vec::new();
+    let mut writer_open = true;
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, MAX_BATCH) => if n == 0 { break },
+            n = written_rx.recv_many(&mut written, MAX_BATCH), if writer_open => {
+                writer_open = n > 0;
             }
         }
+        // Only journal and intent rows gain from company; a release gives budget back at once.
+        let journals = !written.is_empty()
+            || batch
+                .iter()
+                .any(|j| !matches!(j, Job::Release { intent: None, .. }));
+        if journals && batch.len() < MAX_BATCH {
+            tokio::time::sleep(GROUP_COMMIT_WINDOW).await;
+        }
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        // After the jobs: the intent of every outcome taken was written before the outcome was
+        // submitted, so it is in this round or an earlier one (an outcome never lands before
+        // its row). All of them, for the same reason.
+        while let Ok(w) = written_rx.try_recv() {
+            written.push(w);
+        }
         let n = batch.len();
-        settle(&parts, std::mem::take(&mut batch)).await;
+        settle(
+            &parts,
+            std::mem::take(&mut batch),
+            std::mem::take(&mut written),
+        )
+        .await;
         in_flight.fetch_sub(n, Ordering::SeqCst);
     }
 }
 
-async fn settle(parts: &Arc<SettlerParts>, jobs: Vec<Job>) {
+async fn settle(parts: &Arc<SettlerParts>, jobs: Vec<Job>, written: Vec<(u64, Intent)>) {
     let records: Vec<&SpendRecord> = jobs
         .iter()
         .filter_map(|j| match j {
@@ -148,10 +182,40 @@ async fn settle(parts: &Arc<SettlerParts>, jobs: Vec<Job>) {
             Job::InDoubt(outcome) => Some(outcome.clone()),
         })
         .collect();
+    // An intent written in this round is inserted in its final state (one row, no update).
+    let last_seq = written.last().map(|(seq, _)| *seq);
+    let mut intents: Vec<IntentRow> = written
+        .into_iter()
+        .map(|(_, i)| IntentRow::sent(i))
+        .collect();
+    let index: HashMap<String, usize> = intents
+        .iter()
+        .enumerate()
+        .map(|(k, r)| (r.intent.id.clone(), k))
+        .collect();
+    let mut later = Vec::new();
+    for o in outcomes {
+        match index.get(&o.id) {
+            Some(&k) => {
+                let row = &mut intents[k];
+                row.state = o.state;
+                row.reason = o.reason;
+                row.tx_hash = o.tx_hash;
+                row.updated_at = o.at;
+            }
+            None => later.push(o),
+        }
+    }
+    let outcomes = later;
     // Journal first: a budget rebuilt from it then never misses these payments.
-    if (!records.is_empty() || !outcomes.is_empty())
-        && let Err(e) = parts.store.settle(&records, &outcomes).await
+    let written = parts.store.settle(&intents, &records, &outcomes).await;
+    if written.is_ok()
+        && let Some(seq) = last_seq
     {
+        // In the table (or its spool): the write-ahead file no longer needs them.
+        parts.intents.persisted(seq);
+    }
+    if let Err(e) = written {
         for r in &records {
             parts.count(&r.project, "journal_failed");
             log::error!(project = r.project.as_str(), id = r.id.as_str(); "SPEND NOT JOURNALED (database and spool failed): {e}; record: {}", serde_json::to_string(r).unwrap_or_default());

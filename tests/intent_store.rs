@@ -103,6 +103,7 @@ async fn recovery_and_expiry(store: Store) {
     // a committed with its journal row in one transaction; b released.
     store
         .settle(
+            &[],
             &[&journal_row(&a)],
             &[
                 Outcome {
@@ -128,6 +129,7 @@ async fn recovery_and_expiry(store: Store) {
     // A final state is never left.
     store
         .settle(
+            &[],
             &[],
             &[Outcome {
                 id: b.id.clone(),
@@ -283,6 +285,7 @@ async fn intents_spool_while_postgres_is_away_and_count_on_recovery() {
     let at = pag0::clock::unix_millis() as i64;
     store
         .settle(
+            &[],
             &[&journal_row(&a)],
             &[Outcome {
                 id: a.id.clone(),

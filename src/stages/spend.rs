@@ -416,7 +416,7 @@ impl SpendGuard {
             window_month: windows.month,
             created_at: crate::clock::unix_millis() as i64,
         };
-        if let Err(e) = self.intents.write_ahead(intent).await {
+        if let Err(e) = self.intents.write_ahead(intent) {
             log::error!(project = project.as_str(); "{e}");
             return Err(Reply::new(
                 ErrorCode::PaymentNotRecorded,

@@ -124,8 +124,8 @@ pub struct InDoubtHold {
     pub valid_before: u64,
 }
 
-const INTENT_COLUMNS: &str = "INSERT INTO payment_intents (id, project, pool, network, asset, payer, pay_to, amount, nonce, valid_after, valid_before, url, idempotency_key, source, window_day, window_month, created_at, state, updated_at) ";
-/// Rows per `INSERT` (19 parameters each).
+const INTENT_COLUMNS: &str = "INSERT INTO payment_intents (id, project, pool, network, asset, payer, pay_to, amount, nonce, valid_after, valid_before, url, idempotency_key, source, window_day, window_month, created_at, state, reason, tx_hash, updated_at) ";
+/// Rows per `INSERT` (21 parameters each).
 const INTENT_CHUNK: usize = 256;
 const SELECT_INTENTS: &str = "SELECT id, project, pool, network, asset, payer, pay_to, CAST(amount AS TEXT) AS amount, nonce, valid_after, valid_before, url, idempotency_key, source, window_day, window_month, created_at, state, reason, tx_hash, updated_at FROM payment_intents";
 
@@ -175,6 +175,46 @@ impl<'a> IntentFilter<'a> {
     }
 }
 
+/// Inserts intent rows (`&[IntentRow]`, each in its state) through `$exec`, in multi-row
+/// `INSERT`s; a row already there is left as it is. `$cast` as for `insert_journal!`.
+macro_rules! insert_intent_rows {
+    ($db:ty, $exec:expr, $rows:expr, $cast:expr) => {{
+        for chunk in $rows.chunks(INTENT_CHUNK) {
+            let mut q = sqlx::QueryBuilder::<$db>::new(INTENT_COLUMNS);
+            q.push_values(chunk, |mut row, r| {
+                let i = &r.intent;
+                row.push_bind(&i.id)
+                    .push_bind(&i.project)
+                    .push_bind(&i.pool)
+                    .push_bind(&i.network)
+                    .push_bind(&i.asset)
+                    .push_bind(&i.payer)
+                    .push_bind(&i.pay_to)
+                    .push_bind(i.amount.to_string())
+                    .push_unseparated($cast)
+                    .push_bind(&i.nonce)
+                    .push_bind(i.valid_after as i64)
+                    .push_bind(i.valid_before.min(i64::MAX as u64) as i64)
+                    .push_bind(&i.url)
+                    .push_bind(&i.idempotency_key)
+                    .push_bind(&i.source)
+                    .push_bind(&i.window_day)
+                    .push_bind(&i.window_month)
+                    .push_bind(i.created_at)
+                    .push_bind(r.state.as_str())
+                    .push_bind(r.reason.as_deref())
+                    .push_bind(r.tx_hash.as_deref())
+                    .push_bind(r.updated_at);
+            });
+            q.push(" ON CONFLICT (id) DO NOTHING");
+            q.build()
+                .execute(&mut *$exec)
+                .await
+                .map_err(|e| err("intent insert", e))?;
+        }
+    }};
+}
+
 /// Records outcome `$o` through `$exec`. A final state is never left; `in_doubt` may still
 /// become anything final.
 macro_rules! update_outcome {
@@ -196,11 +236,25 @@ macro_rules! update_outcome {
     }};
 }
 
+impl IntentRow {
+    /// A new intent, state `sent`.
+    pub fn sent(intent: Intent) -> IntentRow {
+        IntentRow {
+            updated_at: intent.created_at,
+            intent,
+            state: IntentState::Sent,
+            reason: None,
+            tx_hash: None,
+        }
+    }
+}
+
 impl Store {
     /// Makes `intents` durable (state `sent`): in the database, or in the spool when the
     /// database cannot take them. Only fails if both fail; then nothing may be sent.
     pub async fn record_intents(&self, intents: &[Intent]) -> Result<(), StoreError> {
-        match self.insert_intents(intents).await {
+        let rows: Vec<IntentRow> = intents.iter().cloned().map(IntentRow::sent).collect();
+        match self.insert_intents(&rows).await {
             Ok(()) => Ok(()),
             Err(e) => {
                 log::warn!(rows = intents.len(); "intent write failed, spooling: {e}");
@@ -214,65 +268,51 @@ impl Store {
         }
     }
 
-    async fn insert_intents(&self, intents: &[Intent]) -> Result<(), StoreError> {
-        macro_rules! insert_rows {
-            ($db:ty, $pool:expr, $amount_cast:expr) => {{
-                for chunk in intents.chunks(INTENT_CHUNK) {
-                    let mut q = sqlx::QueryBuilder::<$db>::new(INTENT_COLUMNS);
-                    q.push_values(chunk, |mut row, i| {
-                        row.push_bind(&i.id)
-                            .push_bind(&i.project)
-                            .push_bind(&i.pool)
-                            .push_bind(&i.network)
-                            .push_bind(&i.asset)
-                            .push_bind(&i.payer)
-                            .push_bind(&i.pay_to)
-                            .push_bind(i.amount.to_string())
-                            .push_unseparated($amount_cast)
-                            .push_bind(&i.nonce)
-                            .push_bind(i.valid_after as i64)
-                            .push_bind(i.valid_before.min(i64::MAX as u64) as i64)
-                            .push_bind(&i.url)
-                            .push_bind(&i.idempotency_key)
-                            .push_bind(&i.source)
-                            .push_bind(&i.window_day)
-                            .push_bind(&i.window_month)
-                            .push_bind(i.created_at)
-                            .push_bind(IntentState::Sent.as_str())
-                            .push_bind(i.created_at);
-                    });
-                    q.push(" ON CONFLICT (id) DO NOTHING");
-                    q.build()
-                        .execute($pool)
-                        .await
-                        .map_err(|e| err("intent insert", e))?;
-                }
-                Ok(())
-            }};
-        }
+    async fn insert_intents(&self, rows: &[IntentRow]) -> Result<(), StoreError> {
         match &self.db {
-            Db::Sqlite(p) => insert_rows!(sqlx::Sqlite, p, ""),
-            Db::Postgres(p) => insert_rows!(sqlx::Postgres, p, "::numeric"),
+            Db::Sqlite(p) => {
+                let mut conn = p.acquire().await.map_err(|e| err("intent insert", e))?;
+                insert_intent_rows!(sqlx::Sqlite, conn, rows, "");
+            }
+            Db::Postgres(p) => {
+                let mut conn = p.acquire().await.map_err(|e| err("intent insert", e))?;
+                insert_intent_rows!(sqlx::Postgres, conn, rows, "::numeric");
+            }
         }
+        Ok(())
     }
 
-    /// Records outcomes in one transaction with the journal rows of the committed ones (a
-    /// committed intent and its journal row never exist one without the other). What the
-    /// database cannot take goes to the spools. Only fails if both fail.
+    /// Writes new intents (each already in its latest state), journal rows and outcomes of
+    /// intents written earlier, in one transaction (a committed intent and its journal row
+    /// never exist one without the other). What the database cannot take goes to the spools.
+    /// Only fails if both fail.
     pub async fn settle(
         &self,
+        intents: &[IntentRow],
         records: &[&super::SpendRecord],
         outcomes: &[Outcome],
     ) -> Result<(), StoreError> {
-        match self.settle_in_db(records, outcomes).await {
+        match self.settle_in_db(intents, records, outcomes).await {
             Ok(()) => Ok(()),
             Err(e) => {
-                log::warn!(rows = records.len(), outcomes = outcomes.len(); "journal write failed, spooling: {e}");
+                log::warn!(intents = intents.len(), rows = records.len(), outcomes = outcomes.len(); "journal write failed, spooling: {e}");
                 for r in records {
                     self.spool.append(r).await?;
                 }
-                let events: Vec<IntentEvent> =
-                    outcomes.iter().cloned().map(IntentEvent::Outcome).collect();
+                let mut events: Vec<IntentEvent> = Vec::new();
+                for r in intents {
+                    events.push(IntentEvent::Sent(Box::new(r.intent.clone())));
+                    if r.state != IntentState::Sent {
+                        events.push(IntentEvent::Outcome(Outcome {
+                            id: r.intent.id.clone(),
+                            state: r.state,
+                            reason: r.reason.clone(),
+                            tx_hash: r.tx_hash.clone(),
+                            at: r.updated_at,
+                        }));
+                    }
+                }
+                events.extend(outcomes.iter().cloned().map(IntentEvent::Outcome));
                 if !events.is_empty() {
                     self.intent_spool.append_all(&events).await?;
                 }
@@ -283,12 +323,17 @@ impl Store {
 
     async fn settle_in_db(
         &self,
+        intents: &[IntentRow],
         records: &[&super::SpendRecord],
         outcomes: &[Outcome],
     ) -> Result<(), StoreError> {
+        if intents.is_empty() && records.is_empty() && outcomes.is_empty() {
+            return Ok(());
+        }
         macro_rules! settle_in {
             ($pool:expr, $db:ty, $cast:expr) => {{
                 let mut tx = $pool.begin().await.map_err(|e| err("journal", e))?;
+                insert_intent_rows!($db, &mut *tx, intents, $cast);
                 insert_journal!($db, &mut *tx, records, $cast);
                 // The common outcome (a paid response) in one statement per chunk; the
                 // transaction hash is the journal row's.
@@ -338,7 +383,10 @@ impl Store {
         self.migrate().await?;
         for event in &events {
             match event {
-                IntentEvent::Sent(i) => self.insert_intents(std::slice::from_ref(&**i)).await?,
+                IntentEvent::Sent(i) => {
+                    self.insert_intents(&[IntentRow::sent((**i).clone())])
+                        .await?
+                }
                 IntentEvent::Outcome(o) => with_pool!(&self.db, p => update_outcome!(p, o))?,
             }
         }
@@ -407,7 +455,7 @@ impl Store {
                 at,
             })
             .collect();
-        self.settle(&[], &outcomes).await?;
+        self.settle(&[], &[], &outcomes).await?;
         Ok(rows)
     }
 

@@ -25,12 +25,21 @@ pub struct Spool<T> {
 pub struct SpoolGuard<'a, T>(MutexGuard<'a, PathBuf>, PhantomData<fn() -> T>);
 
 /// One checksummed line (with its `\n`).
-fn line<T: Serialize>(row: &T) -> Result<Vec<u8>, StoreError> {
+pub fn line<T: Serialize>(row: &T) -> Result<Vec<u8>, StoreError> {
     let json = serde_json::to_vec(row).map_err(|e| StoreError(e.to_string()))?;
     let mut line = format!("{:08x} ", crc32fast::hash(&json)).into_bytes();
     line.extend_from_slice(&json);
     line.push(b'\n');
     Ok(line)
+}
+
+/// The intact records of a spool file's bytes, in order.
+pub fn records<T: DeserializeOwned>(bytes: &[u8]) -> Vec<T> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .filter_map(verified)
+        .filter_map(|json| serde_json::from_str(json).ok())
+        .collect()
 }
 
 /// The JSON of a line whose checksum holds (or of a legacy line without one).
@@ -116,11 +125,7 @@ impl<T: DeserializeOwned> SpoolGuard<'_, T> {
                 )));
             }
         };
-        Ok(String::from_utf8_lossy(&text)
-            .lines()
-            .filter_map(verified)
-            .filter_map(|json| serde_json::from_str(json).ok())
-            .collect())
+        Ok(records(&text))
     }
 
     pub fn clear(&mut self) -> Result<(), StoreError> {

@@ -1,0 +1,210 @@
+//! Write-ahead payment intents, as the request path uses them (the table and its states are in
+//! [`crate::store`]): a payment header may leave pag0 only once [`IntentLog::write_ahead`] has
+//! made its intent durable, so a crash at any instant leaves a record of every payment that
+//! may have been paid.
+//!
+//! Durable first in the write-ahead file ([`wal`]: one `write(2)` on the request's thread, no
+//! waiting for a database), then in the SQL table: the settler inserts intents in batches, in
+//! the same transactions as the outcomes and journal rows that follow them (an intent and its
+//! outcome in one batch become one row), and the file's segments are deleted once their
+//! records are in. On start, segments of a process that died are read back (recovery).
+//!
+//! The log also remembers which `Idempotency-Key`s belong to payments in doubt, so a retry
+//! after a crash or an upstream failure gets `409 IDEMPOTENCY_IN_DOUBT` instead of paying
+//! again (see [`IntentLog::in_doubt_nonce`]).
+//!
+//! Payments in doubt are resolved in the background ([`IntentLog::maintain`]): on a network
+//! with an RPC (`payments.rpc`), from the chain (used → `committed` with its transaction and
+//! journal row; unused once the latest block is past `validBefore` → `released`); elsewhere
+//! they hold their budget until `validBefore` + a margin, then are `unresolved`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+mod resolve;
+pub mod wal;
+
+pub use wal::Wal;
+
+use crate::chain::Chain;
+use crate::metrics::Metrics;
+use crate::settle::Settler;
+use crate::store::{IN_DOUBT_MARGIN_SECONDS, Intent, IntentRow, IntentState, Store};
+
+/// How long an in-doubt `Idempotency-Key` is refused after the payment became in doubt.
+pub const IN_DOUBT_KEY_SECONDS: u64 = 86_400;
+
+/// The intent could not be written ahead (the write-ahead file failed): nothing is sent.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the payment could not be recorded before sending: {0}")]
+pub struct WriteAheadError(String);
+
+pub struct IntentLog {
+    wal: Wal,
+    /// Written intents, in the file's order, for the settler to put in the SQL table.
+    tx: mpsc::UnboundedSender<(u64, Intent)>,
+    /// `project|Idempotency-Key` of payments in doubt → (nonce, unix second it became so).
+    in_doubt_keys: Mutex<HashMap<String, (String, u64)>>,
+    metrics: Arc<Metrics>,
+}
+
+impl IntentLog {
+    /// The log over `wal`, and the receiver of written intents (for the settler, which puts
+    /// them in the SQL table and then calls [`IntentLog::persisted`]).
+    pub fn new(
+        wal: Wal,
+        metrics: Arc<Metrics>,
+    ) -> (IntentLog, mpsc::UnboundedReceiver<(u64, Intent)>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let log = IntentLog {
+            wal,
+            tx,
+            in_doubt_keys: Mutex::default(),
+            metrics,
+        };
+        (log, rx)
+    }
+
+    /// Returns once `intent` is durable (state `sent`). Call it before the signed header
+    /// leaves pag0; on an error, do not send it.
+    pub fn write_ahead(&self, intent: Intent) -> Result<(), WriteAheadError> {
+        let project = intent.project.clone();
+        self.wal
+            .append(intent, |seq, intent| {
+                // In file order (under the file's lock); the settler keeps the order.
+                let _ = self.tx.send((seq, intent));
+            })
+            .map_err(|e| WriteAheadError(e.to_string()))?;
+        self.count(&project, IntentState::Sent);
+        Ok(())
+    }
+
+    /// Every intent written up to `seq` is in the SQL table (or its spool).
+    pub fn persisted(&self, seq: u64) {
+        self.wal.persisted(seq);
+    }
+
+    /// Counts an intent reaching `state`.
+    pub fn count(&self, project: &str, state: IntentState) {
+        self.metrics
+            .payment_intents
+            .with_label_values(&[project, state.as_str()])
+            .inc();
+    }
+
+    /// The nonce of the payment in doubt made for `project`'s `Idempotency-Key`, if any.
+    pub fn in_doubt_nonce(&self, project: &str, key: &str) -> Option<String> {
+        let keys = self.in_doubt_keys.lock().unwrap_or_else(|p| p.into_inner());
+        if keys.is_empty() {
+            return None;
+        }
+        keys.get(&format!("{project}|{key}"))
+            .map(|(nonce, _)| nonce.clone())
+    }
+
+    /// Remembers that the payment for `project`'s `Idempotency-Key` is in doubt.
+    pub fn note_in_doubt(&self, project: &str, key: &str, nonce: String, now: u64) {
+        let mut keys = self.in_doubt_keys.lock().unwrap_or_else(|p| p.into_inner());
+        keys.retain(|_, (_, since)| *since + IN_DOUBT_KEY_SECONDS > now);
+        keys.insert(format!("{project}|{key}"), (nonce, now));
+    }
+
+    /// On start, before serving: turns every intent left `sent` by the previous run into
+    /// `in_doubt` (see [`Store::recover_intents`]) and remembers their Idempotency-Keys.
+    pub async fn recover(
+        &self,
+        store: &Store,
+        wal_base: &std::path::Path,
+    ) -> Result<Vec<IntentRow>, crate::store::StoreError> {
+        // What a process that died wrote ahead but had not put in the table yet.
+        for (path, intents) in Wal::leftovers(wal_base)? {
+            store.record_intents(&intents).await?;
+            if let Err(e) = std::fs::remove_file(&path) {
+                log::warn!("cannot remove {}: {e}", path.display());
+            }
+        }
+        let in_doubt = store.recover_intents().await?;
+        let now = crate::clock::unix_now();
+        for r in &in_doubt {
+            if let Some(key) = &r.intent.idempotency_key {
+                let since = (r.updated_at.max(0) / 1000) as u64;
+                if since + IN_DOUBT_KEY_SECONDS > now {
+                    self.note_in_doubt(&r.intent.project, key, r.intent.nonce.clone(), since);
+                }
+            }
+        }
+        if !in_doubt.is_empty() {
+            log::warn!(
+                "{} payment(s) sent before pag0 stopped have no known outcome; they are in doubt and hold their budget until their authorization expires (see /api/spend)",
+                in_doubt.len()
+            );
+        }
+        Ok(in_doubt)
+    }
+
+    /// Forgets the in-doubt mark of `project`'s `Idempotency-Key` (its payment was proved
+    /// not made: a retry may pay).
+    fn forget_key(&self, project: &str, key: &str) {
+        let mut keys = self.in_doubt_keys.lock().unwrap_or_else(|p| p.into_inner());
+        keys.remove(&format!("{project}|{key}"));
+    }
+
+    /// Every `every`, forever: resolves payments in doubt from the chains in `chains` (by
+    /// CAIP-2 network), turns the others `unresolved` once their authorization expired (plus a
+    /// margin), and refreshes the in-doubt gauge. Outcomes go through `settler` (journal,
+    /// intent state and budget ledger together).
+    pub async fn maintain(
+        &self,
+        store: Arc<Store>,
+        chains: HashMap<String, Chain>,
+        settler: Arc<Settler>,
+        every: Duration,
+    ) {
+        let mut projects_seen: Vec<String> = Vec::new();
+        loop {
+            if !chains.is_empty() {
+                self.resolve_on_chain(&store, &chains, &settler).await;
+            }
+            let now = crate::clock::unix_now();
+            match store
+                .expire_in_doubt(now.saturating_sub(IN_DOUBT_MARGIN_SECONDS), |network| {
+                    !chains.contains_key(network)
+                })
+                .await
+            {
+                Ok(rows) => {
+                    for r in rows {
+                        log::warn!(project = r.intent.project.as_str(), id = r.intent.id.as_str(); "payment in doubt is unresolved: its authorization expired and no RPC could tell whether it was settled; it stays in /api/spend");
+                        self.count(&r.intent.project, IntentState::Unresolved);
+                    }
+                }
+                Err(e) => log::debug!("in-doubt payments: {e}"),
+            }
+            if let Ok(totals) = store.intent_totals(IntentState::InDoubt).await {
+                let mut counts: HashMap<String, i64> = HashMap::new();
+                for ((project, _), (n, _)) in totals {
+                    *counts.entry(project).or_default() += n as i64;
+                }
+                for p in &projects_seen {
+                    if !counts.contains_key(p) {
+                        self.metrics
+                            .payments_in_doubt
+                            .with_label_values(&[p])
+                            .set(0);
+                    }
+                }
+                for (p, n) in &counts {
+                    self.metrics
+                        .payments_in_doubt
+                        .with_label_values(&[p])
+                        .set(*n);
+                }
+                projects_seen = counts.into_keys().collect();
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+}
