@@ -15,7 +15,7 @@ use crate::config::{self, Config, ConfigErrors, LedgerKind, Project, RedisDown};
 use crate::idempotency::{IdempotencyStore, LocalIdempotencyStore};
 use crate::metrics::Metrics;
 use crate::net::dns::Resolver;
-use crate::policy::Policy;
+use crate::policy::PolicyBook;
 use crate::ratelimit::{LocalRateLimiter, RateLimiter};
 use crate::stages::Pipeline;
 use crate::store::Store;
@@ -231,6 +231,26 @@ impl Shared {
 }
 
 impl Shared {
+    /// What the pipeline's stages are built with.
+    pub fn services(&self) -> crate::stages::Services {
+        crate::stages::Services {
+            metrics: self.metrics.clone(),
+            resolver: self.resolver.clone(),
+            rate_limiter: self.rate_limiter.clone(),
+            idempotency: self.idempotency.clone(),
+            price_memory: self.price_memory.clone(),
+            nonce_guard: self.nonce_guard.clone(),
+            facilitator: self.facilitator.clone(),
+            policies: self.policies.clone(),
+            ledger: self.ledger.clone(),
+            settler: self.settler.clone(),
+            intents: self.intents.clone(),
+            cache: self.cache,
+            cache_lock: self.cache_lock,
+            cache_stats: self.cache_stats.clone(),
+        }
+    }
+
     /// Follows purges announced by other instances (Redis pub/sub) for the rest of the
     /// process's life, so their memory-tier copies go too. Called when a config with the
     /// cache stage is applied; only the first call does anything.
@@ -252,28 +272,6 @@ impl Shared {
         if let Some(rt) = &self._state.0 {
             rt.spawn(task);
         }
-    }
-}
-
-/// Which policy applies to a project: an active one from the database (admin API) overrides
-/// the YAML one. Looked up per request in memory; the database is only read by the poller.
-#[derive(Default)]
-pub struct PolicyBook {
-    overrides: ArcSwap<HashMap<String, Arc<Policy>>>,
-}
-
-impl PolicyBook {
-    pub fn effective(&self, project: &Project) -> Option<Arc<Policy>> {
-        let overrides = self.overrides.load();
-        overrides
-            .get(&project.id)
-            .cloned()
-            .or_else(|| project.policy.clone())
-    }
-
-    /// The database policies currently applied, by project.
-    pub fn overrides(&self) -> Arc<HashMap<String, Arc<Policy>>> {
-        self.overrides.load_full()
     }
 }
 
@@ -333,7 +331,7 @@ pub async fn sync_policies(
                 }
             }
         }
-        book.overrides.store(Arc::new(map));
+        book.replace(map);
         seen = Some((revision, live.generation));
     }
 }
@@ -348,7 +346,14 @@ pub struct Live {
 
 impl Live {
     pub fn build(config: Config, generation: u64, shared: &Arc<Shared>) -> Live {
-        let pipeline = Pipeline::build(&config, shared);
+        if config
+            .stages
+            .iter()
+            .any(|s| matches!(s, config::StageConfig::Cache(_)))
+        {
+            shared.follow_cache_purges();
+        }
+        let pipeline = Pipeline::build(&config, &shared.services());
         let projects_by_key = config
             .projects
             .iter()

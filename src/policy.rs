@@ -12,12 +12,16 @@
 //!
 //! The block list is checked first; an empty allow list allows every host.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use alloy_primitives::{Address, U256};
+use arc_swap::ArcSwap;
 use serde_json::{Value, json};
 
 use crate::budget::{Denial, Limits, Window};
+use crate::config::Project;
 
 /// A host pattern: exact name, `*.suffix` (subdomains at any depth, not the bare suffix) or `*`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -360,6 +364,33 @@ impl Policy {
             });
         }
         Ok(Some(rule))
+    }
+}
+
+/// Which policy applies to a project: an active one from the database (admin API) overrides
+/// the YAML one. Looked up per request in memory; the database is only read by the poller.
+#[derive(Default)]
+pub struct PolicyBook {
+    overrides: ArcSwap<HashMap<String, Arc<Policy>>>,
+}
+
+impl PolicyBook {
+    pub fn effective(&self, project: &Project) -> Option<Arc<Policy>> {
+        let overrides = self.overrides.load();
+        overrides
+            .get(&project.id)
+            .cloned()
+            .or_else(|| project.policy.clone())
+    }
+
+    /// The database policies currently applied, by project.
+    pub fn overrides(&self) -> Arc<HashMap<String, Arc<Policy>>> {
+        self.overrides.load_full()
+    }
+
+    /// Applies a new set of database policies (see `live::sync_policies`).
+    pub fn replace(&self, overrides: HashMap<String, Arc<Policy>>) {
+        self.overrides.store(Arc::new(overrides));
     }
 }
 

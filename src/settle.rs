@@ -23,8 +23,8 @@ use crate::anomaly::AnomalyDetector;
 use crate::budget::{Ledger, Reservation};
 use crate::config::Project;
 use crate::intents::IntentLog;
-use crate::live::PolicyBook;
 use crate::metrics::Metrics;
+use crate::policy::PolicyBook;
 use crate::store::{Intent, IntentRow, IntentState, Outcome, SpendRecord, Store};
 
 /// Most jobs handled in one round (one journal transaction).

@@ -43,7 +43,6 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
 
 use crate::config::{Config, StageConfig};
-use crate::live::Shared;
 use crate::proxy::RequestCtx;
 use crate::proxy::respond::Reply;
 
@@ -144,9 +143,28 @@ pub struct Pipeline {
     cache: Option<Arc<CacheStage>>,
 }
 
+/// The process-lifetime services stages are built with (the live state hands them over; no
+/// stage reaches for them anywhere else).
+pub struct Services {
+    pub metrics: Arc<crate::metrics::Metrics>,
+    pub resolver: Arc<crate::net::dns::Resolver>,
+    pub rate_limiter: Arc<dyn crate::ratelimit::RateLimiter>,
+    pub idempotency: Arc<dyn crate::idempotency::IdempotencyStore>,
+    pub price_memory: Arc<dyn crate::x402::PriceMemory>,
+    pub nonce_guard: Arc<dyn crate::x402::NonceGuard>,
+    pub facilitator: Option<Arc<crate::x402::facilitator::Facilitator>>,
+    pub policies: Arc<crate::policy::PolicyBook>,
+    pub ledger: Arc<dyn crate::budget::Ledger>,
+    pub settler: Arc<crate::settle::Settler>,
+    pub intents: Arc<crate::intents::IntentLog>,
+    pub cache: &'static crate::cache::CacheStore,
+    pub cache_lock: &'static pingora::cache::lock::CacheKeyLockImpl,
+    pub cache_stats: Arc<crate::cache::CacheStats>,
+}
+
 impl Pipeline {
-    /// Instantiates the stages listed in the config; long-lived services come from `shared`.
-    pub fn build(config: &Config, shared: &Arc<Shared>) -> Pipeline {
+    /// Instantiates the stages listed in the config with the long-lived `services`.
+    pub fn build(config: &Config, services: &Services) -> Pipeline {
         let mut cache = None;
         let stages = config
             .stages
@@ -155,46 +173,46 @@ impl Pipeline {
                 match c {
                     StageConfig::Auth => Arc::new(AuthStage),
                     StageConfig::Cache(rules) => {
-                        shared.follow_cache_purges();
                         let stage = Arc::new(CacheStage::new(
                             rules.clone(),
-                            shared.cache,
-                            shared.cache_lock,
-                            shared.metrics.clone(),
-                            shared.cache_stats.clone(),
+                            services.cache,
+                            services.cache_lock,
+                            services.metrics.clone(),
+                            services.cache_stats.clone(),
                         ));
                         cache = Some(stage.clone());
                         stage
                     }
                     StageConfig::Idempotency { window } => Arc::new(IdempotencyStage::new(
-                        shared.idempotency.clone(),
+                        services.idempotency.clone(),
                         *window,
-                        shared.intents.clone(),
+                        services.intents.clone(),
                     )),
                     StageConfig::Policy => Arc::new(PolicyStage::new(
-                        shared.metrics.clone(),
-                        shared.policies.clone(),
+                        services.metrics.clone(),
+                        services.policies.clone(),
                     )),
                     StageConfig::Payment => Arc::new(PaymentStage::new(
                         config.payments.clone(),
-                        shared.metrics.clone(),
-                        shared.price_memory.clone(),
-                        shared.nonce_guard.clone(),
-                        shared.facilitator.clone(),
+                        services.metrics.clone(),
+                        services.price_memory.clone(),
+                        services.nonce_guard.clone(),
+                        services.facilitator.clone(),
                         Arc::new(SpendGuard {
-                            policies: shared.policies.clone(),
-                            ledger: shared.ledger.clone(),
-                            settler: shared.settler.clone(),
-                            intents: shared.intents.clone(),
-                            metrics: shared.metrics.clone(),
+                            policies: services.policies.clone(),
+                            ledger: services.ledger.clone(),
+                            settler: services.settler.clone(),
+                            intents: services.intents.clone(),
+                            metrics: services.metrics.clone(),
                         }),
                         config.budgets.commit_without_receipt,
                     )),
-                    StageConfig::SsrfGuard { allow } => {
-                        Arc::new(SsrfGuardStage::new(allow.clone(), shared.resolver.clone()))
-                    }
+                    StageConfig::SsrfGuard { allow } => Arc::new(SsrfGuardStage::new(
+                        allow.clone(),
+                        services.resolver.clone(),
+                    )),
                     StageConfig::RateLimit { default } => {
-                        Arc::new(RateLimitStage::new(*default, shared.rate_limiter.clone()))
+                        Arc::new(RateLimitStage::new(*default, services.rate_limiter.clone()))
                     }
                 }
             })

@@ -8,8 +8,8 @@ use pingora::proxy::Session;
 
 use super::spend::refuse;
 use super::{Flow, Stage};
-use crate::live::PolicyBook;
 use crate::metrics::Metrics;
+use crate::policy::PolicyBook;
 use crate::proxy::RequestCtx;
 
 pub struct PolicyStage {
