@@ -112,6 +112,33 @@ impl Settler {
     }
 }
 
+/// Written intents waiting for their outcome, so that most become one row in their final
+/// state (no insert-then-update); they are durable in the write-ahead file meanwhile.
+#[derive(Default)]
+struct Pending {
+    /// In file order: (sequence number, arrival, intent).
+    intents: std::collections::VecDeque<(u64, tokio::time::Instant, Intent)>,
+    /// Sequence number of the last intent received.
+    last_seq: u64,
+}
+
+impl Pending {
+    /// Everything up to this sequence number is in the table (or was never written).
+    fn watermark(&self) -> u64 {
+        self.intents
+            .front()
+            .map_or(self.last_seq, |(seq, _, _)| seq - 1)
+    }
+
+    /// When the oldest one must go to the table without its outcome.
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        self.intents.front().map(|(_, at, _)| *at + INTENT_HOLD)
+    }
+}
+
+/// How long a written intent waits for its outcome before it is put in the table as `sent`.
+pub const INTENT_HOLD: Duration = Duration::from_millis(500);
+
 async fn run(
     mut rx: mpsc::Receiver<Job>,
     mut written_rx: mpsc::UnboundedReceiver<(u64, Intent)>,
@@ -120,19 +147,21 @@ async fn run(
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut written: Vec<(u64, Intent)> = Vec::new();
+    let mut pending = Pending::default();
     let mut writer_open = true;
     loop {
+        let deadline = pending.deadline();
         tokio::select! {
             n = rx.recv_many(&mut batch, MAX_BATCH) => if n == 0 { break },
             n = written_rx.recv_many(&mut written, MAX_BATCH), if writer_open => {
                 writer_open = n > 0;
             }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {}
         }
         // Only journal and intent rows gain from company; a release gives budget back at once.
-        let journals = !written.is_empty()
-            || batch
-                .iter()
-                .any(|j| !matches!(j, Job::Release { intent: None, .. }));
+        let journals = batch
+            .iter()
+            .any(|j| !matches!(j, Job::Release { intent: None, .. }));
         if journals && batch.len() < MAX_BATCH {
             tokio::time::sleep(GROUP_COMMIT_WINDOW).await;
         }
@@ -148,18 +177,23 @@ async fn run(
         while let Ok(w) = written_rx.try_recv() {
             written.push(w);
         }
+        let now = tokio::time::Instant::now();
+        for (seq, intent) in written.drain(..) {
+            pending.last_seq = seq;
+            pending.intents.push_back((seq, now, intent));
+        }
         let n = batch.len();
-        settle(
-            &parts,
-            std::mem::take(&mut batch),
-            std::mem::take(&mut written),
-        )
-        .await;
+        settle(&parts, std::mem::take(&mut batch), &mut pending, now).await;
         in_flight.fetch_sub(n, Ordering::SeqCst);
     }
 }
 
-async fn settle(parts: &Arc<SettlerParts>, jobs: Vec<Job>, written: Vec<(u64, Intent)>) {
+async fn settle(
+    parts: &Arc<SettlerParts>,
+    jobs: Vec<Job>,
+    pending: &mut Pending,
+    now: tokio::time::Instant,
+) {
     let records: Vec<&SpendRecord> = jobs
         .iter()
         .filter_map(|j| match j {
@@ -182,45 +216,61 @@ async fn settle(parts: &Arc<SettlerParts>, jobs: Vec<Job>, written: Vec<(u64, In
             Job::InDoubt(outcome) => Some(outcome.clone()),
         })
         .collect();
-    // An intent written in this round is inserted in its final state (one row, no update).
-    let last_seq = written.last().map(|(seq, _)| *seq);
-    let mut intents: Vec<IntentRow> = written
-        .into_iter()
-        .map(|(_, i)| IntentRow::sent(i))
-        .collect();
-    let index: HashMap<String, usize> = intents
-        .iter()
-        .enumerate()
-        .map(|(k, r)| (r.intent.id.clone(), k))
-        .collect();
+    // A pending intent whose outcome is here is inserted in its final state (one row); one
+    // that waited long enough goes in as `sent`; outcomes of intents already in the table
+    // update them.
+    let mut intents: Vec<IntentRow> = Vec::new();
     let mut later = Vec::new();
-    for o in outcomes {
-        match index.get(&o.id) {
-            Some(&k) => {
-                let row = &mut intents[k];
-                row.state = o.state;
-                row.reason = o.reason;
-                row.tx_hash = o.tx_hash;
-                row.updated_at = o.at;
+    if !outcomes.is_empty() {
+        let index: HashMap<&str, usize> = pending
+            .intents
+            .iter()
+            .enumerate()
+            .map(|(k, (_, _, i))| (i.id.as_str(), k))
+            .collect();
+        let mut finished: Vec<(usize, Outcome)> = Vec::new();
+        for o in outcomes {
+            match index.get(o.id.as_str()) {
+                Some(&k) => finished.push((k, o)),
+                None => later.push(o),
             }
-            None => later.push(o),
+        }
+        drop(index);
+        finished.sort_by_key(|(k, _)| std::cmp::Reverse(*k));
+        for (k, o) in finished {
+            if let Some((_, _, intent)) = pending.intents.remove(k) {
+                intents.push(IntentRow {
+                    intent,
+                    state: o.state,
+                    reason: o.reason,
+                    tx_hash: o.tx_hash,
+                    updated_at: o.at,
+                });
+            }
         }
     }
-    let outcomes = later;
-    // Journal first: a budget rebuilt from it then never misses these payments.
-    let written = parts.store.settle(&intents, &records, &outcomes).await;
-    if written.is_ok()
-        && let Some(seq) = last_seq
+    while pending
+        .intents
+        .front()
+        .is_some_and(|(_, arrived, _)| *arrived + INTENT_HOLD <= now)
     {
+        if let Some((_, _, intent)) = pending.intents.pop_front() {
+            intents.push(IntentRow::sent(intent));
+        }
+    }
+    let watermark = pending.watermark();
+    // Journal first: a budget rebuilt from it then never misses these payments.
+    let written = parts.store.settle(&intents, &records, &later).await;
+    if written.is_ok() {
         // In the table (or its spool): the write-ahead file no longer needs them.
-        parts.intents.persisted(seq);
+        parts.intents.persisted(watermark);
     }
     if let Err(e) = written {
         for r in &records {
             parts.count(&r.project, "journal_failed");
             log::error!(project = r.project.as_str(), id = r.id.as_str(); "SPEND NOT JOURNALED (database and spool failed): {e}; record: {}", serde_json::to_string(r).unwrap_or_default());
         }
-        for o in &outcomes {
+        for o in &later {
             log::error!(id = o.id.as_str(), state = o.state.as_str(); "PAYMENT OUTCOME NOT RECORDED (database and spool failed): {e}; the intent stays in doubt");
         }
     }

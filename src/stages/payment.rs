@@ -266,30 +266,17 @@ impl PaymentStage {
             .with_label_values(&[ctx.project_label(), source])
             .inc();
         let header = x402::payment_header(required, offer, &signed);
-        if let Some(f) = self.facilitator.as_ref().filter(|f| f.verify_before_pay) {
-            let failure = match f.verify(&header, offer).await {
-                Ok(Verdict::Valid) => None,
-                Ok(Verdict::Invalid(reason)) => Some(SignFailure::Declined(format!(
-                    "the facilitator rejected the payment: {reason}"
-                ))),
-                Err(e) => Some(SignFailure::Facilitator(e)),
-            };
-            if let Some(failure) = failure {
-                self.spend.release(reservation).await;
-                return Err(failure);
-            }
-        }
         let symbol = self
             .payments
             .asset(offer.chain_id, offer.asset)
             .map_or_else(String::new, |a| a.symbol.clone());
         // Base64 is always a valid header value; checked once here, shared by the attempts.
         // Sensitive: a bearer authorization until it expires, so `Debug` does not show it.
-        let Ok(mut header) = http::HeaderValue::try_from(header) else {
+        let Ok(mut header_value) = http::HeaderValue::try_from(header.as_str()) else {
             self.spend.release(reservation).await;
             return Err(SignFailure::Declined("unencodable payment header".into()));
         };
-        header.set_sensitive(true);
+        header_value.set_sensitive(true);
         let charge = Charge {
             amount: offer.amount,
             symbol,
@@ -303,8 +290,9 @@ impl PaymentStage {
             valid_after: signed.authorization.valid_after,
             valid_before: signed.authorization.valid_before,
         };
-        // Write ahead: the header may leave pag0 only once this payment is durable.
-        let intent = match self
+        // Write ahead: the header may leave pag0 (to the facilitator or the upstream) only
+        // once this payment is durable.
+        let mut intent = match self
             .spend
             .write_ahead(ctx, &charge, validity, reservation.as_ref(), "wallet")
             .await
@@ -315,6 +303,30 @@ impl PaymentStage {
                 return Err(SignFailure::Refused(reply));
             }
         };
+        if let Some(f) = self.facilitator.as_ref().filter(|f| f.verify_before_pay) {
+            intent.sent = true;
+            let failure = match f.verify(&header, offer).await {
+                Ok(Verdict::Valid) => None,
+                Ok(Verdict::Invalid(reason)) => Some(SignFailure::Declined(format!(
+                    "the facilitator rejected the payment: {reason}"
+                ))),
+                Err(e) => Some(SignFailure::Facilitator(e)),
+            };
+            if let Some(failure) = failure {
+                // Verifying settles nothing: the payment was not made.
+                self.spend
+                    .refused(
+                        ctx.project_label(),
+                        reservation,
+                        Some(intent),
+                        "verify-before-pay: the facilitator did not accept it; not sent upstream"
+                            .into(),
+                    )
+                    .await;
+                return Err(failure);
+            }
+        }
+        let header = header_value;
         ctx.payment.intent = Some(intent);
         ctx.payment.header = Some((offer.version.payment_header(), header));
         ctx.payment.charge = Some(charge);

@@ -263,7 +263,10 @@ impl Store {
                     .cloned()
                     .map(|i| IntentEvent::Sent(Box::new(i)))
                     .collect();
-                self.intent_spool.append_all(&events).await
+                self.intent_spool.append_all(&events).await?;
+                self.intents_spooled
+                    .store(true, std::sync::atomic::Ordering::Release);
+                Ok(())
             }
         }
     }
@@ -292,6 +295,15 @@ impl Store {
         records: &[&super::SpendRecord],
         outcomes: &[Outcome],
     ) -> Result<(), StoreError> {
+        // Intents spooled while the database was away go in first: an outcome must not reach
+        // the table before its intent's row.
+        if self
+            .intents_spooled
+            .load(std::sync::atomic::Ordering::Acquire)
+            && let Err(e) = self.replay_intent_spool().await
+        {
+            log::debug!("spooled payment intents wait for the database: {e}");
+        }
         match self.settle_in_db(intents, records, outcomes).await {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -315,6 +327,8 @@ impl Store {
                 events.extend(outcomes.iter().cloned().map(IntentEvent::Outcome));
                 if !events.is_empty() {
                     self.intent_spool.append_all(&events).await?;
+                    self.intents_spooled
+                        .store(true, std::sync::atomic::Ordering::Release);
                 }
                 Ok(())
             }
@@ -378,6 +392,8 @@ impl Store {
         let mut guard = self.intent_spool.lock().await;
         let events = guard.read()?;
         if events.is_empty() {
+            self.intents_spooled
+                .store(false, std::sync::atomic::Ordering::Release);
             return Ok(0);
         }
         self.migrate().await?;
@@ -391,6 +407,8 @@ impl Store {
             }
         }
         guard.clear()?;
+        self.intents_spooled
+            .store(false, std::sync::atomic::Ordering::Release);
         Ok(events.len())
     }
 
@@ -425,16 +443,19 @@ impl Store {
             .await
     }
 
-    /// In-doubt intents whose authorization expired before `cutoff` (unix seconds), on a
-    /// network `unresolvable` accepts (no RPC could tell), become `unresolved`; returns them.
+    /// In-doubt (or still `sent`) intents whose authorization expired before `cutoff` (unix
+    /// seconds), on a network `unresolvable` accepts (no RPC could tell), become
+    /// `unresolved`; returns them.
     pub async fn expire_in_doubt(
         &self,
         cutoff: u64,
         unresolvable: impl Fn(&str) -> bool,
     ) -> Result<Vec<IntentRow>, StoreError> {
+        // `sent` too: one whose process stopped after this one's recovery (a graceful upgrade
+        // runs both for a while) has no other way out.
         let filter = IntentFilter {
             expired_before: Some(cutoff),
-            ..IntentFilter::states(&[IntentState::InDoubt])
+            ..IntentFilter::states(HOLDING)
         };
         let mut rows = self.intents(&filter, 10_000).await?;
         rows.retain(|r| unresolvable(&r.intent.network));

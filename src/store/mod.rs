@@ -146,6 +146,8 @@ pub struct Store {
     db: Db,
     spool: Spool<SpendRecord>,
     intent_spool: Spool<IntentEvent>,
+    /// The intent spool may hold events (set on append, cleared by a replay).
+    intents_spooled: std::sync::atomic::AtomicBool,
 }
 
 /// Why the store could not be opened or queried (never contains the database password).
@@ -191,6 +193,8 @@ impl Store {
             db,
             spool: Spool::new(config.spool_file.clone()),
             intent_spool: Spool::new(intent_spool_path(&config.spool_file)),
+            // A spool left by an earlier run is replayed at recovery; checking once is cheap.
+            intents_spooled: std::sync::atomic::AtomicBool::new(true),
         };
         match store.migrate().await {
             Ok(()) => {}
