@@ -89,6 +89,24 @@ impl Process {
             .unwrap()
     }
 
+    /// `/metrics` once `done` accepts it (or after about 2.5 s, for the caller's assertion).
+    async fn metrics_until(&self, done: impl Fn(&String) -> bool) -> String {
+        let url = format!("http://{}/metrics", self.admin);
+        eventually(
+            || async {
+                let resp = reqwest::Client::new()
+                    .get(&url)
+                    .bearer_auth(ADMIN_TOKEN)
+                    .send()
+                    .await
+                    .unwrap();
+                resp.text().await.unwrap()
+            },
+            done,
+        )
+        .await
+    }
+
     /// SIGKILL: no shutdown, no flush, nothing drained.
     fn kill(mut self) {
         self.child.kill().unwrap();
@@ -218,20 +236,7 @@ async fn sigkill_under_load_loses_no_payment_and_counts_none_twice() {
         "pag0_payments_in_doubt{{project=\"demo\"}} {}",
         in_doubt.len()
     );
-    let metrics_url = format!("http://{}/metrics", pag0.admin);
-    let metrics = eventually(
-        || async {
-            let resp = reqwest::Client::new()
-                .get(&metrics_url)
-                .bearer_auth(ADMIN_TOKEN)
-                .send()
-                .await
-                .unwrap();
-            resp.text().await.unwrap()
-        },
-        |m: &String| m.contains(&gauge),
-    )
-    .await;
+    let metrics = pag0.metrics_until(|m| m.contains(&gauge)).await;
     assert!(metrics.contains(&gauge), "{gauge} in\n{metrics}");
 }
 
@@ -290,22 +295,11 @@ async fn a_retry_after_a_crash_with_the_same_idempotency_key_is_not_paid_again()
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(wall.stats().paid, 2);
-    let metrics_url = format!("http://{}/metrics", pag0.admin);
-    let metrics = eventually(
-        || async {
-            let resp = reqwest::Client::new()
-                .get(&metrics_url)
-                .bearer_auth(ADMIN_TOKEN)
-                .send()
-                .await
-                .unwrap();
-            resp.text().await.unwrap()
-        },
-        |m: &String| {
+    let metrics = pag0
+        .metrics_until(|m| {
             m.contains(r#"pag0_payment_intents_total{project="demo",state="committed"} 1"#)
-        },
-    )
-    .await;
+        })
+        .await;
     for line in [
         r#"pag0_payment_intents_total{project="demo",state="sent"} 1"#,
         r#"pag0_payment_intents_total{project="demo",state="committed"} 1"#,
