@@ -133,6 +133,14 @@ const SELECT_INTENTS: &str = "SELECT id, project, pool, network, asset, payer, p
 /// may submit an authorization just before it expires; the block lands a little later).
 pub const IN_DOUBT_MARGIN_SECONDS: u64 = 120;
 
+/// States the partial index `payment_intents_open` covers, and its predicate word for word.
+const OPEN: &[IntentState] = &[
+    IntentState::Sent,
+    IntentState::InDoubt,
+    IntentState::Unresolved,
+];
+const OPEN_PREDICATE: &str = "state IN ('sent', 'in_doubt', 'unresolved')";
+
 /// States whose amount still holds budget.
 pub const HOLDING: &[IntentState] = &[IntentState::Sent, IntentState::InDoubt];
 
@@ -423,7 +431,8 @@ impl Store {
             sqlx::query(
                 "UPDATE payment_intents SET state = 'committed', updated_at = $1,
                      tx_hash = (SELECT tx_hash FROM spend_journal j WHERE j.id = payment_intents.id)
-                 WHERE state IN ('sent', 'in_doubt') AND id IN (SELECT id FROM spend_journal)",
+                 WHERE state IN ('sent', 'in_doubt') AND state IN ('sent', 'in_doubt', 'unresolved')
+                   AND id IN (SELECT id FROM spend_journal)",
             )
             .bind(now)
             .execute(p)
@@ -432,7 +441,7 @@ impl Store {
             sqlx::query(
                 "UPDATE payment_intents SET state = 'in_doubt', updated_at = $1,
                      reason = 'pag0 stopped before the outcome of this payment was known'
-                 WHERE state = 'sent'",
+                 WHERE state = 'sent' AND state IN ('sent', 'in_doubt', 'unresolved')",
             )
             .bind(now)
             .execute(p)
@@ -492,12 +501,17 @@ impl Store {
         macro_rules! select {
             ($db:ty, $pool:expr) => {{
                 let mut q = sqlx::QueryBuilder::<$db>::new(SELECT_INTENTS);
-                q.push(" WHERE state IN (");
-                let mut states = q.separated(", ");
-                for s in filter.states {
-                    states.push_bind(s.as_str());
+                // Literal states (our own words): the planner must see them to use the
+                // partial index of open intents, whose predicate is repeated as is.
+                let states: Vec<String> = filter
+                    .states
+                    .iter()
+                    .map(|s| format!("'{}'", s.as_str()))
+                    .collect();
+                q.push(format!(" WHERE state IN ({})", states.join(", ")));
+                if filter.states.iter().all(|s| OPEN.contains(s)) {
+                    q.push(format!(" AND {OPEN_PREDICATE}"));
                 }
-                q.push(")");
                 if let Some(p) = filter.project {
                     q.push(" AND project = ").push_bind(p);
                 }
