@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use crate::anomaly::AnomalyDetector;
 use crate::budget::{Ledger, Reservation};
 use crate::config::Project;
-use crate::intents::IntentLog;
+use crate::intents::{IntentLog, Written};
 use crate::metrics::Metrics;
 use crate::policy::PolicyBook;
 use crate::store::{Intent, IntentRow, IntentState, Outcome, SpendRecord, Store};
@@ -81,7 +81,7 @@ impl Settler {
     /// them in the SQL table together with the outcomes that follow them.
     pub fn new(
         parts: SettlerParts,
-        written: mpsc::UnboundedReceiver<(u64, Intent)>,
+        written: Arc<Written>,
     ) -> (Settler, impl std::future::Future<Output = ()> + Send) {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let in_flight = Arc::new(AtomicUsize::new(0));
@@ -129,34 +129,26 @@ impl Pending {
             .front()
             .map_or(self.last_seq, |(seq, _, _)| seq - 1)
     }
-
-    /// When the oldest one must go to the table without its outcome.
-    fn deadline(&self) -> Option<tokio::time::Instant> {
-        self.intents.front().map(|(_, at, _)| *at + INTENT_HOLD)
-    }
 }
 
 /// How long a written intent waits for its outcome before it is put in the table as `sent`.
 pub const INTENT_HOLD: Duration = Duration::from_millis(500);
+/// How often the settler looks at written intents when no outcome comes.
+pub const WRITTEN_TICK: Duration = Duration::from_millis(100);
 
 async fn run(
     mut rx: mpsc::Receiver<Job>,
-    mut written_rx: mpsc::UnboundedReceiver<(u64, Intent)>,
+    written: Arc<Written>,
     parts: Arc<SettlerParts>,
     in_flight: Arc<AtomicUsize>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    let mut written: Vec<(u64, Intent)> = Vec::new();
     let mut pending = Pending::default();
-    let mut writer_open = true;
     loop {
-        let deadline = pending.deadline();
         tokio::select! {
             n = rx.recv_many(&mut batch, MAX_BATCH) => if n == 0 { break },
-            n = written_rx.recv_many(&mut written, MAX_BATCH), if writer_open => {
-                writer_open = n > 0;
-            }
-            _ = tokio::time::sleep_until(deadline.unwrap_or_else(tokio::time::Instant::now)), if deadline.is_some() => {}
+            // Intents whose outcome is slow, or that have none yet, go in on the tick.
+            _ = tokio::time::sleep(WRITTEN_TICK) => {}
         }
         // Only journal and intent rows gain from company; a release gives budget back at once.
         let journals = batch
@@ -174,11 +166,8 @@ async fn run(
         // After the jobs: the intent of every outcome taken was written before the outcome was
         // submitted, so it is in this round or an earlier one (an outcome never lands before
         // its row). All of them, for the same reason.
-        while let Ok(w) = written_rx.try_recv() {
-            written.push(w);
-        }
         let now = tokio::time::Instant::now();
-        for (seq, intent) in written.drain(..) {
+        for (seq, intent) in written.take() {
             pending.last_seq = seq;
             pending.intents.push_back((seq, now, intent));
         }
@@ -238,7 +227,11 @@ async fn settle(
         drop(index);
         finished.sort_by_key(|(k, _)| std::cmp::Reverse(*k));
         for (k, o) in finished {
-            if let Some((_, _, intent)) = pending.intents.remove(k) {
+            if let Some((_, _, intent)) = pending.intents.remove(k)
+                // A committed payment is its journal row (same id, written just below): the
+                // intent table keeps what is not, or not yet, a payment.
+                && o.state != IntentState::Committed
+            {
                 intents.push(IntentRow {
                     intent,
                     state: o.state,

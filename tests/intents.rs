@@ -386,18 +386,26 @@ async fn a_longer_max_authorization_lets_a_longer_offer_through_and_bounds_valid
     )
     .await;
     assert_eq!(spend["count"], 1, "{spend}");
-    // The committed intent carries the window that was signed.
+    // The signed window ends within maxTimeoutSeconds of the call.
+    let accepted = wall.accepted();
+    assert_eq!(accepted.len(), 1);
+    assert!(
+        accepted[0].valid_before <= before + 2 + 60,
+        "{}",
+        accepted[0].valid_before
+    );
+    // A committed payment is its journal row (same id): no intent row is left open for it.
     let db = pag0.dir.path().join("pag0.db");
     let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
         .await
         .unwrap();
-    let (state, valid_before): (String, i64) =
-        sqlx::query_as("SELECT state, valid_before FROM payment_intents")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-    assert_eq!(state, "committed");
-    assert!(valid_before as u64 <= before + 2 + 60, "{valid_before}");
+    let open: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM payment_intents WHERE state IN ('sent', 'in_doubt')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(open, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -501,4 +509,61 @@ async fn payments_in_doubt_are_resolved_from_the_chain_after_a_crash() {
         anvil.balance(token, pay_to).await,
         alloy_primitives::U256::from(PRICE)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_redis_ledger_payments_in_doubt_keep_their_hold_across_a_crash() {
+    let wall = Paywall::start().await;
+    let prefix = format!("pag0test{}", hex::encode(rand::random::<[u8; 6]>()));
+    // Budget for three calls, shared in Redis.
+    let body = body().replace("daily: \"100\"", "daily: \"0.03\"")
+        + &format!(
+            "redis:\n  url: redis://127.0.0.1:6379\n  key_prefix: {prefix}\nbudgets:\n  ledger: redis\n"
+        );
+    let dir = tempfile::tempdir().unwrap();
+    let pag0 = Process::start_with(&dir, &body);
+    let calls: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, url) = (pag0.client(), wall.url("/slow-paid"));
+            tokio::spawn(async move {
+                let _ = client.get(url).send().await;
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while wall.stats().paid < 2 {
+        assert!(Instant::now() < deadline, "the paid attempts never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    pag0.kill();
+    for c in calls {
+        let _ = c.await;
+    }
+    let pag0 = Process::start_with(&dir, &body);
+    let spend = pag0.admin_get("/api/spend?project=demo").await;
+    assert_eq!(spend["in_doubt"]["count"], 2, "{spend}");
+    // The two payments in doubt still hold their budget: one more call fits, then none.
+    let resp = pag0.client().get(wall.url("/paid")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = pag0.client().get(wall.url("/paid")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        resp.headers()["x-pag0-policy"].to_str().unwrap(),
+        "DAILY_BUDGET_EXCEEDED"
+    );
+    let budgets = pag0.admin_get("/api/budgets/demo").await;
+    assert_eq!(budgets["ledger"], "redis", "{budgets}");
+    assert_eq!(budgets["budgets"][0]["daily"]["held"], "20000", "{budgets}");
+    assert_eq!(
+        budgets["budgets"][0]["in_doubt"]["daily"], "20000",
+        "{budgets}"
+    );
+    // Leave nothing behind in the shared Redis.
+    let out = Command::new("redis-cli")
+        .args(["--scan", "--pattern", &format!("{prefix}:*")])
+        .output()
+        .unwrap();
+    for key in String::from_utf8_lossy(&out.stdout).lines() {
+        let _ = Command::new("redis-cli").args(["DEL", key]).output();
+    }
 }

@@ -22,8 +22,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-
 mod resolve;
 pub mod wal;
 
@@ -42,30 +40,47 @@ pub const IN_DOUBT_KEY_SECONDS: u64 = 86_400;
 #[error("the payment could not be recorded before sending: {0}")]
 pub struct WriteAheadError(String);
 
+/// Written intents on their way to the SQL table, in file order. Adding one wakes nobody (a
+/// paid call costs no thread wake-up for it): the settler takes them when it handles
+/// outcomes, and on its tick.
+#[derive(Default)]
+pub struct Written(Mutex<Vec<(u64, Intent)>>);
+
+impl Written {
+    fn push(&self, seq: u64, intent: Intent) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((seq, intent));
+    }
+
+    /// Everything added so far, oldest first.
+    pub fn take(&self) -> Vec<(u64, Intent)> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
 pub struct IntentLog {
     wal: Wal,
     /// Written intents, in the file's order, for the settler to put in the SQL table.
-    tx: mpsc::UnboundedSender<(u64, Intent)>,
+    written: Arc<Written>,
     /// `project|Idempotency-Key` of payments in doubt → (nonce, unix second it became so).
     in_doubt_keys: Mutex<HashMap<String, (String, u64)>>,
     metrics: Arc<Metrics>,
 }
 
 impl IntentLog {
-    /// The log over `wal`, and the receiver of written intents (for the settler, which puts
+    /// The log over `wal`, and the queue of written intents (for the settler, which puts
     /// them in the SQL table and then calls [`IntentLog::persisted`]).
-    pub fn new(
-        wal: Wal,
-        metrics: Arc<Metrics>,
-    ) -> (IntentLog, mpsc::UnboundedReceiver<(u64, Intent)>) {
-        let (tx, rx) = mpsc::unbounded_channel();
+    pub fn new(wal: Wal, metrics: Arc<Metrics>) -> (IntentLog, Arc<Written>) {
+        let written = Arc::new(Written::default());
         let log = IntentLog {
             wal,
-            tx,
+            written: written.clone(),
             in_doubt_keys: Mutex::default(),
             metrics,
         };
-        (log, rx)
+        (log, written)
     }
 
     /// Returns once `intent` is durable (state `sent`). Call it before the signed header
@@ -73,10 +88,8 @@ impl IntentLog {
     pub fn write_ahead(&self, intent: Intent) -> Result<(), WriteAheadError> {
         let project = intent.project.clone();
         self.wal
-            .append(intent, |seq, intent| {
-                // In file order (under the file's lock); the settler keeps the order.
-                let _ = self.tx.send((seq, intent));
-            })
+            // In file order (under the file's lock); the settler keeps the order.
+            .append(intent, |seq, intent| self.written.push(seq, intent))
             .map_err(|e| WriteAheadError(e.to_string()))?;
         self.count(&project, IntentState::Sent);
         Ok(())
