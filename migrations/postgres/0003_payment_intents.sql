@@ -1,4 +1,5 @@
--- Write-ahead payment intents: one row per signed payment header, durable before the header
+-- Write-ahead payment intents whose outcome is not (or not yet) a payment; a paid call's record
+-- is its spend_journal row (same id). Every intent is durable before its header
 -- leaves pag0 (pag0's own signatures and relayed agent signatures). State: 'sent' (written
 -- ahead), then 'committed' (paid response; its spend_journal row has the same id), 'released'
 -- (proved not paid), 'in_doubt' (the outcome is unknown: it keeps its budget hold until
