@@ -1,19 +1,20 @@
-//! The write-ahead file of payment intents: checksummed lines appended with one `write(2)` on
-//! the request's own thread, before the payment header is sent. Once `write` returns, the
-//! record is in the kernel's page cache and survives a crash of pag0 at any instant (like the
-//! SQLite journal in WAL mode with `synchronous=NORMAL`; a power loss is not covered). Records
-//! reach the SQL table in the background (the settler); a segment is deleted once every
-//! record in it is there. On start, segments left by a process that is gone are read back
-//! into the table (recovery).
+//! The write-ahead file of payment intents: checksummed lines copied, on the request's own
+//! thread and before the payment header is sent, into a segment file that is preallocated and
+//! mapped shared. Once copied, the record is in the kernel's page cache and survives a crash
+//! of pag0 at any instant (like the SQLite journal in WAL mode with `synchronous=NORMAL`; a
+//! power loss is not covered); no system call is made per record. Records reach the SQL table
+//! in the background (the settler); a segment is deleted once every record in it is there,
+//! usually before the kernel ever writes it back. On start, segments left by a process that is
+//! gone are read back into the table (recovery); their unused tail is zeros, which no
+//! checksummed line matches.
 //!
-//! Files: `<base>.<pid>.<n>`, one writer process each, a new segment every
-//! [`SEGMENT_BYTES`].
+//! Files: `<base>.<pid>.<n>`, one writer process each, [`SEGMENT_BYTES`] each.
 
 use std::collections::VecDeque;
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+
+use memmap2::MmapMut;
 
 use crate::store::{Intent, IntentEvent, StoreError, spool_line, spool_records};
 
@@ -24,7 +25,7 @@ enum SentRef<'a> {
     Sent(&'a Intent),
 }
 
-/// A new segment is started past this size.
+/// Size of a segment (allocated on disk up front, so a copy into it never meets a full disk).
 pub const SEGMENT_BYTES: u64 = 8 << 20;
 
 pub struct Wal {
@@ -34,8 +35,9 @@ pub struct Wal {
 }
 
 struct Inner {
-    file: File,
+    map: MmapMut,
     segment: u64,
+    /// Bytes used in `map`.
     bytes: u64,
     /// Sequence number of the last record appended.
     seq: u64,
@@ -49,28 +51,41 @@ fn segment_path(base: &Path, pid: u32, segment: u64) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn create(path: &Path) -> std::io::Result<File> {
+/// A new segment of [`SEGMENT_BYTES`], its blocks allocated, mapped shared.
+fn create(path: &Path) -> Result<MmapMut, StoreError> {
+    let fail = |e: std::io::Error| StoreError(format!("cannot create {}: {e}", path.display()));
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir).map_err(fail)?;
     }
-    std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
         .create(true)
-        .append(true)
+        .truncate(false)
         .open(path)
+        .map_err(fail)?;
+    // Real blocks, not a sparse file: a full disk shows here, not as a SIGBUS on a copy.
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain system call on a file descriptor we own.
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, SEGMENT_BYTES as libc::off_t) };
+    if rc != 0 {
+        return Err(fail(std::io::Error::from_raw_os_error(rc)));
+    }
+    // SAFETY: the file is this process's own (named by its pid) and never truncated while
+    // mapped; other processes only read it after this one is gone.
+    unsafe { MmapMut::map_mut(&file) }.map_err(fail)
 }
 
 impl Wal {
     /// Opens this process's first segment under `base`.
     pub fn open(base: PathBuf) -> Result<Wal, StoreError> {
         let pid = std::process::id();
-        let path = segment_path(&base, pid, 0);
-        let file = create(&path)
-            .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+        let map = create(&segment_path(&base, pid, 0))?;
         Ok(Wal {
             base,
             pid,
             inner: Mutex::new(Inner {
-                file,
+                map,
                 segment: 0,
                 bytes: 0,
                 seq: 0,
@@ -84,21 +99,20 @@ impl Wal {
     pub fn append(&self, intent: Intent, then: impl FnOnce(u64, Intent)) -> Result<(), StoreError> {
         let line = spool_line(&SentRef::Sent(&intent))?;
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if inner.bytes >= SEGMENT_BYTES {
+        if inner.bytes + line.len() as u64 > SEGMENT_BYTES {
             let next = inner.segment + 1;
-            let path = segment_path(&self.base, self.pid, next);
-            let file = create(&path)
-                .map_err(|e| StoreError(format!("cannot open {}: {e}", path.display())))?;
+            let map = create(&segment_path(&self.base, self.pid, next))?;
             let (segment, seq) = (inner.segment, inner.seq);
             inner.closed.push_back((segment, seq));
-            inner.file = file;
+            inner.map = map;
             inner.segment = next;
             inner.bytes = 0;
         }
-        inner
-            .file
-            .write_all(&line)
-            .map_err(|e| StoreError(format!("cannot write the intent log: {e}")))?;
+        let at = inner.bytes as usize;
+        let Some(slot) = inner.map.get_mut(at..at + line.len()) else {
+            return Err(StoreError("an intent record larger than a segment".into()));
+        };
+        slot.copy_from_slice(&line);
         inner.bytes += line.len() as u64;
         inner.seq += 1;
         then(inner.seq, intent);
@@ -215,8 +229,20 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(seqs, [1, 2, 3]);
+        // The segment is preallocated: its records read back, its zero tail is ignored.
+        let first = segment_path(&base, std::process::id(), 0);
+        let bytes = std::fs::read(&first).unwrap();
+        assert_eq!(bytes.len() as u64, SEGMENT_BYTES);
+        let ids: Vec<String> = spool_records::<IntentEvent>(&bytes)
+            .into_iter()
+            .map(|e| match e {
+                IntentEvent::Sent(i) => i.id,
+                IntentEvent::Outcome(o) => o.id,
+            })
+            .collect();
+        assert_eq!(ids, ["i0", "i1", "i2"]);
         // Force a rotation: the closed segment goes once everything in it is persisted.
-        wal.inner.lock().unwrap().bytes = SEGMENT_BYTES;
+        wal.inner.lock().unwrap().bytes = SEGMENT_BYTES - 10;
         wal.append(intent("i3"), |_, _| {}).unwrap();
         let pid = std::process::id();
         assert!(segment_path(&base, pid, 0).exists());
