@@ -3,10 +3,10 @@
 //! made its intent durable, so a crash at any instant leaves a record of every payment that
 //! may have been paid.
 //!
-//! Durable first in the write-ahead file ([`wal`]: one `write(2)` on the request's thread, no
-//! waiting for a database), then in the SQL table: the settler inserts intents in batches, in
-//! the same transactions as the outcomes and journal rows that follow them (an intent and its
-//! outcome in one batch become one row), and the file's segments are deleted once their
+//! Durable first in the write-ahead file ([`wal`]: a copy into a mapped segment on the
+//! request's thread, no waiting for a database), then in the SQL table: the settler records
+//! intents with the outcomes that follow them (a paid call's record is its journal row; other
+//! outcomes are intent rows), and the file's segments are deleted once their
 //! records are in. On start, segments of a process that died are read back (recovery).
 //!
 //! The log also remembers which `Idempotency-Key`s belong to payments in doubt, so a retry
