@@ -118,9 +118,12 @@ enum KeysAction {
 fn main() -> ExitCode {
     // Info by default; RUST_LOG overrides. pingora-cache warns once that pag0 does not use a
     // header compression dictionary (a deliberate choice: entries stay readable by any build).
+    // alloy's HTTP transport logs its span with the RPC URL, which may hold an API key
+    // (`payments.rpc`): never printed, whatever RUST_LOG says in general.
     env_logger::Builder::new()
         .filter_level(log::LevelFilter::Info)
         .filter_module("pingora_cache::meta", log::LevelFilter::Error)
+        .filter_module("alloy_transport_http", log::LevelFilter::Off)
         .parse_env(env_logger::Env::default())
         .init();
     let cli = Cli::parse();

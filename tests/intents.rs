@@ -39,6 +39,10 @@ impl Process {
     }
 
     fn start_with(dir: &tempfile::TempDir, body: &str) -> Process {
+        Self::start_env(dir, body, &[("RUST_LOG", "warn")])
+    }
+
+    fn start_env(dir: &tempfile::TempDir, body: &str, env: &[(&str, &str)]) -> Process {
         let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = dir.path().join("pag0.yaml");
@@ -50,7 +54,7 @@ impl Process {
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_pag0"))
             .args(["-c", config.to_str().unwrap()])
-            .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -566,4 +570,50 @@ async fn with_the_redis_ledger_payments_in_doubt_keep_their_hold_across_a_crash(
     for key in String::from_utf8_lossy(&out.stdout).lines() {
         let _ = Command::new("redis-cli").args(["DEL", key]).output();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rpc_url_with_an_api_key_never_reaches_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "v2/secretKEY0123456789";
+    // Nothing listens there: every resolution attempt fails (and is logged).
+    let url = format!("http://127.0.0.1:{}/{secret}", free_port());
+    let body = body().replace(
+        "payments:\n",
+        "payments:\n  rpc:\n    eip155:84532: ${PAG0_TEST_RPC}\n",
+    );
+    let env = [("RUST_LOG", "trace"), ("PAG0_TEST_RPC", url.as_str())];
+    // A payment in doubt for the resolver to ask the RPC about.
+    Process::start_env(&dir, &body, &env).kill();
+    let db = dir.path().join("pag0.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite:{}", db.display()))
+        .await
+        .unwrap();
+    let now = pag0::clock::unix_now() as i64;
+    sqlx::query(
+        "INSERT INTO payment_intents (id, project, pool, network, asset, payer, pay_to, amount, nonce, valid_after, valid_before, url, source, window_day, window_month, created_at, state, updated_at)
+         VALUES ('x1', 'demo', '', 'eip155:84532', $1, $2, $3, '10', $4, $5, $6, 'http://x/', 'wallet', '2026-12-03', '2026-12', 0, 'in_doubt', 0)",
+    )
+    .bind(paywall::ASSET)
+    .bind(paywall::WALLET_ADDRESS)
+    .bind(paywall::PAY_TO)
+    .bind(format!("0x{}", "11".repeat(32)))
+    .bind(now - 600)
+    .bind(now + 60)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let pag0 = Process::start_env(&dir, &body, &env);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    pag0.kill();
+    let log = std::fs::read_to_string(dir.path().join("pag0.log")).unwrap();
+    assert!(
+        log.contains("cannot resolve a payment in doubt yet"),
+        "the resolver ran: {log}"
+    );
+    assert!(log.contains("<rpc url>"), "errors name the URL redacted");
+    assert!(
+        !log.contains(secret),
+        "the RPC URL's key leaked into the log"
+    );
 }
