@@ -144,6 +144,28 @@ fn load(
         .collect()
 }
 
+/// Sends `n` calls to `/slow-paid` (the paywall takes the payment, then answers 800 ms later)
+/// and SIGKILLs pag0 once the paywall has taken all `n`: their outcome is unknown to pag0.
+async fn kill_with_payments_in_flight(pag0: Process, wall: &Paywall, n: usize) {
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let (client, url) = (pag0.client(), wall.url("/slow-paid"));
+            tokio::spawn(async move {
+                let _ = client.get(url).send().await;
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while wall.stats().paid < n {
+        assert!(Instant::now() < deadline, "the paid attempts never arrived");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    pag0.kill();
+    for c in calls {
+        let _ = c.await;
+    }
+}
+
 fn nonces(rows: &Value) -> Vec<String> {
     rows.as_array()
         .unwrap()
@@ -438,23 +460,7 @@ async fn payments_in_doubt_are_resolved_from_the_chain_after_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     let pag0 = Process::start_with(&dir, &body);
     // Two paid calls the paywall takes; pag0 dies before either answer comes back.
-    let calls: Vec<_> = (0..2)
-        .map(|_| {
-            let (client, url) = (pag0.client(), wall.url("/slow-paid"));
-            tokio::spawn(async move {
-                let _ = client.get(url).send().await;
-            })
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while wall.stats().paid < 2 {
-        assert!(Instant::now() < deadline, "the paid attempts never arrived");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    pag0.kill();
-    for c in calls {
-        let _ = c.await;
-    }
+    kill_with_payments_in_flight(pag0, &wall, 2).await;
     // The facilitator settles one of them; the other is never settled and expires.
     let accepted = wall.accepted();
     assert_eq!(accepted.len(), 2);
@@ -526,23 +532,7 @@ async fn with_the_redis_ledger_payments_in_doubt_keep_their_hold_across_a_crash(
         );
     let dir = tempfile::tempdir().unwrap();
     let pag0 = Process::start_with(&dir, &body);
-    let calls: Vec<_> = (0..2)
-        .map(|_| {
-            let (client, url) = (pag0.client(), wall.url("/slow-paid"));
-            tokio::spawn(async move {
-                let _ = client.get(url).send().await;
-            })
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while wall.stats().paid < 2 {
-        assert!(Instant::now() < deadline, "the paid attempts never arrived");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    pag0.kill();
-    for c in calls {
-        let _ = c.await;
-    }
+    kill_with_payments_in_flight(pag0, &wall, 2).await;
     let pag0 = Process::start_with(&dir, &body);
     let spend = pag0.admin_get("/api/spend?project=demo").await;
     assert_eq!(spend["in_doubt"]["count"], 2, "{spend}");
