@@ -19,6 +19,7 @@ pub mod intents;
 pub mod intercept;
 pub mod keys;
 pub mod live;
+pub mod logs;
 pub mod metrics;
 pub mod net;
 pub mod policy;

@@ -119,13 +119,17 @@ fn main() -> ExitCode {
     // Info by default; RUST_LOG overrides. pingora-cache warns once that pag0 does not use a
     // header compression dictionary (a deliberate choice: entries stay readable by any build).
     // alloy's HTTP transport logs its span with the RPC URL, which may hold an API key
-    // (`payments.rpc`): never printed, whatever RUST_LOG says in general.
-    env_logger::Builder::new()
+    // (`payments.rpc`): never printed, whatever RUST_LOG says in general. Every record goes
+    // through `logs::Filtered`: secrets redacted, Pingora's per-request records at debug.
+    let logger = env_logger::Builder::new()
         .filter_level(log::LevelFilter::Info)
         .filter_module("pingora_cache::meta", log::LevelFilter::Error)
         .filter_module("alloy_transport_http", log::LevelFilter::Off)
         .parse_env(env_logger::Env::default())
-        .init();
+        .build();
+    log::set_max_level(logger.filter());
+    log::set_boxed_logger(Box::new(pag0::logs::Filtered::new(logger)))
+        .expect("the logger is set once");
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Keys {

@@ -60,6 +60,9 @@ pub struct Metrics {
     pub tunnels: IntCounterVec,
     /// `pag0_tls_leaves_minted_total`: leaf certificates minted by the local CA.
     pub leaves_minted: prometheus::IntCounter,
+    /// `pag0_header_timeouts_total`: downstream connections closed because a request header
+    /// was not complete `server.header_timeout_ms` after its first byte (slowloris).
+    pub header_timeouts: prometheus::IntCounter,
     /// `pag0_config_reloads_total{result}`
     pub config_reloads: IntCounterVec,
     /// `pag0_config_generation`: increments on every applied config.
@@ -198,6 +201,11 @@ impl Metrics {
             &["kind", "outcome"],
         )
         .expect("valid metric");
+        let header_timeouts = prometheus::IntCounter::new(
+            "pag0_header_timeouts_total",
+            "Downstream connections closed because a request header arrived too slowly",
+        )
+        .expect("valid metric");
         let leaves_minted = prometheus::IntCounter::new(
             "pag0_tls_leaves_minted_total",
             "Leaf certificates minted by the local CA for intercepted hosts",
@@ -239,6 +247,7 @@ impl Metrics {
             Box::new(cache_tier_errors.clone()),
             Box::new(tunnels.clone()),
             Box::new(leaves_minted.clone()),
+            Box::new(header_timeouts.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_generation.clone()),
             Box::new(build_info),
@@ -264,6 +273,7 @@ impl Metrics {
             cache_tier_errors,
             tunnels,
             leaves_minted,
+            header_timeouts,
             config_reloads,
             config_generation,
         }

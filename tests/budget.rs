@@ -312,6 +312,8 @@ async fn paid_calls_with_unknown_outcome_stay_in_doubt_and_refused_ones_release(
     // whether they were settled is unknown, so each keeps holding its budget.
     let resp = client.get(wall.url("/paid-500")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(header(&resp, "x-pag0-payment").as_deref(), Some("in-doubt"));
+    assert_eq!(header(&resp, "x-pag0-cost"), None, "not known to be spent");
     let resp = client.get(wall.url("/slow-paid")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::GATEWAY_TIMEOUT);
     let impatient = reqwest::Client::builder()

@@ -316,6 +316,27 @@ async fn connect_needs_credentials_and_a_public_target() {
         assert_eq!(status, 403, "{private}: {head}");
         assert_eq!(body["error"]["code"], "TARGET_FORBIDDEN", "{private}");
     }
+    // IPv6 forms that embed a restricted IPv4 address, and numeric IPv4 host forms.
+    for (embedded, reason) in [
+        ("[::127.0.0.1]:443", "loopback"),
+        ("[::169.254.169.254]:443", "cloud-metadata"),
+        ("[::ffff:0:10.0.0.1]:443", "private"),
+        ("[64:ff9b:1::a00:1]:443", "private"),
+        ("[2001:0:101:101::80ff:fffe]:443", "loopback"),
+        ("2130706433:443", "loopback"),
+        ("0x7f000001:443", "loopback"),
+        ("0177.0.0.1:443", "loopback"),
+        ("127.1:443", "loopback"),
+    ] {
+        let (status, head, body) = raw_connect(&pag0, embedded, Some(&auth));
+        assert_eq!(status, 403, "{embedded}: {head}");
+        assert_eq!(body["error"]["details"]["reason"], reason, "{embedded}");
+    }
+    // A port outside connect.ports is refused before the host is looked up: the name below
+    // does not resolve, and the answer is about the port, not DNS.
+    let (status, head, body) = raw_connect(&pag0, "no-such-host.invalid:22", Some(&auth));
+    assert_eq!(status, 403, "{head}");
+    assert_eq!(body["error"]["details"]["reason"], "port");
     let (status, _, body) = raw_connect(&pag0, "no-port.example", Some(&auth));
     assert_eq!(status, 400);
     assert_eq!(body["error"]["code"], "INVALID_TARGET");

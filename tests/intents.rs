@@ -6,11 +6,11 @@
 mod common;
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::paywall::{self, Paywall};
+use common::process::Process;
 use common::*;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -26,96 +26,12 @@ fn body() -> String {
     )
 }
 
-/// pag0 as a child process (so it can be killed with SIGKILL), on the SQLite file in `dir`.
-struct Process {
-    child: Child,
-    proxy: SocketAddr,
-    admin: SocketAddr,
+fn start(dir: &tempfile::TempDir) -> Process {
+    start_with(dir, &body())
 }
 
-impl Process {
-    fn start(dir: &tempfile::TempDir) -> Process {
-        Self::start_with(dir, &body())
-    }
-
-    fn start_with(dir: &tempfile::TempDir, body: &str) -> Process {
-        Self::start_env(dir, body, &[("RUST_LOG", "warn")])
-    }
-
-    fn start_env(dir: &tempfile::TempDir, body: &str, env: &[(&str, &str)]) -> Process {
-        let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let config = dir.path().join("pag0.yaml");
-        std::fs::write(&config, Pag0::config_text(dir, proxy, admin, body)).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.path().join("pag0.log"))
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_pag0"))
-            .args(["-c", config.to_str().unwrap()])
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(admin).is_err()
-            || std::net::TcpStream::connect(proxy).is_err()
-        {
-            assert!(Instant::now() < deadline, "pag0 did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Process {
-            child,
-            proxy,
-            admin,
-        }
-    }
-
-    fn client(&self) -> reqwest::Client {
-        reqwest::Client::builder()
-            .proxy(reqwest::Proxy::all(format!("http://demo:{DEMO_KEY}@{}", self.proxy)).unwrap())
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap()
-    }
-
-    async fn admin_get(&self, path: &str) -> Value {
-        reqwest::Client::new()
-            .get(format!("http://{}{path}", self.admin))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    /// `/metrics` once `done` accepts it (or after about 2.5 s, for the caller's assertion).
-    async fn metrics_until(&self, done: impl Fn(&String) -> bool) -> String {
-        let url = format!("http://{}/metrics", self.admin);
-        eventually(
-            || async {
-                let resp = reqwest::Client::new()
-                    .get(&url)
-                    .bearer_auth(ADMIN_TOKEN)
-                    .send()
-                    .await
-                    .unwrap();
-                resp.text().await.unwrap()
-            },
-            done,
-        )
-        .await
-    }
-
-    /// SIGKILL: no shutdown, no flush, nothing drained.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
+fn start_with(dir: &tempfile::TempDir, body: &str) -> Process {
+    Process::start_env(dir, body, &[("RUST_LOG", "warn")])
 }
 
 impl Drop for Process {
@@ -190,7 +106,7 @@ async fn sigkill_under_load_loses_no_payment_and_counts_none_twice() {
     // front from price memory after the first) and slow ones (/slow-paid: the paywall has taken
     // the payment and answers 800 ms later).
     for kill_after in [60, 300, 450, 900] {
-        let pag0 = Process::start(&dir);
+        let pag0 = start(&dir);
         let mut tasks = load(&pag0, &wall, "/paid", 8);
         tasks.extend(load(&pag0, &wall, "/slow-paid", 12));
         tokio::time::sleep(Duration::from_millis(kill_after)).await;
@@ -202,7 +118,7 @@ async fn sigkill_under_load_loses_no_payment_and_counts_none_twice() {
     let accepted = wall.nonces();
     assert!(accepted.len() >= 20, "the load paid: {}", accepted.len());
 
-    let pag0 = Process::start(&dir);
+    let pag0 = start(&dir);
     let spend = pag0.admin_get("/api/spend?project=demo&limit=10000").await;
     let journal = nonces(&spend["spend"]);
     let in_doubt = nonces(&spend["in_doubt"]["payments"]);
@@ -270,7 +186,7 @@ async fn sigkill_under_load_loses_no_payment_and_counts_none_twice() {
 async fn a_retry_after_a_crash_with_the_same_idempotency_key_is_not_paid_again() {
     let wall = Paywall::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let pag0 = Process::start(&dir);
+    let pag0 = start(&dir);
     let client = pag0.client();
     let url = wall.url("/slow-paid");
     let first = tokio::spawn({
@@ -293,7 +209,7 @@ async fn a_retry_after_a_crash_with_the_same_idempotency_key_is_not_paid_again()
     let _ = first.await;
     let paid_nonce = wall.nonces().into_iter().next().unwrap();
 
-    let pag0 = Process::start(&dir);
+    let pag0 = start(&dir);
     let resp = pag0
         .client()
         .get(&url)
@@ -458,7 +374,7 @@ async fn payments_in_doubt_are_resolved_from_the_chain_after_a_crash() {
             ),
         );
     let dir = tempfile::tempdir().unwrap();
-    let pag0 = Process::start_with(&dir, &body);
+    let pag0 = start_with(&dir, &body);
     // Two paid calls the paywall takes; pag0 dies before either answer comes back.
     kill_with_payments_in_flight(pag0, &wall, 2).await;
     // The facilitator settles one of them; the other is never settled and expires.
@@ -471,7 +387,7 @@ async fn payments_in_doubt_are_resolved_from_the_chain_after_a_crash() {
     }
     anvil.mine().await;
 
-    let pag0 = Process::start_with(&dir, &body);
+    let pag0 = start_with(&dir, &body);
     let spend = eventually(
         || pag0.admin_get("/api/spend?project=demo"),
         |v| v["in_doubt"]["count"] == 0 && v["count"] == 1,
@@ -531,9 +447,9 @@ async fn with_the_redis_ledger_payments_in_doubt_keep_their_hold_across_a_crash(
             "redis:\n  url: redis://127.0.0.1:6379\n  key_prefix: {prefix}\nbudgets:\n  ledger: redis\n"
         );
     let dir = tempfile::tempdir().unwrap();
-    let pag0 = Process::start_with(&dir, &body);
+    let pag0 = start_with(&dir, &body);
     kill_with_payments_in_flight(pag0, &wall, 2).await;
-    let pag0 = Process::start_with(&dir, &body);
+    let pag0 = start_with(&dir, &body);
     let spend = pag0.admin_get("/api/spend?project=demo").await;
     assert_eq!(spend["in_doubt"]["count"], 2, "{spend}");
     // The two payments in doubt still hold their budget: one more call fits, then none.

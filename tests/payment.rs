@@ -201,6 +201,8 @@ async fn a_402_to_the_paid_attempt_is_never_paid_again() {
         .unwrap();
     assert_eq!(resp.status(), StatusCode::PAYMENT_REQUIRED);
     assert_eq!(header(&resp, "x-pag0-payment").as_deref(), Some("rejected"));
+    assert_eq!(header(&resp, "x-pag0-paid").as_deref(), Some("false"));
+    assert_eq!(header(&resp, "x-pag0-cost"), None, "nothing was spent");
     let stats = wall.stats();
     assert_eq!(
         (stats.paid, stats.requests),

@@ -171,12 +171,49 @@ async fn ssrf_guard_refuses_private_and_metadata_targets_before_connecting() {
         assert_eq!(body["error"]["code"], "TARGET_FORBIDDEN", "{url}");
         assert_eq!(body["error"]["details"]["reason"], reason, "{url}");
     }
+    // IPv6 forms that embed a restricted IPv4 address, and the numeric IPv4 host forms curl
+    // and browsers accept, are judged as the addresses they are (no DNS query, no connection).
+    let port = up.addr.port();
+    let forms = [
+        ("[::127.0.0.1]", "loopback"),
+        ("[::7f00:1]", "loopback"),
+        ("[::169.254.169.254]", "cloud-metadata"),
+        ("[::10.0.0.1]", "private"),
+        ("[::ffff:0:127.0.0.1]", "loopback"),
+        ("[64:ff9b:1::7f00:1]", "private"),
+        ("[2001:0:101:101::80ff:fffe]", "loopback"),
+        ("[2002:7f00:1::1]", "loopback"),
+        ("[fec0::1]", "private"),
+        ("2130706433", "loopback"),
+        ("0x7f000001", "loopback"),
+        ("0177.0.0.1", "loopback"),
+        ("127.1", "loopback"),
+        ("169.254.43518", "cloud-metadata"),
+    ];
+    for (host, reason) in forms {
+        let url = format!("http://{host}:{port}/");
+        let req = format!(
+            "GET {url} HTTP/1.1\r\nHost: {host}:{port}\r\nX-Pag0-API-Key: {DEMO_KEY}\r\n\r\n"
+        );
+        let (status, head, body) = raw_exchange(pag0.proxy, req.as_bytes());
+        assert_eq!(status, 403, "{url}: {head}");
+        assert_eq!(body["error"]["code"], "TARGET_FORBIDDEN", "{url}");
+        assert_eq!(body["error"]["details"]["reason"], reason, "{url}");
+    }
+    // A host that ends in a number but is no IPv4 address is not a name either.
+    let req = format!(
+        "GET http://1.2.3.256:{port}/ HTTP/1.1\r\nHost: 1.2.3.256:{port}\r\nX-Pag0-API-Key: {DEMO_KEY}\r\n\r\n"
+    );
+    let (status, _, body) = raw_exchange(pag0.proxy, req.as_bytes());
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "INVALID_TARGET");
     assert_eq!(up.seen().connections, 0, "no connection was attempted");
     let (_, metrics) = pag0.admin(reqwest::Method::GET, "/metrics").await;
+    let refused = 5 + forms.len();
     assert!(
-        metrics.contains(
-            r#"pag0_stage_rejections_total{code="TARGET_FORBIDDEN",stage="ssrf_guard"} 5"#
-        ),
+        metrics.contains(&format!(
+            r#"pag0_stage_rejections_total{{code="TARGET_FORBIDDEN",stage="ssrf_guard"}} {refused}"#
+        )),
         "{metrics}"
     );
     assert!(

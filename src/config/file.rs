@@ -18,6 +18,8 @@ pub const DEFAULT_WORK_STEALING: bool = true;
 pub const DEFAULT_UPSTREAM_KEEPALIVE_POOL_SIZE: usize = 1024;
 /// Seconds between a graceful-terminate signal and the start of runtime shutdown.
 pub const DEFAULT_GRACE_PERIOD_SECONDS: u64 = 5;
+/// How long a request header may take from its first byte to its end.
+pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
 /// Seconds runtimes get to finish in-flight work once shutdown starts.
 pub const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS: u64 = 5;
 /// Upstream TCP (+TLS) connect timeout.
@@ -244,6 +246,8 @@ pub const MAX_SIGNER_THREADS: u64 = 64;
 pub const DEFAULT_MAX_AUTHORIZATION_SECONDS: u64 = 600;
 /// The largest `payments.max_authorization_seconds` accepted.
 pub const MAX_AUTHORIZATION_SECONDS: u64 = 3600;
+/// `payments.offer_timeout_ms` when absent.
+pub const DEFAULT_OFFER_TIMEOUT_MS: u64 = 5_000;
 /// Seconds an `Idempotency-Key` is remembered.
 pub const DEFAULT_IDEMPOTENCY_WINDOW_SECONDS: u64 = 24 * 3600;
 /// Payment schemes accepted when `payments.schemes` is absent.
@@ -270,6 +274,9 @@ pub struct FilePayments {
     /// Longest validity pag0 signs an authorization for (default 600, at most 3600): offers
     /// whose `maxTimeoutSeconds` is longer are declined.
     pub max_authorization_seconds: Option<u64>,
+    /// Milliseconds the side request that reads an x402 v1 offer (a 402's JSON body) may take
+    /// as a whole; a slower upstream's offer is declined (default 5000).
+    pub offer_timeout_ms: Option<u64>,
     /// JSON-RPC endpoints by network (CAIP-2 or v1 name): payments in doubt on a network with
     /// one are resolved from the chain (`authorizationState`, `AuthorizationUsed`). A URL with
     /// an API key goes in as an `${ENV_VAR}` reference.
@@ -352,6 +359,8 @@ pub struct FileServer {
     pub graceful_shutdown_timeout_seconds: Option<u64>,
     /// Requests served on one downstream keep-alive connection before it is closed.
     pub keepalive_request_limit: Option<u32>,
+    /// Milliseconds a request header may take from its first byte to its end (slowloris).
+    pub header_timeout_ms: Option<u64>,
     /// Pid file (Pingora's graceful upgrade uses it).
     pub pid_file: Option<String>,
     /// Unix socket used to hand listeners to a new process on graceful upgrade.

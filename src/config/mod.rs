@@ -379,6 +379,11 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
             DEFAULT_THREADS as u64,
             "server.threads",
         ) as usize;
+        let header_timeout = Duration::from_millis(self.positive(
+            f.header_timeout_ms,
+            DEFAULT_HEADER_TIMEOUT_MS,
+            "server.header_timeout_ms",
+        ));
         ServerSettings {
             listen,
             threads,
@@ -395,6 +400,7 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
                     .unwrap_or(DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS),
             ),
             keepalive_request_limit: f.keepalive_request_limit,
+            header_timeout,
             pid_file: f.pid_file,
             upgrade_sock: f.upgrade_sock,
         }
@@ -1061,6 +1067,11 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
                 format!("must be between 1 and {MAX_AUTHORIZATION_SECONDS}"),
             );
         }
+        let offer_timeout = Duration::from_millis(self.positive(
+            f.offer_timeout_ms,
+            DEFAULT_OFFER_TIMEOUT_MS,
+            "payments.offer_timeout_ms",
+        ));
         let mut rpc = Vec::new();
         for (network, raw) in &f.rpc {
             let path = format!("payments.rpc.{network}");
@@ -1095,6 +1106,7 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
             signer_threads: signer_threads.min(MAX_SIGNER_THREADS) as usize,
             max_authorization_seconds: max_authorization_seconds
                 .clamp(1, MAX_AUTHORIZATION_SECONDS),
+            offer_timeout,
         }
     }
 

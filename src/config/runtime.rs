@@ -40,6 +40,8 @@ pub struct ServerSettings {
     pub grace_period: Duration,
     pub graceful_shutdown_timeout: Duration,
     pub keepalive_request_limit: Option<u32>,
+    /// A request header must be complete this long after its first byte.
+    pub header_timeout: Duration,
     pub pid_file: Option<String>,
     pub upgrade_sock: Option<String>,
 }
@@ -238,6 +240,8 @@ pub struct Payments {
     pub signer_threads: usize,
     /// No authorization pag0 signs or relays is valid for longer than this (seconds).
     pub max_authorization_seconds: u64,
+    /// The whole side request that reads an x402 v1 offer must answer within this.
+    pub offer_timeout: std::time::Duration,
     /// JSON-RPC endpoint per network (CAIP-2), for resolving payments in doubt.
     pub rpc: Vec<(String, Secret)>,
 }

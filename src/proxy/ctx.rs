@@ -147,6 +147,9 @@ pub struct PaymentState {
     pub refused: Option<String>,
     /// Status of the upstream's answer to the paid attempt, once it arrived.
     pub paid_status: Option<u16>,
+    /// pag0's JSON reason for a declined 402 with a chunked body: sent as the body if the
+    /// upstream's turns out empty.
+    pub decline_body: Option<bytes::Bytes>,
 }
 
 /// A payment header whose intent is durable.

@@ -29,6 +29,7 @@ use arc_swap::ArcSwap;
 use crate::live::{Live, Shared};
 use crate::proxy::Pag0Proxy;
 use crate::proxy::ctx::{TunnelInfo, TunnelPlan};
+use crate::proxy::deadline::{self, HeaderDeadline};
 use crate::proxy::respond::{ErrorCode, Reply};
 
 /// How long an idle downstream HTTP/1 connection waits for its next request (Pingora's own
@@ -62,6 +63,10 @@ impl ProxyApp {
     /// Serves HTTP/1 requests on `stream` until the connection ends or becomes a tunnel (the
     /// same loop as Pingora's own, with the tunnel hand-off between requests). `first` is the
     /// context the first request starts with (the tunnel, inside an intercepted one).
+    ///
+    /// Each request header must be complete `server.header_timeout_ms` after its first byte
+    /// ([`HeaderDeadline`]). Pipelined requests are answered in order (Pingora keeps the bytes
+    /// read past a request for the next one).
     async fn serve_http1(
         &self,
         stream: Stream,
@@ -72,14 +77,24 @@ impl ProxyApp {
             .proxy
             .server_options()
             .and_then(|o| o.keepalive_request_limit);
+        let header_timeout = self.live.load().config.server.header_timeout;
+        let stream: Stream = Box::new(HeaderDeadline::new(
+            stream,
+            header_timeout,
+            self.shared.metrics.header_timeouts.clone(),
+        ));
         let mut session = ServerSession::new_http1(stream);
         session.set_keepalive_reuses_remaining(limit);
+        session.set_pipelining_enabled(true);
         if let Some(tunnel) = first {
             session.set_connection_user_context(Some(Box::new(tunnel)));
         }
         loop {
             // Pingora turns keep-alive off itself once it is shutting down.
             session.set_keepalive(Some(KEEPALIVE_SECONDS));
+            if let Some(clock) = session.stream().and_then(HeaderDeadline::of) {
+                clock.arm();
+            }
             let result = self.proxy.process_new_http(session, shutdown).await;
             let Some((stream, settings)) = result.map(|r| r.consume()) else {
                 return;
@@ -105,7 +120,7 @@ impl ProxyApp {
         let metrics = &self.shared.metrics;
         // Pingora's listeners give L4 streams; an intercepted TLS stream never gets here
         // (CONNECT inside a tunnel is refused).
-        let Ok(l4) = stream.into_any().downcast::<L4Stream>() else {
+        let Ok(l4) = deadline::unwrap(stream).into_any().downcast::<L4Stream>() else {
             log::error!("CONNECT on a stream that is not a TCP connection");
             return;
         };

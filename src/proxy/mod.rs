@@ -1,6 +1,7 @@
 //! The Pingora side: the thin `ProxyHttp` impl, the request context, targets and replies.
 
 pub mod ctx;
+pub mod deadline;
 pub mod listener;
 pub mod respond;
 pub mod service;

@@ -16,6 +16,7 @@ use pingora::{ErrorSource, ErrorType};
 use crate::live::{Live, Shared};
 use crate::metrics::status_class;
 use crate::proxy::ctx::{TargetKind, TunnelInfo};
+use crate::proxy::deadline::HeaderDeadline;
 use crate::proxy::respond::{ErrorCode, Reply};
 use crate::proxy::{RequestCtx, target, tunnel, upstream};
 use crate::stages::Flow;
@@ -109,6 +110,18 @@ impl ProxyHttp for Pag0Proxy {
         RequestCtx::new(self.live.load_full())
     }
 
+    /// Runs as soon as the request header is parsed: stops the connection's header clock.
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(clock) = session.stream().and_then(HeaderDeadline::of) {
+            clock.header_read();
+        }
+        Ok(())
+    }
+
     /// Resolves the target, then runs the enabled stages in order. Returning `Ok(true)` means
     /// a reply was already sent (auth, rate limit, SSRF refusal, bad target), or an accepted
     /// `CONNECT` is handed to the listener as a tunnel.
@@ -117,7 +130,7 @@ impl ProxyHttp for Pag0Proxy {
             session.req_header(),
             &ctx.live.config.routes,
             ctx.tunnel.as_deref(),
-            ctx.live.config.connect.mode,
+            &ctx.live.config.connect,
         );
         match resolved {
             Ok(t) => ctx.target = Some(t),

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use http::Uri;
 use pingora::http::RequestHeader;
 
-use crate::config::{ConnectMode, Route};
+use crate::config::{ConnectMode, ConnectSettings, Route};
+use crate::net::ip::parse_numeric_v4;
 use crate::policy::normalise;
 use crate::proxy::ctx::{Target, TargetKind, TunnelInfo};
 use crate::proxy::respond::{ErrorCode, Reply};
@@ -18,10 +19,10 @@ pub fn resolve(
     req: &RequestHeader,
     routes: &[Arc<Route>],
     tunnel: Option<&TunnelInfo>,
-    connect: ConnectMode,
+    connect: &ConnectSettings,
 ) -> Result<Target, Reply> {
     if req.method == http::Method::CONNECT {
-        return match (tunnel, connect) {
+        return match (tunnel, connect.mode) {
             (Some(_), _) => Err(Reply::new(
                 ErrorCode::ConnectNotAllowed,
                 "CONNECT inside a CONNECT tunnel is not supported",
@@ -50,11 +51,11 @@ fn connect_target(req: &RequestHeader) -> Result<Target, Reply> {
         .ok()
         .and_then(|raw| raw.parse::<http::uri::Authority>().ok())
         .ok_or_else(bad)?;
-    let host = normalise(authority.host());
     let port = authority.port_u16().ok_or_else(bad)?;
-    if host.is_empty() || authority.as_str().contains('@') || port == 0 {
+    if authority.as_str().contains('@') || port == 0 {
         return Err(bad());
     }
+    let host = canonical_host(authority.host())?;
     let framed = [
         http::header::CONTENT_LENGTH,
         http::header::TRANSFER_ENCODING,
@@ -139,13 +140,13 @@ fn absolute_target(raw: &[u8]) -> Result<Target, Reply> {
     let authority = uri
         .authority()
         .ok_or_else(|| Reply::new(ErrorCode::InvalidTarget, "the request target has no host"))?;
-    let host = normalise(authority.host());
-    if host.is_empty() || authority.as_str().contains('@') {
+    if authority.as_str().contains('@') {
         return Err(Reply::new(
             ErrorCode::InvalidTarget,
             "the request target has an invalid authority",
         ));
     }
+    let host = canonical_host(authority.host())?;
     let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
     let path = if path.is_empty() { "/" } else { path };
@@ -157,6 +158,33 @@ fn absolute_target(raw: &[u8]) -> Result<Target, Reply> {
         path: path.to_string(),
         addr: None,
     })
+}
+
+/// An agent-chosen host in the form the rest of pag0 compares and connects to: lowercase,
+/// without brackets or a trailing dot; an IPv6 literal in its canonical text; a numeric IPv4
+/// form (`2130706433`, `0x7f000001`, `0177.0.0.1`, `127.1`) as the dotted address curl and
+/// browsers take it for, so that the SSRF guard and the allow/block lists judge the address
+/// and no DNS query is made for it.
+fn canonical_host(raw: &str) -> Result<String, Reply> {
+    let host = normalise(raw);
+    let invalid = |why: &str| {
+        Reply::new(ErrorCode::InvalidTarget, format!("the target host {why}"))
+            .details(serde_json::json!({"host": raw}))
+    };
+    if host.is_empty() {
+        return Err(invalid("is empty"));
+    }
+    if host.contains(':') {
+        return host
+            .parse::<std::net::Ipv6Addr>()
+            .map(|ip| ip.to_string())
+            .map_err(|_| invalid("is not a valid IPv6 address"));
+    }
+    match parse_numeric_v4(&host) {
+        Ok(Some(ip)) => Ok(ip.to_string()),
+        Ok(None) => Ok(host),
+        Err(_) => Err(invalid("ends in a number but is not an IPv4 address")),
+    }
 }
 
 fn route_target(req: &RequestHeader, routes: &[Arc<Route>]) -> Result<Target, Reply> {
@@ -244,8 +272,20 @@ mod tests {
         r
     }
 
+    fn settings(mode: ConnectMode) -> ConnectSettings {
+        ConnectSettings {
+            mode,
+            ca_dir: Default::default(),
+            tunnel_only: Vec::new(),
+            handshake_timeout: std::time::Duration::from_secs(1),
+            leaf_cache_size: 1,
+            ports: None,
+            idle_timeout: std::time::Duration::from_secs(1),
+        }
+    }
+
     fn resolve_plain(req: &RequestHeader, routes: &[Arc<Route>]) -> Result<Target, Reply> {
-        resolve(req, routes, None, ConnectMode::Intercept)
+        resolve(req, routes, None, &settings(ConnectMode::Intercept))
     }
 
     fn connect(target: &str) -> RequestHeader {
@@ -279,8 +319,43 @@ mod tests {
                 "{bad}"
             );
         }
-        let off = resolve(&connect("api.example.com:443"), &[], None, ConnectMode::Off);
+        let off = resolve(
+            &connect("api.example.com:443"),
+            &[],
+            None,
+            &settings(ConnectMode::Off),
+        );
         assert_eq!(off.unwrap_err().code, ErrorCode::ConnectNotAllowed);
+    }
+
+    #[test]
+    fn numeric_and_ipv6_hosts_are_canonical_addresses() {
+        for form in [
+            "2130706433",
+            "0x7f000001",
+            "0177.0.0.1",
+            "127.1",
+            "127.0.0.1.",
+        ] {
+            let t = resolve_plain(&req(&format!("http://{form}:8080/x"), None), &[]).unwrap();
+            assert_eq!((t.host.as_str(), t.port), ("127.0.0.1", 8080), "{form}");
+            let t = resolve_plain(&connect(&format!("{form}:443")), &[]).unwrap();
+            assert_eq!(t.host, "127.0.0.1", "CONNECT {form}");
+        }
+        let t = resolve_plain(&req("http://[::FFFF:7F00:1]/", None), &[]).unwrap();
+        assert_eq!(t.host, "::ffff:127.0.0.1");
+        assert_eq!(t.host_header(), "[::ffff:127.0.0.1]");
+        for bad in [
+            "http://1.2.3.256/",
+            "http://example.09/",
+            "http://[fe80::1%25eth0]/",
+        ] {
+            assert_eq!(
+                resolve_plain(&req(bad, None), &[]).unwrap_err().code,
+                ErrorCode::InvalidTarget,
+                "{bad}"
+            );
+        }
     }
 
     #[test]
@@ -290,7 +365,8 @@ mod tests {
             port: 8443,
             credentials: None,
         };
-        let inside = |r: &RequestHeader| resolve(r, &[], Some(&tunnel), ConnectMode::Intercept);
+        let intercept = settings(ConnectMode::Intercept);
+        let inside = |r: &RequestHeader| resolve(r, &[], Some(&tunnel), &intercept);
         let t = inside(&req("/v1/x?q=1", Some("API.example.com:8443"))).unwrap();
         assert!(matches!(t.kind, TargetKind::Forward));
         assert_eq!(

@@ -16,9 +16,29 @@ use std::sync::Arc;
 use pingora::http::RequestHeader;
 use serde_json::json;
 
+use crate::config::ConnectSettings;
 use crate::live::Shared;
+use crate::proxy::Target;
 use crate::proxy::ctx::{RequestCtx, TunnelInfo, TunnelPlan};
 use crate::proxy::respond::{ErrorCode, Reply};
+
+/// The refusal of a `CONNECT` to a port outside `connect.ports`. The SSRF guard asks first,
+/// so that such a `CONNECT` is refused before its host is looked up.
+pub fn refused_port(connect: &ConnectSettings, target: &Target) -> Option<Reply> {
+    if connect.allows_port(target.port) {
+        return None;
+    }
+    Some(
+        Reply::new(
+            ErrorCode::TargetForbidden,
+            format!(
+                "CONNECT to port {} is not allowed (connect.ports)",
+                target.port
+            ),
+        )
+        .details(json!({"host": target.host, "port": target.port, "reason": "port"})),
+    )
+}
 
 /// Builds the plan for the accepted `CONNECT` in `ctx` (its target is the CONNECT authority).
 pub async fn plan(
@@ -32,15 +52,8 @@ pub async fn plan(
         .as_mut()
         .ok_or_else(|| Reply::new(ErrorCode::InternalError, "no target"))?;
     let connect = &live.config.connect;
-    if !connect.allows_port(target.port) {
-        return Err(Reply::new(
-            ErrorCode::TargetForbidden,
-            format!(
-                "CONNECT to port {} is not allowed (connect.ports)",
-                target.port
-            ),
-        )
-        .details(json!({"host": target.host, "port": target.port, "reason": "port"})));
+    if let Some(refused) = refused_port(connect, target) {
+        return Err(refused);
     }
     if connect.intercepts(&target.host) {
         let interceptor = shared.interceptor.as_ref().ok_or_else(|| {

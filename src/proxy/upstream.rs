@@ -88,22 +88,42 @@ pub async fn buffered_body(session: &mut Session) -> Result<Bytes> {
 /// Sends the current request again, as prepared by `prepare` (unpaid), on its own upstream
 /// connection, and returns the response status and at most `limit` bytes of body. The rest of
 /// the client's body is read first (it lands in Pingora's retry buffer, so the later replay
-/// still has it); the call fails if the body does not fit the buffer.
+/// still has it); the call fails if the body does not fit the buffer. The exchange with the
+/// upstream (connect, request, whole response) must finish within `deadline`, however
+/// slowly the upstream trickles its bytes.
 pub async fn side_request(
     session: &mut Session,
     target: &Target,
     up: &UpstreamSettings,
     limit: usize,
+    deadline: std::time::Duration,
     prepare: impl FnOnce(&mut RequestHeader) -> Result<()>,
 ) -> Result<(u16, Bytes)> {
     let body = buffered_body(session).await?;
+    let mut req = session.req_header().clone();
+    prepare_request(&mut req, target)?;
+    prepare(&mut req)?;
+    match tokio::time::timeout(deadline, exchange(target, up, req, body, limit)).await {
+        Ok(result) => result,
+        Err(_) => Error::e_explain(
+            ErrorType::ReadTimedout,
+            format!("the upstream did not answer within {deadline:?}"),
+        ),
+    }
+}
+
+/// One request on a side connection: the response status and at most `limit` body bytes.
+async fn exchange(
+    target: &Target,
+    up: &UpstreamSettings,
+    mut req: RequestHeader,
+    body: Bytes,
+    limit: usize,
+) -> Result<(u16, Bytes)> {
     let addr = target
         .addr
         .ok_or_else(|| Error::explain(ErrorType::InternalError, "target not resolved"))?;
     let peer = peer(target, addr, up);
-    let mut req = session.req_header().clone();
-    prepare_request(&mut req, target)?;
-    prepare(&mut req)?;
     let had_body = !body.is_empty()
         || req.headers.contains_key(http::header::CONTENT_LENGTH)
         || req.headers.contains_key(http::header::TRANSFER_ENCODING);

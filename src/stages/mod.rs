@@ -51,7 +51,7 @@ pub use cache::{
     CacheStage, CacheState, normalize_url, scope as cache_scope, variance as cache_variance,
 };
 pub use idempotency::{IdempotencyStage, IdempotencyState};
-pub use payment::PaymentStage;
+pub use payment::{PaymentStage, candidates as payment_candidates, check_relayed};
 pub use policy::PolicyStage;
 pub use rate_limit::RateLimitStage;
 pub use spend::{BUDGET_REMAINING_HEADER, POLICY_HEADER, SpendGuard};

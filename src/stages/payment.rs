@@ -176,6 +176,19 @@ impl PaymentStage {
         status: &str,
         reason: String,
     ) -> pingora::Result<()> {
+        self.decline_with(resp, ctx, status, reason, false)
+    }
+
+    /// [`Self::decline`]; `answer_ourselves` replaces the upstream's 402 body with pag0's JSON
+    /// reason whatever it was (when the upstream's 402 cannot be passed on as it is).
+    fn decline_with(
+        &self,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+        status: &str,
+        reason: String,
+        answer_ourselves: bool,
+    ) -> pingora::Result<()> {
         self.metrics
             .payments
             .with_label_values(&[ctx.project_label(), "declined"])
@@ -195,15 +208,13 @@ impl PaymentStage {
             .collect();
         resp.insert_header(PAYMENT_REASON_HEADER, printable.clone())?;
         ctx.payment.declined = Some(reason.clone());
+        let mut reply = Reply::new(ErrorCode::PaymentDeclined, reason)
+            .details(serde_json::json!({"payment": status}));
+        let length = resp.headers.get(http::header::CONTENT_LENGTH);
         // An empty 402 body: pag0 answers itself, with the same headers (offer included) and
         // a JSON reason, so the agent has something to read.
-        if resp
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .is_some_and(|v| v.as_bytes() == b"0")
-        {
-            let mut reply = Reply::new(ErrorCode::PaymentDeclined, reason)
-                .details(serde_json::json!({"payment": status}))
+        if answer_ourselves || length.is_some_and(|v| v.as_bytes() == b"0") {
+            reply = reply
                 .header(PAYMENT_STATUS_HEADER, status)
                 .header(PAYMENT_REASON_HEADER, printable);
             if let Some(offer) = resp
@@ -216,6 +227,11 @@ impl PaymentStage {
             ctx.error = Some(ErrorCode::PaymentDeclined);
             ctx.reply = Some(reply);
             return Err(Error::explain(ErrorType::HTTPStatus(402), "x402: declined"));
+        }
+        if length.is_none() {
+            // A chunked (or close-delimited) body may turn out empty: if it does, the JSON
+            // reason is sent as its body (`response_body_filter`).
+            ctx.payment.decline_body = Some(reply.body());
         }
         Ok(())
     }
@@ -338,24 +354,46 @@ impl PaymentStage {
         Ok(())
     }
 
-    /// Reads an x402 v1 offer (402 JSON body) with one unpaid side request.
+    /// Reads an x402 v1 offer (402 JSON body) with one unpaid side request. The error says why
+    /// not, and whether the upstream was too slow (then its own 402 body, the same offer,
+    /// would be just as slow: pag0 answers the agent itself).
     async fn fetch_v1_offer(
         &self,
         session: &mut Session,
         ctx: &RequestCtx,
-    ) -> Result<Bytes, String> {
-        let target = ctx.target.as_ref().ok_or("no target")?;
+    ) -> Result<Bytes, (String, bool)> {
+        let target = ctx
+            .target
+            .as_ref()
+            .ok_or_else(|| ("no target".to_string(), false))?;
         let up = &ctx.live.config.upstream;
-        match upstream::side_request(session, target, up, x402::MAX_HEADER_LEN, normalise_probe)
-            .await
-        {
+        let deadline = self.payments.offer_timeout;
+        let read = upstream::side_request(
+            session,
+            target,
+            up,
+            x402::MAX_HEADER_LEN,
+            deadline,
+            normalise_probe,
+        );
+        match read.await {
             Ok((402, body)) => Ok(body),
-            Ok((status, _)) => Err(format!(
-                "no x402 offer: the 402 had no PAYMENT-REQUIRED header and a second look answered {status}"
+            Ok((status, _)) => Err((
+                format!(
+                    "no x402 offer: the 402 had no PAYMENT-REQUIRED header and a second look answered {status}"
+                ),
+                false,
             )),
-            Err(e) => Err(format!(
-                "cannot read the x402 v1 offer: {}",
-                e.etype().as_str()
+            Err(e) if e.etype() == &pingora::ErrorType::ReadTimedout => Err((
+                format!(
+                    "the x402 v1 offer (the 402's body) did not arrive within {} ms (payments.offer_timeout_ms)",
+                    deadline.as_millis()
+                ),
+                true,
+            )),
+            Err(e) => Err((
+                format!("cannot read the x402 v1 offer: {}", e.etype().as_str()),
+                false,
             )),
         }
     }
@@ -708,6 +746,20 @@ impl Stage for PaymentStage {
         if resp.status.as_u16() != 402 || ctx.payment.agent_signed {
             return Ok(());
         }
+        if let Some(len) = resp
+            .headers
+            .get(x402::PAYMENT_REQUIRED_HEADER)
+            .map(|v| v.len())
+            .filter(|&len| len > x402::MAX_HEADER_LEN)
+        {
+            // Passed on, a header this large makes clients fail (curl: out of memory).
+            resp.remove_header(x402::PAYMENT_REQUIRED_HEADER);
+            let reason = format!(
+                "the upstream's PAYMENT-REQUIRED header is {len} bytes, more than the {} pag0 reads; it was dropped",
+                x402::MAX_HEADER_LEN
+            );
+            return self.decline_with(resp, ctx, "declined", reason, true);
+        }
         if ctx.payment.header.is_some() {
             if ctx.payment.presigned && !ctx.payment.fallback_used {
                 // The remembered price no longer holds: forget it and pay this 402, once.
@@ -771,7 +823,9 @@ impl Stage for PaymentStage {
             // side request (same method, URL, headers, body) fetches it.
             None => match self.fetch_v1_offer(session, ctx).await {
                 Ok(body) => x402::parse_v1_body(&body),
-                Err(reason) => return self.decline(resp, ctx, "declined", reason),
+                Err((reason, too_slow)) => {
+                    return self.decline_with(resp, ctx, "declined", reason, too_slow);
+                }
             },
         };
         let required = match required {
@@ -856,10 +910,21 @@ impl Stage for PaymentStage {
                 remaining(&r.held.key.pool, r.limits, &r.held.usage),
             )?;
         }
-        resp.insert_header(
-            "x-pag0-cost",
-            format!("{} {}", charge.amount, charge.symbol),
-        )?;
+        // What this call cost: only on a paid call. An unpaid answer to a signed payment says
+        // whether the payment was refused (not spent) or is in doubt (it may still settle).
+        if paid {
+            resp.insert_header(
+                "x-pag0-cost",
+                format!("{} {}", charge.amount, charge.symbol),
+            )?;
+        } else {
+            let outcome = if ctx.payment.refused.is_some() {
+                "rejected"
+            } else {
+                "in-doubt"
+            };
+            resp.insert_header(PAYMENT_STATUS_HEADER, outcome)?;
+        }
         resp.insert_header("x-pag0-network", charge.network)?;
         if let Some(tx) = receipt.and_then(|r| r.transaction) {
             resp.insert_header("x-pag0-tx", tx.as_str())?;
@@ -876,6 +941,23 @@ impl Stage for PaymentStage {
                 .await;
         }
         Ok(())
+    }
+
+    /// A declined 402 whose chunked body turned out empty gets pag0's JSON reason as its body.
+    fn response_body_filter(
+        &self,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) {
+        if ctx.payment.decline_body.is_none() {
+            return;
+        }
+        if body.as_ref().is_some_and(|b| !b.is_empty()) {
+            ctx.payment.decline_body = None;
+        } else if end_of_stream {
+            *body = ctx.payment.decline_body.take();
+        }
     }
 
     /// Journals and commits a settled payment's budget, or releases it.

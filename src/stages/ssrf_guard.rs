@@ -3,7 +3,7 @@
 //! unless the address is in the stage's `allow` list. Runs before any connection is made, and
 //! pins the vetted address in the context so the connection goes exactly there (no DNS
 //! rebinding between check and connect). `CONNECT` targets are checked the same way, before
-//! the tunnel opens. Reverse-proxy routes are operator-configured and not checked.
+//! the tunnel opens (a port outside `connect.ports` before any lookup). Reverse-proxy routes are operator-configured and not checked.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,8 +16,9 @@ use serde_json::json;
 use super::{Flow, Stage};
 use crate::net::dns::Resolver;
 use crate::net::ip::classify;
-use crate::proxy::RequestCtx;
 use crate::proxy::respond::{ErrorCode, Reply};
+use crate::proxy::tunnel::refused_port;
+use crate::proxy::{RequestCtx, TargetKind};
 
 pub struct SsrfGuardStage {
     allow: Vec<IpNet>,
@@ -46,6 +47,11 @@ impl Stage for SsrfGuardStage {
         };
         if !target.agent_chosen() {
             return Flow::Continue;
+        }
+        if matches!(target.kind, TargetKind::Connect)
+            && let Some(refused) = refused_port(&ctx.live.config.connect, target)
+        {
+            return Flow::Respond(refused);
         }
         let ips = match self.resolver.resolve(&target.host).await {
             Ok(ips) => ips,

@@ -4,6 +4,7 @@
 pub mod chain;
 pub mod facilitator;
 pub mod paywall;
+pub mod process;
 pub mod services;
 pub mod webhook;
 
@@ -379,27 +380,49 @@ pub fn raw_exchange(addr: SocketAddr, request: &[u8]) -> (u16, String, Value) {
 /// Sends raw requests one after another on ONE connection, reading each response before
 /// writing the next request (keep-alive, not pipelining).
 pub fn raw_sequence(addr: SocketAddr, requests: &[&[u8]]) -> Vec<(u16, String, Value)> {
-    let mut stream = TcpStream::connect(addr).unwrap();
+    let mut stream = raw_connection(addr);
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    for request in requests {
+        stream.write_all(request).unwrap();
+        out.push(next_response(&mut stream, &mut buf, out.len()));
+    }
+    out
+}
+
+/// Sends raw requests in ONE write (HTTP/1.1 pipelining) and reads as many responses, in the
+/// order they arrive.
+pub fn raw_pipelined(addr: SocketAddr, requests: &[&[u8]]) -> Vec<(u16, String, Value)> {
+    let mut stream = raw_connection(addr);
+    stream.write_all(&requests.concat()).unwrap();
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    while out.len() < requests.len() {
+        out.push(next_response(&mut stream, &mut buf, out.len()));
+    }
+    out
+}
+
+fn raw_connection(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let mut buf = Vec::new();
-    let mut out = Vec::new();
+    stream
+}
+
+/// The next (Content-Length framed) response on `stream`; `buf` keeps bytes read past it.
+fn next_response(stream: &mut TcpStream, buf: &mut Vec<u8>, seen: usize) -> (u16, String, Value) {
     let mut chunk = [0u8; 16384];
-    for request in requests {
-        stream.write_all(request).unwrap();
-        loop {
-            if let Some((resp, used)) = parse_response(&buf) {
-                out.push(resp);
-                buf.drain(..used);
-                break;
-            }
-            let n = stream.read(&mut chunk).unwrap();
-            assert!(n > 0, "connection closed after {} responses", out.len());
-            buf.extend_from_slice(&chunk[..n]);
+    loop {
+        if let Some((resp, used)) = parse_response(buf) {
+            buf.drain(..used);
+            return resp;
         }
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "connection closed after {seen} responses");
+        buf.extend_from_slice(&chunk[..n]);
     }
-    out
 }
 
 fn parse_response(buf: &[u8]) -> Option<((u16, String, Value), usize)> {

@@ -63,6 +63,8 @@ pub struct PaywallStats {
     pub invalid: Vec<String>,
     /// Amounts of the accepted payments.
     pub amounts: Vec<U256>,
+    /// Every payment header received, as sent (base64; not kept with verification off).
+    pub payment_headers: Vec<String>,
 }
 
 /// A token other than the default test asset (e.g. one deployed on anvil) that the paywall's
@@ -315,7 +317,14 @@ async fn handle(
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
-    state.lock().unwrap().stats.requests += 1;
+    {
+        let mut state = state.lock().unwrap();
+        state.stats.requests += 1;
+        // Not in benchmarks (no verification): the list would only grow.
+        if let Some(p) = payment.as_ref().filter(|_| !state.skip_verify) {
+            state.stats.payment_headers.push(p.clone());
+        }
+    }
     let echo = json!({"method": method, "path": full_path, "body_len": body.len(), "body_sha256": hex::encode(Sha256::digest(&body))});
     let price_changes = state.lock().unwrap().price_changes;
     let Some(mut offers) = offers_for(&path, price_changes) else {

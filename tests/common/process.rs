@@ -1,0 +1,96 @@
+//! pag0 as a child process: for crash tests (SIGKILL) and for reading what it logs.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::*;
+
+/// pag0 as a child process (so it can be killed with SIGKILL, or its log read), on the SQLite
+/// file in `dir`.
+pub struct Process {
+    pub child: Child,
+    pub proxy: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+impl Process {
+    /// Starts `pag0 -c` on a config with `body` in `dir`; its stderr goes to `dir/pag0.log`.
+    pub fn start_env(dir: &tempfile::TempDir, body: &str, env: &[(&str, &str)]) -> Process {
+        let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = dir.path().join("pag0.yaml");
+        std::fs::write(&config, Pag0::config_text(dir, proxy, admin, body)).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.path().join("pag0.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_pag0"))
+            .args(["-c", config.to_str().unwrap()])
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(admin).is_err()
+            || std::net::TcpStream::connect(proxy).is_err()
+        {
+            assert!(Instant::now() < deadline, "pag0 did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Process {
+            child,
+            proxy,
+            admin,
+        }
+    }
+
+    pub fn client(&self) -> reqwest::Client {
+        reqwest::Client::builder()
+            .proxy(reqwest::Proxy::all(format!("http://demo:{DEMO_KEY}@{}", self.proxy)).unwrap())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    }
+
+    pub async fn admin_get(&self, path: &str) -> Value {
+        reqwest::Client::new()
+            .get(format!("http://{}{path}", self.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// `/metrics` once `done` accepts it (or after about 2.5 s, for the caller's assertion).
+    pub async fn metrics_until(&self, done: impl Fn(&String) -> bool) -> String {
+        let url = format!("http://{}/metrics", self.admin);
+        eventually(
+            || async {
+                let resp = reqwest::Client::new()
+                    .get(&url)
+                    .bearer_auth(ADMIN_TOKEN)
+                    .send()
+                    .await
+                    .unwrap();
+                resp.text().await.unwrap()
+            },
+            done,
+        )
+        .await
+    }
+
+    /// SIGKILL: no shutdown, no flush, nothing drained.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
