@@ -205,6 +205,104 @@ async fn intercepted_https_reaches_the_upstream_with_reqwest_and_curl() {
     assert!(m.contains("pag0_tls_leaves_minted_total 1"), "{m}");
 }
 
+/// Opens a CONNECT to `authority` with the demo credentials and returns the raw tunnel after
+/// pag0's `200`.
+async fn open_tunnel(pag0: &Pag0, authority: &str) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(pag0.proxy).await.unwrap();
+    let connect = format!(
+        "CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\nProxy-Authorization: {}\r\n\r\n",
+        basic("demo", DEMO_KEY)
+    );
+    stream.write_all(connect.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            stream.read(&mut byte).await.unwrap(),
+            1,
+            "closed before the 200"
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    stream
+}
+
+/// Reads one Content-Length framed response from `stream`: status, head, body.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> (u16, String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_string();
+            let len: usize = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+                return (status, head, buf[end + 4..end + 4 + len].to_vec());
+            }
+        }
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(
+            n > 0,
+            "the tunnel closed: {}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_inside_a_connect_goes_through_the_whole_pipeline() {
+    // What Node's undici ProxyAgent does for an http:// URL: CONNECT host:port, then plain
+    // HTTP/1.1 in the tunnel.
+    let wall = Paywall::start().await;
+    let body = format!(
+        "{}{}stages:\n  - kind: auth\n  - kind: ssrf_guard\n    allow: [\"127.0.0.0/8\"]\n  - kind: payment\nprojects:\n  - id: demo\n    keys: [\"{DEMO_HASH}\"]\n    wallet:\n      private_key: ${{PAG0_TEST_WALLET_KEY:-{}}}\n",
+        paywall::payments_yaml(),
+        connect_section(""),
+        paywall::WALLET_KEY,
+    );
+    let pag0 = Pag0::start(&body);
+    let authority = wall.addr.to_string();
+    let mut tunnel = open_tunnel(&pag0, &authority).await;
+    // Two requests on the tunnel (keep-alive): a paid one and a free one.
+    for (path, paid) in [("/paid", true), ("/free", false)] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+        tunnel.write_all(req.as_bytes()).await.unwrap();
+        let (status, head, body) = read_response(&mut tunnel).await;
+        assert_eq!(status, 200, "{path}: {head}");
+        let head = head.to_ascii_lowercase();
+        assert!(
+            head.contains(&format!("x-pag0-paid: {paid}")),
+            "{path}: {head}"
+        );
+        let echo: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(echo["path"], path);
+    }
+    // Another host inside the tunnel is misdirected.
+    let req = "GET http://127.0.0.2:1/x HTTP/1.1\r\nHost: 127.0.0.2:1\r\n\r\n";
+    tunnel.write_all(req.as_bytes()).await.unwrap();
+    let (status, _, body) = read_response(&mut tunnel).await;
+    assert_eq!(status, 421);
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(body["error"]["code"], "MISDIRECTED_REQUEST");
+    let stats = wall.stats();
+    assert_eq!(stats.paid, 1, "paid exactly once: {stats:?}");
+    let (_, m) = pag0.admin(reqwest::Method::GET, "/metrics").await;
+    assert!(
+        m.contains(r#"pag0_tunnels_total{kind="plain",outcome="opened"} 1"#),
+        "{m}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paid_https_api_is_paid_inside_the_tunnel() {
     let ca = UpstreamCa::new();

@@ -320,6 +320,7 @@ fn request_target() {
     let tunnel = TunnelInfo {
         host: "api.example.com".into(),
         port: 443,
+        tls: true,
         credentials: None,
     };
     let host = prop_oneof![

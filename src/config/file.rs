@@ -398,9 +398,9 @@ pub const DEFAULT_CA_DIR: &str = "pag0-ca";
 pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// Minted leaf certificates kept in memory (one per intercepted host).
 pub const DEFAULT_LEAF_CACHE_SIZE: u64 = 1_024;
-/// Ports a `CONNECT` may name when `connect.ports` is absent (HTTPS only, like Squid's
-/// `SSL_ports`).
-pub const DEFAULT_CONNECT_PORTS: &[u16] = &[443];
+/// Ports a `CONNECT` may name when `connect.ports` is absent: HTTPS (Squid's `SSL_ports`) and
+/// HTTP, because Node's proxy agents (undici's `ProxyAgent`) tunnel `http://` URLs as well.
+pub const DEFAULT_CONNECT_PORTS: &[u16] = &[443, 80];
 /// A blind tunnel with no bytes in either direction for this long is closed.
 pub const DEFAULT_TUNNEL_IDLE_TIMEOUT_SECONDS: u64 = 300;
 
@@ -418,7 +418,8 @@ pub struct FileConnect {
     pub tunnel_only: Option<Vec<String>>,
     pub handshake_timeout_ms: Option<u64>,
     pub leaf_cache_size: Option<u64>,
-    /// Ports a CONNECT may name (default `[443]`); `["*"]` allows any.
+    /// Ports a CONNECT may name (default `[443, 80]`: Node's proxy agents tunnel `http://` URLs
+    /// too); `["*"]` allows any.
     pub ports: Option<Vec<serde_yaml::Value>>,
     /// Close a blind tunnel after this long without traffic.
     pub idle_timeout_seconds: Option<u64>,

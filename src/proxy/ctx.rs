@@ -68,11 +68,15 @@ impl Target {
     }
 }
 
-/// An intercepted tunnel, as the requests inside it see it: they go to `host:port` over TLS,
-/// authenticated with the `CONNECT`'s credentials. `Debug` hides the credentials.
+/// An intercepted tunnel, as the requests inside it see it: they go to `host:port` (over TLS
+/// when the agent spoke TLS inside the tunnel, in plain HTTP when it did not), authenticated
+/// with the `CONNECT`'s credentials. `Debug` hides the credentials.
+#[derive(Clone)]
 pub struct TunnelInfo {
     pub host: String,
     pub port: u16,
+    /// The agent spoke TLS inside the tunnel (and so does pag0 to the upstream).
+    pub tls: bool,
     /// The credentials header the agent sent with its `CONNECT` (`Proxy-Authorization` or
     /// `X-Pag0-API-Key`), given to every request inside.
     pub credentials: Option<(http::HeaderName, http::HeaderValue)>,
@@ -80,7 +84,8 @@ pub struct TunnelInfo {
 
 impl std::fmt::Debug for TunnelInfo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "TunnelInfo({}:{})", self.host, self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "TunnelInfo({scheme}://{}:{})", self.host, self.port)
     }
 }
 

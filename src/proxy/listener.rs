@@ -5,7 +5,9 @@
 //! Then the agent gets `200 Connection Established` and either
 //!
 //! * **intercept**: pag0 terminates the agent's TLS with a leaf for the CONNECT host and
-//!   serves the requests inside with the same proxy (every stage: payment, cache, ...), or
+//!   serves the requests inside with the same proxy (every stage: payment, cache, ...); when
+//!   the agent speaks plain HTTP inside instead (Node's proxy agents do for `http://` URLs),
+//!   the requests are served the same way, in plain HTTP to the CONNECT authority, or
 //! * **blind**: pag0 relays bytes between the agent and the upstream until either side closes
 //!   or the tunnel is idle for `connect.idle_timeout_seconds`.
 
@@ -17,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::{HttpServerApp, ServerApp};
-use pingora::protocols::Stream;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::{Peek, Stream};
 use pingora::proxy::HttpProxy;
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -37,6 +39,8 @@ use crate::proxy::respond::{ErrorCode, Reply};
 const KEEPALIVE_SECONDS: u64 = 60;
 /// What the agent reads once its `CONNECT` is accepted (no headers: RFC 9110 §9.3.6).
 const CONNECT_ESTABLISHED: &[u8] = b"HTTP/1.1 200 Connection Established\r\n\r\n";
+/// The first byte of a TLS connection (a handshake record carrying the ClientHello).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 /// How often a blind tunnel checks whether it has been idle too long.
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 
@@ -154,6 +158,24 @@ impl ProxyApp {
                 sni,
             } => {
                 let timeout = self.live.load().config.connect.handshake_timeout;
+                // TLS (a ClientHello opens with a handshake record, 0x16), or plain HTTP: Node's
+                // proxy agents tunnel `http://` URLs too, then speak HTTP/1.1 inside.
+                let mut first = [0u8; 1];
+                match tokio::time::timeout(timeout, l4.try_peek(&mut first)).await {
+                    Ok(Ok(_)) => {}
+                    _ => return, // closed, or silent for the whole handshake timeout
+                }
+                if first[0] != TLS_HANDSHAKE_RECORD {
+                    metrics
+                        .tunnels
+                        .with_label_values(&["plain", "opened"])
+                        .inc();
+                    let plain = Arc::new(TunnelInfo {
+                        tls: false,
+                        ..(**info).clone()
+                    });
+                    return Box::pin(self.serve_http1(Box::new(l4), Some(plain), shutdown)).await;
+                }
                 let tls = match tokio::time::timeout(timeout, acceptor.tls_handshake(l4)).await {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {

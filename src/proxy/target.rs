@@ -79,8 +79,9 @@ fn connect_target(req: &RequestHeader) -> Result<Target, Reply> {
     })
 }
 
-/// A request inside an intercepted tunnel goes to the tunnel's host over TLS; one that names
-/// another host (absolute-form URL or `Host`) is misdirected (421).
+/// A request inside an intercepted tunnel goes to the tunnel's host (over TLS when the tunnel
+/// is); one that names another host or scheme (absolute-form URL or `Host`) is misdirected
+/// (421).
 fn tunnel_target(req: &RequestHeader, tunnel: &TunnelInfo) -> Result<Target, Reply> {
     let misdirected = |named: &str| {
         Reply::new(
@@ -98,7 +99,7 @@ fn tunnel_target(req: &RequestHeader, tunnel: &TunnelInfo) -> Result<Target, Rep
             .to_string()
     } else {
         let t = absolute_target(raw)?;
-        if !t.tls || t.host != tunnel.host || t.port != tunnel.port {
+        if t.tls != tunnel.tls || t.host != tunnel.host || t.port != tunnel.port {
             return Err(misdirected(&format!("{}:{}", t.host, t.port)));
         }
         t.path
@@ -111,7 +112,7 @@ fn tunnel_target(req: &RequestHeader, tunnel: &TunnelInfo) -> Result<Target, Rep
     }
     Ok(Target {
         kind: TargetKind::Forward,
-        tls: true,
+        tls: tunnel.tls,
         host: tunnel.host.clone(),
         port: tunnel.port,
         path,
@@ -363,6 +364,7 @@ mod tests {
         let tunnel = TunnelInfo {
             host: "api.example.com".into(),
             port: 8443,
+            tls: true,
             credentials: None,
         };
         let intercept = settings(ConnectMode::Intercept);
@@ -389,6 +391,31 @@ mod tests {
         assert_eq!(
             inside(&connect("other.example:443")).unwrap_err().code,
             ErrorCode::ConnectNotAllowed
+        );
+    }
+
+    #[test]
+    fn requests_inside_a_plain_tunnel_go_to_its_host_in_plain_http() {
+        let tunnel = TunnelInfo {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            tls: false,
+            credentials: None,
+        };
+        let intercept = settings(ConnectMode::Intercept);
+        let inside = |r: &RequestHeader| resolve(r, &[], Some(&tunnel), &intercept);
+        let t = inside(&req("/x", Some("127.0.0.1:8080"))).unwrap();
+        assert_eq!(
+            (t.tls, t.host.as_str(), t.port, t.path.as_str()),
+            (false, "127.0.0.1", 8080, "/x")
+        );
+        let t = inside(&req("http://127.0.0.1:8080/abs", None)).unwrap();
+        assert_eq!((t.tls, t.path.as_str()), (false, "/abs"));
+        assert_eq!(
+            inside(&req("https://127.0.0.1:8080/", None))
+                .unwrap_err()
+                .code,
+            ErrorCode::MisdirectedRequest
         );
     }
 

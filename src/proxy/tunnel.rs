@@ -79,6 +79,7 @@ pub async fn plan(
         let info = TunnelInfo {
             host: target.host.clone(),
             port: target.port,
+            tls: true,
             credentials: [
                 http::header::PROXY_AUTHORIZATION,
                 http::HeaderName::from_static(crate::stages::API_KEY_HEADER),
