@@ -260,6 +260,22 @@ async fn per_request_limit_host_lists_and_network_rules_refuse_with_their_codes(
         before,
         "refused before reaching the upstream"
     );
+    // ... and before the SSRF guard (listed first) looks the host up: a blocked or
+    // not-allowed name that does not resolve is refused by policy, not a DNS failure.
+    for (lists, code) in [
+        ("      block_hosts: [\"*.invalid\"]\n", "HOST_BLOCKED"),
+        ("      allow_hosts: [\"127.0.0.1\"]\n", "HOST_NOT_ALLOWED"),
+    ] {
+        pag0.rewrite(&config(&format!("{}{lists}", budget("0.01", "1", "1")), ""));
+        pag0.admin(reqwest::Method::POST, "/reload").await;
+        let resp = client
+            .get("http://no-such-host.invalid/x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        assert_eq!(header(&resp, "x-pag0-policy").as_deref(), Some(code));
+    }
 
     // Only another network is allowed.
     let policy = format!(

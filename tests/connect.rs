@@ -839,6 +839,19 @@ async fn policy_and_reload_apply_to_new_tunnels() {
     assert_eq!(status, 403, "{head}");
     assert_eq!(body["error"]["code"], "HOST_BLOCKED");
     assert_eq!(up.seen().connections, 0);
+    // Checked before the SSRF guard (listed first) looks the host up: a blocked name that
+    // does not resolve is refused by policy, not a DNS failure.
+    pag0.rewrite(&format!(
+        "{}{}{policy_stages}{}    policy:\n      block_hosts: [\"*.invalid\"]\n",
+        ca.trust_yaml(),
+        connect_section(""),
+        demo_project()
+    ));
+    assert_eq!(pag0.admin(reqwest::Method::POST, "/reload").await.0, 200);
+    let (status, head, body) =
+        raw_connect(&pag0, "blocked.invalid:443", Some(&basic("demo", DEMO_KEY)));
+    assert_eq!(status, 403, "{head}");
+    assert_eq!(body["error"]["code"], "HOST_BLOCKED");
 
     // Unblocked and intercepted, then moved to tunnel_only by a reload: the next tunnel is
     // blind (the agent sees the upstream's own certificate).

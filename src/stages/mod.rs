@@ -23,7 +23,8 @@
 //! A stage implements [`Stage`] for the hooks it needs; adding a stage (payment, policy,
 //! cache rules) adds a variant to `StageConfig` and a file here, without touching the others.
 //!
-//! Request-side hooks run in list order; response-side hooks (`upstream_response_filter`,
+//! Request-side hooks run in list order (except `policy`, which always runs right after `auth`:
+//! host lists are checked before the SSRF guard looks a host up); response-side hooks (`upstream_response_filter`,
 //! `response_filter`, `response_body_filter`) run in reverse, like nested middleware, so an
 //! outer stage sees what the inner ones did to the response.
 
@@ -166,7 +167,7 @@ impl Pipeline {
     /// Instantiates the stages listed in the config with the long-lived `services`.
     pub fn build(config: &Config, services: &Services) -> Pipeline {
         let mut cache = None;
-        let stages = config
+        let mut stages: Vec<Arc<dyn Stage>> = config
             .stages
             .iter()
             .map(|c| -> Arc<dyn Stage> {
@@ -217,6 +218,16 @@ impl Pipeline {
                 }
             })
             .collect();
+        // Host lists are checked before anything looks the host up (the SSRF guard) or
+        // contacts it: `policy` runs right after `auth` (which it needs), wherever it is listed.
+        if let Some(i) = stages.iter().position(|s| s.name() == "policy") {
+            let policy = stages.remove(i);
+            let at = stages
+                .iter()
+                .position(|s| s.name() == "auth")
+                .map_or(0, |a| a + 1);
+            stages.insert(at, policy);
+        }
         Pipeline { stages, cache }
     }
 
