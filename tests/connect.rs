@@ -658,41 +658,6 @@ async fn connect_off_is_a_405() {
 
 /// Python's standard library (HTTP/1.0 CONNECT) and `requests`, configured through the
 /// environment only (HTTPS_PROXY, SSL_CERT_FILE / REQUESTS_CA_BUNDLE).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_clients_use_pag0_through_the_environment() {
-    let ca = UpstreamCa::new();
-    let up = Upstream::start_tls(ca.pki.server_config.clone()).await;
-    let pag0 = Pag0::start(&config(&ca, ""));
-    let url = format!("https://localhost:{}/py", up.addr.port());
-    let script = r#"
-import json, os, sys, urllib.request
-url = sys.argv[1]
-with urllib.request.urlopen(url, timeout=20) as r:
-    print(json.loads(r.read())["path"])
-import requests
-r = requests.get(url, timeout=20)
-r.raise_for_status()
-print(r.json()["path"])
-"#;
-    let out = tokio::process::Command::new("python3")
-        .args(["-c", script, &url])
-        .env("HTTPS_PROXY", proxy_url(&pag0))
-        .env("SSL_CERT_FILE", pag0_ca(&pag0))
-        .env("REQUESTS_CA_BUNDLE", pag0_ca(&pag0))
-        .env("NO_PROXY", "")
-        .output()
-        .await
-        .expect("python3 is installed");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "python failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(stdout.lines().collect::<Vec<_>>(), ["/py", "/py"]);
-    assert_eq!(up.seen().requests, 2);
-}
-
 #[test]
 fn raw_tunnel_bytes_are_not_http_parsed_for_tunnel_only_hosts() {
     // A blind tunnel relays whatever the agent sends (here: not TLS at all).
