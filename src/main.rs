@@ -165,6 +165,13 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let listen = config.server.listen.clone();
+    let pid_file = PathBuf::from(
+        config
+            .server
+            .pid_file
+            .clone()
+            .unwrap_or_else(|| pag0::server::DEFAULT_PID_FILE.to_string()),
+    );
     let admin = config.admin.listen;
     let connect = config.connect.clone();
     log::debug!("configuration: {config:?}");
@@ -198,7 +205,20 @@ fn main() -> ExitCode {
         config::ConnectMode::Off => {}
     }
     println!("pag0 admin listening on http://{admin} (/health, /metrics, /reload; bearer token)");
+    // Pingora writes the pid file only when it daemonizes; `kill -HUP $(cat …)` needs it in
+    // the foreground too.
+    let pid = std::process::id().to_string();
+    match std::fs::write(&pid_file, &pid) {
+        Ok(()) => println!(
+            "pag0 pid {pid} in {} (kill -HUP reloads the config; SIGINT stops at once, SIGTERM after the grace period)",
+            pid_file.display()
+        ),
+        Err(e) => log::warn!("cannot write the pid file {}: {e}", pid_file.display()),
+    }
     pag0.run(RunArgs::default());
+    if std::fs::read_to_string(&pid_file).is_ok_and(|p| p == pid) {
+        let _ = std::fs::remove_file(&pid_file);
+    }
     ExitCode::SUCCESS
 }
 

@@ -435,6 +435,13 @@ async fn connect_needs_credentials_and_a_public_target() {
     let (status, head, body) = raw_connect(&pag0, "no-such-host.invalid:22", Some(&auth));
     assert_eq!(status, 403, "{head}");
     assert_eq!(body["error"]["details"]["reason"], "port");
+    // The status line says why (clients print it; they do not print a failed CONNECT's body).
+    assert!(
+        head.starts_with(
+            "HTTP/1.1 403 TARGET_FORBIDDEN: CONNECT to port 22 is not allowed (connect.ports)"
+        ),
+        "{head}"
+    );
     let (status, _, body) = raw_connect(&pag0, "no-port.example", Some(&auth));
     assert_eq!(status, 400);
     assert_eq!(body["error"]["code"], "INVALID_TARGET");
@@ -525,7 +532,57 @@ async fn an_untrusted_upstream_certificate_is_a_502() {
     assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "UPSTREAM_TLS_FAILED");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("UnknownIssuer"), "says why: {message}");
     assert_eq!(up.seen().requests, 0, "nothing was sent to the upstream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_signed_ca_used_as_the_server_certificate_is_explained() {
+    // What `openssl req -x509 -subj /CN=localhost` makes: one self-signed certificate with
+    // CA:TRUE, served as the upstream's own certificate and listed in upstream.trust.
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("self-signed.pem");
+    std::fs::write(&file, cert.pem()).unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .unwrap();
+    let up = Upstream::start_tls(Arc::new(server)).await;
+    let pag0 = Pag0::start(&format!(
+        "upstream:\n  trust:\n    - hosts: [localhost]\n      ca_file: {}\n{}{}{}",
+        file.display(),
+        connect_section(""),
+        stages(),
+        demo_project()
+    ));
+    let client = https_client(&pag0, &pag0_ca(&pag0));
+    let resp = client
+        .get(format!("https://localhost:{}/x", up.addr.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "UPSTREAM_TLS_FAILED");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("CA certificate") && message.contains("CA:FALSE"),
+        "{message}"
+    );
+    assert_eq!(up.seen().requests, 0);
 }
 
 /// Opens a CONNECT tunnel to `target` and starts TLS inside with `server_name`.

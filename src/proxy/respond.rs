@@ -210,6 +210,9 @@ pub struct Reply {
     pub message: String,
     pub details: Option<Value>,
     pub headers: Vec<(&'static str, String)>,
+    /// The status line says why (`403 TARGET_FORBIDDEN: …`): for answers to a `CONNECT`,
+    /// whose body clients never show but whose status line they print.
+    pub explained_status: bool,
 }
 
 impl Reply {
@@ -219,6 +222,7 @@ impl Reply {
             message: message.into(),
             details: None,
             headers: Vec::new(),
+            explained_status: false,
         }
     }
 
@@ -230,6 +234,27 @@ impl Reply {
     pub fn header(mut self, name: &'static str, value: impl Into<String>) -> Reply {
         self.headers.push((name, value.into()));
         self
+    }
+
+    /// Puts the code and message in the status line's reason phrase.
+    pub fn explain_in_status(mut self) -> Reply {
+        self.explained_status = true;
+        self
+    }
+
+    /// `CODE: message` as a reason phrase (visible ASCII and spaces only, at most 200 bytes).
+    fn reason_phrase(&self) -> String {
+        format!("{}: {}", self.code.as_str(), self.message)
+            .chars()
+            .map(|c| {
+                if c.is_ascii_graphic() || c == ' ' {
+                    c
+                } else {
+                    '?'
+                }
+            })
+            .take(200)
+            .collect()
     }
 
     pub fn body(&self) -> Bytes {
@@ -277,6 +302,9 @@ impl Reply {
         let mut resp = ResponseHeader::build(self.code.status(), Some(4 + self.headers.len()))?;
         for (name, value) in self.fields(&body) {
             resp.insert_header(name, value)?;
+        }
+        if self.explained_status {
+            resp.set_reason_phrase(Some(&self.reason_phrase()))?;
         }
         session.write_response_header(Box::new(resp), false).await?;
         session.write_response_body(Some(body), true).await

@@ -35,13 +35,15 @@ impl Pag0Proxy {
         Pag0Proxy { live, shared }
     }
 
-    /// Sends `reply` and records which stage (or `proxy`) produced it.
+    /// Sends `reply` and records which stage (or `proxy`) produced it. A refused `CONNECT`
+    /// says why in its status line and in the log (at info): clients print neither the body
+    /// nor, mostly, the headers of a failed CONNECT, but they print its status line.
     async fn answer(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         source: &str,
-        reply: Reply,
+        mut reply: Reply,
     ) -> Result<bool> {
         self.shared
             .metrics
@@ -49,6 +51,21 @@ impl Pag0Proxy {
             .with_label_values(&[source, reply.code.as_str()])
             .inc();
         ctx.error = Some(reply.code);
+        if session.req_header().method == http::Method::CONNECT {
+            // A 407 is the usual first step of proxy authentication, not worth a line.
+            if reply.code != ErrorCode::ProxyAuthRequired {
+                let target = ctx.target.as_ref().map_or_else(
+                    || "(invalid target)".to_string(),
+                    |t| format!("{}:{}", t.host, t.port),
+                );
+                log::info!(
+                    "CONNECT {target} refused ({source}): {} {}",
+                    reply.code.as_str(),
+                    reply.message
+                );
+            }
+            reply = reply.explain_in_status();
+        }
         reply.send(session).await?;
         Ok(true)
     }
@@ -94,6 +111,27 @@ fn classify_error(e: &Error) -> Option<ErrorCode> {
             },
             ErrorSource::Internal | ErrorSource::Unset => Some(ErrorCode::InternalError),
         },
+    }
+}
+
+/// Why TLS with the upstream failed, in words an operator can act on. Pingora's error text
+/// nests the certificate verifier's verdict (`invalid peer certificate: UnknownIssuer`).
+fn tls_failure(e: &Error) -> String {
+    let text = e.to_string();
+    if text.contains("CaUsedAsEndEntity") {
+        return "TLS with the upstream failed: it presents a CA certificate (CA:TRUE, e.g. a plain `openssl req -x509`) as its own server certificate, which certificate verification refuses; serve a certificate issued by that CA with CA:FALSE (e.g. `-addext basicConstraints=critical,CA:FALSE`, or mkcert) and keep the CA in upstream.trust; nothing was sent".to_string();
+    }
+    let verdict = text
+        .find("invalid peer certificate")
+        .map(|at| text[at..].split(',').next().unwrap_or_default().to_string());
+    match verdict {
+        Some(v) => format!(
+            "TLS with the upstream failed: {v} (trust a private CA for this host with upstream.trust); nothing was sent"
+        ),
+        None => format!(
+            "TLS with the upstream failed (the handshake broke: {}); nothing was sent",
+            e.etype().as_str()
+        ),
     }
 }
 
@@ -454,7 +492,12 @@ impl ProxyHttp for Pag0Proxy {
                 ErrorCode::UpstreamTimeout => "the upstream did not answer in time".to_string(),
                 ErrorCode::UpstreamConnectFailed => "cannot connect to the upstream".to_string(),
                 ErrorCode::UpstreamTlsFailed => {
-                    "TLS with the upstream failed (its certificate is not trusted or the handshake broke); nothing was sent".to_string()
+                    let why = tls_failure(e);
+                    log::info!(
+                        "TLS with upstream {} failed: {why}",
+                        ctx.target.as_ref().map_or("?", |t| t.host.as_str())
+                    );
+                    why
                 }
                 ErrorCode::DnsResolutionFailed => "cannot resolve the upstream host".to_string(),
                 ErrorCode::FacilitatorUnavailable => {
