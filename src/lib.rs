@@ -13,6 +13,7 @@ pub mod cache;
 pub mod chain;
 pub mod clock;
 pub mod config;
+pub mod demo;
 pub mod glob;
 pub mod idempotency;
 pub mod intents;

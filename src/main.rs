@@ -76,6 +76,20 @@ enum Command {
         #[command(subcommand)]
         action: CaAction,
     },
+    /// Run pag0 next to a small x402 demo API on loopback, with a throwaway wallet, and print
+    /// commands that show a paid call, a cache hit and a budget refusal (no chain, no
+    /// internet; nothing is settled).
+    Demo {
+        /// pag0's proxy listener.
+        #[arg(long, default_value = "127.0.0.1:8402")]
+        listen: std::net::SocketAddr,
+        /// pag0's admin listener.
+        #[arg(long, default_value = "127.0.0.1:9402")]
+        admin: std::net::SocketAddr,
+        /// The demo x402 API.
+        #[arg(long, default_value = "127.0.0.1:8403")]
+        api: std::net::SocketAddr,
+    },
 }
 
 #[derive(Subcommand)]
@@ -151,6 +165,7 @@ fn main() -> ExitCode {
             action: WalletAction::Address,
         }) => return wallet_address(&cli.conf),
         Some(Command::Ca { action }) => return ca(&cli.conf, action),
+        Some(Command::Demo { listen, admin, api }) => return demo(listen, admin, api),
         None => {}
     }
     let config = match config::load(&cli.conf) {
@@ -219,6 +234,81 @@ fn main() -> ExitCode {
     if std::fs::read_to_string(&pid_file).is_ok_and(|p| p == pid) {
         let _ = std::fs::remove_file(&pid_file);
     }
+    ExitCode::SUCCESS
+}
+
+/// `pag0 demo`: the demo API on its own thread, pag0 in the foreground, state in a temporary
+/// directory removed on exit.
+fn demo(
+    listen: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    api: std::net::SocketAddr,
+) -> ExitCode {
+    use pag0::demo;
+    let dir = std::env::temp_dir().join(format!("pag0-demo-{}", std::process::id()));
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        eprintln!("pag0 demo: cannot create {}: {e}", dir.display());
+        return ExitCode::FAILURE;
+    }
+    let key = format!("0x{}", hex::encode(rand::random::<[u8; 32]>()));
+    let yaml = demo::config_yaml(listen, admin, api, &dir.display().to_string());
+    let config = match config::parse(&yaml, &dir, |var| match var {
+        "PAG0_DEMO_WALLET_KEY" => Some(key.clone()),
+        other => std::env::var(other).ok(),
+    }) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("pag0 demo: invalid configuration:\n{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let api_listener = match std::net::TcpListener::bind(api) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("pag0 demo: cannot listen on {api}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime for the demo API");
+        rt.block_on(async move {
+            let _ = api_listener.set_nonblocking(true);
+            match tokio::net::TcpListener::from_std(api_listener) {
+                Ok(l) => {
+                    if let Err(e) = demo::serve_api(l).await {
+                        log::error!("demo API stopped: {e}");
+                    }
+                }
+                Err(e) => log::error!("demo API: {e}"),
+            }
+        });
+    });
+    let pag0 = match server::build(config, None, &StartOptions::default()) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("pag0 demo: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    use pag0::x402::PaymentSigner;
+    let address = pag0::x402::Eip3009Signer::from_hex(&key)
+        .map(|s| pag0::x402::checksummed(&s.address()))
+        .unwrap_or_default();
+    println!(
+        "pag0 demo: pag0 on http://{listen} pays the demo x402 API on http://{api} (0.001 USDC per /weather call, 0.05 per /premium) from a throwaway wallet {address}. The API verifies each signature; nothing is settled, no chain or internet is used."
+    );
+    println!(
+        "Budget of project demo: 0.01 USDC per request, 1.00 a day. Try, in another terminal:\n"
+    );
+    for line in demo::commands(listen, admin, api) {
+        println!("  {line}");
+    }
+    println!();
+    pag0.run(RunArgs::default());
+    let _ = std::fs::remove_dir_all(&dir);
     ExitCode::SUCCESS
 }
 
