@@ -16,7 +16,7 @@ use crate::idempotency::{IdempotencyStore, LocalIdempotencyStore};
 use crate::metrics::Metrics;
 use crate::net::dns::Resolver;
 use crate::policy::PolicyBook;
-use crate::ratelimit::{LocalRateLimiter, RateLimiter};
+use crate::ratelimit::RateLimiter;
 use crate::stages::Pipeline;
 use crate::store::Store;
 use crate::x402::facilitator::Facilitator;
@@ -206,7 +206,11 @@ impl Shared {
             cache_stats: Arc::default(),
             cache_purge_follower: std::sync::Once::new(),
             resolver: Arc::new(Resolver::new(&config.dns)),
-            rate_limiter: Arc::new(LocalRateLimiter::default()),
+            rate_limiter: crate::ratelimit::limiter(
+                config.redis.as_ref(),
+                metrics.rate_limit_fallbacks.clone(),
+            )
+            .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?,
             metrics,
             price_memory: Arc::new(LocalPriceMemory::default()),
             idempotency: Arc::new(LocalIdempotencyStore::default()),

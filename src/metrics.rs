@@ -60,6 +60,9 @@ pub struct Metrics {
     pub tunnels: IntCounterVec,
     /// `pag0_tls_leaves_minted_total`: leaf certificates minted by the local CA.
     pub leaves_minted: prometheus::IntCounter,
+    /// `pag0_rate_limit_fallbacks_total`: rate-limit decisions made in-process because the
+    /// shared Redis buckets were unreachable.
+    pub rate_limit_fallbacks: prometheus::IntCounter,
     /// `pag0_header_timeouts_total`: downstream connections closed because a request header
     /// was not complete `server.header_timeout_ms` after its first byte (slowloris).
     pub header_timeouts: prometheus::IntCounter,
@@ -201,6 +204,11 @@ impl Metrics {
             &["kind", "outcome"],
         )
         .expect("valid metric");
+        let rate_limit_fallbacks = prometheus::IntCounter::new(
+            "pag0_rate_limit_fallbacks_total",
+            "Rate-limit decisions made in-process because Redis was unreachable",
+        )
+        .expect("valid metric");
         let header_timeouts = prometheus::IntCounter::new(
             "pag0_header_timeouts_total",
             "Downstream connections closed because a request header arrived too slowly",
@@ -248,6 +256,7 @@ impl Metrics {
             Box::new(tunnels.clone()),
             Box::new(leaves_minted.clone()),
             Box::new(header_timeouts.clone()),
+            Box::new(rate_limit_fallbacks.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_generation.clone()),
             Box::new(build_info),
@@ -274,6 +283,7 @@ impl Metrics {
             tunnels,
             leaves_minted,
             header_timeouts,
+            rate_limit_fallbacks,
             config_reloads,
             config_generation,
         }

@@ -25,6 +25,7 @@ const DOCUMENTED_METRICS: &[&str] = &[
     "pag0_tunnels_total",
     "pag0_tls_leaves_minted_total",
     "pag0_header_timeouts_total",
+    "pag0_rate_limit_fallbacks_total",
     "pag0_config_reloads_total",
     "pag0_config_generation",
     "pag0_build_info",

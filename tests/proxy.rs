@@ -298,9 +298,14 @@ async fn rate_limit_answers_429_with_retry_after() {
     let client = pag0.client("demo", DEMO_KEY);
     let mut statuses = Vec::new();
     let mut retry_after = None;
+    let mut remaining = Vec::new();
     for _ in 0..6 {
         let resp = client.get(up.url("/")).send().await.unwrap();
         statuses.push(resp.status().as_u16());
+        let h = |name: &str| resp.headers()[name].to_str().unwrap().to_string();
+        assert_eq!(h("x-ratelimit-limit"), "2", "the burst");
+        assert!(h("x-ratelimit-reset").parse::<u64>().unwrap() <= 2);
+        remaining.push(h("x-ratelimit-remaining"));
         if resp.status() == StatusCode::TOO_MANY_REQUESTS {
             retry_after = resp
                 .headers()
@@ -311,6 +316,7 @@ async fn rate_limit_answers_429_with_retry_after() {
         }
     }
     assert_eq!(&statuses[..2], [200, 200], "the burst passes: {statuses:?}");
+    assert_eq!(&remaining[..3], ["1", "0", "0"], "{remaining:?}");
     assert!(statuses.contains(&429), "{statuses:?}");
     assert!(
         retry_after.is_some_and(|s| s >= 1),

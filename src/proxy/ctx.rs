@@ -207,6 +207,8 @@ pub struct RequestCtx {
     pub payment: PaymentState,
     pub idempotency: crate::stages::IdempotencyState,
     pub cache: crate::stages::CacheState,
+    /// The rate limiter's verdict (its `X-RateLimit-*` headers go on the answer).
+    pub rate_limit: Option<crate::ratelimit::Decision>,
     /// Set on requests inside an intercepted tunnel (carried across its keep-alive requests).
     pub tunnel: Option<Arc<TunnelInfo>>,
     /// Set on an accepted `CONNECT`: what the listener makes of the connection.
@@ -225,6 +227,7 @@ impl RequestCtx {
             payment: PaymentState::default(),
             idempotency: Default::default(),
             cache: Default::default(),
+            rate_limit: None,
             tunnel: None,
             tunnel_plan: None,
         }
