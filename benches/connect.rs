@@ -2,6 +2,7 @@
 //!
 //! * `upstream <addr> <ca-file>`: an HTTPS upstream for `localhost` (its own test CA, written to
 //!   `ca-file`) answering every request with 64 bytes, cacheable for 5 minutes; until killed.
+//! * `plain-upstream <addr>`: the same in plain HTTP.
 //! * `load <url> <ca-file> <conns> <seconds> <pace-ms> [<proxy> <project:key> [absolute]]`:
 //!   keep-alive HTTPS GETs on `conns` connections, each through its own CONNECT tunnel when a
 //!   proxy is given (else straight to the upstream), each waiting `pace-ms` between requests
@@ -9,7 +10,9 @@
 //!   `https://` targets instead (pag0 does TLS upstream only). Prints `req/s p99_ms errors`.
 //!   One thread, like `wrk -t1`; one TLS client configuration (and session cache) for all
 //!   connections, like one agent process. With `BENCH_FRESH=1` every request opens its own
-//!   connection (and tunnel), and its latency includes opening it.
+//!   connection (and tunnel), and its latency includes opening it. An `http://` URL is loaded
+//!   in plain HTTP: inside the CONNECT tunnel (what Node's proxy agents do), or absolute-form
+//!   to the proxy with `absolute` (`ca-file` is then unused).
 //! * `mint <n>`: time to mint one leaf certificate with pag0's local CA.
 
 use std::io::ErrorKind;
@@ -28,7 +31,8 @@ fn main() {
         .collect();
     let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
     match args.first().map(String::as_str) {
-        Some("upstream") => runtime().block_on(upstream(arg(1), arg(2))),
+        Some("upstream") => runtime().block_on(upstream(arg(1), Some(arg(2)))),
+        Some("plain-upstream") => runtime().block_on(upstream(arg(1), None)),
         Some("load") => {
             let pace = Duration::from_millis(arg(5).parse().unwrap_or(0));
             let proxy = args.get(6).map(|p| Proxy {
@@ -64,7 +68,19 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-async fn upstream(addr: String, ca_file: String) {
+/// Serves the 64-byte answer on `addr`: over TLS for `localhost` when `ca_file` is given (the
+/// test CA is written there), in plain HTTP otherwise.
+async fn upstream(addr: String, ca_file: Option<String>) {
+    let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
+    let Some(ca_file) = ca_file else {
+        eprintln!("HTTP upstream on {}", listener.local_addr().unwrap());
+        loop {
+            if let Ok((tcp, _)) = listener.accept().await {
+                let _ = tcp.set_nodelay(true);
+                tokio::spawn(answer(tcp));
+            }
+        }
+    };
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -86,7 +102,6 @@ async fn upstream(addr: String, ca_file: String) {
         )
         .unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let listener = tokio::net::TcpListener::bind(&addr).await.unwrap();
     eprintln!("HTTPS upstream on {}", listener.local_addr().unwrap());
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
@@ -95,31 +110,35 @@ async fn upstream(addr: String, ca_file: String) {
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let _ = tcp.set_nodelay(true);
-            let Ok(tls) = acceptor.accept(tcp).await else {
-                return;
-            };
-            let (read, mut write) = tokio::io::split(tls);
-            let mut read = BufReader::new(read);
-            let answer = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncache-control: max-age=300\r\ncontent-length: {}\r\n\r\n{BODY}",
-                BODY.len()
-            );
-            let mut line = String::new();
-            loop {
-                // Requests are bodiless GETs: read the head, answer.
-                loop {
-                    line.clear();
-                    match read.read_line(&mut line).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) if line == "\r\n" => break,
-                        Ok(_) => {}
-                    }
-                }
-                if write.write_all(answer.as_bytes()).await.is_err() {
-                    return;
-                }
+            if let Ok(tls) = acceptor.accept(tcp).await {
+                answer(tls).await;
             }
         });
+    }
+}
+
+/// Answers every (bodiless GET) request on `stream` with the 64-byte body.
+async fn answer(stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite) {
+    let (read, mut write) = tokio::io::split(stream);
+    let mut read = BufReader::new(read);
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncache-control: max-age=300\r\ncontent-length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    );
+    let mut line = String::new();
+    loop {
+        // Requests are bodiless GETs: read the head, answer.
+        loop {
+            line.clear();
+            match read.read_line(&mut line).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) if line == "\r\n" => break,
+                Ok(_) => {}
+            }
+        }
+        if write.write_all(answer.as_bytes()).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -142,11 +161,12 @@ impl Proxy {
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
-/// One keep-alive connection: through a CONNECT tunnel when `proxy` is set.
+/// One keep-alive connection: through a CONNECT tunnel when `proxy` is set; TLS inside unless
+/// `client` is `None` (plain HTTP).
 async fn open(
     host: &str,
     port: u16,
-    client: &Arc<rustls::ClientConfig>,
+    client: Option<&Arc<rustls::ClientConfig>>,
     proxy: Option<&Proxy>,
 ) -> std::io::Result<Box<dyn Io>> {
     let mut tcp = match proxy {
@@ -178,6 +198,9 @@ async fn open(
             ));
         }
     }
+    let Some(client) = client else {
+        return Ok(Box::new(tcp));
+    };
     let name = rustls::pki_types::ServerName::try_from(host.to_string())
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let tls = tokio_rustls::TlsConnector::from(client.clone())
@@ -236,18 +259,20 @@ async fn load(
         ),
     }
     .into_bytes();
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(&ca_file).unwrap();
-    for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let client = Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    );
+    let client = (url.scheme() == "https").then(|| {
+        let mut roots = rustls::RootCertStore::empty();
+        let pem = std::fs::read(&ca_file).unwrap();
+        for cert in rustls_pki_types::pem::PemObject::pem_slice_iter(&pem) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    });
     let fresh = std::env::var("BENCH_FRESH").is_ok_and(|v| v == "1");
     let start = Instant::now();
     let deadline = start + duration;
@@ -260,7 +285,7 @@ async fn load(
             let mut errors = 0usize;
             while Instant::now() < deadline {
                 let opened = Instant::now();
-                let Ok(tls) = open(&host, port, &client, proxy.as_ref()).await else {
+                let Ok(tls) = open(&host, port, client.as_ref(), proxy.as_ref()).await else {
                     errors += 1;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;

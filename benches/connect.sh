@@ -9,7 +9,12 @@
 # client session cache, like one agent process). Ratios matter; absolute numbers depend on
 # the box.
 #
+# Also plain HTTP inside an intercepted CONNECT (what Node's proxy agents send for http://
+# URLs) against the same requests sent absolute-form to pag0 (http-connect-plain vs
+# http-forward-absolute, a plain upstream).
+#
 #   benches/connect.sh               # DURATION=10 THREADS=1 CONNS=50 by default
+#   TARGETS="http-forward-absolute http-connect-plain" FRESH=0 benches/connect.sh   # a subset
 #
 # Phases per target: (1) closed-loop saturation (CONNS keep-alive connections, one tunnel
 # each); (2) a paced load of ~1000 req/s (CONNS_PACED connections, each waiting PACE_MS between
@@ -32,6 +37,8 @@ start_work
 UP=$(port)
 
 "$HELPER" upstream "127.0.0.1:$UP" "$work/upstream-ca.pem" 2>/dev/null & pids+=($!)
+PLAIN=$(port)
+"$HELPER" plain-upstream "127.0.0.1:$PLAIN" 2>/dev/null & pids+=($!)
 
 # start_connect_pag0 NAME EXTRA_STAGES EXTRA_CONNECT: a release pag0 intercepting CONNECT (any
 # port: the upstream listens on a random one), trusting the upstream's CA for localhost; sets
@@ -63,6 +70,8 @@ BLIND=$PAG0_PORT
 for p in $PASS $CACHE $BLIND; do wait_port "$p"; done
 
 URL="https://localhost:$UP/"
+PURL="http://127.0.0.1:$PLAIN/"
+wait_port "$PLAIN"
 # load NAME PACE_MS CONNS -> "req/s p99_ms errors"
 load() {
   case $1 in
@@ -71,18 +80,20 @@ load() {
     connect-pass-through) "$HELPER" load "$URL" "$work/pass-ca/ca.crt" "$3" "$DURATION" "$2" "127.0.0.1:$PASS" "demo:$KEY" ;;
     connect-cache-hit) "$HELPER" load "$URL" "$work/cache-ca/ca.crt" "$3" "$DURATION" "$2" "127.0.0.1:$CACHE" "demo:$KEY" ;;
     connect-blind) "$HELPER" load "$URL" "$work/upstream-ca.pem" "$3" "$DURATION" "$2" "127.0.0.1:$BLIND" "demo:$KEY" ;;
+    http-forward-absolute) "$HELPER" load "$PURL" - "$3" "$DURATION" "$2" "127.0.0.1:$PASS" "demo:$KEY" absolute ;;
+    http-connect-plain) "$HELPER" load "$PURL" - "$3" "$DURATION" "$2" "127.0.0.1:$PASS" "demo:$KEY" ;;
   esac
 }
 
 # Warm-up (fills the cache, mints the leaves, opens the pools) and a check of each path.
-for target in forward-absolute connect-pass-through connect-cache-hit connect-blind; do
+for target in forward-absolute connect-pass-through connect-cache-hit connect-blind http-forward-absolute http-connect-plain; do
   read -r _ _ e < <(DURATION=1 load "$target" 0 4)
   [ "$e" = 0 ] || { echo "$target: $e errors in the warm-up" >&2; exit 1; }
 done
 h=$(curl -s -o /dev/null -D - --cacert "$work/cache-ca/ca.crt" -x "http://demo:$KEY@127.0.0.1:$CACHE" "$URL" | tr -d '\r' | awk -F': ' 'tolower($1)=="x-pag0-cache" {print $2}')
 [ "$h" = HIT ] || { echo "the cache pag0 does not answer from its cache (X-Pag0-Cache: $h)" >&2; exit 1; }
 
-targets="https-direct forward-absolute connect-pass-through connect-cache-hit connect-blind"
+targets=${TARGETS:-"https-direct forward-absolute connect-pass-through connect-cache-hit connect-blind http-forward-absolute http-connect-plain"}
 declare -A ERR
 for target in $targets; do
   read -r r p e < <(load "$target" 0 "$CONNS")
@@ -91,7 +102,7 @@ for target in $targets; do
   PRPS[$target]=$r; PP99[$target]=$p; ERR[$target]="${ERR[$target]}/$e"
 done
 # A new connection per request (saturation only, short: every request leaves a TIME_WAIT).
-for target in https-direct connect-pass-through; do
+[ "${FRESH:-1}" = 1 ] && for target in https-direct connect-pass-through; do
   read -r r p e < <(BENCH_FRESH=1 DURATION=${DURATION_FRESH:-3} load "$target" 0 "$CONNS")
   RPS[$target-new]=$r; P99[$target-new]=$p; ERR[$target-new]=$e
 done
@@ -105,10 +116,13 @@ for t in $targets; do
 done
 echo
 echo "ratios (saturation req/s):"
-echo "  connect-pass-through / https-direct = $(ratio "${RPS[connect-pass-through]}" "${RPS[https-direct]}")"
-echo "  connect-pass-through / forward-absolute = $(ratio "${RPS[connect-pass-through]}" "${RPS[forward-absolute]}")"
-echo "  connect-cache-hit    / https-direct = $(ratio "${RPS[connect-cache-hit]}" "${RPS[https-direct]}")"
-echo "  connect-blind        / https-direct = $(ratio "${RPS[connect-blind]}" "${RPS[https-direct]}")"
+r() { [ -n "${RPS[$1]:-}" ] && [ -n "${RPS[$2]:-}" ] && echo "  $1 / $2 = $(ratio "${RPS[$1]}" "${RPS[$2]}")"; return 0; }
+r connect-pass-through https-direct
+r connect-pass-through forward-absolute
+r connect-cache-hit https-direct
+r connect-blind https-direct
+r http-connect-plain http-forward-absolute
+[ "${FRESH:-1}" = 1 ] || { echo "$MINT"; exit 0; }
 echo "new connection per request (req/s, p99 ms incl. connect + CONNECT + TLS): direct ${RPS[https-direct-new]} ${P99[https-direct-new]} (errors ${ERR[https-direct-new]}), through pag0 ${RPS[connect-pass-through-new]} ${P99[connect-pass-through-new]} (errors ${ERR[connect-pass-through-new]}); ratio $(ratio "${RPS[connect-pass-through-new]}" "${RPS[https-direct-new]}")"
 echo "added p99 at ~1000 req/s (paced): pass-through $(awk -v a="${PP99[connect-pass-through]}" -v b="${PP99[https-direct]}" 'BEGIN {printf "%+.2f", a-b}') ms, cache hit $(awk -v a="${PP99[connect-cache-hit]}" -v b="${PP99[https-direct]}" 'BEGIN {printf "%+.2f", a-b}') ms"
 echo "$MINT"

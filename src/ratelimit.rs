@@ -34,11 +34,17 @@ pub trait RateLimiter: Send + Sync {
     async fn acquire(&self, key: &str, limit: RateLimit) -> Decision;
 }
 
+/// The time between two requests at the limit's rate and the burst's worth of it (µs; a
+/// rate above a million per second counts as one per µs).
+fn spacing(limit: RateLimit) -> (u64, u64) {
+    let interval = (1_000_000 / u64::from(limit.requests_per_second.max(1))).max(1);
+    (interval, interval * u64::from(limit.burst.max(1)))
+}
+
 /// One GCRA step at `now` (µs) for a bucket whose next request was due at `tat` (µs; `None`:
 /// a fresh bucket): the decision and, when allowed, the new `tat`.
 pub fn gcra(tat: Option<u64>, now: u64, limit: RateLimit) -> (Decision, Option<u64>) {
-    let interval = 1_000_000 / u64::from(limit.requests_per_second.max(1));
-    let tolerance = interval * u64::from(limit.burst.max(1));
+    let (interval, tolerance) = spacing(limit);
     let tat = tat.unwrap_or(now).max(now);
     let next = tat + interval;
     let allow_at = next.saturating_sub(tolerance);
@@ -177,8 +183,7 @@ impl RedisRateLimiter {
                 .await
                 .map_err(|e| format!("cannot connect to Redis: {e}"))?,
         };
-        let interval = 1_000_000 / u64::from(limit.requests_per_second.max(1));
-        let tolerance = interval * u64::from(limit.burst.max(1));
+        let (interval, tolerance) = spacing(limit);
         let mut invocation = self.script.prepare_invoke();
         invocation
             .key(format!("{}:{key}", self.prefix))
@@ -291,5 +296,16 @@ mod tests {
             }
         }
         assert_eq!(admitted, 5 + 20 - 1, "{admitted}");
+    }
+
+    #[test]
+    fn huge_rates_do_not_overflow_or_divide_by_zero() {
+        let limit = RateLimit {
+            requests_per_second: u32::MAX,
+            burst: u32::MAX,
+        };
+        let (d, next) = gcra(None, 5, limit);
+        assert!(d.allowed && next.is_some());
+        assert_eq!(d.remaining, u32::MAX - 1);
     }
 }
