@@ -260,6 +260,30 @@ async fn read_response(stream: &mut tokio::net::TcpStream) -> (u16, String, Vec<
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_sent_before_the_200_close_the_connection() {
+    // The agent must wait for the 200: what it sends in the same write as its CONNECT is
+    // never relayed half-way (the connection is closed; it would be lost in Pingora's buffer).
+    let up = Upstream::start().await;
+    let pag0 = Pag0::start(&config(&UpstreamCa::new(), ""));
+    let authority = up.addr.to_string();
+    let mut stream = tokio::net::TcpStream::connect(pag0.proxy).await.unwrap();
+    let early = format!(
+        "CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\nProxy-Authorization: {}\r\n\r\nGET /early HTTP/1.1\r\nHost: {authority}\r\n\r\n",
+        basic("demo", DEMO_KEY)
+    );
+    stream.write_all(early.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "pag0 closes the connection at once");
+    assert!(
+        !String::from_utf8_lossy(&got).contains("/early"),
+        "the early request was not served: {}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(up.seen().requests, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_http_inside_a_connect_goes_through_the_whole_pipeline() {
     // What Node's undici ProxyAgent does for an http:// URL: CONNECT host:port, then plain
     // HTTP/1.1 in the tunnel.

@@ -216,6 +216,10 @@ impl ProxyHttp for Pag0Proxy {
                 session
                     .downstream_session
                     .set_keepalive_reuses_remaining(None);
+                // Bytes the agent sent before our 200 would stay in Pingora's buffer, out of
+                // the tunnel's reach: with pipelining off for this request, Pingora closes
+                // such a connection instead of handing it over without them.
+                session.downstream_session.set_pipelining_enabled(false);
                 ctx.tunnel_plan = Some(Arc::new(plan));
                 Ok(true)
             }
