@@ -56,7 +56,7 @@ payments:
 stages:
   - kind: auth
   - kind: ssrf_guard
-    allow: ["{api_ip}/32"]
+    allow: ["{api_ip}/{prefix}"]
   - kind: policy
   - kind: cache
   - kind: payment
@@ -73,6 +73,7 @@ projects:
           monthly: "10.00"
 "#,
         api_ip = api.ip(),
+        prefix = if api.is_ipv4() { 32 } else { 128 },
         key_hash = hex::encode(crate::stages::key_digest(DEMO_KEY)),
     )
 }

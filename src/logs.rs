@@ -97,8 +97,10 @@ impl<L: Log> Log for Filtered<L> {
 }
 
 /// `text` with the value after every sensitive header name (`name: value`, `"name": "value"`,
-/// `name=value`, in any case) replaced by `[redacted]`. A value ends at a quote, a line break
-/// (raw or escaped as `\r`/`\n`), a comma or a closing brace.
+/// `name=value`, in any case, also as printed escaped by `Debug`) and the credentials of every
+/// `scheme://user:password@` URL replaced by `[redacted]`. A quoted value ends at its closing
+/// quote; any other value at a line break (raw, or escaped as `\r` / `\n`). Redacting too much
+/// of a line is preferred to printing a secret.
 pub fn redact(text: &str) -> Cow<'_, str> {
     let lower = text.to_ascii_lowercase();
     let bytes = text.as_bytes();
@@ -116,27 +118,12 @@ pub fn redact(text: &str) -> Cow<'_, str> {
             if !bounded || bytes.get(from).is_some_and(|&b| is_name_byte(b)) {
                 continue;
             }
-            // Separator: optional closing quote, then ':' or '=', then spaces and quotes.
-            let mut i = from;
-            if matches!(bytes.get(i), Some(b'"' | b'\'')) {
-                i += 1;
-            }
-            if !matches!(bytes.get(i), Some(b':' | b'=')) {
-                continue;
-            }
-            i += 1;
-            while matches!(bytes.get(i), Some(b' ' | b'\t' | b'"' | b'\'')) {
-                i += 1;
-            }
-            let end = bytes[i..]
-                .iter()
-                .position(|&b| matches!(b, b'"' | b'\'' | b'\r' | b'\n' | b'\\' | b',' | b'}'))
-                .map_or(bytes.len(), |n| i + n);
-            if end > i {
-                spans.push((i, end));
+            if let Some(span) = value_after(bytes, from) {
+                spans.push(span);
             }
         }
     }
+    spans.extend(url_credentials(&lower));
     if spans.is_empty() {
         return Cow::Borrowed(text);
     }
@@ -144,15 +131,83 @@ pub fn redact(text: &str) -> Cow<'_, str> {
     let mut out = String::with_capacity(text.len());
     let mut at = 0;
     for (start, end) in spans {
-        if start < at {
+        if end <= at {
             continue;
         }
+        let start = start.max(at);
         out.push_str(&text[at..start]);
         out.push_str("[redacted]");
         at = end;
     }
     out.push_str(&text[at..]);
     Cow::Owned(out)
+}
+
+/// The span of the value after a header name ending at `i`: optional closing quote and
+/// spaces, `:` or `=`, then spaces, tabs and quotes (raw or escaped) before the value.
+fn value_after(bytes: &[u8], mut i: usize) -> Option<(usize, usize)> {
+    let at = |i: usize| bytes.get(i).copied();
+    let escaped = |i: usize, c: u8| at(i) == Some(b'\\') && at(i + 1) == Some(c);
+    if matches!(at(i), Some(b'"' | b'\'')) {
+        i += 1;
+    } else if escaped(i, b'"') {
+        i += 2;
+    }
+    while at(i) == Some(b' ') {
+        i += 1;
+    }
+    if !matches!(at(i), Some(b':' | b'=')) {
+        return None;
+    }
+    i += 1;
+    let mut quoted = false;
+    loop {
+        match at(i) {
+            Some(b' ' | b'\t') => i += 1,
+            Some(b'"' | b'\'') => {
+                quoted = true;
+                i += 1;
+            }
+            Some(b'\\') if matches!(at(i + 1), Some(b't' | b'"')) => i += 2,
+            _ => break,
+        }
+    }
+    let start = i;
+    while let Some(b) = at(i) {
+        match b {
+            b'\r' | b'\n' => break,
+            b'"' | b'\'' if quoted => break,
+            b'\\' if matches!(at(i + 1), Some(b'r' | b'n')) => break,
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+    let end = i.min(bytes.len());
+    (end > start).then_some((start, end))
+}
+
+/// The `user:password` spans of `scheme://user:password@host` URLs in `lower`.
+fn url_credentials(lower: &str) -> Vec<(usize, usize)> {
+    let bytes = lower.as_bytes();
+    let mut spans = Vec::new();
+    let mut from = 0;
+    while let Some(found) = lower[from..].find("://") {
+        let start = from + found + 3;
+        from = start;
+        let authority_end = bytes[start..]
+            .iter()
+            .position(|&b| {
+                matches!(
+                    b,
+                    b'/' | b' ' | b'"' | b'\'' | b'\\' | b'\r' | b'\n' | b'?' | b'#'
+                )
+            })
+            .map_or(bytes.len(), |n| start + n);
+        if let Some(at) = bytes[start..authority_end].iter().rposition(|&b| b == b'@') {
+            spans.push((start, start + at));
+        }
+    }
+    spans
 }
 
 fn is_name_byte(b: u8) -> bool {
@@ -179,6 +234,45 @@ mod tests {
         let line = "X-PAYMENT: eyJzaWduYXR1cmUiOiIweGFiIn0=\nnext line";
         assert_eq!(redact(line), "X-PAYMENT: [redacted]\nnext line");
         assert_eq!(redact("authorization=abc def"), "authorization=[redacted]");
+    }
+
+    #[test]
+    fn escaped_quoted_and_odd_forms_are_redacted_too() {
+        let cases = [
+            // A tab before the value, escaped by Debug.
+            (
+                r#"buf: b"Proxy-Authorization:\tBasic c2VjcmV0\r\nHost: x""#,
+                "c2VjcmV0",
+            ),
+            // An escaped quote at the start of a quoted value.
+            (r#"{"cookie": "\"abc\"; d=e"}"#, "abc"),
+            // A Digest credential with commas and quotes.
+            (
+                r#"Authorization: Digest username="u", response="6629fae4", nonce="x""#,
+                "6629fae4",
+            ),
+            // Space before the colon.
+            ("Proxy-Authorization : Basic c2VjcmV0", "c2VjcmV0"),
+            // Non-ASCII bytes printed escaped.
+            (r#"buf: b"X-Pag0-API-Key: k\xc3\xa9y-secret\r\n""#, "secret"),
+            // Credentials in a URL.
+            (
+                "Request header: GET http://demo:pag0_key@127.0.0.1:1/x",
+                "pag0_key",
+            ),
+        ];
+        for (text, secret) in cases {
+            let out = redact(text);
+            assert!(!out.contains(secret), "{text} -> {out}");
+        }
+        assert_eq!(
+            redact(r#"b"Cookie: a\r\nHost: h""#),
+            r#"b"Cookie: [redacted]\r\nHost: h""#
+        );
+        assert_eq!(
+            redact("see https://example.com/x@y"),
+            "see https://example.com/x@y"
+        );
     }
 
     #[test]

@@ -223,7 +223,7 @@ fn main() -> ExitCode {
     // Pingora writes the pid file only when it daemonizes; `kill -HUP $(cat …)` needs it in
     // the foreground too.
     let pid = std::process::id().to_string();
-    match std::fs::write(&pid_file, &pid) {
+    match write_pid_file(&pid_file, &pid) {
         Ok(()) => println!(
             "pag0 pid {pid} in {} (kill -HUP reloads the config; SIGINT stops at once, SIGTERM after the grace period)",
             pid_file.display()
@@ -237,6 +237,19 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Writes `pid` to `path`, never through a symbolic link (the default lives in /tmp).
+fn write_pid_file(path: &std::path::Path, pid: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    f.write_all(pid.as_bytes())
+}
+
 /// `pag0 demo`: the demo API on its own thread, pag0 in the foreground, state in a temporary
 /// directory removed on exit.
 fn demo(
@@ -245,8 +258,17 @@ fn demo(
     api: std::net::SocketAddr,
 ) -> ExitCode {
     use pag0::demo;
-    let dir = std::env::temp_dir().join(format!("pag0-demo-{}", std::process::id()));
-    if let Err(e) = std::fs::create_dir_all(&dir) {
+    // A fresh private directory (its name is not guessable; it holds the demo's CA key).
+    let dir = std::env::temp_dir().join(format!(
+        "pag0-demo-{}-{:016x}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let created = {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)
+    };
+    if let Err(e) = created {
         eprintln!("pag0 demo: cannot create {}: {e}", dir.display());
         return ExitCode::FAILURE;
     }

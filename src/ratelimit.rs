@@ -111,6 +111,7 @@ impl RateLimiter for LocalRateLimiter {
 /// GCRA in Redis, on Redis's clock (instances may disagree on time; Redis is one). Returns
 /// `{allowed, remaining, reset_us, retry_after_us}`; the key expires once the bucket is full.
 const GCRA_LUA: &str = r#"
+if redis.replicate_commands then redis.replicate_commands() end
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
 local t = redis.call('TIME')

@@ -141,6 +141,55 @@ async fn slow_request_headers_are_cut_off_and_do_not_delay_other_agents() {
     );
 }
 
+/// Reads one Content-Length framed response head (and body) from `s`.
+fn read_one(s: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        let head_end = got.windows(4).position(|w| w == b"\r\n\r\n");
+        if let Some(end) = head_end {
+            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if got.len() == end + 4 + len {
+                return head;
+            }
+        }
+        assert_eq!(s.read(&mut byte).unwrap(), 1, "closed: {got:?}");
+        got.push(byte[0]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keep_alive_connection_idle_after_a_refusal_is_not_cut_as_slow() {
+    // pag0 answers a 407 itself, reading nothing more; the connection then idles longer than
+    // the header deadline before its next request, which must be served.
+    use std::io::Write;
+    let up = Upstream::start().await;
+    let pag0 = Pag0::start_with(&body(), "  header_timeout_ms: 500\n");
+    let url = up.url("/again");
+    let host = up.addr;
+    std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(pag0.proxy).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET {url} HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+        assert!(read_one(&mut s).starts_with("http/1.1 407"));
+        std::thread::sleep(Duration::from_millis(1200));
+        let auth = basic("demo", DEMO_KEY);
+        write!(
+            s,
+            "GET {url} HTTP/1.1\r\nHost: {host}\r\nProxy-Authorization: {auth}\r\n\r\n"
+        )
+        .unwrap();
+        assert!(read_one(&mut s).starts_with("http/1.1 200"));
+    })
+    .join()
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_in_order() {
     let up = Upstream::start().await;

@@ -35,6 +35,9 @@ pub struct HeaderDeadline {
     timeout: Duration,
     /// Set by the listener before a request, cleared once its header is parsed.
     waiting: AtomicBool,
+    /// Set by the listener before a request: the clock of the previous one is void (nothing
+    /// may have been read since that one's header, e.g. after an answer pag0 gave itself).
+    rearmed: AtomicBool,
     /// The clock for the current header (started by its first byte), kept between requests.
     clock: Option<Pin<Box<Sleep>>>,
     running: bool,
@@ -47,6 +50,7 @@ impl HeaderDeadline {
             inner,
             timeout,
             waiting: AtomicBool::new(false),
+            rearmed: AtomicBool::new(false),
             clock: None,
             running: false,
             expired,
@@ -60,6 +64,7 @@ impl HeaderDeadline {
 
     /// A new request may begin: its header must be complete `timeout` after its first byte.
     pub fn arm(&self) {
+        self.rearmed.store(true, Relaxed);
         self.waiting.store(true, Relaxed);
     }
 
@@ -103,6 +108,10 @@ impl AsyncRead for HeaderDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.rearmed.load(Relaxed) {
+            this.rearmed.store(false, Relaxed);
+            this.running = false;
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
         if !this.waiting.load(Relaxed) {

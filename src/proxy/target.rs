@@ -106,6 +106,7 @@ fn tunnel_target(req: &RequestHeader, tunnel: &TunnelInfo) -> Result<Target, Rep
     };
     if let Some(host) = req.headers.get(http::header::HOST) {
         let named = host.to_str().map(host_without_port).unwrap_or_default();
+        let named = canonical_host(&named).unwrap_or(named);
         if named != tunnel.host {
             return Err(misdirected(&named));
         }
@@ -411,6 +412,8 @@ mod tests {
         );
         let t = inside(&req("http://127.0.0.1:8080/abs", None)).unwrap();
         assert_eq!((t.tls, t.path.as_str()), (false, "/abs"));
+        // The Host header is read like a target host (numeric forms are the same address).
+        assert!(inside(&req("/x", Some("2130706433:8080"))).is_ok());
         assert_eq!(
             inside(&req("https://127.0.0.1:8080/", None))
                 .unwrap_err()

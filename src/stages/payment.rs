@@ -746,19 +746,21 @@ impl Stage for PaymentStage {
         if resp.status.as_u16() != 402 || ctx.payment.agent_signed {
             return Ok(());
         }
-        if let Some(len) = resp
+        // Passed on, a header this large makes clients fail (curl: out of memory): it is
+        // dropped whatever happens next, and explained if pag0 would have read it.
+        let oversize = resp
             .headers
             .get(x402::PAYMENT_REQUIRED_HEADER)
             .map(|v| v.len())
             .filter(|&len| len > x402::MAX_HEADER_LEN)
-        {
-            // Passed on, a header this large makes clients fail (curl: out of memory).
+            .map(|len| {
+                format!(
+                    "the upstream's PAYMENT-REQUIRED header is {len} bytes, more than the {} pag0 reads; it was dropped",
+                    x402::MAX_HEADER_LEN
+                )
+            });
+        if oversize.is_some() {
             resp.remove_header(x402::PAYMENT_REQUIRED_HEADER);
-            let reason = format!(
-                "the upstream's PAYMENT-REQUIRED header is {len} bytes, more than the {} pag0 reads; it was dropped",
-                x402::MAX_HEADER_LEN
-            );
-            return self.decline_with(resp, ctx, "declined", reason, true);
         }
         if ctx.payment.header.is_some() {
             if ctx.payment.presigned && !ctx.payment.fallback_used {
@@ -816,6 +818,9 @@ impl Stage for PaymentStage {
                 "body-too-large",
                 "the request body exceeds the 64 KiB replay buffer".into(),
             );
+        }
+        if let Some(reason) = oversize {
+            return self.decline_with(resp, ctx, "declined", reason, true);
         }
         let required = match resp.headers.get(x402::PAYMENT_REQUIRED_HEADER) {
             Some(value) => x402::parse_v2_header(value.as_bytes()),
