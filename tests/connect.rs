@@ -229,25 +229,13 @@ async fn open_tunnel(pag0: &Pag0, authority: &str) -> tokio::net::TcpStream {
     stream
 }
 
-/// Reads one Content-Length framed response from `stream`: status, head, body.
-async fn read_response(stream: &mut tokio::net::TcpStream) -> (u16, String, Vec<u8>) {
+/// Reads one Content-Length framed response from `stream`: status, head, JSON body.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> (u16, String, Value) {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_string();
-            let len: usize = head
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse().unwrap())
-                })
-                .unwrap_or(0);
-            if buf.len() >= end + 4 + len {
-                let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-                return (status, head, buf[end + 4..end + 4 + len].to_vec());
-            }
+        if let Some((response, _)) = parse_response(&buf) {
+            return response;
         }
         let n = stream.read(&mut chunk).await.unwrap();
         assert!(
@@ -301,14 +289,13 @@ async fn plain_http_inside_a_connect_goes_through_the_whole_pipeline() {
     for (path, paid) in [("/paid", true), ("/free", false)] {
         let req = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
         tunnel.write_all(req.as_bytes()).await.unwrap();
-        let (status, head, body) = read_response(&mut tunnel).await;
+        let (status, head, echo) = read_response(&mut tunnel).await;
         assert_eq!(status, 200, "{path}: {head}");
         let head = head.to_ascii_lowercase();
         assert!(
             head.contains(&format!("x-pag0-paid: {paid}")),
             "{path}: {head}"
         );
-        let echo: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(echo["path"], path);
     }
     // Another host inside the tunnel is misdirected.
@@ -316,7 +303,6 @@ async fn plain_http_inside_a_connect_goes_through_the_whole_pipeline() {
     tunnel.write_all(req.as_bytes()).await.unwrap();
     let (status, _, body) = read_response(&mut tunnel).await;
     assert_eq!(status, 421);
-    let body: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(body["error"]["code"], "MISDIRECTED_REQUEST");
     let stats = wall.stats();
     assert_eq!(stats.paid, 1, "paid exactly once: {stats:?}");
@@ -536,6 +522,21 @@ async fn tunnel_only_hosts_are_relayed_blind() {
     assert!(m.contains("pag0_tls_leaves_minted_total 0"), "{m}");
 }
 
+/// A GET through a tunnel to the TLS upstream `up`, which pag0 cannot verify: asserts the
+/// 502 UPSTREAM_TLS_FAILED and returns its message.
+async fn tls_failure(pag0: &Pag0, up: &Upstream) -> String {
+    let client = https_client(pag0, &pag0_ca(pag0));
+    let resp = client
+        .get(format!("https://localhost:{}/x", up.addr.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "UPSTREAM_TLS_FAILED");
+    body["error"]["message"].as_str().unwrap().to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_untrusted_upstream_certificate_is_a_502() {
     let ca = UpstreamCa::new();
@@ -547,16 +548,7 @@ async fn an_untrusted_upstream_certificate_is_a_502() {
         stages(),
         demo_project()
     ));
-    let client = https_client(&pag0, &pag0_ca(&pag0));
-    let resp = client
-        .get(format!("https://localhost:{}/x", up.addr.port()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "UPSTREAM_TLS_FAILED");
-    let message = body["error"]["message"].as_str().unwrap();
+    let message = tls_failure(&pag0, &up).await;
     assert!(message.contains("UnknownIssuer"), "says why: {message}");
     assert_eq!(up.seen().requests, 0, "nothing was sent to the upstream");
 }
@@ -592,16 +584,7 @@ async fn a_self_signed_ca_used_as_the_server_certificate_is_explained() {
         stages(),
         demo_project()
     ));
-    let client = https_client(&pag0, &pag0_ca(&pag0));
-    let resp = client
-        .get(format!("https://localhost:{}/x", up.addr.port()))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
-    let body: Value = resp.json().await.unwrap();
-    assert_eq!(body["error"]["code"], "UPSTREAM_TLS_FAILED");
-    let message = body["error"]["message"].as_str().unwrap();
+    let message = tls_failure(&pag0, &up).await;
     assert!(
         message.contains("CA certificate") && message.contains("CA:FALSE"),
         "{message}"

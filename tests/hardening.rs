@@ -141,25 +141,18 @@ async fn slow_request_headers_are_cut_off_and_do_not_delay_other_agents() {
     );
 }
 
-/// Reads one Content-Length framed response head (and body) from `s`.
+/// Reads one Content-Length framed response from `s`; its head, lowercase.
 fn read_one(s: &mut std::net::TcpStream) -> String {
     use std::io::Read;
-    let mut got = Vec::new();
-    let mut byte = [0u8; 1];
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
     loop {
-        let head_end = got.windows(4).position(|w| w == b"\r\n\r\n");
-        if let Some(end) = head_end {
-            let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map_or(0, |v| v.trim().parse().unwrap());
-            if got.len() == end + 4 + len {
-                return head;
-            }
+        if let Some(((_, head, _), _)) = parse_response(&buf) {
+            return head.to_ascii_lowercase();
         }
-        assert_eq!(s.read(&mut byte).unwrap(), 1, "closed: {got:?}");
-        got.push(byte[0]);
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
     }
 }
 

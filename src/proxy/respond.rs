@@ -203,6 +203,21 @@ impl ErrorCode {
     }
 }
 
+/// `text` as a header value or reason phrase: visible ASCII and spaces only (anything else
+/// becomes `?`), at most `max` characters.
+pub fn header_text(text: &str, max: usize) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '?'
+            }
+        })
+        .take(max)
+        .collect()
+}
+
 /// A synthetic response: status from the code, JSON body, optional extra headers.
 #[derive(Debug)]
 pub struct Reply {
@@ -242,19 +257,9 @@ impl Reply {
         self
     }
 
-    /// `CODE: message` as a reason phrase (visible ASCII and spaces only, at most 200 bytes).
+    /// `CODE: message` as a reason phrase (at most 200 bytes).
     fn reason_phrase(&self) -> String {
-        format!("{}: {}", self.code.as_str(), self.message)
-            .chars()
-            .map(|c| {
-                if c.is_ascii_graphic() || c == ' ' {
-                    c
-                } else {
-                    '?'
-                }
-            })
-            .take(200)
-            .collect()
+        header_text(&format!("{}: {}", self.code.as_str(), self.message), 200)
     }
 
     pub fn body(&self) -> Bytes {

@@ -194,18 +194,7 @@ impl PaymentStage {
             .with_label_values(&[ctx.project_label(), "declined"])
             .inc();
         resp.insert_header(PAYMENT_STATUS_HEADER, status)?;
-        // Header values must stay printable ASCII.
-        let printable: String = reason
-            .chars()
-            .map(|c| {
-                if c.is_ascii_graphic() || c == ' ' {
-                    c
-                } else {
-                    '?'
-                }
-            })
-            .take(512)
-            .collect();
+        let printable = crate::proxy::respond::header_text(&reason, 512);
         resp.insert_header(PAYMENT_REASON_HEADER, printable.clone())?;
         ctx.payment.declined = Some(reason.clone());
         let mut reply = Reply::new(ErrorCode::PaymentDeclined, reason)

@@ -425,7 +425,9 @@ fn next_response(stream: &mut TcpStream, buf: &mut Vec<u8>, seen: usize) -> (u16
     }
 }
 
-fn parse_response(buf: &[u8]) -> Option<((u16, String, Value), usize)> {
+/// The first (Content-Length framed) response in `buf`: status, head, JSON body (`Null` if it
+/// is not JSON), and how many bytes it took; `None` until it is complete.
+pub fn parse_response(buf: &[u8]) -> Option<((u16, String, Value), usize)> {
     let text = std::str::from_utf8(buf).ok()?;
     let head_end = text.find("\r\n\r\n")?;
     let head = &text[..head_end];
