@@ -7,6 +7,7 @@
 //! reload, admin API), [`live`] (reloadable state), [`server`] (assembly).
 
 pub mod admin;
+pub mod analytics;
 pub mod anomaly;
 pub mod budget;
 pub mod cache;

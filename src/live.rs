@@ -57,6 +57,8 @@ pub struct Shared {
     /// The local CA and its minted leaves, when `connect.mode` is `intercept` at startup
     /// (changes to `connect.ca_dir` need a restart).
     pub interceptor: Option<Arc<crate::intercept::Interceptor>>,
+    /// Request analytics: the recorder `logging` hands records to (changes need a restart).
+    pub analytics: Arc<crate::analytics::Analytics>,
     /// Started once the cache stage is first configured (no Redis subscription otherwise).
     cache_purge_follower: std::sync::Once,
     /// Runs background upkeep (spool replay, retried commits) for the process's lifetime.
@@ -177,6 +179,14 @@ impl Shared {
                 .maintain(upkeep_store, chains, upkeep_settler, UPKEEP_INTERVAL)
                 .await
         });
+        let analytics = crate::analytics::Analytics::start(
+            store.db(),
+            config.analytics.clone(),
+            metrics.analytics.clone(),
+            |task| {
+                rt.spawn(task);
+            },
+        );
         let cache = crate::cache::CacheStore::new(&config.cache.store, metrics.clone())
             .map_err(|e| anyhow::anyhow!("cache: {e}"))?
             .leak();
@@ -200,6 +210,7 @@ impl Shared {
             _ => None,
         };
         Ok(Arc::new(Shared {
+            analytics,
             interceptor,
             cache,
             cache_lock,
@@ -268,6 +279,15 @@ impl Shared {
                         .follow_purges(|message| cache.apply_announced_purge(message)),
                 )
             });
+        }
+    }
+
+    /// Waits (blocking, at most `timeout`) until every analytics record queued so far is in the
+    /// database or the spool. Called once the proxy has stopped (no more records come).
+    pub fn drain_analytics(&self, timeout: std::time::Duration) -> bool {
+        match &self._state.0 {
+            Some(rt) => rt.block_on(self.analytics.drain(timeout)),
+            None => true,
         }
     }
 
@@ -483,6 +503,9 @@ impl Reloader {
             kept.push(
                 "connect (ca_dir, leaf_cache_size, or mode: intercept without a loaded CA) changed; it applies after a restart".to_string(),
             );
+        }
+        if config.analytics != current.config.analytics {
+            kept.push("analytics settings changed; they apply after a restart".to_string());
         }
         if config.dns != current.config.dns {
             kept.push("dns settings changed; they apply after a restart".to_string());

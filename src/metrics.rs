@@ -66,6 +66,8 @@ pub struct Metrics {
     /// `pag0_header_timeouts_total`: downstream connections closed because a request header
     /// was not complete `server.header_timeout_ms` after its first byte (slowloris).
     pub header_timeouts: prometheus::IntCounter,
+    /// The analytics writer's counters (`pag0_analytics_*`).
+    pub analytics: crate::analytics::Counters,
     /// `pag0_config_reloads_total{result}`
     pub config_reloads: IntCounterVec,
     /// `pag0_config_generation`: increments on every applied config.
@@ -219,6 +221,44 @@ impl Metrics {
             "Leaf certificates minted by the local CA for intercepted hosts",
         )
         .expect("valid metric");
+        let counter =
+            |name: &str, help: &str| prometheus::IntCounter::new(name, help).expect("valid metric");
+        let analytics = crate::analytics::Counters {
+            written: counter(
+                "pag0_analytics_records_written_total",
+                "Analytics records written to the database by the writer",
+            ),
+            spooled: counter(
+                "pag0_analytics_records_spooled_total",
+                "Analytics records put in the local spool (database down or slow, queue full)",
+            ),
+            replayed: counter(
+                "pag0_analytics_records_replayed_total",
+                "Analytics records written from the spool to the database",
+            ),
+            dropped: counter(
+                "pag0_analytics_records_dropped_total",
+                "Analytics records lost because the database and the spool both failed",
+            ),
+            queue_depth: IntGauge::new(
+                "pag0_analytics_queue_depth",
+                "Analytics records waiting for the writer",
+            )
+            .expect("valid metric"),
+            queue_peak: IntGauge::new(
+                "pag0_analytics_queue_depth_peak",
+                "Most analytics records seen waiting for the writer since start",
+            )
+            .expect("valid metric"),
+            batch_seconds: prometheus::Histogram::with_opts(
+                HistogramOpts::new(
+                    "pag0_analytics_batch_seconds",
+                    "Time to write one batch of analytics records (rows and rollups)",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
+        };
         let config_reloads = IntCounterVec::new(
             Opts::new("pag0_config_reloads_total", "Config reload attempts"),
             &["result"],
@@ -257,6 +297,13 @@ impl Metrics {
             Box::new(leaves_minted.clone()),
             Box::new(header_timeouts.clone()),
             Box::new(rate_limit_fallbacks.clone()),
+            Box::new(analytics.written.clone()),
+            Box::new(analytics.spooled.clone()),
+            Box::new(analytics.replayed.clone()),
+            Box::new(analytics.dropped.clone()),
+            Box::new(analytics.queue_depth.clone()),
+            Box::new(analytics.queue_peak.clone()),
+            Box::new(analytics.batch_seconds.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_generation.clone()),
             Box::new(build_info),
@@ -284,6 +331,7 @@ impl Metrics {
             leaves_minted,
             header_timeouts,
             rate_limit_fallbacks,
+            analytics,
             config_reloads,
             config_generation,
         }

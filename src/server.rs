@@ -153,6 +153,15 @@ impl pingora::services::background::BackgroundService for SettleDrain {
 impl Pag0 {
     /// Runs until SIGTERM/SIGINT/SIGQUIT (Pingora's signals), or until `args` says so.
     pub fn run(self, args: RunArgs) {
-        self.server.run(args)
+        self.server.run(args);
+        // The proxy has stopped: the last analytics records go to the database (or the
+        // spool) before the process exits.
+        let shared = &self.reloader.shared;
+        let timeout = self.reloader.live.load().config.database.timeout * 2;
+        if !shared.drain_analytics(timeout) {
+            log::error!(
+                "analytics: records still queued at exit (the database and the spool were too slow)"
+            );
+        }
     }
 }

@@ -47,7 +47,7 @@ impl ApiError {
         }
     }
 
-    fn details(mut self, details: Value) -> ApiError {
+    pub(super) fn details(mut self, details: Value) -> ApiError {
         self.details = Some(details);
         self
     }
@@ -366,7 +366,7 @@ pub struct SpendQuery {
 }
 
 /// Unix seconds, RFC 3339, or a UTC date (`YYYY-MM-DD` = its midnight).
-fn parse_time(raw: &str) -> Option<i64> {
+pub(super) fn parse_time(raw: &str) -> Option<i64> {
     use time::format_description::well_known::Rfc3339;
     if let Ok(n) = raw.parse::<i64>() {
         return Some(n);

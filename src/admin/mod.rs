@@ -1,6 +1,6 @@
-//! The admin listener: `GET /health`, `GET /metrics`, `POST /reload`, all behind the bearer
-//! token from `admin.token`. Served by axum inside a Pingora background service so it starts
-//! and stops with the server.
+//! The admin listener: `GET /health`, `GET /metrics`, `POST /reload` and the admin API, behind
+//! the bearer token from `admin.token` (the analytics routes also take a project's key). Served
+//! by axum inside a Pingora background service so it starts and stops with the server.
 
 use std::net::TcpListener as StdTcpListener;
 use std::sync::Arc;
@@ -20,6 +20,7 @@ use subtle::ConstantTimeEq;
 
 use crate::live::{ReloadError, Reloader};
 
+mod analytics_api;
 mod api;
 mod cache_api;
 
@@ -70,8 +71,12 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-/// Every admin route requires `Authorization: Bearer <admin.token>`.
+/// Every admin route requires `Authorization: Bearer <admin.token>`, except the analytics
+/// routes, which also take a project's key (see [`analytics_api::Access`]).
 async fn require_token(State(state): State<AdminState>, req: Request, next: Next) -> Response {
+    if req.uri().path().starts_with(ANALYTICS_PREFIX) {
+        return next.run(req).await;
+    }
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -134,6 +139,14 @@ async fn health(State(state): State<AdminState>) -> Response {
             tokio::time::timeout(timeout, redis.ping()).await,
             Ok(Ok(()))
         );
+        // Not required: while the database cannot take them, records wait in the spool.
+        if shared.analytics.enabled() {
+            dependencies["analytics"] = json!({
+                "status": if matches!(db, Ok(Ok(()))) { "up" } else { "down" },
+                "spooled_records": shared.analytics.spooled().await,
+                "required": false,
+            });
+        }
         // Required when paid requests fail closed without it.
         dependencies["redis"] = json!({
             "status": if up { "up" } else { "down" },
@@ -226,6 +239,9 @@ async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "NOT_FOUND", "unknown admin endpoint")
 }
 
+/// Routes that authorize their callers themselves (admin token or project key).
+const ANALYTICS_PREFIX: &str = "/api/analytics/";
+
 fn router(state: AdminState) -> Router {
     Router::new()
         .route("/health", get(health))
@@ -245,6 +261,10 @@ fn router(state: AdminState) -> Router {
         .route("/api/spend", get(api::spend))
         .route("/api/cache/purge", post(cache_api::purge))
         .route("/api/cache/stats", get(cache_api::stats))
+        .route("/api/analytics/summary", get(analytics_api::summary))
+        .route("/api/analytics/endpoints", get(analytics_api::endpoints))
+        .route("/api/analytics/timeseries", get(analytics_api::timeseries))
+        .route("/api/analytics/requests", get(analytics_api::requests))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))

@@ -46,8 +46,20 @@ pub const AUTH_REALM: &str = "pag0";
 /// The whole file. Sections are deserialized one by one (see [`super::load`]) so that
 /// a problem in one section does not hide problems in the others.
 pub const SECTIONS: &[&str] = &[
-    "server", "upstream", "admin", "dns", "connect", "database", "redis", "budgets", "cache",
-    "payments", "stages", "projects", "routes",
+    "server",
+    "upstream",
+    "admin",
+    "dns",
+    "connect",
+    "database",
+    "redis",
+    "budgets",
+    "cache",
+    "analytics",
+    "payments",
+    "stages",
+    "projects",
+    "routes",
 ];
 
 /// Spend journal database when `database.url` is absent: a SQLite file next to the config.
@@ -75,6 +87,34 @@ pub struct FileDatabase {
     pub url: Option<String>,
     pub spool_file: Option<String>,
     pub timeout_ms: Option<u64>,
+}
+
+/// Whether every request is recorded for analytics.
+pub const DEFAULT_ANALYTICS_ENABLED: bool = true;
+/// Days raw analytics rows are kept.
+pub const DEFAULT_ANALYTICS_RETENTION_DAYS: u32 = 30;
+/// Days hourly analytics rollups are kept.
+pub const DEFAULT_ANALYTICS_ROLLUP_RETENTION_DAYS: u32 = 400;
+/// Records waiting for the analytics writer (beyond: straight to the spool).
+pub const DEFAULT_ANALYTICS_QUEUE_CAPACITY: usize = 65_536;
+/// Most rows the analytics writer puts in one transaction.
+pub const DEFAULT_ANALYTICS_BATCH_ROWS: usize = 1_000;
+/// How long the analytics writer waits for a batch to fill.
+pub const DEFAULT_ANALYTICS_FLUSH_INTERVAL_MS: u64 = 5;
+/// Analytics records wait here while the database cannot take them (relative to the config).
+pub const DEFAULT_ANALYTICS_SPOOL_FILE: &str = "pag0-analytics-spool.jsonl";
+
+/// `analytics:` — request analytics in the `database:` (changes need a restart).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAnalytics {
+    pub enabled: Option<bool>,
+    pub retention_days: Option<u32>,
+    pub rollup_retention_days: Option<u32>,
+    pub queue_capacity: Option<usize>,
+    pub batch_rows: Option<usize>,
+    pub flush_interval_ms: Option<u64>,
+    pub spool_file: Option<String>,
 }
 
 /// `redis:` — shared state for several pag0 instances.

@@ -127,6 +127,9 @@ pub fn parse(
     let cache = v
         .section::<FileCache>(take("cache"), "cache")
         .unwrap_or_default();
+    let analytics = v
+        .section::<FileAnalytics>(take("analytics"), "analytics")
+        .unwrap_or_default();
     let stages = take("stages").map(|value| v.list::<FileStage>(value, "stages"));
     let projects = v.list::<FileProject>(take("projects").unwrap_or(Value::Null), "projects");
     let routes = v.list::<FileRoute>(take("routes").unwrap_or(Value::Null), "routes");
@@ -136,6 +139,8 @@ pub fn parse(
     let budgets = v.budgets(budgets, redis.is_some());
     let cache = v.cache(cache, redis.as_ref());
     let projects = v.projects(projects, &payments, &budgets);
+    let database = v.database(database);
+    let analytics = v.analytics(analytics, &database);
     let config = Config {
         server: v.server(server),
         upstream: v.upstream(upstream),
@@ -149,10 +154,11 @@ pub fn parse(
             cache_size: dns.cache_size.unwrap_or(DEFAULT_DNS_CACHE_SIZE),
         },
         connect: v.connect(connect),
-        database: v.database(database),
+        database,
         redis,
         budgets,
         cache,
+        analytics,
         stages: v.stages(stages),
         projects,
         payments,

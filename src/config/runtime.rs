@@ -24,6 +24,7 @@ pub struct Config {
     pub redis: Option<RedisSettings>,
     pub budgets: BudgetSettings,
     pub cache: CacheSettings,
+    pub analytics: crate::analytics::Settings,
     pub payments: Payments,
     pub stages: Vec<StageConfig>,
     pub projects: Vec<Arc<Project>>,

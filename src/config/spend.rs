@@ -82,6 +82,57 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
         }
     }
 
+    pub(super) fn analytics(
+        &mut self,
+        f: FileAnalytics,
+        database: &DatabaseConfig,
+    ) -> crate::analytics::Settings {
+        let retention_days = f.retention_days.unwrap_or(DEFAULT_ANALYTICS_RETENTION_DAYS);
+        let rollup_retention_days = f
+            .rollup_retention_days
+            .unwrap_or(DEFAULT_ANALYTICS_ROLLUP_RETENTION_DAYS);
+        if retention_days == 0 {
+            self.issue("analytics.retention_days", "must be greater than 0");
+        }
+        if rollup_retention_days < retention_days {
+            self.issue(
+                "analytics.rollup_retention_days",
+                format!("must be at least analytics.retention_days ({retention_days})"),
+            );
+        }
+        let positive = |v: &mut Self, value: Option<usize>, default: usize, path: &str| {
+            v.positive(value.map(|n| n as u64), default as u64, path) as usize
+        };
+        let spool = f
+            .spool_file
+            .as_deref()
+            .unwrap_or(DEFAULT_ANALYTICS_SPOOL_FILE);
+        crate::analytics::Settings {
+            enabled: f.enabled.unwrap_or(DEFAULT_ANALYTICS_ENABLED),
+            retention_days,
+            rollup_retention_days,
+            queue_capacity: positive(
+                self,
+                f.queue_capacity,
+                DEFAULT_ANALYTICS_QUEUE_CAPACITY,
+                "analytics.queue_capacity",
+            ),
+            batch_rows: positive(
+                self,
+                f.batch_rows,
+                DEFAULT_ANALYTICS_BATCH_ROWS,
+                "analytics.batch_rows",
+            ),
+            flush_interval: Duration::from_millis(self.positive(
+                f.flush_interval_ms,
+                DEFAULT_ANALYTICS_FLUSH_INTERVAL_MS,
+                "analytics.flush_interval_ms",
+            )),
+            spool_file: self.base_dir.join(spool),
+            write_timeout: database.timeout,
+        }
+    }
+
     pub(super) fn redis(&mut self, f: FileRedis) -> Option<RedisSettings> {
         let url = self.url_secret(&f.url, "redis.url")?;
         if !url.expose().starts_with("redis://") && !url.expose().starts_with("rediss://") {

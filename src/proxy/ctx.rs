@@ -152,6 +152,10 @@ pub struct PaymentState {
     pub refused: Option<String>,
     /// Status of the upstream's answer to the paid attempt, once it arrived.
     pub paid_status: Option<u16>,
+    /// What pag0 did about payment, for analytics (`None`: no 402 was involved).
+    pub outcome: Option<crate::analytics::PaymentOutcome>,
+    /// x402 version of the offer pag0 read (or of the agent's payment header).
+    pub x402_version: Option<u8>,
     /// pag0's JSON reason for a declined 402 with a chunked body: sent as the body if the
     /// upstream's turns out empty.
     pub decline_body: Option<bytes::Bytes>,
@@ -193,11 +197,28 @@ pub struct Charge {
     pub nonce: alloy_primitives::B256,
 }
 
-/// Per-request state, created in `new_ctx` and turned into metrics in `logging`.
+/// What happened upstream: attempts, the last status, time spent waiting for answers.
+#[derive(Debug, Default)]
+pub struct UpstreamTrace {
+    /// Requests sent upstream (a paid replay and retries count).
+    pub attempts: u8,
+    /// Status of the upstream's last answer.
+    pub status: Option<u16>,
+    /// When the current attempt's request header was sent.
+    pub sent_at: Option<Instant>,
+    /// Request sent to response header received, summed over attempts (µs).
+    pub latency_us: u64,
+}
+
+/// Per-request state, created in `new_ctx` and turned into metrics and an analytics record in
+/// `logging`.
 pub struct RequestCtx {
     /// The configuration snapshot this request runs under (a reload never changes it mid-request).
     pub live: Arc<Live>,
     pub started: Instant,
+    /// Wall-clock arrival (unix ms), for analytics.
+    pub at_ms: i64,
+    pub upstream: UpstreamTrace,
     pub target: Option<Target>,
     pub project: Option<Arc<Project>>,
     /// Set when pag0 answered (or failed) the request itself.
@@ -220,6 +241,8 @@ impl RequestCtx {
         RequestCtx {
             live,
             started: Instant::now(),
+            at_ms: crate::clock::unix_millis() as i64,
+            upstream: UpstreamTrace::default(),
             target: None,
             project: None,
             error: None,

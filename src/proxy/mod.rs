@@ -3,6 +3,7 @@
 pub mod ctx;
 pub mod deadline;
 pub mod listener;
+pub mod logging;
 pub mod respond;
 pub mod service;
 pub mod target;

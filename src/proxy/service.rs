@@ -385,6 +385,8 @@ impl ProxyHttp for Pag0Proxy {
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no target"))?;
         upstream::prepare_request(req, target)?;
+        ctx.upstream.attempts = ctx.upstream.attempts.saturating_add(1);
+        ctx.upstream.sent_at = Some(std::time::Instant::now());
         let live = ctx.live.clone();
         live.pipeline.upstream_request_filter(req, ctx)
     }
@@ -398,6 +400,10 @@ impl ProxyHttp for Pag0Proxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.payment.body_replayable = !session.retry_buffer_truncated();
+        if let Some(sent) = ctx.upstream.sent_at.take() {
+            ctx.upstream.latency_us += sent.elapsed().as_micros() as u64;
+        }
+        ctx.upstream.status = Some(resp.status.as_u16());
         let live = ctx.live.clone();
         live.pipeline
             .upstream_response_filter(session, resp, ctx)
@@ -525,7 +531,8 @@ impl ProxyHttp for Pag0Proxy {
         }
     }
 
-    /// Records the request in metrics once it is done (no per-request log line at info).
+    /// Records the request in metrics and analytics once it is done (no per-request log line
+    /// at info).
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = match session.response_written() {
             Some(r) => r.status.as_u16(),
@@ -541,6 +548,10 @@ impl ProxyHttp for Pag0Proxy {
             .observe(ctx.started.elapsed().as_secs_f64());
         let live = ctx.live.clone();
         live.pipeline.logging(ctx).await;
+        if self.shared.analytics.enabled() {
+            let record = crate::proxy::logging::record(session, ctx, status);
+            self.shared.analytics.record(record).await;
+        }
     }
 
     /// Sees each response body chunk on its way to the client (idempotency captures paid

@@ -32,6 +32,7 @@ use pingora::{Error, ErrorType};
 
 use super::spend::{BUDGET_REMAINING_HEADER, PaidRequest, SpendGuard, Validity, remaining};
 use super::{Flow, Stage};
+use crate::analytics::PaymentOutcome;
 use crate::clock::unix_now;
 use crate::config::{Asset, PaymentMode, Payments, Wallet};
 use crate::metrics::Metrics;
@@ -197,6 +198,11 @@ impl PaymentStage {
         let printable = crate::proxy::respond::header_text(&reason, 512);
         resp.insert_header(PAYMENT_REASON_HEADER, printable.clone())?;
         ctx.payment.declined = Some(reason.clone());
+        ctx.payment.outcome = Some(if status == "body-too-large" {
+            PaymentOutcome::BodyTooLarge
+        } else {
+            PaymentOutcome::Declined
+        });
         let mut reply = Reply::new(ErrorCode::PaymentDeclined, reason)
             .details(serde_json::json!({"payment": status}));
         let length = resp.headers.get(http::header::CONTENT_LENGTH);
@@ -783,16 +789,19 @@ impl Stage for PaymentStage {
                     .with_label_values(&[ctx.project_label(), "rejected"])
                     .inc();
                 resp.insert_header(PAYMENT_STATUS_HEADER, "rejected")?;
+                ctx.payment.outcome = Some(PaymentOutcome::Rejected);
                 return Ok(());
             }
         }
         match ctx.project.as_ref().map_or(PaymentMode::Off, |p| p.mode) {
             PaymentMode::Relay => {
                 resp.insert_header(PAYMENT_STATUS_HEADER, "relay")?;
+                ctx.payment.outcome = Some(PaymentOutcome::Relay);
                 return Ok(());
             }
             PaymentMode::Off => {
                 resp.insert_header(PAYMENT_STATUS_HEADER, "off")?;
+                ctx.payment.outcome = Some(PaymentOutcome::Off);
                 return Ok(());
             }
             PaymentMode::Wallet => {}
@@ -811,7 +820,9 @@ impl Stage for PaymentStage {
         if let Some(reason) = oversize {
             return self.decline_with(resp, ctx, "declined", reason, true);
         }
-        let required = match resp.headers.get(x402::PAYMENT_REQUIRED_HEADER) {
+        let v2 = resp.headers.get(x402::PAYMENT_REQUIRED_HEADER);
+        ctx.payment.x402_version = Some(if v2.is_some() { 2 } else { 1 });
+        let required = match v2 {
             Some(value) => x402::parse_v2_header(value.as_bytes()),
             // x402 v1: the offer is in the 402 body, which this hook cannot read. One unpaid
             // side request (same method, URL, headers, body) fetches it.
@@ -906,6 +917,15 @@ impl Stage for PaymentStage {
         }
         // What this call cost: only on a paid call. An unpaid answer to a signed payment says
         // whether the payment was refused (not spent) or is in doubt (it may still settle).
+        ctx.payment.outcome = Some(if ctx.payment.agent_signed {
+            PaymentOutcome::Relay
+        } else if paid {
+            PaymentOutcome::Paid
+        } else if ctx.payment.refused.is_some() {
+            PaymentOutcome::Rejected
+        } else {
+            PaymentOutcome::InDoubt
+        });
         if paid {
             resp.insert_header(
                 "x-pag0-cost",

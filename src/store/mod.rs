@@ -135,8 +135,9 @@ mod u256_decimal {
     }
 }
 
+/// A connection pool on the configured database (shared with the analytics writer).
 #[derive(Clone)]
-enum Db {
+pub enum Db {
     Sqlite(SqlitePool),
     Postgres(PgPool),
 }
@@ -214,6 +215,11 @@ impl Store {
             Db::Postgres(p) => sqlx::migrate!("./migrations/postgres").run(p).await,
         }
         .map_err(|e| err("migrations", e))
+    }
+
+    /// The connection pool (the analytics writer and its queries share it).
+    pub fn db(&self) -> Db {
+        self.db.clone()
     }
 
     /// `sqlite` or `postgres`.

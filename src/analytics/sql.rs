@@ -1,0 +1,419 @@
+//! Writing analytics to SQL: raw rows and their hourly rollups in one transaction, retention.
+//!
+//! Exactly once: a raw row is inserted `ON CONFLICT DO NOTHING RETURNING id`, and only the rows
+//! that came back (new ones) are added to the rollups, in the same transaction. A batch written
+//! twice (a spool replay after a write that did land) changes nothing the second time.
+
+use std::collections::{BTreeMap, HashSet};
+
+use alloy_primitives::U256;
+use sqlx::Row;
+
+use super::record::{BUCKETS, Histogram, PaymentOutcome, Record, bucket};
+use crate::metrics::status_class;
+use crate::store::{Db, StoreError};
+
+fn err(context: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError(format!("{context}: {e}"))
+}
+
+const RAW_COLUMNS: &str = "INSERT INTO analytics_requests (id, at_ms, project, route, method, scheme, host, port, path, endpoint, status, upstream_status, attempts, latency_us, upstream_latency_us, request_bytes, response_bytes, cache, payment, payment_reason, amount, symbol, asset, network, pay_to, saved, saved_symbol, error, tx_hash, x402_version) ";
+/// Raw rows per `INSERT` (30 parameters each).
+const RAW_CHUNK: usize = 500;
+/// Rollup rows per upsert (42 parameters each).
+const ROLLUP_CHUNK: usize = 300;
+const HOUR_MS: i64 = 3_600_000;
+pub const DAY_MS: i64 = 86_400_000;
+
+/// Names of the histogram columns (`h00`..`h25`).
+pub fn bucket_columns() -> impl Iterator<Item = String> {
+    (0..BUCKETS).map(|i| format!("h{i:02}"))
+}
+
+/// Inserts raw rows through `$tx`; `$cast` turns amount text into the column type.
+macro_rules! insert_raw {
+    ($db:ty, $tx:expr, $records:expr, $cast:expr, $inserted:expr) => {{
+        for chunk in $records.chunks(RAW_CHUNK) {
+            let mut q = sqlx::QueryBuilder::<$db>::new(RAW_COLUMNS);
+            q.push_values(chunk, |mut row, r| {
+                let paid = r.paid.as_ref();
+                row.push_bind(&r.id)
+                    .push_bind(r.at_ms)
+                    .push_bind(&r.project)
+                    .push_bind(&r.route)
+                    .push_bind(&r.method)
+                    .push_bind(r.scheme.as_ref())
+                    .push_bind(&r.host)
+                    .push_bind(i32::from(r.port))
+                    .push_bind(&r.path)
+                    .push_bind(&r.endpoint)
+                    .push_bind(i32::from(r.status))
+                    .push_bind(r.upstream_status.map(i32::from))
+                    .push_bind(i32::from(r.attempts))
+                    .push_bind(clamp(r.latency_us))
+                    .push_bind(r.upstream_latency_us.map(clamp))
+                    .push_bind(clamp(r.request_bytes))
+                    .push_bind(clamp(r.response_bytes))
+                    .push_bind(r.cache.as_str())
+                    .push_bind(r.payment.as_str())
+                    .push_bind(&r.payment_reason)
+                    .push_bind(paid.map(|p| p.money.amount.to_string()))
+                    .push_unseparated($cast)
+                    .push_bind(paid.map(|p| p.money.symbol.as_str()))
+                    .push_bind(paid.map(|p| p.asset.as_str()))
+                    .push_bind(paid.map(|p| p.network.as_str()))
+                    .push_bind(paid.map(|p| p.pay_to.as_str()))
+                    .push_bind(r.saved.as_ref().map(|s| s.amount.to_string()))
+                    .push_unseparated($cast)
+                    .push_bind(r.saved.as_ref().map(|s| s.symbol.as_str()))
+                    .push_bind(r.error.as_deref())
+                    .push_bind(&r.tx_hash)
+                    .push_bind(r.x402_version.map(i32::from));
+            });
+            q.push(" ON CONFLICT (at_ms, id) DO NOTHING RETURNING id");
+            let rows = q
+                .build()
+                .fetch_all(&mut *$tx)
+                .await
+                .map_err(|e| err("analytics insert", e))?;
+            for row in rows {
+                $inserted.insert(
+                    row.try_get::<String, _>("id")
+                        .map_err(|e| err("analytics insert", e))?,
+                );
+            }
+        }
+    }};
+}
+
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// One rollup row's key: hour, project, endpoint, status class, cache, payment, symbol, error.
+type Key = (
+    i64,
+    String,
+    String,
+    &'static str,
+    &'static str,
+    &'static str,
+    String,
+    String,
+);
+
+/// What a batch adds to one rollup row.
+#[derive(Default)]
+struct Delta {
+    calls: i64,
+    latency_sum_us: i64,
+    upstream_latency_sum_us: i64,
+    upstream_calls: i64,
+    request_bytes: i64,
+    response_bytes: i64,
+    spend: U256,
+    saved: U256,
+    histogram: Histogram,
+}
+
+/// Whether a record's amount counts as spend: paid by pag0, or relayed for the agent.
+pub fn spends(r: &Record) -> bool {
+    matches!(r.payment, PaymentOutcome::Paid | PaymentOutcome::Relay) && r.paid.is_some()
+}
+
+fn deltas<'a>(records: impl Iterator<Item = &'a Record>) -> BTreeMap<Key, Delta> {
+    let mut out: BTreeMap<Key, Delta> = BTreeMap::new();
+    for r in records {
+        let symbol = match (&r.paid, &r.saved) {
+            (Some(p), _) if spends(r) => p.money.symbol.clone(),
+            (_, Some(s)) => s.symbol.clone(),
+            _ => String::new(),
+        };
+        let key = (
+            r.at_ms.div_euclid(HOUR_MS) * HOUR_MS,
+            r.project.clone(),
+            r.endpoint.clone(),
+            status_class(r.status),
+            r.cache.as_str(),
+            r.payment.as_str(),
+            symbol,
+            r.error.as_deref().unwrap_or_default().to_string(),
+        );
+        let d = out.entry(key).or_default();
+        d.calls += 1;
+        d.latency_sum_us = d.latency_sum_us.saturating_add(clamp(r.latency_us));
+        if let Some(up) = r.upstream_latency_us {
+            d.upstream_latency_sum_us = d.upstream_latency_sum_us.saturating_add(clamp(up));
+            d.upstream_calls += 1;
+        }
+        d.request_bytes = d.request_bytes.saturating_add(clamp(r.request_bytes));
+        d.response_bytes = d.response_bytes.saturating_add(clamp(r.response_bytes));
+        if spends(r) {
+            d.spend += r.paid.as_ref().map_or(U256::ZERO, |p| p.money.amount);
+        }
+        if let Some(s) = &r.saved {
+            d.saved += s.amount;
+        }
+        d.histogram[bucket(r.latency_us)] += 1;
+    }
+    out
+}
+
+const ROLLUP_KEY: &str = "hour_ms, project, endpoint, status_class, cache, payment, symbol, error";
+
+fn rollup_insert_head() -> String {
+    let buckets: Vec<String> = bucket_columns().collect();
+    format!(
+        "INSERT INTO analytics_hourly ({ROLLUP_KEY}, calls, latency_sum_us, upstream_latency_sum_us, upstream_calls, request_bytes, response_bytes, spend, saved, {}) ",
+        buckets.join(", ")
+    )
+}
+
+/// `ON CONFLICT … DO UPDATE` adding the batch to the row; `money` is how spend/saved merge.
+fn rollup_conflict(money: impl Fn(&str) -> String) -> String {
+    let mut sets: Vec<String> = [
+        "calls",
+        "latency_sum_us",
+        "upstream_latency_sum_us",
+        "upstream_calls",
+        "request_bytes",
+        "response_bytes",
+    ]
+    .iter()
+    .map(|c| format!("{c} = analytics_hourly.{c} + excluded.{c}"))
+    .collect();
+    sets.extend(bucket_columns().map(|c| format!("{c} = analytics_hourly.{c} + excluded.{c}")));
+    sets.push(format!("spend = {}", money("spend")));
+    sets.push(format!("saved = {}", money("saved")));
+    format!(
+        " ON CONFLICT ({ROLLUP_KEY}) DO UPDATE SET {}",
+        sets.join(", ")
+    )
+}
+
+macro_rules! upsert_rollups {
+    ($db:ty, $tx:expr, $rows:expr, $cast:expr, $conflict:expr) => {{
+        let head = rollup_insert_head();
+        for chunk in $rows.chunks(ROLLUP_CHUNK) {
+            let mut q = sqlx::QueryBuilder::<$db>::new(&head);
+            q.push_values(chunk, |mut row, (k, d, spend, saved)| {
+                let k: &Key = k;
+                let d: &Delta = d;
+                row.push_bind(k.0)
+                    .push_bind(&k.1)
+                    .push_bind(&k.2)
+                    .push_bind(k.3)
+                    .push_bind(k.4)
+                    .push_bind(k.5)
+                    .push_bind(&k.6)
+                    .push_bind(&k.7)
+                    .push_bind(d.calls)
+                    .push_bind(d.latency_sum_us)
+                    .push_bind(d.upstream_latency_sum_us)
+                    .push_bind(d.upstream_calls)
+                    .push_bind(d.request_bytes)
+                    .push_bind(d.response_bytes)
+                    .push_bind(spend.to_string())
+                    .push_unseparated($cast)
+                    .push_bind(saved.to_string())
+                    .push_unseparated($cast);
+                for n in d.histogram {
+                    row.push_bind(n);
+                }
+            });
+            q.push(&$conflict);
+            q.build()
+                .execute(&mut *$tx)
+                .await
+                .map_err(|e| err("analytics rollup", e))?;
+        }
+    }};
+}
+
+/// Writes `records` (ids set) and adds the new ones to the rollups, in one transaction.
+/// Returns how many were new.
+pub async fn insert(db: &Db, records: &[Record]) -> Result<usize, StoreError> {
+    let mut inserted: HashSet<String> = HashSet::with_capacity(records.len());
+    match db {
+        Db::Postgres(p) => {
+            let mut tx = p.begin().await.map_err(|e| err("analytics", e))?;
+            insert_raw!(sqlx::Postgres, tx, records, "::numeric", inserted);
+            let deltas = deltas(records.iter().filter(|r| inserted.contains(&r.id)));
+            let rows: Vec<(Key, Delta, U256, U256)> = deltas
+                .into_iter()
+                .map(|(k, d)| {
+                    let (spend, saved) = (d.spend, d.saved);
+                    (k, d, spend, saved)
+                })
+                .collect();
+            let conflict = rollup_conflict(|c| format!("analytics_hourly.{c} + excluded.{c}"));
+            upsert_rollups!(sqlx::Postgres, tx, rows, "::numeric", conflict);
+            tx.commit().await.map_err(|e| err("analytics commit", e))?;
+        }
+        Db::Sqlite(p) => {
+            // The insert comes first: it makes this a write transaction before anything is
+            // read, so the read-modify-write of amounts below cannot race another writer.
+            let mut tx = p.begin().await.map_err(|e| err("analytics", e))?;
+            insert_raw!(sqlx::Sqlite, tx, records, "", inserted);
+            let deltas = deltas(records.iter().filter(|r| inserted.contains(&r.id)));
+            let mut rows = Vec::with_capacity(deltas.len());
+            for (k, d) in deltas {
+                // SQLite keeps amounts as decimal text: add them here, exactly. A row whose
+                // amounts do not change is written with 0 and keeps its own (see below).
+                let (mut spend, mut saved) = (d.spend, d.saved);
+                if !spend.is_zero() || !saved.is_zero() {
+                    let current = sqlx::query(
+                        "SELECT spend, saved FROM analytics_hourly WHERE hour_ms = $1 AND project = $2 AND endpoint = $3 AND status_class = $4 AND cache = $5 AND payment = $6 AND symbol = $7 AND error = $8",
+                    )
+                    .bind(k.0).bind(&k.1).bind(&k.2).bind(k.3).bind(k.4).bind(k.5).bind(&k.6).bind(&k.7)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(|e| err("analytics rollup", e))?;
+                    if let Some(row) = current {
+                        spend += parse_amount(row.try_get::<String, _>("spend").ok());
+                        saved += parse_amount(row.try_get::<String, _>("saved").ok());
+                    }
+                }
+                rows.push((k, d, spend, saved));
+            }
+            let conflict = rollup_conflict(|c| {
+                format!(
+                    "CASE WHEN excluded.{c} = '0' THEN analytics_hourly.{c} ELSE excluded.{c} END"
+                )
+            });
+            upsert_rollups!(sqlx::Sqlite, tx, rows, "", conflict);
+            tx.commit().await.map_err(|e| err("analytics commit", e))?;
+        }
+    }
+    Ok(inserted.len())
+}
+
+/// A decimal amount read back from the database (0 if absent).
+pub fn parse_amount(text: Option<String>) -> U256 {
+    text.and_then(|t| U256::from_str_radix(t.trim(), 10).ok())
+        .unwrap_or(U256::ZERO)
+}
+
+/// Name of the daily partition of raw rows starting at `day_ms` (PostgreSQL).
+fn partition_name(day_ms: i64) -> String {
+    let date = time::OffsetDateTime::from_unix_timestamp(day_ms / 1000)
+        .map(|t| t.date())
+        .unwrap_or(time::Date::MIN);
+    format!(
+        "analytics_requests_p{:04}{:02}{:02}",
+        date.year(),
+        u8::from(date.month()),
+        date.day()
+    )
+}
+
+/// Creates the daily partitions of the days from `from_ms` through `to_ms` that do not exist
+/// (PostgreSQL; a no-op on SQLite).
+pub async fn ensure_partitions(db: &Db, from_ms: i64, to_ms: i64) -> Result<(), StoreError> {
+    let Db::Postgres(p) = db else {
+        return Ok(());
+    };
+    let mut day = from_ms.div_euclid(DAY_MS) * DAY_MS;
+    while day <= to_ms {
+        let sql = format!(
+            "CREATE TABLE IF NOT EXISTS {} PARTITION OF analytics_requests FOR VALUES FROM ({day}) TO ({})",
+            partition_name(day),
+            day + DAY_MS
+        );
+        match sqlx::query(&sql).execute(p).await {
+            Ok(_) => {}
+            // Rows of that day already in the default partition keep it from being created;
+            // they stay there (and expire from there).
+            Err(sqlx::Error::Database(e)) => {
+                log::debug!("analytics partition {}: {e}", partition_name(day))
+            }
+            Err(e) => return Err(err("analytics partitions", e)),
+        }
+        day += DAY_MS;
+    }
+    Ok(())
+}
+
+/// Drops raw rows older than `raw_before_ms` (PostgreSQL: whole daily partitions, with
+/// `DROP TABLE`) and rollups of hours before `rollups_before_ms`. Returns the partitions
+/// dropped (PostgreSQL) or rows deleted (SQLite).
+pub async fn expire(
+    db: &Db,
+    raw_before_ms: i64,
+    rollups_before_ms: i64,
+) -> Result<u64, StoreError> {
+    match db {
+        Db::Postgres(p) => {
+            let parts: Vec<String> = sqlx::query_scalar(
+                "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_class parent ON parent.oid = i.inhparent WHERE parent.relname = 'analytics_requests' AND c.relname LIKE 'analytics_requests_p%'",
+            )
+            .fetch_all(p)
+            .await
+            .map_err(|e| err("analytics partitions", e))?;
+            let mut dropped = 0;
+            for name in parts {
+                let Some(end) = partition_day(&name).map(|d| d + DAY_MS) else {
+                    continue;
+                };
+                if end <= raw_before_ms {
+                    sqlx::query(&format!("DROP TABLE IF EXISTS {name}"))
+                        .execute(p)
+                        .await
+                        .map_err(|e| err("analytics retention", e))?;
+                    dropped += 1;
+                }
+            }
+            sqlx::query("DELETE FROM analytics_requests_default WHERE at_ms < $1")
+                .bind(raw_before_ms)
+                .execute(p)
+                .await
+                .map_err(|e| err("analytics retention", e))?;
+            sqlx::query("DELETE FROM analytics_hourly WHERE hour_ms < $1")
+                .bind(rollups_before_ms)
+                .execute(p)
+                .await
+                .map_err(|e| err("analytics retention", e))?;
+            Ok(dropped)
+        }
+        Db::Sqlite(p) => {
+            let raw = sqlx::query("DELETE FROM analytics_requests WHERE at_ms < $1")
+                .bind(raw_before_ms)
+                .execute(p)
+                .await
+                .map_err(|e| err("analytics retention", e))?;
+            sqlx::query("DELETE FROM analytics_hourly WHERE hour_ms < $1")
+                .bind(rollups_before_ms)
+                .execute(p)
+                .await
+                .map_err(|e| err("analytics retention", e))?;
+            Ok(raw.rows_affected())
+        }
+    }
+}
+
+/// The first millisecond of the day a partition name says (`analytics_requests_pYYYYMMDD`).
+fn partition_day(name: &str) -> Option<i64> {
+    let digits = name.strip_prefix("analytics_requests_p")?;
+    if digits.len() != 8 {
+        return None;
+    }
+    let year: i32 = digits[..4].parse().ok()?;
+    let month: u8 = digits[4..6].parse().ok()?;
+    let day: u8 = digits[6..].parse().ok()?;
+    let date =
+        time::Date::from_calendar_date(year, time::Month::try_from(month).ok()?, day).ok()?;
+    Some(date.midnight().assume_utc().unix_timestamp() * 1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_names_round_trip() {
+        let day = 1_796_256_000_000; // 2026-12-03
+        assert_eq!(partition_name(day), "analytics_requests_p20261203");
+        assert_eq!(partition_day(&partition_name(day)), Some(day));
+        assert_eq!(partition_day("analytics_requests_default"), None);
+    }
+}

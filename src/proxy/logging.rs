@@ -1,0 +1,131 @@
+//! The one place a finished request's context becomes an analytics record (called from the
+//! `logging` hook). Only what the record lists is copied: never a header, a body, the query
+//! string, a key or a payment signature.
+
+use std::borrow::Cow;
+
+use pingora::proxy::Session;
+
+use crate::analytics::{CacheOutcome, Money, Paid, PaymentOutcome, Record};
+use crate::cache::stats::Outcome;
+use crate::proxy::RequestCtx;
+use crate::proxy::ctx::{Target, TargetKind};
+
+/// The analytics record of a request that got `status` (0: none was sent).
+pub fn record(session: &Session, ctx: &RequestCtx, status: u16) -> Record {
+    let req = session.req_header();
+    let (scheme, host, port, path, endpoint) = match &ctx.target {
+        Some(t) => where_to(t),
+        // No target (the request named none pag0 could use): what the request line says.
+        None => (
+            "http",
+            String::new(),
+            0,
+            req.uri.path().to_string(),
+            String::new(),
+        ),
+    };
+    let payment = &ctx.payment;
+    let outcome = payment.outcome.unwrap_or(if payment.agent_signed {
+        PaymentOutcome::Relay
+    } else if payment.charge.is_some() {
+        // A payment header went out and no answer to it came back.
+        PaymentOutcome::InDoubt
+    } else {
+        PaymentOutcome::None
+    });
+    // Relayed payments count once the upstream took them.
+    let settled_relay = outcome != PaymentOutcome::Relay || payment.settled == Some(true);
+    let paid = payment
+        .charge
+        .as_ref()
+        .filter(|_| settled_relay)
+        .map(|c| Paid {
+            money: Money {
+                symbol: c.symbol.clone(),
+                amount: c.amount,
+            },
+            asset: c.asset.to_string(),
+            network: c.network.clone(),
+            pay_to: c.pay_to.to_string(),
+        });
+    let version = payment.x402_version.or(match &payment.header {
+        Some((name, _)) if name.eq_ignore_ascii_case(crate::x402::X_PAYMENT_HEADER) => Some(1),
+        Some(_) => Some(2),
+        None => None,
+    });
+    Record {
+        id: String::new(),
+        at_ms: ctx.at_ms,
+        project: ctx
+            .project
+            .as_ref()
+            .map(|p| p.id.clone())
+            .unwrap_or_default(),
+        route: ctx
+            .target
+            .as_ref()
+            .map(|t| t.route_label().to_string())
+            .unwrap_or_default(),
+        method: req.method.as_str().to_string(),
+        scheme: Cow::Borrowed(scheme),
+        host,
+        port,
+        path,
+        endpoint,
+        status,
+        upstream_status: ctx.upstream.status,
+        attempts: ctx.upstream.attempts,
+        latency_us: ctx.started.elapsed().as_micros() as u64,
+        upstream_latency_us: ctx
+            .upstream
+            .status
+            .is_some()
+            .then_some(ctx.upstream.latency_us),
+        request_bytes: session.body_bytes_read() as u64,
+        response_bytes: session.body_bytes_sent() as u64,
+        cache: match ctx.cache.outcome {
+            Some(Outcome::Hit(_)) => CacheOutcome::Hit,
+            Some(Outcome::Stale(_)) => CacheOutcome::Stale,
+            Some(Outcome::Miss) => CacheOutcome::Miss,
+            Some(Outcome::Bypass) => CacheOutcome::Bypass,
+            None if ctx.cache.lookup.is_some() => CacheOutcome::Miss,
+            None if ctx.cache.bypass.is_some() => CacheOutcome::Bypass,
+            None => CacheOutcome::None,
+        },
+        payment: outcome,
+        payment_reason: payment.declined.clone().or_else(|| payment.refused.clone()),
+        paid,
+        saved: ctx.cache.saved.as_ref().map(|(symbol, amount)| Money {
+            symbol: symbol.clone(),
+            amount: *amount,
+        }),
+        error: ctx.error.map(|code| Cow::Borrowed(code.as_str())),
+        tx_hash: payment.tx.clone(),
+        x402_version: version,
+    }
+}
+
+/// Scheme, host, port, path (without the query) and endpoint key of a target.
+fn where_to(t: &Target) -> (&'static str, String, u16, String, String) {
+    let scheme = if t.tls { "https" } else { "http" };
+    let path = t.path.split('?').next().unwrap_or_default();
+    let endpoint = match &t.kind {
+        TargetKind::Route(route) => {
+            let up = &route.upstream;
+            let mut key = crate::config::host_header(&up.host, up.port, up.tls);
+            key.push_str(&up.base_path);
+            key.push_str("/*");
+            key
+        }
+        // CONNECT always names the port.
+        TargetKind::Connect if t.host.contains(':') => format!("[{}]:{}", t.host, t.port),
+        TargetKind::Connect => format!("{}:{}", t.host, t.port),
+        TargetKind::Forward => {
+            let mut key = t.host_header();
+            key.push_str(path);
+            key
+        }
+    };
+    (scheme, t.host.clone(), t.port, path.to_string(), endpoint)
+}
