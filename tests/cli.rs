@@ -373,6 +373,8 @@ async fn migrate_creates_the_journal_tables_on_sqlite_and_postgres() {
     assert_eq!(
         tables,
         [
+            "analytics_hourly",
+            "analytics_requests",
             "payment_intents",
             "policies",
             "policy_versions",
@@ -390,12 +392,12 @@ async fn migrate_creates_the_journal_tables_on_sqlite_and_postgres() {
     );
     let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
     let n: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM information_schema.tables WHERE table_name IN ('spend_journal', 'policies', 'policy_versions', 'payment_intents')",
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_name IN ('spend_journal', 'policies', 'policy_versions', 'payment_intents', 'analytics_requests', 'analytics_hourly')",
     )
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!(n, 4);
+    assert_eq!(n, 6);
     pool.close().await;
     pg.drop_now().await;
 
