@@ -102,13 +102,13 @@ impl Shared {
         .map_err(|e| anyhow::anyhow!("database: {e}"))?;
         let store = Arc::new(store);
         let metrics = Arc::new(Metrics::new());
-        // Payments are written ahead to a file beside the journal's spool (see intents::wal).
+        // Payments are written ahead to a file beside the journal's spool (see store::wal).
         let wal_base = {
             let mut name = config.database.spool_file.as_os_str().to_owned();
             name.push(".wal");
             std::path::PathBuf::from(name)
         };
-        let wal = crate::intents::Wal::open(wal_base.clone())
+        let wal = crate::store::Wal::open(wal_base.clone(), crate::store::wal::SEGMENT_BYTES)
             .map_err(|e| anyhow::anyhow!("payment intent log: {e}"))?;
         let (intents, written) = crate::intents::IntentLog::new(wal, metrics.clone());
         let intents = Arc::new(intents);
@@ -186,7 +186,8 @@ impl Shared {
             |task| {
                 rt.spawn(task);
             },
-        );
+        )
+        .map_err(|e| anyhow::anyhow!("analytics: {e}"))?;
         let cache = crate::cache::CacheStore::new(&config.cache.store, metrics.clone())
             .map_err(|e| anyhow::anyhow!("cache: {e}"))?
             .leak();

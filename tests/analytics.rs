@@ -945,3 +945,86 @@ async fn postgres_partitions_by_day_and_retention_drops_whole_days() {
     drop(store);
     db.drop_now().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_under_load_loses_no_record_of_an_answered_request() {
+    use std::collections::HashSet;
+    use std::sync::{Arc, Mutex};
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = config(&up, "");
+    let answered = Arc::new(Mutex::new(HashSet::<String>::new()));
+    let mut sent = 0usize;
+    // Killed at several instants while 16 agents keep calling.
+    for (run, kill_after) in [40u64, 250, 600, 1_100].into_iter().enumerate() {
+        let pag0 = common::process::Process::start_env(&dir, &body, &[("RUST_LOG", "warn")]);
+        let client = pag0.client();
+        let mut tasks = Vec::new();
+        for agent in 0..16 {
+            let (client, up_url, answered) = (client.clone(), up.url(""), answered.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut n = 0;
+                loop {
+                    let path = format!("/k{run}/a{agent}/{n}");
+                    n += 1;
+                    match client.get(format!("{up_url}{path}")).send().await {
+                        Ok(resp) => {
+                            // The answer's header arrived: its record must survive the kill.
+                            assert_eq!(resp.status(), 200);
+                            answered.lock().unwrap().insert(path);
+                        }
+                        Err(_) => return n,
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(kill_after)).await;
+        pag0.kill();
+        for t in tasks {
+            sent += t.await.unwrap();
+        }
+    }
+    let answered = answered.lock().unwrap().clone();
+    assert!(answered.len() > 200, "the load ran: {}", answered.len());
+    // The next start moves what the killed processes wrote ahead into the database.
+    let pag0 = common::process::Process::start_env(&dir, &body, &[("RUST_LOG", "warn")]);
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite:{}?mode=ro",
+        dir.path().join("pag0.db").display()
+    ))
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (paths, ids) = loop {
+        let rows: Vec<(String, String)> = sqlx::query_as("SELECT path, id FROM analytics_requests")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+        let paths: HashSet<String> = rows.iter().map(|r| r.0.clone()).collect();
+        let ids: HashSet<String> = rows.iter().map(|r| r.1.clone()).collect();
+        assert_eq!(ids.len(), rows.len(), "no record twice");
+        assert_eq!(paths.len(), rows.len(), "no request recorded twice");
+        if answered.is_subset(&paths) || std::time::Instant::now() > deadline {
+            break (paths, ids);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let lost: Vec<&String> = answered.difference(&paths).collect();
+    assert!(
+        lost.is_empty(),
+        "{} answered requests without a record, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    assert!(
+        ids.len() <= sent,
+        "{} records for {sent} requests sent",
+        ids.len()
+    );
+    println!(
+        "answered {}, recorded {}, sent {sent}",
+        answered.len(),
+        ids.len()
+    );
+    drop(pag0);
+}

@@ -23,14 +23,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 mod resolve;
-pub mod wal;
 
-pub use wal::Wal;
+pub use crate::store::Wal;
 
 use crate::chain::Chain;
 use crate::metrics::Metrics;
 use crate::settle::Settler;
-use crate::store::{IN_DOUBT_MARGIN_SECONDS, Intent, IntentRow, IntentState, Store};
+use crate::store::{IN_DOUBT_MARGIN_SECONDS, Intent, IntentEvent, IntentRow, IntentState, Store};
 
 /// How long an in-doubt `Idempotency-Key` is refused after the payment became in doubt.
 pub const IN_DOUBT_KEY_SECONDS: u64 = 86_400;
@@ -60,6 +59,13 @@ impl Written {
     }
 }
 
+/// An [`IntentEvent::Sent`] line written from a borrowed intent (same JSON).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+enum SentRef<'a> {
+    Sent(&'a Intent),
+}
+
 pub struct IntentLog {
     wal: Wal,
     /// Written intents, in the file's order, for the settler to put in the SQL table.
@@ -87,9 +93,11 @@ impl IntentLog {
     /// leaves pag0; on an error, do not send it.
     pub fn write_ahead(&self, intent: Intent) -> Result<(), WriteAheadError> {
         let project = intent.project.clone();
+        let line = crate::store::spool_line(&SentRef::Sent(&intent))
+            .map_err(|e| WriteAheadError(e.to_string()))?;
         self.wal
             // In file order (under the file's lock); the settler keeps the order.
-            .append(intent, |seq, intent| self.written.push(seq, intent))
+            .append(&line, |seq| self.written.push(seq, intent))
             .map_err(|e| WriteAheadError(e.to_string()))?;
         self.count(&project, IntentState::Sent);
         Ok(())
@@ -133,7 +141,14 @@ impl IntentLog {
         wal_base: &std::path::Path,
     ) -> Result<Vec<IntentRow>, crate::store::StoreError> {
         // What a process that died wrote ahead but had not put in the table yet.
-        for (path, intents) in Wal::leftovers(wal_base)? {
+        for (path, events) in Wal::leftovers::<IntentEvent>(wal_base)? {
+            let intents: Vec<Intent> = events
+                .into_iter()
+                .filter_map(|e| match e {
+                    IntentEvent::Sent(i) => Some(*i),
+                    IntentEvent::Outcome(_) => None,
+                })
+                .collect();
             store.record_intents(&intents).await?;
             if let Err(e) = std::fs::remove_file(&path) {
                 log::warn!("cannot remove {}: {e}", path.display());

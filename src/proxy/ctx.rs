@@ -219,6 +219,8 @@ pub struct RequestCtx {
     /// Wall-clock arrival (unix ms), for analytics.
     pub at_ms: i64,
     pub upstream: UpstreamTrace,
+    /// The early copy of this request's analytics record, written ahead before the answer.
+    pub analytics_ahead: Option<crate::analytics::Ahead>,
     pub target: Option<Target>,
     pub project: Option<Arc<Project>>,
     /// Set when pag0 answered (or failed) the request itself.
@@ -243,6 +245,7 @@ impl RequestCtx {
             started: Instant::now(),
             at_ms: crate::clock::unix_millis() as i64,
             upstream: UpstreamTrace::default(),
+            analytics_ahead: None,
             target: None,
             project: None,
             error: None,

@@ -35,6 +35,16 @@ impl Pag0Proxy {
         Pag0Proxy { live, shared }
     }
 
+    /// Writes the request's analytics record ahead, once, just before its answer (`status`)
+    /// goes to the agent: a crash after the agent saw the answer cannot lose the record.
+    /// `logging` writes the final one.
+    fn write_ahead(&self, session: &Session, ctx: &mut RequestCtx, status: u16) {
+        if ctx.analytics_ahead.is_none() && self.shared.analytics.enabled() {
+            let record = crate::proxy::logging::record(session, ctx, status);
+            ctx.analytics_ahead = self.shared.analytics.write_ahead(record);
+        }
+    }
+
     /// Sends `reply` and records which stage (or `proxy`) produced it. A refused `CONNECT`
     /// says why in its status line and in the log (at info): clients print neither the body
     /// nor, mostly, the headers of a failed CONNECT, but they print its status line.
@@ -66,6 +76,7 @@ impl Pag0Proxy {
             }
             reply = reply.explain_in_status();
         }
+        self.write_ahead(session, ctx, reply.code.status());
         reply.send(session).await?;
         Ok(true)
     }
@@ -82,6 +93,7 @@ impl Pag0Proxy {
     ) -> Result<()> {
         let live = ctx.live.clone();
         live.pipeline.response_filter(&mut header, ctx).await?;
+        self.write_ahead(session, ctx, header.status.as_u16());
         let header_only = session.req_header().method == http::Method::HEAD;
         session.write_response_header(header, header_only).await?;
         if !header_only {
@@ -432,7 +444,9 @@ impl ProxyHttp for Pag0Proxy {
                 session.set_keepalive(None);
             }
         }
-        live.pipeline.response_filter(resp, ctx).await
+        live.pipeline.response_filter(resp, ctx).await?;
+        self.write_ahead(session, ctx, resp.status.as_u16());
+        Ok(())
     }
 
     /// Decides whether a failed attempt is retried. A paid replay requested by the payment
@@ -472,6 +486,7 @@ impl ProxyHttp for Pag0Proxy {
         if let Some(reply) = ctx.reply.take() {
             // A stage prepared the answer (e.g. a declined 402 with a JSON reason).
             session.set_keepalive(None);
+            self.write_ahead(session, ctx, reply.code.status());
             if let Err(write_err) = reply.send(session).await {
                 log::debug!("cannot send the reply: {write_err}");
             }
@@ -521,6 +536,7 @@ impl ProxyHttp for Pag0Proxy {
                 .map(|t| t.host.clone())
                 .unwrap_or_default();
             let reply = Reply::new(code, message).details(serde_json::json!({"host": host}));
+            self.write_ahead(session, ctx, reply.code.status());
             if let Err(write_err) = reply.send(session).await {
                 log::debug!("cannot send the error response: {write_err}");
             }
@@ -550,7 +566,8 @@ impl ProxyHttp for Pag0Proxy {
         live.pipeline.logging(ctx).await;
         if self.shared.analytics.enabled() {
             let record = crate::proxy::logging::record(session, ctx, status);
-            self.shared.analytics.record(record).await;
+            let ahead = ctx.analytics_ahead.take();
+            self.shared.analytics.record(record, ahead).await;
         }
     }
 

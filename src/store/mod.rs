@@ -52,6 +52,7 @@ macro_rules! insert_journal {
 mod intents;
 mod policies;
 mod spool;
+pub mod wal;
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -72,6 +73,7 @@ pub use intents::{
 pub use policies::{PolicyVersion, PolicyWriteError};
 pub use spool::Spool;
 pub use spool::{line as spool_line, records as spool_records};
+pub use wal::Wal;
 
 pub(crate) const INSERT_COLUMNS: &str = "INSERT INTO spend_journal (id, project, pool, network, asset, pay_to, payer, amount, nonce, tx_hash, url, window_day, window_month, reserved_at, committed_at) ";
 /// Rows per `INSERT` (15 parameters each: within SQLite's and PostgreSQL's limits).
