@@ -240,6 +240,10 @@ impl Metrics {
                 "pag0_analytics_records_dropped_total",
                 "Analytics records lost because the database and the spool both failed",
             ),
+            rejected: counter(
+                "pag0_analytics_records_rejected_total",
+                "Analytics records the database refused, kept in the rejected file",
+            ),
             queue_depth: IntGauge::new(
                 "pag0_analytics_queue_depth",
                 "Analytics records waiting for the writer",
@@ -301,6 +305,7 @@ impl Metrics {
             Box::new(analytics.spooled.clone()),
             Box::new(analytics.replayed.clone()),
             Box::new(analytics.dropped.clone()),
+            Box::new(analytics.rejected.clone()),
             Box::new(analytics.queue_depth.clone()),
             Box::new(analytics.queue_peak.clone()),
             Box::new(analytics.batch_seconds.clone()),

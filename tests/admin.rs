@@ -30,6 +30,7 @@ const DOCUMENTED_METRICS: &[&str] = &[
     "pag0_analytics_records_spooled_total",
     "pag0_analytics_records_replayed_total",
     "pag0_analytics_records_dropped_total",
+    "pag0_analytics_records_rejected_total",
     "pag0_analytics_queue_depth",
     "pag0_analytics_queue_depth_peak",
     "pag0_analytics_batch_seconds",

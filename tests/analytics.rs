@@ -813,6 +813,7 @@ async fn the_api_filters_pages_and_keeps_projects_apart() {
     assert_eq!(failures, 2);
 
     // Bad input: 400 naming the parameter, never a 500.
+    let now_s = pag0::clock::unix_now();
     for (path, param) in [
         ("requests?colour=red", "colour"),
         ("requests?limit=0", "limit"),
@@ -822,7 +823,13 @@ async fn the_api_filters_pages_and_keeps_projects_apart() {
         ("requests?cursor=nonsense", "cursor"),
         ("requests?from=yesterday", "from"),
         ("requests?from=2000-01-01", "from"),
-        ("summary?from=2030-01-02&to=2030-01-01", "from"),
+        (
+            &*format!("summary?from={}&to={}", now_s - 600, now_s - 1200),
+            "from",
+        ),
+        ("summary?to=2099-01-01", "to"),
+        ("requests?to=9223372036854775807", "to"),
+        ("requests?host=a%00b", "host"),
         ("summary?project=demo&project=other", "project"),
         ("endpoints?sort=size", "sort"),
         ("endpoints?order=up", "order"),
@@ -900,12 +907,19 @@ async fn postgres_partitions_by_day_and_retention_drops_whole_days() {
     };
     let old = record(today - 35 * day + 1000, "00000000000000000000000000000001");
     let new = record(today + 1000, "00000000000000000000000000000002");
-    assert_eq!(
-        sql::insert(&store.db(), &[old.clone(), new.clone()])
+    // The same record twice in a batch (an early copy and its final record, or a spool
+    // replayed after a crash): one row, counted once, the last copy's values.
+    let mut early = new.clone();
+    early.latency_us = 1;
+    let batch = [early, old.clone(), new.clone()];
+    assert_eq!(sql::insert(&store.db(), &batch).await.unwrap(), 2);
+    let latency: i64 =
+        sqlx::query_scalar("SELECT latency_us FROM analytics_requests WHERE id = $1")
+            .bind(&new.id)
+            .fetch_one(&pool)
             .await
-            .unwrap(),
-        2
-    );
+            .unwrap();
+    assert_eq!(latency, 10, "the last copy wins");
     // Writing the same rows again changes nothing (rows or rollups).
     assert_eq!(sql::insert(&store.db(), &[old, new]).await.unwrap(), 0);
     let calls: i64 = sqlx::query_scalar("SELECT SUM(calls)::bigint FROM analytics_hourly")
@@ -913,6 +927,13 @@ async fn postgres_partitions_by_day_and_retention_drops_whole_days() {
         .await
         .unwrap();
     assert_eq!(calls, 2);
+    // A row the database refuses (a NUL in a text column) is told apart from an outage.
+    let mut bad = record(today + 2000, "00000000000000000000000000000003");
+    bad.payment_reason = Some("nul \u{0} inside".into());
+    assert!(matches!(
+        sql::insert(&store.db(), &[bad]).await,
+        Err(sql::InsertError::Rejected(_))
+    ));
     let in_old_partition: i64 = sqlx::query_scalar(&format!(
         "SELECT COUNT(*) FROM analytics_requests_p{}",
         time::OffsetDateTime::from_unix_timestamp((today - 35 * day) / 1000)

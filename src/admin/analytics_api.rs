@@ -121,6 +121,16 @@ impl Params {
         self.0.get(name).map(String::as_str)
     }
 
+    /// A free-text value (host, project): printable and at most 255 bytes.
+    fn text(&self, name: &str) -> Result<Option<&str>, ApiError> {
+        match self.get(name) {
+            Some(v) if v.len() > 255 || v.chars().any(char::is_control) => {
+                Err(bad(name, "at most 255 printable characters"))
+            }
+            other => Ok(other),
+        }
+    }
+
     fn number(
         &self,
         name: &str,
@@ -145,7 +155,7 @@ impl Params {
 
 /// The project the caller may see: the admin picks any (or all), a project key its own.
 fn scope(access: &Access, params: &Params) -> Result<Option<String>, ApiError> {
-    let asked = params.get("project").filter(|p| !p.is_empty());
+    let asked = params.text("project")?.filter(|p| !p.is_empty());
     match (access, asked) {
         (Access::Admin, asked) => Ok(asked.map(str::to_string)),
         (Access::Project(own), None) => Ok(Some(own.clone())),
@@ -159,35 +169,39 @@ fn scope(access: &Access, params: &Params) -> Result<Option<String>, ApiError> {
     }
 }
 
-/// `[from, to)` in unix ms: parsed, ordered, and within `retention_days`.
+/// `[from, to)` in unix ms: parsed, ordered, within `retention_days` and at most a day ahead.
 fn range(params: &Params, retention_days: u32) -> Result<(i64, i64), ApiError> {
     let now = crate::clock::unix_millis() as i64;
+    let oldest = now - i64::from(retention_days) * DAY_MS;
+    let latest = now + DAY_MS;
     let time = |name: &str| -> Result<Option<i64>, ApiError> {
-        params
-            .get(name)
-            .map(|raw| {
-                parse_time(raw)
-                    .map(|s| s.saturating_mul(1000))
-                    .ok_or_else(|| {
-                        bad(
-                            name,
-                            format!("expected unix seconds, RFC 3339 or YYYY-MM-DD, got {raw:?}"),
-                        )
-                    })
-            })
-            .transpose()
+        let Some(raw) = params.get(name) else {
+            return Ok(None);
+        };
+        let ms = parse_time(raw)
+            .and_then(|s| s.checked_mul(1000))
+            .ok_or_else(|| {
+                bad(
+                    name,
+                    format!("expected unix seconds, RFC 3339 or YYYY-MM-DD, got {raw:?}"),
+                )
+            })?;
+        if ms < oldest {
+            return Err(bad(
+                name,
+                format!("older than the retention ({retention_days} days) of this data"),
+            ));
+        }
+        if ms > latest {
+            return Err(bad(name, "more than a day in the future"));
+        }
+        Ok(Some(ms))
     };
     let to = time("to")?.unwrap_or(now);
-    let from = time("from")?.unwrap_or(to - DAY_MS);
+    // Without `from`: the day before `to`, as far back as the data goes.
+    let from = time("from")?.unwrap_or((to - DAY_MS).max(oldest));
     if from > to {
         return Err(bad("from", "must not be after to"));
-    }
-    let oldest = now - i64::from(retention_days) * DAY_MS;
-    if from < oldest {
-        return Err(bad(
-            "from",
-            format!("older than the retention ({retention_days} days) of this data"),
-        ));
     }
     Ok((from, to))
 }
@@ -314,7 +328,7 @@ pub async fn timeseries(
         let (f, t) = hours((from, to));
         (f.div_euclid(step) * step, t)
     };
-    if (to - from) / step > MAX_POINTS {
+    if (to - from + step - 1) / step > MAX_POINTS {
         return Err(bad(
             "interval",
             format!(
@@ -377,7 +391,7 @@ pub async fn requests(
         // `to` is inclusive for the request list: a record at `to` is listed.
         to_ms: to.saturating_add(1),
         status,
-        host: params.get("host").map(str::to_string),
+        host: params.text("host")?.map(str::to_string),
         payment,
         before,
     };

@@ -143,7 +143,7 @@ async fn health(State(state): State<AdminState>) -> Response {
         if shared.analytics.enabled() {
             dependencies["analytics"] = json!({
                 "status": if matches!(db, Ok(Ok(()))) { "up" } else { "down" },
-                "spooled_records": shared.analytics.spooled().await,
+                "spooled_records": shared.analytics.spooled(),
                 "required": false,
             });
         }

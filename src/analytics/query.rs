@@ -116,6 +116,8 @@ pub struct Totals {
     /// Calls pag0 paid for (payment `paid`).
     pub paid_calls: i64,
     pub spend: BTreeMap<String, U256>,
+    /// Calls that spent, per asset (paid, or relayed and settled): what spend is spread over.
+    pub spending_calls: BTreeMap<String, i64>,
     pub saved: BTreeMap<String, U256>,
     /// Calls by cache outcome (`HIT`, `MISS`, ...).
     pub cache: BTreeMap<String, i64>,
@@ -136,10 +138,13 @@ impl Totals {
             self.paid_calls += r.calls;
         }
         if !r.spend.is_zero() {
-            *self.spend.entry(r.symbol.clone()).or_default() += r.spend;
+            let spend = self.spend.entry(r.symbol.clone()).or_default();
+            *spend = spend.saturating_add(r.spend);
+            *self.spending_calls.entry(r.symbol.clone()).or_default() += r.calls;
         }
         if !r.saved.is_zero() {
-            *self.saved.entry(r.symbol.clone()).or_default() += r.saved;
+            let saved = self.saved.entry(r.symbol.clone()).or_default();
+            *saved = saved.saturating_add(r.saved);
         }
         *self.cache.entry(r.cache.clone()).or_default() += r.calls;
         if !r.error.is_empty() {
@@ -324,8 +329,10 @@ pub fn endpoints(
             let per_paid: BTreeMap<String, U256> = t
                 .spend
                 .iter()
-                .filter(|_| t.paid_calls > 0)
-                .map(|(s, a)| (s.clone(), *a / U256::from(t.paid_calls as u64)))
+                .filter_map(|(s, a)| {
+                    let calls = *t.spending_calls.get(s)?;
+                    (calls > 0).then(|| (s.clone(), *a / U256::from(calls as u64)))
+                })
                 .collect();
             json!({
                 "endpoint": endpoint,

@@ -1,8 +1,11 @@
 //! Writing analytics to SQL: raw rows and their hourly rollups in one transaction, retention.
 //!
-//! Exactly once: a raw row is inserted `ON CONFLICT DO NOTHING RETURNING id`, and only the rows
-//! that came back (new ones) are added to the rollups, in the same transaction. A batch written
-//! twice (a spool replay after a write that did land) changes nothing the second time.
+//! Exactly once: a batch keeps one copy of each id (the last: a request's final record comes
+//! after its early copy), a raw row is inserted `ON CONFLICT DO NOTHING RETURNING id`, and only
+//! the rows that came back (new ones) are added to the rollups, in the same transaction. A
+//! batch written twice (a spool replay after a write that did land) changes nothing the second
+//! time. (A row replayed after its day's raw rows expired is new again: keep spools younger
+//! than `analytics.retention_days`.)
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -15,6 +18,38 @@ use crate::store::{Db, StoreError};
 
 fn err(context: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError(format!("{context}: {e}"))
+}
+
+/// Why a batch was not written.
+#[derive(Debug)]
+pub enum InsertError {
+    /// The database cannot be reached or is too slow: try again later.
+    Unavailable(StoreError),
+    /// The database refused the data (a constraint, a value it cannot store): trying again
+    /// will not help.
+    Rejected(StoreError),
+}
+
+impl std::fmt::Display for InsertError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InsertError::Unavailable(e) => write!(f, "{e}"),
+            InsertError::Rejected(e) => write!(f, "refused: {e}"),
+        }
+    }
+}
+
+impl From<StoreError> for InsertError {
+    fn from(e: StoreError) -> InsertError {
+        InsertError::Unavailable(e)
+    }
+}
+
+fn insert_err(context: &str, e: sqlx::Error) -> InsertError {
+    match e {
+        sqlx::Error::Database(_) => InsertError::Rejected(err(context, e)),
+        e => InsertError::Unavailable(err(context, e)),
+    }
 }
 
 const RAW_COLUMNS: &str = "INSERT INTO analytics_requests (id, at_ms, project, route, method, scheme, host, port, path, endpoint, status, upstream_status, attempts, latency_us, upstream_latency_us, request_bytes, response_bytes, cache, payment, payment_reason, amount, symbol, asset, network, pay_to, saved, saved_symbol, error, tx_hash, x402_version) ";
@@ -75,11 +110,11 @@ macro_rules! insert_raw {
                 .build()
                 .fetch_all(&mut *$tx)
                 .await
-                .map_err(|e| err("analytics insert", e))?;
+                .map_err(|e| insert_err("analytics insert", e))?;
             for row in rows {
                 $inserted.insert(
                     row.try_get::<String, _>("id")
-                        .map_err(|e| err("analytics insert", e))?,
+                        .map_err(|e| insert_err("analytics insert", e))?,
                 );
             }
         }
@@ -149,10 +184,11 @@ fn deltas<'a>(records: impl Iterator<Item = &'a Record>) -> BTreeMap<Key, Delta>
         d.request_bytes = d.request_bytes.saturating_add(clamp(r.request_bytes));
         d.response_bytes = d.response_bytes.saturating_add(clamp(r.response_bytes));
         if spends(r) {
-            d.spend += r.paid.as_ref().map_or(U256::ZERO, |p| p.money.amount);
+            let amount = r.paid.as_ref().map_or(U256::ZERO, |p| p.money.amount);
+            d.spend = d.spend.saturating_add(amount);
         }
         if let Some(s) = &r.saved {
-            d.saved += s.amount;
+            d.saved = d.saved.saturating_add(s.amount);
         }
         d.histogram[bucket(r.latency_us)] += 1;
     }
@@ -225,20 +261,34 @@ macro_rules! upsert_rollups {
             q.build()
                 .execute(&mut *$tx)
                 .await
-                .map_err(|e| err("analytics rollup", e))?;
+                .map_err(|e| insert_err("analytics rollup", e))?;
         }
     }};
 }
 
+/// One copy of each id (the last one), in `(at_ms, id)` order: writers that meet the same rows
+/// take their locks in the same order.
+fn unique(records: &[Record]) -> Vec<&Record> {
+    let mut last: std::collections::HashMap<&str, &Record> =
+        std::collections::HashMap::with_capacity(records.len());
+    for r in records {
+        last.insert(&r.id, r);
+    }
+    let mut rows: Vec<&Record> = last.into_values().collect();
+    rows.sort_unstable_by(|a, b| (a.at_ms, &a.id).cmp(&(b.at_ms, &b.id)));
+    rows
+}
+
 /// Writes `records` (ids set) and adds the new ones to the rollups, in one transaction.
 /// Returns how many were new.
-pub async fn insert(db: &Db, records: &[Record]) -> Result<usize, StoreError> {
+pub async fn insert(db: &Db, records: &[Record]) -> Result<usize, InsertError> {
+    let records = unique(records);
     let mut inserted: HashSet<String> = HashSet::with_capacity(records.len());
     match db {
         Db::Postgres(p) => {
-            let mut tx = p.begin().await.map_err(|e| err("analytics", e))?;
+            let mut tx = p.begin().await.map_err(|e| insert_err("analytics", e))?;
             insert_raw!(sqlx::Postgres, tx, records, "::numeric", inserted);
-            let deltas = deltas(records.iter().filter(|r| inserted.contains(&r.id)));
+            let deltas = deltas(records.iter().copied().filter(|r| inserted.contains(&r.id)));
             let rows: Vec<(Key, Delta, U256, U256)> = deltas
                 .into_iter()
                 .map(|(k, d)| {
@@ -248,14 +298,16 @@ pub async fn insert(db: &Db, records: &[Record]) -> Result<usize, StoreError> {
                 .collect();
             let conflict = rollup_conflict(|c| format!("analytics_hourly.{c} + excluded.{c}"));
             upsert_rollups!(sqlx::Postgres, tx, rows, "::numeric", conflict);
-            tx.commit().await.map_err(|e| err("analytics commit", e))?;
+            tx.commit()
+                .await
+                .map_err(|e| insert_err("analytics commit", e))?;
         }
         Db::Sqlite(p) => {
             // The insert comes first: it makes this a write transaction before anything is
             // read, so the read-modify-write of amounts below cannot race another writer.
-            let mut tx = p.begin().await.map_err(|e| err("analytics", e))?;
+            let mut tx = p.begin().await.map_err(|e| insert_err("analytics", e))?;
             insert_raw!(sqlx::Sqlite, tx, records, "", inserted);
-            let deltas = deltas(records.iter().filter(|r| inserted.contains(&r.id)));
+            let deltas = deltas(records.iter().copied().filter(|r| inserted.contains(&r.id)));
             let mut rows = Vec::with_capacity(deltas.len());
             for (k, d) in deltas {
                 // SQLite keeps amounts as decimal text: add them here, exactly. A row whose
@@ -268,10 +320,12 @@ pub async fn insert(db: &Db, records: &[Record]) -> Result<usize, StoreError> {
                     .bind(k.0).bind(&k.1).bind(&k.2).bind(k.3).bind(k.4).bind(k.5).bind(&k.6).bind(&k.7)
                     .fetch_optional(&mut *tx)
                     .await
-                    .map_err(|e| err("analytics rollup", e))?;
+                    .map_err(|e| insert_err("analytics rollup", e))?;
                     if let Some(row) = current {
-                        spend += parse_amount(row.try_get::<String, _>("spend").ok());
-                        saved += parse_amount(row.try_get::<String, _>("saved").ok());
+                        spend = spend
+                            .saturating_add(parse_amount(row.try_get::<String, _>("spend").ok()));
+                        saved = saved
+                            .saturating_add(parse_amount(row.try_get::<String, _>("saved").ok()));
                     }
                 }
                 rows.push((k, d, spend, saved));
@@ -282,7 +336,9 @@ pub async fn insert(db: &Db, records: &[Record]) -> Result<usize, StoreError> {
                 )
             });
             upsert_rollups!(sqlx::Sqlite, tx, rows, "", conflict);
-            tx.commit().await.map_err(|e| err("analytics commit", e))?;
+            tx.commit()
+                .await
+                .map_err(|e| insert_err("analytics commit", e))?;
         }
     }
     Ok(inserted.len())

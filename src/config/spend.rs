@@ -107,6 +107,12 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
             .spool_file
             .as_deref()
             .unwrap_or(DEFAULT_ANALYTICS_SPOOL_FILE);
+        if self.base_dir.join(spool) == database.spool_file {
+            self.issue(
+                "analytics.spool_file",
+                "must differ from database.spool_file (each spool and write-ahead file has one owner)",
+            );
+        }
         crate::analytics::Settings {
             enabled: f.enabled.unwrap_or(DEFAULT_ANALYTICS_ENABLED),
             retention_days,

@@ -13,6 +13,39 @@ use crate::proxy::ctx::{Target, TargetKind};
 
 /// The analytics record of a request that got `status` (0: none was sent).
 pub fn record(session: &Session, ctx: &RequestCtx, status: u16) -> Record {
+    let mut r = describe(session, ctx);
+    refresh(&mut r, session, ctx, status);
+    r
+}
+
+/// Brings a record written ahead (just before the answer) up to date once the request is
+/// over: status, times, bytes and outcomes; what it describes does not change.
+pub fn refresh(r: &mut Record, session: &Session, ctx: &RequestCtx, status: u16) {
+    r.status = status;
+    r.upstream_status = ctx.upstream.status;
+    r.attempts = ctx.upstream.attempts;
+    r.latency_us = ctx.started.elapsed().as_micros() as u64;
+    r.upstream_latency_us = ctx
+        .upstream
+        .status
+        .is_some()
+        .then_some(ctx.upstream.latency_us);
+    r.request_bytes = session.body_bytes_read() as u64;
+    r.response_bytes = session.body_bytes_sent() as u64;
+    r.cache = match ctx.cache.outcome {
+        Some(Outcome::Hit(_)) => CacheOutcome::Hit,
+        Some(Outcome::Stale(_)) => CacheOutcome::Stale,
+        Some(Outcome::Miss) => CacheOutcome::Miss,
+        Some(Outcome::Bypass) => CacheOutcome::Bypass,
+        None if ctx.cache.lookup.is_some() => CacheOutcome::Miss,
+        None if ctx.cache.bypass.is_some() => CacheOutcome::Bypass,
+        None => CacheOutcome::None,
+    };
+    r.error = ctx.error.map(|code| Cow::Borrowed(code.as_str()));
+}
+
+/// Who asked for what, and what was paid or saved.
+fn describe(session: &Session, ctx: &RequestCtx) -> Record {
     let req = session.req_header();
     let (scheme, host, port, path, endpoint) = match &ctx.target {
         Some(t) => where_to(t),
@@ -73,35 +106,28 @@ pub fn record(session: &Session, ctx: &RequestCtx, status: u16) -> Record {
         port,
         path,
         endpoint,
-        status,
-        upstream_status: ctx.upstream.status,
-        attempts: ctx.upstream.attempts,
-        latency_us: ctx.started.elapsed().as_micros() as u64,
-        upstream_latency_us: ctx
-            .upstream
-            .status
-            .is_some()
-            .then_some(ctx.upstream.latency_us),
-        request_bytes: session.body_bytes_read() as u64,
-        response_bytes: session.body_bytes_sent() as u64,
-        cache: match ctx.cache.outcome {
-            Some(Outcome::Hit(_)) => CacheOutcome::Hit,
-            Some(Outcome::Stale(_)) => CacheOutcome::Stale,
-            Some(Outcome::Miss) => CacheOutcome::Miss,
-            Some(Outcome::Bypass) => CacheOutcome::Bypass,
-            None if ctx.cache.lookup.is_some() => CacheOutcome::Miss,
-            None if ctx.cache.bypass.is_some() => CacheOutcome::Bypass,
-            None => CacheOutcome::None,
-        },
+        status: 0,
+        upstream_status: None,
+        attempts: 0,
+        latency_us: 0,
+        upstream_latency_us: None,
+        request_bytes: 0,
+        response_bytes: 0,
+        cache: CacheOutcome::None,
         payment: outcome,
-        payment_reason: payment.declined.clone().or_else(|| payment.refused.clone()),
+        // Text from the upstream (offers, receipts): printable, bounded.
+        payment_reason: payment
+            .declined
+            .as_deref()
+            .or(payment.refused.as_deref())
+            .map(printable),
         paid,
         saved: ctx.cache.saved.as_ref().map(|(symbol, amount)| Money {
             symbol: symbol.clone(),
             amount: *amount,
         }),
-        error: ctx.error.map(|code| Cow::Borrowed(code.as_str())),
-        tx_hash: payment.tx.clone(),
+        error: None,
+        tx_hash: payment.tx.as_deref().map(printable),
         x402_version: version,
     }
 }
@@ -128,4 +154,13 @@ fn where_to(t: &Target) -> (&'static str, String, u16, String, String) {
         }
     };
     (scheme, t.host.clone(), t.port, path.to_string(), endpoint)
+}
+
+/// Upstream-provided text as stored: control characters (a NUL would make PostgreSQL refuse
+/// the row) replaced, at most 512 characters.
+fn printable(text: &str) -> String {
+    text.chars()
+        .take(512)
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
 }

@@ -37,7 +37,7 @@ impl Pag0Proxy {
 
     /// Writes the request's analytics record ahead, once, just before its answer (`status`)
     /// goes to the agent: a crash after the agent saw the answer cannot lose the record.
-    /// `logging` writes the final one.
+    /// `logging` completes it (times, bytes) and queues it.
     fn write_ahead(&self, session: &Session, ctx: &mut RequestCtx, status: u16) {
         if ctx.analytics_ahead.is_none() && self.shared.analytics.enabled() {
             let record = crate::proxy::logging::record(session, ctx, status);
@@ -564,10 +564,15 @@ impl ProxyHttp for Pag0Proxy {
             .observe(ctx.started.elapsed().as_secs_f64());
         let live = ctx.live.clone();
         live.pipeline.logging(ctx).await;
-        if self.shared.analytics.enabled() {
-            let record = crate::proxy::logging::record(session, ctx, status);
-            let ahead = ctx.analytics_ahead.take();
-            self.shared.analytics.record(record, ahead).await;
+        let analytics = &self.shared.analytics;
+        if analytics.enabled() {
+            use crate::proxy::logging;
+            match ctx.analytics_ahead.take() {
+                Some(ahead) => {
+                    analytics.finish(ahead, |r| logging::refresh(r, session, ctx, status))
+                }
+                None => analytics.record(logging::record(session, ctx, status)),
+            }
         }
     }
 

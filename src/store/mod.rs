@@ -61,8 +61,9 @@ use std::time::Duration;
 use alloy_primitives::U256;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use sqlx::ConnectOptions;
 use sqlx::Row;
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 
 use crate::budget::{BudgetKey, SpendHistory, Windows};
@@ -174,7 +175,9 @@ impl Store {
                     .create_if_missing(true)
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
-                    .busy_timeout(config.timeout);
+                    .busy_timeout(config.timeout)
+                    // Large batches are slow by design; their SQL text is no log line.
+                    .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
                 let pool = SqlitePoolOptions::new()
                     .max_connections(4)
                     .acquire_timeout(config.timeout)
@@ -184,11 +187,13 @@ impl Store {
                 Db::Sqlite(pool)
             }
             DatabaseKind::Postgres => {
+                let options = PgConnectOptions::from_str(config.url.expose())
+                    .map_err(|e| err("database.url", redact(e, config)))?
+                    .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
                 let pool = PgPoolOptions::new()
                     .max_connections(8)
                     .acquire_timeout(config.timeout)
-                    .connect_lazy(config.url.expose())
-                    .map_err(|e| err("database.url", redact(e, config)))?;
+                    .connect_lazy_with(options);
                 Db::Postgres(pool)
             }
         };

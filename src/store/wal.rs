@@ -44,8 +44,8 @@ struct Inner {
     seq: u64,
     /// The open segment was deleted by [`Wal::retire`].
     retired: bool,
-    /// Closed segments with the sequence number of their last record.
-    closed: VecDeque<(u64, u64)>,
+    /// Closed segments with the sequence number of their last record, each still locked.
+    closed: VecDeque<(u64, u64, File)>,
 }
 
 fn segment_path(base: &Path, instance: &str, segment: u64) -> PathBuf {
@@ -60,9 +60,13 @@ fn try_lock(file: &File) -> bool {
     unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
-/// A new segment of `bytes`, its blocks allocated, locked, mapped shared.
+/// A new segment of `bytes`, its blocks allocated, locked, mapped shared. It is prepared under
+/// a temporary name (which recovery ignores) and renamed once locked.
 fn create(path: &Path, bytes: u64) -> Result<(MmapMut, File), StoreError> {
     let fail = |e: std::io::Error| StoreError(format!("cannot create {}: {e}", path.display()));
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".new");
+    let temporary = PathBuf::from(temporary);
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(fail)?;
     }
@@ -70,8 +74,8 @@ fn create(path: &Path, bytes: u64) -> Result<(MmapMut, File), StoreError> {
         .read(true)
         .write(true)
         .create(true)
-        .truncate(false)
-        .open(path)
+        .truncate(true)
+        .open(&temporary)
         .map_err(fail)?;
     if !try_lock(&file) {
         return Err(fail(std::io::Error::other("locked by another writer")));
@@ -85,6 +89,7 @@ fn create(path: &Path, bytes: u64) -> Result<(MmapMut, File), StoreError> {
     // SAFETY: the file is this writer's own (a random name, locked) and never truncated while
     // mapped; others only read it once the lock is gone with this process.
     let map = unsafe { MmapMut::map_mut(&file) }.map_err(fail)?;
+    std::fs::rename(&temporary, path).map_err(fail)?;
     Ok((map, file))
 }
 
@@ -120,11 +125,11 @@ impl Wal {
                 self.segment_bytes,
             )?;
             let (segment, seq) = (inner.segment, inner.seq);
+            let old = std::mem::replace(&mut inner._file, file);
             if !std::mem::take(&mut inner.retired) {
-                inner.closed.push_back((segment, seq));
+                inner.closed.push_back((segment, seq, old));
             }
             inner.map = map;
-            inner._file = file;
             inner.segment = next;
             inner.bytes = 0;
         }
@@ -143,12 +148,14 @@ impl Wal {
     /// nothing later are deleted.
     pub fn persisted(&self, seq: u64) {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some(&(segment, last)) = inner.closed.front() {
-            if last > seq {
+        while let Some((segment, last, _)) = inner.closed.front() {
+            if *last > seq {
                 break;
             }
-            inner.closed.pop_front();
+            let segment = *segment;
+            // Removed while still locked, then unlocked (the file closes).
             self.remove(segment);
+            inner.closed.pop_front();
         }
     }
 
@@ -197,6 +204,15 @@ impl Wal {
             let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(stem)) else {
                 continue;
             };
+            // A segment a writer died preparing (see `create`): empty, removed once unlocked.
+            if rest.ends_with(".new") {
+                if let Ok(file) = File::open(entry.path())
+                    && try_lock(&file)
+                {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+                continue;
+            }
             let Some((instance, segment)) = rest.strip_prefix('.').and_then(|r| r.rsplit_once('.'))
             else {
                 continue;
@@ -207,13 +223,22 @@ impl Wal {
             let path = entry.path();
             let read =
                 |e: std::io::Error| StoreError(format!("cannot read {}: {e}", path.display()));
-            let file = File::open(&path).map_err(read)?;
+            let file = match File::open(&path) {
+                Ok(f) => f,
+                // Removed meanwhile by its writer (or another recovery): nothing to read.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(read(e)),
+            };
             // Held by a running writer (this process's included): not a leftover. The lock
             // taken here is released when `file` closes.
             if !try_lock(&file) {
                 continue;
             }
-            let bytes = std::fs::read(&path).map_err(read)?;
+            let bytes = match std::fs::read(&path) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(read(e)),
+            };
             found.push((path, spool_records::<T>(&bytes)));
         }
         Ok(found)
