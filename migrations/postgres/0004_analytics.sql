@@ -40,7 +40,6 @@ CREATE TABLE analytics_requests (
 ) PARTITION BY RANGE (at_ms);
 CREATE TABLE analytics_requests_default PARTITION OF analytics_requests DEFAULT;
 CREATE INDEX analytics_requests_project_time ON analytics_requests (project, at_ms DESC, id DESC);
-CREATE INDEX analytics_requests_time ON analytics_requests (at_ms DESC, id DESC);
 
 CREATE TABLE analytics_hourly (
     hour_ms                 BIGINT NOT NULL,    -- start of the UTC hour, unix milliseconds

@@ -53,10 +53,21 @@ fn insert_err(context: &str, e: sqlx::Error) -> InsertError {
 }
 
 const RAW_COLUMNS: &str = "INSERT INTO analytics_requests (id, at_ms, project, route, method, scheme, host, port, path, endpoint, status, upstream_status, attempts, latency_us, upstream_latency_us, request_bytes, response_bytes, cache, payment, payment_reason, amount, symbol, asset, network, pay_to, saved, saved_symbol, error, tx_hash, x402_version) ";
-/// Raw rows per `INSERT` (30 parameters each).
-const RAW_CHUNK: usize = 500;
-/// Rollup rows per upsert (42 parameters each).
-const ROLLUP_CHUNK: usize = 300;
+/// Rows per statement, largest first: a batch is cut into chunks of these sizes only, so each
+/// connection prepares a handful of statements once and reuses them (a statement of any other
+/// size would be parsed and planned again). 256 raw rows are 7680 parameters, within SQLite's
+/// and PostgreSQL's limits.
+const CHUNKS: [usize; 5] = [256, 64, 16, 4, 1];
+
+/// `items` cut into chunks of the [`CHUNKS`] sizes.
+fn fixed_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        let size = CHUNKS.iter().copied().find(|&n| n <= items.len())?;
+        let (chunk, rest) = items.split_at(size);
+        items = rest;
+        Some(chunk)
+    })
+}
 const HOUR_MS: i64 = 3_600_000;
 pub const DAY_MS: i64 = 86_400_000;
 
@@ -68,7 +79,7 @@ pub fn bucket_columns() -> impl Iterator<Item = String> {
 /// Inserts raw rows through `$tx`; `$cast` turns amount text into the column type.
 macro_rules! insert_raw {
     ($db:ty, $tx:expr, $records:expr, $cast:expr, $inserted:expr) => {{
-        for chunk in $records.chunks(RAW_CHUNK) {
+        for chunk in fixed_chunks(&$records) {
             let mut q = sqlx::QueryBuilder::<$db>::new(RAW_COLUMNS);
             q.push_values(chunk, |mut row, r| {
                 let paid = r.paid.as_ref();
@@ -230,7 +241,7 @@ fn rollup_conflict(money: impl Fn(&str) -> String) -> String {
 macro_rules! upsert_rollups {
     ($db:ty, $tx:expr, $rows:expr, $cast:expr, $conflict:expr) => {{
         let head = rollup_insert_head();
-        for chunk in $rows.chunks(ROLLUP_CHUNK) {
+        for chunk in fixed_chunks(&$rows) {
             let mut q = sqlx::QueryBuilder::<$db>::new(&head);
             q.push_values(chunk, |mut row, (k, d, spend, saved)| {
                 let k: &Key = k;
@@ -464,6 +475,17 @@ fn partition_day(name: &str) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_are_cut_into_few_statement_sizes() {
+        let sizes = |n: usize| {
+            let items = vec![0u8; n];
+            fixed_chunks(&items).map(<[u8]>::len).collect::<Vec<_>>()
+        };
+        assert_eq!(sizes(0), Vec::<usize>::new());
+        assert_eq!(sizes(1000), [256, 256, 256, 64, 64, 64, 16, 16, 4, 4]);
+        assert_eq!(sizes(7), [4, 1, 1, 1]);
+    }
 
     #[test]
     fn partition_names_round_trip() {
