@@ -103,11 +103,7 @@ impl Shared {
         let store = Arc::new(store);
         let metrics = Arc::new(Metrics::new());
         // Payments are written ahead to a file beside the journal's spool (see store::wal).
-        let wal_base = {
-            let mut name = config.database.spool_file.as_os_str().to_owned();
-            name.push(".wal");
-            std::path::PathBuf::from(name)
-        };
+        let wal_base = crate::store::beside(&config.database.spool_file, ".wal");
         let wal = crate::store::Wal::open(wal_base.clone(), crate::store::wal::SEGMENT_BYTES)
             .map_err(|e| anyhow::anyhow!("payment intent log: {e}"))?;
         let (intents, written) = crate::intents::IntentLog::new(wal, metrics.clone());

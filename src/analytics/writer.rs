@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::sql::{self, InsertError};
 use super::{Counters, Record, Settings};
-use crate::store::{Db, Spool, StoreError, Wal};
+use crate::store::{Db, Spool, StoreError, Wal, beside};
 
 pub enum Msg {
     /// A record and its sequence numbers in the write-ahead file: its own, and that of the
@@ -67,12 +67,6 @@ pub struct Core {
     spooled: AtomicBool,
     /// Daily partitions exist up to this day's start (unix ms).
     partitions_through: AtomicI64,
-}
-
-fn beside(file: &std::path::Path, suffix: &str) -> PathBuf {
-    let mut name = file.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
 }
 
 impl Core {

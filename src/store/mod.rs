@@ -396,8 +396,13 @@ where
 
 /// The intent spool sits beside the journal spool: `<spool_file>.intents`.
 fn intent_spool_path(spool_file: &std::path::Path) -> PathBuf {
-    let mut name = spool_file.as_os_str().to_owned();
-    name.push(".intents");
+    beside(spool_file, ".intents")
+}
+
+/// The path of a file kept next to `file`: its name with `suffix` added (`x.jsonl.wal`).
+pub fn beside(file: &std::path::Path, suffix: &str) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(suffix);
     PathBuf::from(name)
 }
 

@@ -49,9 +49,7 @@ struct Inner {
 }
 
 fn segment_path(base: &Path, instance: &str, segment: u64) -> PathBuf {
-    let mut name = base.as_os_str().to_owned();
-    name.push(format!(".{instance}.{segment}"));
-    PathBuf::from(name)
+    super::beside(base, &format!(".{instance}.{segment}"))
 }
 
 /// Takes `file`'s exclusive lock without waiting; false if another writer holds it.
@@ -64,9 +62,7 @@ fn try_lock(file: &File) -> bool {
 /// a temporary name (which recovery ignores) and renamed once locked.
 fn create(path: &Path, bytes: u64) -> Result<(MmapMut, File), StoreError> {
     let fail = |e: std::io::Error| StoreError(format!("cannot create {}: {e}", path.display()));
-    let mut temporary = path.as_os_str().to_owned();
-    temporary.push(".new");
-    let temporary = PathBuf::from(temporary);
+    let temporary = super::beside(path, ".new");
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(fail)?;
     }
