@@ -55,9 +55,9 @@ fn insert_err(context: &str, e: sqlx::Error) -> InsertError {
 const RAW_COLUMNS: &str = "INSERT INTO analytics_requests (id, at_ms, project, route, method, scheme, host, port, path, endpoint, status, upstream_status, attempts, latency_us, upstream_latency_us, request_bytes, response_bytes, cache, payment, payment_reason, amount, symbol, asset, network, pay_to, saved, saved_symbol, error, tx_hash, x402_version) ";
 /// Rows per statement, largest first: a batch is cut into chunks of these sizes only, so each
 /// connection prepares a handful of statements once and reuses them (a statement of any other
-/// size would be parsed and planned again). 256 raw rows are 7680 parameters, within SQLite's
-/// and PostgreSQL's limits.
-const CHUNKS: [usize; 5] = [256, 64, 16, 4, 1];
+/// size would be parsed and planned again). 1000 raw rows are 30 000 parameters, within
+/// SQLite's (32 766) and PostgreSQL's (65 535) limits.
+const CHUNKS: [usize; 6] = [1000, 250, 50, 10, 3, 1];
 
 /// `items` cut into chunks of the [`CHUNKS`] sizes.
 fn fixed_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
@@ -76,9 +76,11 @@ pub fn bucket_columns() -> impl Iterator<Item = String> {
     (0..BUCKETS).map(|i| format!("h{i:02}"))
 }
 
-/// Inserts raw rows through `$tx`; `$cast` turns amount text into the column type.
+/// Inserts raw rows through `$tx`; `$cast` turns amount text into the column type. Checked
+/// (`$returning`): the ids of the rows that were new are added to `$inserted`. Not checked: a
+/// chunk that was not wholly new fails with [`Written::Before`] (cheaper: no row comes back).
 macro_rules! insert_raw {
-    ($db:ty, $tx:expr, $records:expr, $cast:expr, $inserted:expr) => {{
+    ($db:ty, $tx:expr, $records:expr, $cast:expr, $returning:expr, $inserted:expr) => {{
         for chunk in fixed_chunks(&$records) {
             let mut q = sqlx::QueryBuilder::<$db>::new(RAW_COLUMNS);
             q.push_values(chunk, |mut row, r| {
@@ -116,17 +118,29 @@ macro_rules! insert_raw {
                     .push_bind(&r.tx_hash)
                     .push_bind(r.x402_version.map(i32::from));
             });
-            q.push(" ON CONFLICT (at_ms, id) DO NOTHING RETURNING id");
-            let rows = q
-                .build()
-                .fetch_all(&mut *$tx)
-                .await
-                .map_err(|e| insert_err("analytics insert", e))?;
-            for row in rows {
-                $inserted.insert(
-                    row.try_get::<String, _>("id")
-                        .map_err(|e| insert_err("analytics insert", e))?,
-                );
+            q.push(" ON CONFLICT (at_ms, id) DO NOTHING");
+            if $returning {
+                q.push(" RETURNING id");
+                let rows = q
+                    .build()
+                    .fetch_all(&mut *$tx)
+                    .await
+                    .map_err(|e| insert_err("analytics insert", e))?;
+                for row in rows {
+                    $inserted.insert(
+                        row.try_get::<String, _>("id")
+                            .map_err(|e| insert_err("analytics insert", e))?,
+                    );
+                }
+            } else {
+                let done = q
+                    .build()
+                    .execute(&mut *$tx)
+                    .await
+                    .map_err(|e| insert_err("analytics insert", e))?;
+                if done.rows_affected() != chunk.len() as u64 {
+                    return Ok(None);
+                }
             }
         }
     }};
@@ -291,15 +305,28 @@ fn unique(records: &[Record]) -> Vec<&Record> {
 }
 
 /// Writes `records` (ids set) and adds the new ones to the rollups, in one transaction.
-/// Returns how many were new.
+/// Returns how many were new. Batches are nearly always wholly new: they are written first
+/// without asking which rows were (no row comes back from the database), and only when a row
+/// turns out to be there already (a spool replay, a recovery) again, asking row by row.
 pub async fn insert(db: &Db, records: &[Record]) -> Result<usize, InsertError> {
     let records = unique(records);
-    let mut inserted: HashSet<String> = HashSet::with_capacity(records.len());
+    match write(db, &records, false).await? {
+        Some(n) => Ok(n),
+        // A checked write always tells the new rows apart.
+        None => Ok(write(db, &records, true).await?.unwrap_or_default()),
+    }
+}
+
+/// One attempt at [`insert`]: `checked` asks the database which rows were new; not checked,
+/// `None` when some were there already (nothing was written: the transaction rolled back).
+async fn write(db: &Db, records: &[&Record], checked: bool) -> Result<Option<usize>, InsertError> {
+    let mut inserted: HashSet<String> = HashSet::new();
     match db {
         Db::Postgres(p) => {
             let mut tx = p.begin().await.map_err(|e| insert_err("analytics", e))?;
-            insert_raw!(sqlx::Postgres, tx, records, "::numeric", inserted);
-            let deltas = deltas(records.iter().copied().filter(|r| inserted.contains(&r.id)));
+            insert_raw!(sqlx::Postgres, tx, records, "::numeric", checked, inserted);
+            let deltas =
+                deltas((records.iter().copied()).filter(|r| !checked || inserted.contains(&r.id)));
             let rows: Vec<(Key, Delta, U256, U256)> = deltas
                 .into_iter()
                 .map(|(k, d)| {
@@ -317,8 +344,9 @@ pub async fn insert(db: &Db, records: &[Record]) -> Result<usize, InsertError> {
             // The insert comes first: it makes this a write transaction before anything is
             // read, so the read-modify-write of amounts below cannot race another writer.
             let mut tx = p.begin().await.map_err(|e| insert_err("analytics", e))?;
-            insert_raw!(sqlx::Sqlite, tx, records, "", inserted);
-            let deltas = deltas(records.iter().copied().filter(|r| inserted.contains(&r.id)));
+            insert_raw!(sqlx::Sqlite, tx, records, "", checked, inserted);
+            let deltas =
+                deltas((records.iter().copied()).filter(|r| !checked || inserted.contains(&r.id)));
             let mut rows = Vec::with_capacity(deltas.len());
             for (k, d) in deltas {
                 // SQLite keeps amounts as decimal text: add them here, exactly. A row whose
@@ -352,7 +380,11 @@ pub async fn insert(db: &Db, records: &[Record]) -> Result<usize, InsertError> {
                 .map_err(|e| insert_err("analytics commit", e))?;
         }
     }
-    Ok(inserted.len())
+    Ok(Some(if checked {
+        inserted.len()
+    } else {
+        records.len()
+    }))
 }
 
 /// A decimal amount read back from the database (0 if absent).
@@ -483,8 +515,8 @@ mod tests {
             fixed_chunks(&items).map(<[u8]>::len).collect::<Vec<_>>()
         };
         assert_eq!(sizes(0), Vec::<usize>::new());
-        assert_eq!(sizes(1000), [256, 256, 256, 64, 64, 64, 16, 16, 4, 4]);
-        assert_eq!(sizes(7), [4, 1, 1, 1]);
+        assert_eq!(sizes(2345), [1000, 1000, 250, 50, 10, 10, 10, 10, 3, 1, 1]);
+        assert_eq!(sizes(7), [3, 3, 1]);
     }
 
     #[test]
