@@ -3,7 +3,8 @@
 //! Layout: [`config`] (YAML → validated config), [`net`] (DNS, address classes),
 //! [`ratelimit`], [`metrics`], [`stages`] (pipeline plugins), [`proxy`] (the Pingora glue),
 //! [`cache`] (response cache storage: memory and Redis tiers), [`budget`] / [`store`] /
-//! [`settle`] (spend ledger and journal), [`intents`] (write-ahead payment intents), [`x402`] (payments), [`admin`] (health, metrics,
+//! [`settle`] (spend ledger and journal), [`intents`] (write-ahead payment intents), [`analytics`] (request records), [`curation`]
+//! (endpoint scores), [`x402`] (payments), [`admin`] (health, metrics,
 //! reload, admin API), [`live`] (reloadable state), [`server`] (assembly).
 
 pub mod admin;
@@ -14,6 +15,7 @@ pub mod cache;
 pub mod chain;
 pub mod clock;
 pub mod config;
+pub mod curation;
 pub mod demo;
 pub mod glob;
 pub mod idempotency;

@@ -59,6 +59,8 @@ pub struct Shared {
     pub interceptor: Option<Arc<crate::intercept::Interceptor>>,
     /// Request analytics: the recorder `logging` hands records to (changes need a restart).
     pub analytics: Arc<crate::analytics::Analytics>,
+    /// Endpoint scores, refreshed in the background (settings follow reloads).
+    pub curation: Arc<crate::curation::Curation>,
     /// Started once the cache stage is first configured (no Redis subscription otherwise).
     cache_purge_follower: std::sync::Once,
     /// Runs background upkeep (spool replay, retried commits) for the process's lifetime.
@@ -184,6 +186,10 @@ impl Shared {
             },
         )
         .map_err(|e| anyhow::anyhow!("analytics: {e}"))?;
+        let curation =
+            crate::curation::Curation::start(store.db(), config.curation.clone(), |task| {
+                rt.spawn(task);
+            });
         let cache = crate::cache::CacheStore::new(&config.cache.store, metrics.clone())
             .map_err(|e| anyhow::anyhow!("cache: {e}"))?
             .leak();
@@ -208,6 +214,7 @@ impl Shared {
         };
         Ok(Arc::new(Shared {
             analytics,
+            curation,
             interceptor,
             cache,
             cache_lock,
@@ -507,6 +514,7 @@ impl Reloader {
         if config.dns != current.config.dns {
             kept.push("dns settings changed; they apply after a restart".to_string());
         }
+        self.shared.curation.configure(config.curation.clone());
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
         self.live
             .store(Arc::new(Live::build(config, generation, &self.shared)));

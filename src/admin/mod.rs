@@ -23,6 +23,8 @@ use crate::live::{ReloadError, Reloader};
 mod analytics_api;
 mod api;
 mod cache_api;
+mod curation_api;
+mod params;
 
 #[derive(Clone)]
 struct AdminState {
@@ -71,10 +73,13 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-/// Every admin route requires `Authorization: Bearer <admin.token>`, except the analytics
-/// routes, which also take a project's key (see [`analytics_api::Access`]).
+/// Every admin route requires `Authorization: Bearer <admin.token>`, except the analytics and
+/// curation routes, which also take a project's key (see [`params::Access`]).
 async fn require_token(State(state): State<AdminState>, req: Request, next: Next) -> Response {
-    if req.uri().path().starts_with(ANALYTICS_PREFIX) {
+    if PROJECT_READABLE
+        .iter()
+        .any(|prefix| req.uri().path().starts_with(prefix))
+    {
         return next.run(req).await;
     }
     let presented = req
@@ -240,7 +245,8 @@ async fn not_found() -> Response {
 }
 
 /// Routes that authorize their callers themselves (admin token or project key).
-const ANALYTICS_PREFIX: &str = "/api/analytics/";
+/// Routes a project's own key may read (they check who asks themselves).
+const PROJECT_READABLE: [&str; 2] = ["/api/analytics/", "/api/curation/"];
 
 fn router(state: AdminState) -> Router {
     Router::new()
@@ -265,6 +271,11 @@ fn router(state: AdminState) -> Router {
         .route("/api/analytics/endpoints", get(analytics_api::endpoints))
         .route("/api/analytics/timeseries", get(analytics_api::timeseries))
         .route("/api/analytics/requests", get(analytics_api::requests))
+        .route("/api/curation/endpoints", get(curation_api::endpoints))
+        .route("/api/curation/rankings", get(curation_api::rankings))
+        .route("/api/curation/compare", get(curation_api::compare))
+        .route("/api/curation/recommend", get(curation_api::recommend))
+        .route("/api/curation/categories", get(curation_api::categories))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))

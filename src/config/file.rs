@@ -56,6 +56,8 @@ pub const SECTIONS: &[&str] = &[
     "budgets",
     "cache",
     "analytics",
+    "curation",
+    "catalog",
     "payments",
     "stages",
     "projects",
@@ -115,6 +117,52 @@ pub struct FileAnalytics {
     pub batch_rows: Option<usize>,
     pub flush_interval_ms: Option<u64>,
     pub spool_file: Option<String>,
+}
+
+/// `curation:` — endpoint scores (reloadable).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCuration {
+    pub refresh_seconds: Option<u64>,
+    pub window_hours: Option<u32>,
+    pub weights: Option<FileWeights>,
+}
+
+/// `curation.weights:` — relative weights of the score's components.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileWeights {
+    pub reliability: Option<f64>,
+    pub latency: Option<f64>,
+    pub cost: Option<f64>,
+    pub volume: Option<f64>,
+    pub reputation: Option<f64>,
+}
+
+/// One `catalog:` entry: a category and its endpoints.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCategory {
+    pub category: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    pub endpoints: Vec<FileMember>,
+}
+
+/// A catalog endpoint: a pattern of endpoint keys, alone or with a description.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FileMember {
+    Pattern(String),
+    Described(FileDescribedMember),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDescribedMember {
+    pub pattern: String,
+    #[serde(default)]
+    pub description: Option<String>,
 }
 
 /// `redis:` — shared state for several pag0 instances.

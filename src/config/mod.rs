@@ -4,6 +4,7 @@
 //! (`routes[2].upstream: invalid URL "htp:/x"`). Sections and list entries are deserialized
 //! one by one so that one bad entry does not hide the others.
 
+mod curation;
 pub mod file;
 pub mod runtime;
 pub mod secret;
@@ -130,6 +131,10 @@ pub fn parse(
     let analytics = v
         .section::<FileAnalytics>(take("analytics"), "analytics")
         .unwrap_or_default();
+    let curation = v
+        .section::<FileCuration>(take("curation"), "curation")
+        .unwrap_or_default();
+    let catalog = v.list::<FileCategory>(take("catalog").unwrap_or(Value::Null), "catalog");
     let stages = take("stages").map(|value| v.list::<FileStage>(value, "stages"));
     let projects = v.list::<FileProject>(take("projects").unwrap_or(Value::Null), "projects");
     let routes = v.list::<FileRoute>(take("routes").unwrap_or(Value::Null), "routes");
@@ -141,6 +146,7 @@ pub fn parse(
     let projects = v.projects(projects, &payments, &budgets);
     let database = v.database(database);
     let analytics = v.analytics(analytics, &database);
+    let curation = v.curation(curation, catalog, &analytics);
     let config = Config {
         server: v.server(server),
         upstream: v.upstream(upstream),
@@ -159,6 +165,7 @@ pub fn parse(
         budgets,
         cache,
         analytics,
+        curation,
         stages: v.stages(stages),
         projects,
         payments,

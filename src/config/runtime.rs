@@ -25,6 +25,7 @@ pub struct Config {
     pub budgets: BudgetSettings,
     pub cache: CacheSettings,
     pub analytics: crate::analytics::Settings,
+    pub curation: crate::curation::Settings,
     pub payments: Payments,
     pub stages: Vec<StageConfig>,
     pub projects: Vec<Arc<Project>>,

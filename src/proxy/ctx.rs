@@ -156,6 +156,8 @@ pub struct PaymentState {
     pub outcome: Option<crate::analytics::PaymentOutcome>,
     /// x402 version of the offer pag0 read (or of the agent's payment header).
     pub x402_version: Option<u8>,
+    /// What a v2 offer said about its endpoint (description, Bazaar), for the catalog.
+    pub offer_info: Option<crate::curation::OfferInfo>,
     /// pag0's JSON reason for a declined 402 with a chunked body: sent as the body if the
     /// upstream's turns out empty.
     pub decline_body: Option<bytes::Bytes>,

@@ -44,6 +44,13 @@ pub fn refresh(r: &mut Record, session: &Session, ctx: &RequestCtx, status: u16)
     r.error = ctx.error.map(|code| Cow::Borrowed(code.as_str()));
 }
 
+/// What the request's x402 offer said about its endpoint (taken: handed over once).
+pub fn described_endpoint(ctx: &mut RequestCtx) -> Option<(String, crate::curation::OfferInfo)> {
+    let info = ctx.payment.offer_info.take()?;
+    let (.., endpoint) = where_to(ctx.target.as_ref()?);
+    Some((endpoint, info))
+}
+
 /// Who asked for what, and what was paid or saved.
 fn describe(session: &Session, ctx: &RequestCtx) -> Record {
     let req = session.req_header();

@@ -564,9 +564,12 @@ impl ProxyHttp for Pag0Proxy {
             .observe(ctx.started.elapsed().as_secs_f64());
         let live = ctx.live.clone();
         live.pipeline.logging(ctx).await;
+        use crate::proxy::logging;
+        if let Some((endpoint, info)) = logging::described_endpoint(ctx) {
+            self.shared.curation.describe(&endpoint, info);
+        }
         let analytics = &self.shared.analytics;
         if analytics.enabled() {
-            use crate::proxy::logging;
             match ctx.analytics_ahead.take() {
                 Some(ahead) => {
                     analytics.finish(ahead, |r| logging::refresh(r, session, ctx, status))

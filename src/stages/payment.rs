@@ -793,6 +793,16 @@ impl Stage for PaymentStage {
                 return Ok(());
             }
         }
+        // A v2 offer is read whatever pag0 does about it: what it says about the endpoint
+        // goes to the catalog.
+        let v2 = resp
+            .headers
+            .get(x402::PAYMENT_REQUIRED_HEADER)
+            .map(|value| x402::parse_v2_header(value.as_bytes()));
+        if let Some(Ok(required)) = &v2 {
+            ctx.payment.offer_info =
+                crate::curation::OfferInfo::of(required, crate::clock::unix_millis() as i64);
+        }
         match ctx.project.as_ref().map_or(PaymentMode::Off, |p| p.mode) {
             PaymentMode::Relay => {
                 resp.insert_header(PAYMENT_STATUS_HEADER, "relay")?;
@@ -820,10 +830,9 @@ impl Stage for PaymentStage {
         if let Some(reason) = oversize {
             return self.decline_with(resp, ctx, "declined", reason, true);
         }
-        let v2 = resp.headers.get(x402::PAYMENT_REQUIRED_HEADER);
         ctx.payment.x402_version = Some(if v2.is_some() { 2 } else { 1 });
         let required = match v2 {
-            Some(value) => x402::parse_v2_header(value.as_bytes()),
+            Some(parsed) => parsed,
             // x402 v1: the offer is in the 402 body, which this hook cannot read. One unpaid
             // side request (same method, URL, headers, body) fetches it.
             None => match self.fetch_v1_offer(session, ctx).await {

@@ -6,7 +6,9 @@
 //! refuses anyway); `/price-change` (10000, +5000 after every payment on it); `/slow-paid`
 //! (10000, answers 800 ms after a valid payment); `/paid-500` (10000, answers 500 without a receipt
 //! after a valid payment); `/paid-stale` (10000, 200 with `max-age=1, stale-if-error=60`); `/expensive-empty` (a 402 with an empty body); `/unknown-asset` (an asset pag0 does not allow); `/huge-timeout`, `/zero-payto`, `/zero-amount`,
-//! `/wrong-domain`, `/no-domain` (offers pag0 must decline). Every route also
+//! `/wrong-domain`, `/no-domain` (offers pag0 must decline); `/described` (10000, a v2 offer
+//! with a description and Bazaar discovery metadata); `/flaky-paid` (20000, every second valid
+//! payment gets a 500). Every route also
 //! exists as x402 v1 under `/v1/...` (offer in the 402 JSON body, `X-PAYMENT`, network name
 //! `base-sepolia`, `X-PAYMENT-RESPONSE`). Every 200 echoes `{method, path, body_len, body_sha256}`.
 
@@ -99,6 +101,8 @@ struct State {
     skip_verify: bool,
     stats: PaywallStats,
     price_changes: u64,
+    /// Valid payments on `/flaky-paid` so far.
+    flaky_paid: u64,
     nonces: HashSet<(Address, B256)>,
 }
 
@@ -140,12 +144,28 @@ fn to_v1(offer: &Value, url: &str) -> Value {
     o
 }
 
+/// `/described`'s `resource.description`.
+pub const DESCRIBED: &str = "Current weather for a city";
+
+/// `/described`'s Bazaar discovery extension (`extensions.bazaar`).
+pub fn described_bazaar() -> Value {
+    json!({
+        "info": {
+            "input": {"type": "http", "method": "GET", "queryParams": {"city": "Paris"}},
+            "output": {"type": "json", "example": {"temp_c": 21}}
+        },
+        "schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        "routeTemplate": "/described"
+    })
+}
+
 fn offers_for(path: &str, price_changes: u64) -> Option<Vec<Value>> {
     Some(match path {
         "/price-change" => vec![offer(10_000 + 5_000 * price_changes, NETWORK, ASSET)],
-        "/paid" | "/always402" | "/slow-paid" | "/paid-500" | "/paid-stale" => {
+        "/paid" | "/always402" | "/slow-paid" | "/paid-500" | "/paid-stale" | "/described" => {
             vec![offer(10_000, NETWORK, ASSET)]
         }
+        "/flaky-paid" => vec![offer(20_000, NETWORK, ASSET)],
         "/multi" => vec![
             offer(1, NETWORK, "0x0000000000000000000000000000000000000bad"),
             offer(50_000, NETWORK, ASSET),
@@ -345,6 +365,13 @@ async fn handle(
     };
     let required = if v1 {
         json!({"x402Version": 1, "error": "X-PAYMENT header is required", "accepts": offers})
+    } else if path == "/described" {
+        json!({
+            "x402Version": 2, "error": "PAYMENT-SIGNATURE header is required",
+            "resource": {"url": url, "description": DESCRIBED, "mimeType": "application/json"},
+            "accepts": offers,
+            "extensions": {"bazaar": described_bazaar()},
+        })
     } else {
         json!({
             "x402Version": 2, "error": "PAYMENT-SIGNATURE header is required",
@@ -384,6 +411,19 @@ async fn handle(
             "{\"error\": \"settlement failed\"}".into(),
             None,
         )),
+        Ok(_)
+            if path == "/flaky-paid" && {
+                let mut state = state.lock().unwrap();
+                state.flaky_paid += 1;
+                state.flaky_paid.is_multiple_of(2)
+            } =>
+        {
+            Ok(respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{\"error\": \"flaky\"}".into(),
+                None,
+            ))
+        }
         Ok((payer, nonce)) => {
             if path == "/price-change" {
                 state.lock().unwrap().price_changes += 1;

@@ -1,0 +1,311 @@
+//! Endpoint curation: which paid API of a kind is best, from pag0's own traffic.
+//!
+//! Every `curation.refresh_seconds` a background task reads the analytics rollups of the last
+//! `curation.window_hours`, scores every endpoint against its category ([`score`]) and swaps
+//! the result in as one immutable [`Snapshot`]; readers (the admin API, smart routes) only
+//! load an `Arc`. Nothing here runs SQL on a request's path: offers' descriptions are handed
+//! over in memory ([`Curation::describe`]) and stored by the same task. This module knows
+//! nothing of Pingora.
+
+pub mod catalog;
+pub mod score;
+pub mod stats;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use alloy_primitives::U256;
+use arc_swap::ArcSwap;
+
+pub use catalog::{Category, Member, OfferInfo};
+pub use score::{Components, Observed, Score, Weights};
+
+use crate::analytics::query::{self, HOUR_MS};
+use crate::store::{Db, StoreError};
+
+/// `curation:` and `catalog:` settings (reloadable).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// How often scores are recomputed.
+    pub refresh: Duration,
+    /// Scores look at the calls of this many past hours (and the current one).
+    pub window_hours: u32,
+    pub weights: Weights,
+    pub categories: Vec<Category>,
+}
+
+pub const DEFAULT_REFRESH_SECONDS: u64 = 10;
+pub const DEFAULT_WINDOW_HOURS: u32 = 24;
+/// Most offers waiting to be stored (beyond: the newest are dropped until the next refresh).
+const MAX_PENDING: usize = 1024;
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            refresh: Duration::from_secs(DEFAULT_REFRESH_SECONDS),
+            window_hours: DEFAULT_WINDOW_HOURS,
+            weights: Weights::default(),
+            categories: Vec::new(),
+        }
+    }
+}
+
+/// One endpoint of the catalog, scored.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub endpoint: String,
+    pub category: Option<String>,
+    /// From the YAML (the catalog member's), else from its offer.
+    pub description: Option<String>,
+    pub offer: Option<OfferInfo>,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    /// The window's totals (calls that count: see [`stats`]).
+    pub totals: stats::Totals,
+    pub observed: Observed,
+    /// `None`: no calls in the window.
+    pub score: Option<Score>,
+}
+
+impl Entry {
+    pub fn success_rate(&self) -> Option<f64> {
+        (self.observed.calls > 0)
+            .then(|| self.observed.successes as f64 / self.observed.calls as f64)
+    }
+
+    /// Effective price per successful call (base units) and its asset symbol.
+    pub fn price(&self) -> Option<(U256, &str)> {
+        let units = self.totals.price_units()?;
+        Some((units, self.observed.symbol.as_str()))
+    }
+}
+
+/// A category and its means.
+#[derive(Debug, Clone)]
+pub struct CategoryInfo {
+    pub name: String,
+    pub description: Option<String>,
+    pub benchmark: score::Benchmark,
+}
+
+/// The scores at one instant.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// When it was computed (unix ms; 0: not yet).
+    pub at_ms: i64,
+    pub window_hours: u32,
+    pub weights: Weights,
+    /// By endpoint key.
+    pub entries: BTreeMap<String, Entry>,
+    /// In YAML order.
+    pub categories: Vec<CategoryInfo>,
+}
+
+impl Snapshot {
+    /// Entries of `category` (all without one), best score first (unscored last).
+    pub fn ranked(&self, category: Option<&str>) -> Vec<&Entry> {
+        let mut list: Vec<&Entry> = self
+            .entries
+            .values()
+            .filter(|e| category.is_none_or(|c| e.category.as_deref() == Some(c)))
+            .collect();
+        list.sort_by(|a, b| {
+            let s = |e: &Entry| e.score.map_or(-1.0, |s| s.score);
+            s(b).total_cmp(&s(a))
+                .then_with(|| a.endpoint.cmp(&b.endpoint))
+        });
+        list
+    }
+}
+
+/// Builds a snapshot from the catalog, the window's totals and the settings.
+pub fn build(
+    settings: &Settings,
+    stored: Vec<catalog::Stored>,
+    mut totals: BTreeMap<String, stats::Totals>,
+    at_ms: i64,
+) -> Snapshot {
+    // The stored catalog, then what was seen in the window but is not stored yet (the
+    // catalog write failed or is behind).
+    let mut rows: Vec<(String, i64, i64, Option<OfferInfo>)> = stored
+        .into_iter()
+        .map(|s| (s.endpoint, s.first_seen_ms, s.last_seen_ms, s.offer))
+        .collect();
+    let known: std::collections::HashSet<String> = rows.iter().map(|r| r.0.clone()).collect();
+    for (endpoint, t) in &totals {
+        if !known.contains(endpoint) {
+            rows.push((endpoint.clone(), t.last_hour_ms, t.last_hour_ms, None));
+        }
+    }
+    let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
+    for (endpoint, first, last, offer) in rows {
+        let t = totals.remove(&endpoint).unwrap_or_default();
+        let member = catalog::category_of(&settings.categories, &endpoint);
+        let description = member
+            .and_then(|(_, m)| m.description.clone())
+            .or_else(|| offer.as_ref().and_then(|o| o.description.clone()));
+        let last = last.max(t.last_hour_ms);
+        entries.insert(
+            endpoint.clone(),
+            Entry {
+                observed: t.observed(),
+                totals: t,
+                category: member.map(|(c, _)| c.name.clone()),
+                description,
+                offer,
+                first_seen_ms: first,
+                last_seen_ms: last,
+                score: None,
+                endpoint,
+            },
+        );
+    }
+    // Category means, then scores (an endpoint in no category is its own benchmark).
+    let categories: Vec<CategoryInfo> = settings
+        .categories
+        .iter()
+        .map(|c| CategoryInfo {
+            name: c.name.clone(),
+            description: c.description.clone(),
+            benchmark: score::Benchmark::of(
+                entries
+                    .values()
+                    .filter(|e| e.category.as_deref() == Some(c.name.as_str()))
+                    .map(|e| &e.observed),
+            ),
+        })
+        .collect();
+    let by_name: HashMap<&str, &score::Benchmark> = categories
+        .iter()
+        .map(|c| (c.name.as_str(), &c.benchmark))
+        .collect();
+    for e in entries.values_mut() {
+        let own;
+        let bench = match e.category.as_deref().and_then(|c| by_name.get(c)) {
+            Some(b) => *b,
+            None => {
+                own = score::Benchmark::of([&e.observed]);
+                &own
+            }
+        };
+        e.score = score::score(&e.observed, bench, &settings.weights);
+    }
+    Snapshot {
+        at_ms,
+        window_hours: settings.window_hours,
+        weights: settings.weights,
+        entries,
+        categories,
+    }
+}
+
+/// The curation service: the current snapshot and the task that refreshes it.
+pub struct Curation {
+    db: Db,
+    settings: ArcSwap<Settings>,
+    snapshot: ArcSwap<Snapshot>,
+    /// Offers' descriptions waiting to be stored, by endpoint.
+    pending: Mutex<HashMap<String, OfferInfo>>,
+    /// The last hour each endpoint was recorded as seen (saves rewriting it every refresh).
+    seen: Mutex<HashMap<String, i64>>,
+    /// Wakes the refresh task early (tests, a reload).
+    kick: tokio::sync::Notify,
+}
+
+impl Curation {
+    /// Starts the refresh task on `spawn` (the state runtime).
+    pub fn start(
+        db: Db,
+        settings: Settings,
+        spawn: impl Fn(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>),
+    ) -> Arc<Curation> {
+        let curation = Arc::new(Curation {
+            db,
+            settings: ArcSwap::from_pointee(settings),
+            snapshot: ArcSwap::from_pointee(Snapshot::default()),
+            pending: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::new()),
+            kick: tokio::sync::Notify::new(),
+        });
+        spawn(Box::pin(curation.clone().refresh_loop()));
+        curation
+    }
+
+    /// The current scores (cheap: one atomic load).
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// New settings from a reload: the next refresh (started now) uses them.
+    pub fn configure(&self, settings: Settings) {
+        if **self.settings.load() != settings {
+            self.settings.store(Arc::new(settings));
+            self.kick.notify_one();
+        }
+    }
+
+    /// What an offer said about `endpoint`; stored by the refresh task (no SQL here).
+    pub fn describe(&self, endpoint: &str, info: OfferInfo) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.len() < MAX_PENDING || pending.contains_key(endpoint) {
+            pending.insert(endpoint.to_string(), info);
+        }
+    }
+
+    async fn refresh_loop(self: Arc<Curation>) {
+        loop {
+            if let Err(e) = self.refresh().await {
+                log::warn!("curation: scores not refreshed: {e}");
+            }
+            let every = self.settings.load().refresh;
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = self.kick.notified() => {}
+            }
+        }
+    }
+
+    /// Stores what is pending, reads the window's rollups and the catalog, swaps in new scores.
+    pub async fn refresh(&self) -> Result<(), StoreError> {
+        let settings = self.settings.load_full();
+        let pending: Vec<(String, OfferInfo)> =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_iter()
+                .collect();
+        for (i, (endpoint, info)) in pending.iter().enumerate() {
+            if let Err(e) = catalog::describe(&self.db, endpoint, info).await {
+                // Kept for the next refresh (unless newer ones came meanwhile).
+                let mut waiting = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                for (endpoint, info) in pending.into_iter().skip(i) {
+                    waiting.entry(endpoint).or_insert(info);
+                }
+                return Err(e);
+            }
+        }
+        let now = crate::clock::unix_millis() as i64;
+        let this_hour = now.div_euclid(HOUR_MS) * HOUR_MS;
+        let from = this_hour - i64::from(settings.window_hours) * HOUR_MS;
+        let rows = query::rollups(&self.db, None, from, this_hour + HOUR_MS).await?;
+        let totals = stats::per_endpoint(&rows);
+        for (endpoint, t) in &totals {
+            let known = self
+                .seen
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(endpoint)
+                .copied();
+            if known != Some(t.last_hour_ms) {
+                catalog::seen(&self.db, endpoint, t.last_hour_ms).await?;
+                self.seen
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(endpoint.clone(), t.last_hour_ms);
+            }
+        }
+        let stored = catalog::load(&self.db).await?;
+        self.snapshot
+            .store(Arc::new(build(&settings, stored, totals, now)));
+        Ok(())
+    }
+}
