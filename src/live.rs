@@ -61,6 +61,8 @@ pub struct Shared {
     pub analytics: Arc<crate::analytics::Analytics>,
     /// Endpoint scores, refreshed in the background (settings follow reloads).
     pub curation: Arc<crate::curation::Curation>,
+    /// Smart routes' candidate state (breakers, turns), surviving reloads.
+    pub router: crate::curation::router::Router,
     /// Started once the cache stage is first configured (no Redis subscription otherwise).
     cache_purge_follower: std::sync::Once,
     /// Runs background upkeep (spool replay, retried commits) for the process's lifetime.
@@ -215,6 +217,7 @@ impl Shared {
         Ok(Arc::new(Shared {
             analytics,
             curation,
+            router: Default::default(),
             interceptor,
             cache,
             cache_lock,

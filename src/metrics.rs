@@ -23,6 +23,11 @@ pub struct Metrics {
     pub stage_rejections: IntCounterVec,
     /// `pag0_upstream_errors_total{route,code}`: failures talking to upstreams.
     pub upstream_errors: IntCounterVec,
+    /// `pag0_route_choice_total{route,candidate,reason}`: where smart routes sent requests
+    /// (`best`, `explore`, `failover`).
+    pub route_choices: IntCounterVec,
+    /// `pag0_route_breaker_open{route,candidate}`: 1 while a candidate's breaker is open.
+    pub route_breakers: IntGaugeVec,
     /// `pag0_payments_total{project,outcome}`: 402s paid (`signed`), `declined`, or whose paid
     /// attempt was refused again (`rejected`).
     pub payments: IntCounterVec,
@@ -108,6 +113,22 @@ impl Metrics {
                 "Upstream failures (DNS, connect, timeout, protocol)",
             ),
             &["route", "code"],
+        )
+        .expect("valid metric");
+        let route_choices = IntCounterVec::new(
+            Opts::new(
+                "pag0_route_choice_total",
+                "Requests of smart routes by the candidate chosen and why",
+            ),
+            &["route", "candidate", "reason"],
+        )
+        .expect("valid metric");
+        let route_breakers = IntGaugeVec::new(
+            Opts::new(
+                "pag0_route_breaker_open",
+                "1 while a smart route candidate's circuit breaker is open",
+            ),
+            &["route", "candidate"],
         )
         .expect("valid metric");
         let payments = IntCounterVec::new(
@@ -286,6 +307,8 @@ impl Metrics {
             Box::new(request_duration.clone()),
             Box::new(stage_rejections.clone()),
             Box::new(upstream_errors.clone()),
+            Box::new(route_choices.clone()),
+            Box::new(route_breakers.clone()),
             Box::new(payments.clone()),
             Box::new(signatures.clone()),
             Box::new(payment_intents.clone()),
@@ -321,6 +344,8 @@ impl Metrics {
             request_duration,
             stage_rejections,
             upstream_errors,
+            route_choices,
+            route_breakers,
             payments,
             signatures,
             payment_intents,

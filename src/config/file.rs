@@ -227,6 +227,22 @@ pub struct FileRouteCache {
     pub ttl_seconds: Option<u64>,
 }
 
+/// `routes[].candidates[]`: one upstream of a smart route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCandidate {
+    pub upstream: String,
+}
+
+/// `routes[].breaker`: skip a candidate after `failures` consecutive failures, for
+/// `open_seconds`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBreaker {
+    pub failures: Option<u32>,
+    pub open_seconds: Option<u64>,
+}
+
 /// `budgets:` — where budgets are kept.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -605,7 +621,15 @@ pub struct FileRoute {
     /// Match on a path prefix (segment-wise). Absent: any path.
     pub path_prefix: Option<String>,
     /// Upstream base URL, `http://` or `https://`, optionally with a base path.
-    pub upstream: String,
+    pub upstream: Option<String>,
+    /// A smart route: the catalog category its candidates belong to.
+    pub category: Option<String>,
+    /// A smart route's upstreams; each request goes to the best-scoring one.
+    pub candidates: Option<Vec<FileCandidate>>,
+    /// Share of a smart route's requests sent to other candidates than the best (0..=0.5).
+    pub explore: Option<f64>,
+    /// A smart route's circuit breaker.
+    pub breaker: Option<FileBreaker>,
     /// Replace `path_prefix` by the upstream base path (default true).
     pub strip_prefix: Option<bool>,
     /// PEM file with the CA(s) that sign a private HTTPS upstream; system roots otherwise.

@@ -146,7 +146,9 @@ pub fn parse(
     let projects = v.projects(projects, &payments, &budgets);
     let database = v.database(database);
     let analytics = v.analytics(analytics, &database);
-    let curation = v.curation(curation, catalog, &analytics);
+    let mut curation = v.curation(curation, catalog, &analytics);
+    let routes = v.routes(routes);
+    join_candidates(&mut curation, &routes);
     let config = Config {
         server: v.server(server),
         upstream: v.upstream(upstream),
@@ -169,12 +171,44 @@ pub fn parse(
         stages: v.stages(stages),
         projects,
         payments,
-        routes: v.routes(routes),
+        routes,
     };
     if v.issues.is_empty() {
         Ok(config)
     } else {
         Err(ConfigErrors(v.issues))
+    }
+}
+
+/// Smart routes' candidates are members of their route's catalog category (created when the
+/// catalog does not name it).
+fn join_candidates(curation: &mut crate::curation::Settings, routes: &[Arc<Route>]) {
+    for smart in routes.iter().filter_map(|r| r.smart.as_ref()) {
+        let at = match curation
+            .categories
+            .iter()
+            .position(|c| c.name == smart.category)
+        {
+            Some(i) => i,
+            None => {
+                curation.categories.push(crate::curation::Category {
+                    name: smart.category.clone(),
+                    description: None,
+                    endpoints: Vec::new(),
+                });
+                curation.categories.len() - 1
+            }
+        };
+        let category = &mut curation.categories[at];
+        for c in &smart.candidates {
+            let key = c.endpoint_key();
+            if !category.endpoints.iter().any(|m| m.pattern == key) {
+                category.endpoints.push(crate::curation::Member {
+                    pattern: key,
+                    description: None,
+                });
+            }
+        }
     }
 }
 
@@ -1158,16 +1192,7 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
                     format!("must start with '/' (got {prefix:?})"),
                 );
             }
-            let upstream = match parse_upstream(&r.upstream) {
-                Ok(u) => Some(u),
-                Err(why) => {
-                    self.issue(
-                        &format!("{path}.upstream"),
-                        format!("invalid URL {:?}: {why}", r.upstream),
-                    );
-                    None
-                }
-            };
+            let (upstream, smart) = self.route_upstreams(&r, &path);
             let ca_file = r.ca_file.as_ref().map(|f| self.base_dir.join(f));
             let ca = match &ca_file {
                 None => None,
@@ -1193,10 +1218,122 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
                     cache: self.route_cache(r.cache, &format!("{path}.cache")),
                     ca,
                     ca_file,
+                    smart,
                 }));
             }
         }
         out
+    }
+}
+
+impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
+    /// A route's `upstream`, or a smart route's `category` + `candidates` (the first
+    /// candidate is then its `upstream`).
+    fn route_upstreams(
+        &mut self,
+        r: &FileRoute,
+        path: &str,
+    ) -> (Option<UpstreamUrl>, Option<SmartRoute>) {
+        let parse = |v: &mut Self, raw: &str, at: &str| match parse_upstream(raw) {
+            Ok(u) => Some(u),
+            Err(why) => {
+                v.issue(at, format!("invalid URL {raw:?}: {why}"));
+                None
+            }
+        };
+        let smart_keys = r.category.is_some()
+            || r.candidates.is_some()
+            || r.explore.is_some()
+            || r.breaker.is_some();
+        match (&r.upstream, smart_keys) {
+            (Some(raw), false) => return (parse(self, raw, &format!("{path}.upstream")), None),
+            (Some(_), true) => {
+                self.issue(
+                    path,
+                    "has both upstream and smart-route keys (category, candidates, explore, breaker): use one or the other",
+                );
+                return (None, None);
+            }
+            (None, false) => {
+                self.issue(path, "needs upstream, or category and candidates");
+                return (None, None);
+            }
+            (None, true) => {}
+        }
+        let category = match r.category.as_deref().map(str::trim) {
+            Some(c) if !c.is_empty() && c.len() <= 64 && !c.chars().any(char::is_control) => {
+                c.to_string()
+            }
+            Some(_) => {
+                self.issue(
+                    &format!("{path}.category"),
+                    "must be 1 to 64 printable characters",
+                );
+                return (None, None);
+            }
+            None => {
+                self.issue(
+                    &format!("{path}.category"),
+                    "a route with candidates names its catalog category",
+                );
+                return (None, None);
+            }
+        };
+        let raw = r.candidates.as_deref().unwrap_or_default();
+        if raw.is_empty() {
+            self.issue(
+                &format!("{path}.candidates"),
+                "must list at least one upstream",
+            );
+            return (None, None);
+        }
+        let mut candidates: Vec<UpstreamUrl> = Vec::new();
+        for (j, c) in raw.iter().enumerate() {
+            let at = format!("{path}.candidates[{j}].upstream");
+            if let Some(u) = parse(self, &c.upstream, &at) {
+                if candidates
+                    .iter()
+                    .any(|k| k.endpoint_key() == u.endpoint_key())
+                {
+                    self.issue(&at, format!("{:?} is listed twice", c.upstream));
+                } else {
+                    candidates.push(u);
+                }
+            }
+        }
+        let explore = match r.explore {
+            None => DEFAULT_EXPLORE,
+            Some(e) if (0.0..=0.5).contains(&e) => e,
+            Some(_) => {
+                self.issue(&format!("{path}.explore"), "must be from 0 to 0.5");
+                DEFAULT_EXPLORE
+            }
+        };
+        let breaker = r.breaker.as_ref();
+        let breaker_failures = self.positive(
+            breaker.and_then(|b| b.failures).map(u64::from),
+            u64::from(DEFAULT_BREAKER_FAILURES),
+            &format!("{path}.breaker.failures"),
+        );
+        let open_seconds = self.positive(
+            breaker.and_then(|b| b.open_seconds),
+            DEFAULT_BREAKER_OPEN_SECONDS,
+            &format!("{path}.breaker.open_seconds"),
+        );
+        if candidates.len() != raw.len() {
+            return (None, None);
+        }
+        (
+            candidates.first().cloned(),
+            Some(SmartRoute {
+                category,
+                keys: candidates.iter().map(UpstreamUrl::endpoint_key).collect(),
+                candidates,
+                explore,
+                breaker_failures: breaker_failures.min(u64::from(u32::MAX)) as u32,
+                breaker_open: Duration::from_secs(open_seconds),
+            }),
+        )
     }
 }
 

@@ -359,7 +359,28 @@ pub struct Route {
     /// Upstream connection-pool partition for routes with their own CA (0 = system roots).
     pub trust_group: u64,
     pub cache: RouteCache,
+    /// A smart route (`category` + `candidates`); `upstream` is then its first candidate.
+    pub smart: Option<SmartRoute>,
 }
+
+/// A route whose requests go to the best-scoring of several upstreams.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SmartRoute {
+    pub category: String,
+    pub candidates: Vec<UpstreamUrl>,
+    /// The candidates' endpoint keys (as the analytics and the catalog name them).
+    pub keys: Vec<String>,
+    /// Share of requests sent to another candidate than the best.
+    pub explore: f64,
+    /// Consecutive failures that open a candidate's breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker skips its candidate.
+    pub breaker_open: Duration,
+}
+
+pub const DEFAULT_EXPLORE: f64 = 0.05;
+pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
+pub const DEFAULT_BREAKER_OPEN_SECONDS: u64 = 30;
 
 impl std::fmt::Debug for Route {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -383,6 +404,16 @@ pub struct UpstreamUrl {
     pub port: u16,
     /// Base path without a trailing slash (`""` for the root).
     pub base_path: String,
+}
+
+impl UpstreamUrl {
+    /// The analytics endpoint key of requests a route sends here: `host[:port]/base/*`.
+    pub fn endpoint_key(&self) -> String {
+        let mut key = host_header(&self.host, self.port, self.tls);
+        key.push_str(&self.base_path);
+        key.push_str("/*");
+        key
+    }
 }
 
 /// A Host header value: IPv6 in brackets, port omitted when it is the scheme's default.

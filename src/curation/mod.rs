@@ -8,6 +8,7 @@
 //! nothing of Pingora.
 
 pub mod catalog;
+pub mod router;
 pub mod score;
 pub mod stats;
 

@@ -32,9 +32,26 @@ pub struct Target {
     pub path: String,
     /// The address to connect to, once a stage (the SSRF guard) has resolved and vetted it.
     pub addr: Option<SocketAddr>,
+    /// A smart route's candidate this request goes to (index in its `candidates`).
+    pub candidate: Option<usize>,
 }
 
 impl Target {
+    /// The upstream a route target goes to: its smart route's chosen candidate, or the route's
+    /// upstream.
+    pub fn route_upstream(&self) -> Option<&crate::config::UpstreamUrl> {
+        let TargetKind::Route(route) = &self.kind else {
+            return None;
+        };
+        Some(
+            match (self.candidate, &route.smart) {
+                (Some(i), Some(smart)) => smart.candidates.get(i),
+                _ => None,
+            }
+            .unwrap_or(&route.upstream),
+        )
+    }
+
     /// The Host header the upstream gets: always the target's own authority (for absolute-form
     /// requests RFC 9112 §3.2.2 makes the proxy replace whatever Host the client sent).
     pub fn host_header(&self) -> String {
@@ -238,6 +255,8 @@ pub struct RequestCtx {
     pub tunnel: Option<Arc<TunnelInfo>>,
     /// Set on an accepted `CONNECT`: what the listener makes of the connection.
     pub tunnel_plan: Option<Arc<TunnelPlan>>,
+    /// A smart route's candidate choice.
+    pub smart: Option<crate::proxy::smart::SmartChoice>,
 }
 
 impl RequestCtx {
@@ -258,6 +277,7 @@ impl RequestCtx {
             rate_limit: None,
             tunnel: None,
             tunnel_plan: None,
+            smart: None,
         }
     }
 

@@ -144,13 +144,7 @@ fn where_to(t: &Target) -> (&'static str, String, u16, String, String) {
     let scheme = if t.tls { "https" } else { "http" };
     let path = t.path.split('?').next().unwrap_or_default();
     let endpoint = match &t.kind {
-        TargetKind::Route(route) => {
-            let up = &route.upstream;
-            let mut key = crate::config::host_header(&up.host, up.port, up.tls);
-            key.push_str(&up.base_path);
-            key.push_str("/*");
-            key
-        }
+        TargetKind::Route(route) => t.route_upstream().unwrap_or(&route.upstream).endpoint_key(),
         // CONNECT always names the port.
         TargetKind::Connect if t.host.contains(':') => format!("[{}]:{}", t.host, t.port),
         TargetKind::Connect => format!("{}:{}", t.host, t.port),

@@ -6,6 +6,7 @@ pub mod listener;
 pub mod logging;
 pub mod respond;
 pub mod service;
+pub mod smart;
 pub mod target;
 pub mod tunnel;
 pub mod upstream;

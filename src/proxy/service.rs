@@ -18,7 +18,7 @@ use crate::metrics::status_class;
 use crate::proxy::ctx::{TargetKind, TunnelInfo};
 use crate::proxy::deadline::HeaderDeadline;
 use crate::proxy::respond::{ErrorCode, Reply};
-use crate::proxy::{RequestCtx, target, tunnel, upstream};
+use crate::proxy::{RequestCtx, smart, target, tunnel, upstream};
 use crate::stages::Flow;
 
 /// Keep-alive set on an accepted `CONNECT` so that Pingora returns the connection (the value
@@ -186,6 +186,7 @@ impl ProxyHttp for Pag0Proxy {
             Ok(t) => ctx.target = Some(t),
             Err(reply) => return self.answer(session, ctx, "proxy", reply).await,
         }
+        smart::choose(&self.shared, ctx);
         if let Some(tunnel) = &ctx.tunnel {
             // Inside an intercepted tunnel the agent is who it said it was on its CONNECT.
             let req = session.req_header_mut();
@@ -332,6 +333,12 @@ impl ProxyHttp for Pag0Proxy {
         resp: &ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<RespCacheable> {
+        if ctx.smart.as_ref().is_some_and(|c| c.failovers > 0) {
+            // Its key is the first candidate's: the answer of another one is not stored there.
+            return Ok(RespCacheable::Uncacheable(
+                pingora::cache::NoCacheReason::Custom("failover"),
+            ));
+        }
         let live = ctx.live.clone();
         Ok(match live.pipeline.cache() {
             Some(cache) => cache.cacheable(
@@ -416,6 +423,23 @@ impl ProxyHttp for Pag0Proxy {
             ctx.upstream.latency_us += sent.elapsed().as_micros() as u64;
         }
         ctx.upstream.status = Some(resp.status.as_u16());
+        if ctx.smart.is_some() {
+            if resp.status.is_server_error() {
+                if smart::failed(&self.shared, ctx, !session.retry_buffer_truncated()) {
+                    if let Some(choice) = ctx.smart.as_mut() {
+                        choice.failover_requested = true;
+                    }
+                    let mut e = Error::explain(
+                        ErrorType::HTTPStatus(resp.status.as_u16()),
+                        "smart route: the candidate failed; trying the next one",
+                    );
+                    e.set_retry(true);
+                    return Err(e);
+                }
+            } else {
+                smart::answered(&self.shared, ctx);
+            }
+        }
         let live = ctx.live.clone();
         live.pipeline
             .upstream_response_filter(session, resp, ctx)
@@ -445,13 +469,17 @@ impl ProxyHttp for Pag0Proxy {
             }
         }
         live.pipeline.response_filter(resp, ctx).await?;
+        if let Some(endpoint) = smart::endpoint(ctx) {
+            resp.insert_header(smart::ENDPOINT_HEADER, endpoint)?;
+        }
         self.write_ahead(session, ctx, resp.status.as_u16());
         Ok(())
     }
 
     /// Decides whether a failed attempt is retried. A paid replay requested by the payment
-    /// stage is retried (POST too) as long as the whole body is still in the retry buffer;
-    /// everything else keeps Pingora's policy (idempotent methods only).
+    /// stage, or a smart route's failover to its next candidate (nothing paid yet), is retried
+    /// (POST too) as long as the whole body is still in the retry buffer; everything else keeps
+    /// Pingora's policy (idempotent methods only).
     fn error_while_proxy(
         &self,
         peer: &HttpPeer,
@@ -465,12 +493,37 @@ impl ProxyHttp for Pag0Proxy {
         if ctx.error.is_some() {
             // pag0 decided this request's fate (e.g. facilitator down): no retry.
             e.set_retry(false);
-        } else if std::mem::take(&mut ctx.payment.replay_requested) {
+        } else if std::mem::take(&mut ctx.payment.replay_requested)
+            || ctx
+                .smart
+                .as_mut()
+                .is_some_and(|c| std::mem::take(&mut c.failover_requested))
+        {
+            // A paid replay, or a smart route's failover after a 5xx.
             e.set_retry(!truncated);
+        } else if e.esource() == &ErrorSource::Upstream
+            && smart::failed(&self.shared, ctx, !truncated)
+        {
+            // A smart route's candidate timed out or broke the connection: the next one.
+            e.set_retry(true);
         } else if !session.req_header().method.is_idempotent() || truncated {
             e.set_retry(false);
         } else {
             e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    /// A connection to the upstream could not be made: a smart route tries its next candidate.
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if smart::failed(&self.shared, ctx, !session.retry_buffer_truncated()) {
+            e.set_retry(true);
         }
         e
     }

@@ -76,6 +76,7 @@ fn connect_target(req: &RequestHeader) -> Result<Target, Reply> {
         port,
         path: String::new(),
         addr: None,
+        candidate: None,
     })
 }
 
@@ -118,6 +119,7 @@ fn tunnel_target(req: &RequestHeader, tunnel: &TunnelInfo) -> Result<Target, Rep
         port: tunnel.port,
         path,
         addr: None,
+        candidate: None,
     })
 }
 
@@ -159,6 +161,7 @@ fn absolute_target(raw: &[u8]) -> Result<Target, Reply> {
         port,
         path: path.to_string(),
         addr: None,
+        candidate: None,
     })
 }
 
@@ -223,6 +226,7 @@ fn route_target(req: &RequestHeader, routes: &[Arc<Route>]) -> Result<Target, Re
         port: route.upstream.port,
         path: upstream_path,
         addr: None,
+        candidate: None,
     })
 }
 
@@ -263,6 +267,7 @@ mod tests {
             ca_file: None,
             trust_group: 0,
             cache: Default::default(),
+            smart: None,
         })
     }
 

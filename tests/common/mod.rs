@@ -265,15 +265,20 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start() -> Upstream {
-        Self::start_inner(None).await
+        Self::start_inner(None, "127.0.0.1:0").await
+    }
+
+    /// On a given address (e.g. one that refused connections until now).
+    pub async fn start_at(addr: SocketAddr) -> Upstream {
+        Self::start_inner(None, &addr.to_string()).await
     }
 
     pub async fn start_tls(tls: Arc<tokio_rustls::rustls::ServerConfig>) -> Upstream {
-        Self::start_inner(Some(tokio_rustls::TlsAcceptor::from(tls))).await
+        Self::start_inner(Some(tokio_rustls::TlsAcceptor::from(tls)), "127.0.0.1:0").await
     }
 
-    async fn start_inner(tls: Option<tokio_rustls::TlsAcceptor>) -> Upstream {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    async fn start_inner(tls: Option<tokio_rustls::TlsAcceptor>, bind: &str) -> Upstream {
+        let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let requests = Arc::new(AtomicUsize::new(0));
         let connections = Arc::new(AtomicUsize::new(0));
