@@ -34,6 +34,8 @@ const DOCUMENTED_METRICS: &[&str] = &[
     "pag0_analytics_queue_depth",
     "pag0_analytics_queue_depth_peak",
     "pag0_analytics_batch_seconds",
+    "pag0_route_choice_total",
+    "pag0_route_breaker_open",
     "pag0_config_reloads_total",
     "pag0_config_generation",
     "pag0_build_info",

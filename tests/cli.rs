@@ -375,6 +375,7 @@ async fn migrate_creates_the_journal_tables_on_sqlite_and_postgres() {
         [
             "analytics_hourly",
             "analytics_requests",
+            "curation_endpoints",
             "payment_intents",
             "policies",
             "policy_versions",

@@ -110,9 +110,13 @@ impl Store {
     ) -> Result<i64, PolicyWriteError> {
         let at = crate::clock::unix_now() as i64;
         with_pool!(&self.db, p => {
-            let mut tx = p.begin().await.map_err(|e| err("policies", e))?;
-            // Lock the row on PostgreSQL; SQLite serializes writers anyway.
-            let lock = if self.kind() == "postgres" { " FOR UPDATE" } else { "" };
+            // SQLite: take the write lock up front (`BEGIN IMMEDIATE`): a transaction that read
+            // first could not upgrade to a write after another connection wrote (SQLITE_BUSY,
+            // not waited for). PostgreSQL: lock the row.
+            let postgres = self.kind() == "postgres";
+            let begin = if postgres { "BEGIN" } else { "BEGIN IMMEDIATE" };
+            let mut tx = p.begin_with(begin).await.map_err(|e| err("policies", e))?;
+            let lock = if postgres { " FOR UPDATE" } else { "" };
             let current = sqlx::query(&format!("SELECT version, active, document FROM policies WHERE project = $1{lock}"))
                 .bind(project)
                 .fetch_optional(&mut *tx)
