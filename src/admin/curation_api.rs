@@ -304,6 +304,8 @@ pub async fn recommend(
     for e in snap.ranked(category) {
         let why = if e.score.is_none() {
             Some("no calls in the window yet".to_string())
+        } else if max_price.is_some() && e.paid_without_success() {
+            Some("paid calls and no success: no price per success".to_string())
         } else if let (Some(max), Some((price, symbol))) = (max_price, e.price())
             && price > max
         {
@@ -399,7 +401,7 @@ pub async fn categories(
                 "benchmark": {
                     "p50_ms": c.benchmark.p50_us.map(|v| v / 1000.0),
                     "p95_ms": c.benchmark.p95_us.map(|v| v / 1000.0),
-                    "price_per_success": c.benchmark.price.iter().map(|(s, p)| (s.clone(), json!(p.round().to_string()))).collect::<serde_json::Map<_, _>>(),
+                    "price_per_success": c.price_units.iter().map(|(s, p)| (s.clone(), json!(p.to_string()))).collect::<serde_json::Map<_, _>>(),
                 },
             })
         })

@@ -53,16 +53,21 @@ fn insert_err(context: &str, e: sqlx::Error) -> InsertError {
 }
 
 const RAW_COLUMNS: &str = "INSERT INTO analytics_requests (id, at_ms, project, route, method, scheme, host, port, path, endpoint, status, upstream_status, attempts, latency_us, upstream_latency_us, request_bytes, response_bytes, cache, payment, payment_reason, amount, symbol, asset, network, pay_to, saved, saved_symbol, error, tx_hash, x402_version) ";
-/// Rows per statement, largest first: a batch is cut into chunks of these sizes only, so each
-/// connection prepares a handful of statements once and reuses them (a statement of any other
-/// size would be parsed and planned again). 1000 raw rows are 30 000 parameters, within
-/// SQLite's (32 766) and PostgreSQL's (65 535) limits.
+/// Raw rows per statement, largest first: a batch is cut into chunks of these sizes only, so
+/// each connection prepares a handful of statements once and reuses them (a statement of any
+/// other size would be parsed and planned again). 1000 raw rows (30 columns) are 30 000
+/// parameters, within SQLite's (32 766) and PostgreSQL's (65 535) limits.
 const CHUNKS: [usize; 6] = [1000, 250, 50, 10, 3, 1];
+/// Rollup rows per statement: 500 rows of 42 columns are 21 000 parameters.
+const ROLLUP_CHUNKS: [usize; 5] = [500, 100, 20, 5, 1];
 
-/// `items` cut into chunks of the [`CHUNKS`] sizes.
-fn fixed_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+/// `items` cut into chunks of the `sizes` (largest first, ending with 1).
+fn fixed_chunks<'a, T>(
+    mut items: &'a [T],
+    sizes: &'static [usize],
+) -> impl Iterator<Item = &'a [T]> {
     std::iter::from_fn(move || {
-        let size = CHUNKS.iter().copied().find(|&n| n <= items.len())?;
+        let size = sizes.iter().copied().find(|&n| n <= items.len())?;
         let (chunk, rest) = items.split_at(size);
         items = rest;
         Some(chunk)
@@ -81,7 +86,7 @@ pub fn bucket_columns() -> impl Iterator<Item = String> {
 /// chunk that was not wholly new fails with [`Written::Before`] (cheaper: no row comes back).
 macro_rules! insert_raw {
     ($db:ty, $tx:expr, $records:expr, $cast:expr, $returning:expr, $inserted:expr) => {{
-        for chunk in fixed_chunks(&$records) {
+        for chunk in fixed_chunks(&$records, &CHUNKS) {
             let mut q = sqlx::QueryBuilder::<$db>::new(RAW_COLUMNS);
             q.push_values(chunk, |mut row, r| {
                 let paid = r.paid.as_ref();
@@ -255,7 +260,7 @@ fn rollup_conflict(money: impl Fn(&str) -> String) -> String {
 macro_rules! upsert_rollups {
     ($db:ty, $tx:expr, $rows:expr, $cast:expr, $conflict:expr) => {{
         let head = rollup_insert_head();
-        for chunk in fixed_chunks(&$rows) {
+        for chunk in fixed_chunks(&$rows, &ROLLUP_CHUNKS) {
             let mut q = sqlx::QueryBuilder::<$db>::new(&head);
             q.push_values(chunk, |mut row, (k, d, spend, saved)| {
                 let k: &Key = k;
@@ -512,11 +517,19 @@ mod tests {
     fn batches_are_cut_into_few_statement_sizes() {
         let sizes = |n: usize| {
             let items = vec![0u8; n];
-            fixed_chunks(&items).map(<[u8]>::len).collect::<Vec<_>>()
+            fixed_chunks(&items, &CHUNKS)
+                .map(<[u8]>::len)
+                .collect::<Vec<_>>()
         };
         assert_eq!(sizes(0), Vec::<usize>::new());
         assert_eq!(sizes(2345), [1000, 1000, 250, 50, 10, 10, 10, 10, 3, 1, 1]);
         assert_eq!(sizes(7), [3, 3, 1]);
+        let rollups: Vec<usize> = fixed_chunks(&[0u8; 1234], &ROLLUP_CHUNKS)
+            .map(<[u8]>::len)
+            .collect();
+        assert_eq!(rollups, [500, 500, 100, 100, 20, 5, 5, 1, 1, 1, 1]);
+        // Within SQLite's 32 766 parameters.
+        assert!(CHUNKS[0] * 30 <= 32_766 && ROLLUP_CHUNKS[0] * (16 + BUCKETS) <= 32_766);
     }
 
     #[test]

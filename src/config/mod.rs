@@ -149,6 +149,17 @@ pub fn parse(
     let mut curation = v.curation(curation, catalog, &analytics);
     let routes = v.routes(routes);
     join_candidates(&mut curation, &routes);
+    if !analytics.enabled
+        && let Some(route) = routes.iter().find(|r| r.smart.is_some())
+    {
+        v.issue(
+            "analytics.enabled",
+            format!(
+                "route {:?} chooses among candidates from analytics scores: analytics must be enabled",
+                route.name
+            ),
+        );
+    }
     let config = Config {
         server: v.server(server),
         upstream: v.upstream(upstream),
@@ -1315,11 +1326,18 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
             u64::from(DEFAULT_BREAKER_FAILURES),
             &format!("{path}.breaker.failures"),
         );
-        let open_seconds = self.positive(
+        let mut open_seconds = self.positive(
             breaker.and_then(|b| b.open_seconds),
             DEFAULT_BREAKER_OPEN_SECONDS,
             &format!("{path}.breaker.open_seconds"),
         );
+        if open_seconds > MAX_BREAKER_OPEN_SECONDS {
+            self.issue(
+                &format!("{path}.breaker.open_seconds"),
+                format!("must be at most {MAX_BREAKER_OPEN_SECONDS} (a day)"),
+            );
+            open_seconds = DEFAULT_BREAKER_OPEN_SECONDS;
+        }
         if candidates.len() != raw.len() {
             return (None, None);
         }

@@ -381,6 +381,7 @@ pub struct SmartRoute {
 pub const DEFAULT_EXPLORE: f64 = 0.05;
 pub const DEFAULT_BREAKER_FAILURES: u32 = 5;
 pub const DEFAULT_BREAKER_OPEN_SECONDS: u64 = 30;
+pub const MAX_BREAKER_OPEN_SECONDS: u64 = 86_400;
 
 impl std::fmt::Debug for Route {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

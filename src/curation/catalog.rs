@@ -23,17 +23,19 @@ pub struct Member {
     pub description: Option<String>,
 }
 
-/// The first category (in YAML order) with a member matching `endpoint`, and that member.
+/// The category naming `endpoint` exactly (a smart route's candidates are named so), else the
+/// first category (in YAML order) with a pattern matching it; and that member.
 pub fn category_of<'a>(
     categories: &'a [Category],
     endpoint: &str,
 ) -> Option<(&'a Category, &'a Member)> {
-    categories.iter().find_map(|c| {
-        c.endpoints
+    let find = |matches: &dyn Fn(&Member) -> bool| {
+        categories
             .iter()
-            .find(|m| crate::glob::matches(&m.pattern, endpoint))
-            .map(|m| (c, m))
-    })
+            .find_map(|c| c.endpoints.iter().find(|m| matches(m)).map(|m| (c, m)))
+    };
+    find(&|m: &Member| m.pattern == endpoint)
+        .or_else(|| find(&|m: &Member| crate::glob::matches(&m.pattern, endpoint)))
 }
 
 /// Most bytes of Bazaar `info`/`schema` kept per endpoint (larger ones are left out).
@@ -266,6 +268,14 @@ mod tests {
         assert_eq!(name("api.a.example/v1/weather/x"), None);
         assert_eq!(name("api.b.example/weather/paris"), Some("weather"));
         assert_eq!(name("api.b.example/news"), Some("all-b"));
+        // An exact key wins over an earlier pattern.
+        let mut cats = cats;
+        cats[1].endpoints.push(member("api.b.example/weather/*"));
+        let name = |e: &str| category_of(&cats, e).map(|(c, _)| c.name.as_str());
+        assert_eq!(name("api.b.example/weather/*"), Some("weather"));
+        cats[0].endpoints.remove(1);
+        let name = |e: &str| category_of(&cats, e).map(|(c, _)| c.name.as_str());
+        assert_eq!(name("api.b.example/weather/*"), Some("all-b"));
     }
 
     #[test]

@@ -75,6 +75,11 @@ impl Entry {
             .then(|| self.observed.successes as f64 / self.observed.calls as f64)
     }
 
+    /// Something was spent and nothing succeeded: the price per success is unbounded.
+    pub fn paid_without_success(&self) -> bool {
+        self.observed.price.is_some_and(f64::is_infinite)
+    }
+
     /// Effective price per successful call (base units) and its asset symbol.
     pub fn price(&self) -> Option<(U256, &str)> {
         let units = self.totals.price_units()?;
@@ -88,6 +93,8 @@ pub struct CategoryInfo {
     pub name: String,
     pub description: Option<String>,
     pub benchmark: score::Benchmark,
+    /// Mean price per success per asset symbol, in base units (integer division).
+    pub price_units: BTreeMap<String, U256>,
 }
 
 /// The scores at one instant.
@@ -166,15 +173,27 @@ pub fn build(
     let categories: Vec<CategoryInfo> = settings
         .categories
         .iter()
-        .map(|c| CategoryInfo {
-            name: c.name.clone(),
-            description: c.description.clone(),
-            benchmark: score::Benchmark::of(
+        .map(|c| {
+            let members = || {
                 entries
                     .values()
                     .filter(|e| e.category.as_deref() == Some(c.name.as_str()))
-                    .map(|e| &e.observed),
-            ),
+            };
+            let mut prices: BTreeMap<String, (U256, u64)> = BTreeMap::new();
+            for (units, symbol) in members().filter_map(Entry::price) {
+                let (sum, n) = prices.entry(symbol.to_string()).or_default();
+                *sum = sum.saturating_add(units);
+                *n += 1;
+            }
+            CategoryInfo {
+                name: c.name.clone(),
+                description: c.description.clone(),
+                benchmark: score::Benchmark::of(members().map(|e| &e.observed)),
+                price_units: prices
+                    .into_iter()
+                    .map(|(s, (sum, n))| (s, sum / U256::from(n.max(1))))
+                    .collect(),
+            }
         })
         .collect();
     let by_name: HashMap<&str, &score::Benchmark> = categories

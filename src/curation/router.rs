@@ -37,6 +37,15 @@ impl Reason {
     }
 }
 
+/// A candidate picked for a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Choice {
+    pub index: usize,
+    pub reason: Reason,
+    /// The request holds the candidate's half-open probe.
+    pub probe: bool,
+}
+
 /// What recording a failure did to the candidate's breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Breaker {
@@ -85,15 +94,26 @@ impl RouteState {
         &self.keys[i]
     }
 
-    /// Whether `i` takes this request: closed, or half-open and its probe is free (taken now).
-    fn admit(&self, i: usize, now_ms: u64) -> bool {
+    /// Whether `i` takes this request: `Some(false)` closed, `Some(true)` half-open and its
+    /// probe was free (this request now holds it: report it with `succeeded`/`failed`, or give
+    /// it back with [`RouteState::release`]), `None` open.
+    fn admit(&self, i: usize, now_ms: u64) -> Option<bool> {
         let c = &self.candidates[i];
         let until = c.open_until_ms.load(Ordering::Acquire);
-        until == 0
-            || (now_ms >= until
-                && c.probing
-                    .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok())
+        if until == 0 {
+            return Some(false);
+        }
+        (now_ms >= until
+            && c.probing
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok())
+        .then_some(true)
+    }
+
+    /// A probe this request held ended without telling how `i` did (pag0 answered itself,
+    /// the agent left): the next request may probe.
+    pub fn release(&self, i: usize) {
+        self.candidates[i].probing.store(false, Ordering::Release);
     }
 
     /// The candidates in groups: half-open ones due for a probe; new ones (no score, no
@@ -123,8 +143,8 @@ impl RouteState {
         g
     }
 
-    /// The candidate for the next request, and why.
-    pub fn choose(&self, snap: &Snapshot, explore: f64, now_ms: u64) -> (usize, Reason) {
+    /// The candidate for the next request, why, and whether the request holds its probe.
+    pub fn choose(&self, snap: &Snapshot, explore: f64, now_ms: u64) -> Choice {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let Groups {
             due,
@@ -156,52 +176,85 @@ impl RouteState {
             (scored, Reason::Best)
         };
         order.extend(failing);
-        match order.iter().position(|&i| self.admit(i, now_ms)) {
-            Some(0) => (order[0], reason),
-            // The preferred one's probe was just taken: the next.
-            Some(at) => (order[at], Reason::Best),
-            // Every breaker is open: the one that reopens first.
-            None => {
-                let soonest = (0..self.keys.len())
-                    .min_by_key(|&i| self.candidates[i].open_until_ms.load(Ordering::Acquire))
-                    .unwrap_or(0);
-                (soonest, Reason::Best)
+        for (at, &i) in order.iter().enumerate() {
+            if let Some(probe) = self.admit(i, now_ms) {
+                // The preferred one's probe was just taken: the next is the best available.
+                let reason = if at == 0 { reason } else { Reason::Best };
+                return Choice {
+                    index: i,
+                    reason,
+                    probe,
+                };
             }
+        }
+        // Every breaker is open: the one that reopens first.
+        let soonest = (0..self.keys.len())
+            .min_by_key(|&i| self.candidates[i].open_until_ms.load(Ordering::Acquire))
+            .unwrap_or(0);
+        Choice {
+            index: soonest,
+            reason: Reason::Best,
+            probe: false,
         }
     }
 
-    /// Where a request goes after `failed` failed: in the same preference (probes due, the
-    /// best scores, new ones, failing ones last), the first other candidate whose breaker lets
+    /// Where a request goes after `failed` failed: the best scores, new ones, failing ones,
+    /// and last half-open ones due for a probe; the first other candidate whose breaker lets
     /// it through (`None`: there is none).
-    pub fn failover(&self, snap: &Snapshot, failed: usize, now_ms: u64) -> Option<usize> {
+    pub fn failover(
+        &self,
+        snap: &Snapshot,
+        failed: usize,
+        now_ms: u64,
+        allowed: impl Fn(usize) -> bool,
+    ) -> Option<Choice> {
         let g = self.groups(snap, now_ms);
-        g.due
+        g.scored
             .into_iter()
-            .chain(g.scored)
             .chain(g.new)
             .chain(g.failing)
-            .filter(|&i| i != failed)
-            .find(|&i| self.admit(i, now_ms))
+            .chain(g.due)
+            .filter(|&i| i != failed && allowed(i))
+            .find_map(|i| {
+                self.admit(i, now_ms).map(|probe| Choice {
+                    index: i,
+                    reason: Reason::Failover,
+                    probe,
+                })
+            })
     }
 
-    /// `i` answered: its breaker closes.
-    pub fn succeeded(&self, i: usize) -> bool {
+    /// `i` answered: its breaker closes (`probe`: this request held its probe). Returns
+    /// whether it was open.
+    pub fn succeeded(&self, i: usize, probe: bool) -> bool {
         let c = &self.candidates[i];
         c.failures.store(0, Ordering::Relaxed);
-        c.probing.store(false, Ordering::Release);
-        c.open_until_ms.swap(0, Ordering::AcqRel) != 0
+        let was_open = c.open_until_ms.swap(0, Ordering::AcqRel) != 0;
+        if probe {
+            c.probing.store(false, Ordering::Release);
+        }
+        was_open
     }
 
     /// `i` failed (no connection, a timeout, a 5xx): after `threshold` in a row, or a failed
-    /// probe, its breaker opens for `open`.
-    pub fn failed(&self, i: usize, threshold: u32, open: Duration, now_ms: u64) -> Breaker {
+    /// probe (`probe`: this request held it), its breaker opens for `open`.
+    pub fn failed(
+        &self,
+        i: usize,
+        probe: bool,
+        threshold: u32,
+        open: Duration,
+        now_ms: u64,
+    ) -> Breaker {
         let c = &self.candidates[i];
         let failures = c.failures.fetch_add(1, Ordering::Relaxed).saturating_add(1);
-        let was_probing = c.probing.swap(false, Ordering::AcqRel);
         let until = c.open_until_ms.load(Ordering::Acquire);
-        if was_probing || (until == 0 && failures >= threshold) {
-            c.open_until_ms
-                .store(now_ms + open.as_millis() as u64, Ordering::Release);
+        let reopen = now_ms.saturating_add(open.as_millis().min(u128::from(u64::MAX)) as u64);
+        if probe || (until == 0 && failures >= threshold) {
+            c.open_until_ms.store(reopen, Ordering::Release);
+            if probe {
+                c.probing.store(false, Ordering::Release);
+            }
             Breaker::Opened
         } else if until != 0 {
             Breaker::Open
@@ -280,6 +333,11 @@ mod tests {
         snap
     }
 
+    fn pick(state: &RouteState, snap: &Snapshot, explore: f64, now: u64) -> (usize, Reason) {
+        let c = state.choose(snap, explore, now);
+        (c.index, c.reason)
+    }
+
     fn keys() -> Vec<String> {
         ["a/*", "b/*", "c/*"].map(String::from).to_vec()
     }
@@ -289,7 +347,7 @@ mod tests {
         let state = RouteState::new(&keys());
         // b has no score yet: it is tried first.
         let snap = snapshot(&[("a/*", Some(80.0)), ("c/*", Some(60.0))]);
-        assert_eq!(state.choose(&snap, 0.05, 0), (1, Reason::Explore));
+        assert_eq!(pick(&state, &snap, 0.05, 0), (1, Reason::Explore));
         let snap = snapshot(&[
             ("a/*", Some(80.0)),
             ("b/*", Some(50.0)),
@@ -298,7 +356,7 @@ mod tests {
         let mut counts = [0usize; 3];
         let mut explored = 0;
         for _ in 0..1000 {
-            let (i, reason) = state.choose(&snap, 0.05, 0);
+            let (i, reason) = pick(&state, &snap, 0.05, 0);
             counts[i] += 1;
             explored += usize::from(reason == Reason::Explore);
         }
@@ -307,7 +365,7 @@ mod tests {
         assert_eq!(counts[1], 25, "the others in turn");
         assert_eq!(counts[2], 25);
         // No exploration at 0.
-        assert!((0..100).all(|_| state.choose(&snap, 0.0, 0) == (0, Reason::Best)));
+        assert!((0..100).all(|_| pick(&state, &snap, 0.0, 0) == (0, Reason::Best)));
     }
 
     #[test]
@@ -319,30 +377,47 @@ mod tests {
             ("c/*", Some(60.0)),
         ]);
         let open = Duration::from_secs(30);
-        assert_eq!(state.failed(0, 3, open, 1_000), Breaker::Closed);
-        assert_eq!(state.failed(0, 3, open, 1_000), Breaker::Closed);
-        assert_eq!(state.failed(0, 3, open, 1_000), Breaker::Opened);
+        assert_eq!(state.failed(0, false, 3, open, 1_000), Breaker::Closed);
+        assert_eq!(state.failed(0, false, 3, open, 1_000), Breaker::Closed);
+        assert_eq!(state.failed(0, false, 3, open, 1_000), Breaker::Opened);
         assert!(state.is_open(0));
         // Skipped while open: the next best (c) takes the requests.
-        assert_eq!(state.choose(&snap, 0.0, 2_000), (2, Reason::Best));
-        assert_eq!(state.failover(&snap, 2, 2_000), Some(1));
+        assert_eq!(pick(&state, &snap, 0.0, 2_000), (2, Reason::Best));
+        let over = state.failover(&snap, 2, 2_000, |_| true).unwrap();
+        assert_eq!((over.index, over.probe), (1, false));
+        // A failover never goes where the caller does not allow.
+        assert_eq!(state.failover(&snap, 2, 2_000, |i| i != 1), None);
         // After 30 s one request probes a; the others still go to c.
-        assert_eq!(state.choose(&snap, 0.0, 31_000), (0, Reason::Explore));
-        assert_eq!(state.choose(&snap, 0.0, 31_000), (2, Reason::Best));
+        let probe = state.choose(&snap, 0.0, 31_000);
+        assert_eq!(
+            (probe.index, probe.reason, probe.probe),
+            (0, Reason::Explore, true)
+        );
+        assert_eq!(pick(&state, &snap, 0.0, 31_000), (2, Reason::Best));
+        // A late failure of a request that did not hold the probe leaves it out.
+        assert_eq!(state.failed(0, false, 3, open, 31_100), Breaker::Open);
+        assert_eq!(pick(&state, &snap, 0.0, 31_200), (2, Reason::Best));
+        // A probe given back unreported (pag0 answered itself): the next request probes.
+        state.release(0);
+        assert!(state.choose(&snap, 0.0, 31_300).probe);
         // A failed probe opens it again; a successful one closes it.
-        assert_eq!(state.failed(0, 3, open, 31_500), Breaker::Opened);
-        assert_eq!(state.choose(&snap, 0.0, 32_000), (2, Reason::Best));
-        assert_eq!(state.choose(&snap, 0.0, 62_000), (0, Reason::Explore));
-        assert!(state.succeeded(0));
+        assert_eq!(state.failed(0, true, 3, open, 31_500), Breaker::Opened);
+        assert_eq!(pick(&state, &snap, 0.0, 32_000), (2, Reason::Best));
+        let probe = state.choose(&snap, 0.0, 62_000);
+        assert_eq!((probe.index, probe.probe), (0, true));
+        assert!(state.succeeded(0, true));
         assert!(!state.is_open(0));
-        assert_eq!(state.choose(&snap, 0.0, 62_001), (0, Reason::Best));
+        assert_eq!(pick(&state, &snap, 0.0, 62_001), (0, Reason::Best));
+        // A huge open time saturates instead of overflowing.
+        state.failed(1, false, 1, Duration::from_secs(u64::MAX), u64::MAX - 5);
+        assert!(state.is_open(1));
     }
 
     #[test]
     fn state_survives_while_the_candidates_stay() {
         let router = Router::default();
         let a = router.route("r", &keys());
-        a.failed(0, 1, Duration::from_secs(5), 0);
+        a.failed(0, false, 1, Duration::from_secs(5), 0);
         assert!(router.route("r", &keys()).is_open(0));
         let fewer = vec!["a/*".to_string()];
         assert!(!router.route("r", &fewer).is_open(0));

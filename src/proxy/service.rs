@@ -423,9 +423,9 @@ impl ProxyHttp for Pag0Proxy {
             ctx.upstream.latency_us += sent.elapsed().as_micros() as u64;
         }
         ctx.upstream.status = Some(resp.status.as_u16());
-        if ctx.smart.is_some() {
+        if ctx.smart.is_some() && !resp.status.is_informational() {
             if resp.status.is_server_error() {
-                if smart::failed(&self.shared, ctx, !session.retry_buffer_truncated()) {
+                if smart::failed(&self.shared, ctx, smart::may_resend(session, ctx)) {
                     if let Some(choice) = ctx.smart.as_mut() {
                         choice.failover_requested = true;
                     }
@@ -502,9 +502,11 @@ impl ProxyHttp for Pag0Proxy {
             // A paid replay, or a smart route's failover after a 5xx.
             e.set_retry(!truncated);
         } else if e.esource() == &ErrorSource::Upstream
-            && smart::failed(&self.shared, ctx, !truncated)
+            && session.response_written().is_none()
+            && smart::failed(&self.shared, ctx, smart::may_resend(session, ctx))
         {
-            // A smart route's candidate timed out or broke the connection: the next one.
+            // A smart route's candidate timed out or broke the connection before anything
+            // went to the agent: the next one.
             e.set_retry(true);
         } else if !session.req_header().method.is_idempotent() || truncated {
             e.set_retry(false);
@@ -522,7 +524,7 @@ impl ProxyHttp for Pag0Proxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if smart::failed(&self.shared, ctx, !session.retry_buffer_truncated()) {
+        if smart::failed(&self.shared, ctx, smart::may_resend(session, ctx)) {
             e.set_retry(true);
         }
         e
@@ -615,6 +617,7 @@ impl ProxyHttp for Pag0Proxy {
         m.request_duration
             .with_label_values(&labels)
             .observe(ctx.started.elapsed().as_secs_f64());
+        smart::finish(ctx);
         let live = ctx.live.clone();
         live.pipeline.logging(ctx).await;
         use crate::proxy::logging;
