@@ -219,3 +219,38 @@ async fn a_failure_after_a_signed_payment_is_not_retried() {
         "never sent elsewhere after paying"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_candidate_that_times_out_fails_over_with_the_whole_body() {
+    let slow = Upstream::start().await;
+    let good = Upstream::start().await;
+    // New candidates take turns: the first request goes to the slow one, which does not
+    // answer within the upstream read timeout.
+    let candidates = vec![
+        format!("http://{}/delay/3000", slow.addr),
+        format!("http://{}/delay/1", good.addr),
+    ];
+    let yaml = format!(
+        "{}upstream:\n  read_timeout_ms: 300\n",
+        config(&candidates, "    explore: 0\n")
+    );
+    let pag0 = Pag0::start(&yaml);
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/weather", pag0.proxy))
+        .header("X-Pag0-API-Key", DEMO_KEY)
+        .body("a body to send twice")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let endpoint = resp.headers()["x-pag0-endpoint"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(endpoint, key(good.addr, "/delay/1"));
+    let echo: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(echo["method"], "POST");
+    assert_eq!(echo["path"], "/delay/1");
+    assert_eq!(echo["body_len"], 20, "the same body, whole");
+    assert_eq!(slow.seen().requests, 1);
+}
