@@ -87,9 +87,44 @@ impl Anvil {
         answer["result"].clone()
     }
 
+    /// The JSON-RPC answer: `Ok(result)` or `Err(error)` (e.g. a reverted `eth_call`).
+    pub async fn try_rpc(&self, method: &str, params: Value) -> Result<Value, Value> {
+        let answer: Value = reqwest::Client::new()
+            .post(&self.url)
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        match answer.get("error") {
+            Some(e) => Err(e.clone()),
+            None => Ok(answer["result"].clone()),
+        }
+    }
+
+    /// `eth_call` at the latest block: the returned bytes, or the error (a revert).
+    pub async fn call(&self, to: Address, data: Vec<u8>) -> Result<Vec<u8>, Value> {
+        let out = self
+            .try_rpc(
+                "eth_call",
+                json!([{"to": to.to_string(), "data": format!("0x{}", hex::encode(data))}, "latest"]),
+            )
+            .await?;
+        Ok(hex::decode(out.as_str().unwrap_or_default().trim_start_matches("0x")).unwrap())
+    }
+
     /// Sends a transaction from the facilitator account and returns its receipt.
     pub async fn send(&self, to: Option<Address>, data: Vec<u8>) -> Value {
-        let mut tx = json!({"from": FACILITATOR, "data": format!("0x{}", hex::encode(data)), "gas": "0x1000000"});
+        self.send_as(FACILITATOR, to, data).await
+    }
+
+    /// Sends a transaction from one of anvil's unlocked dev accounts and returns its receipt
+    /// (`status` `0x0` when it reverted: the gas is given, so nothing is estimated first).
+    pub async fn send_as(&self, from: &str, to: Option<Address>, data: Vec<u8>) -> Value {
+        let mut tx =
+            json!({"from": from, "data": format!("0x{}", hex::encode(data)), "gas": "0x1000000"});
         if let Some(to) = to {
             tx["to"] = json!(to.to_string());
         }
