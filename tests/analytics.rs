@@ -862,6 +862,12 @@ async fn postgres_partitions_by_day_and_retention_drops_whole_days() {
     .await
     .unwrap();
     let pool = sqlx::PgPool::connect(&db.url()).await.unwrap();
+    async fn rollup_calls(pool: &sqlx::PgPool) -> i64 {
+        sqlx::query_scalar("SELECT SUM(calls)::bigint FROM analytics_hourly")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    }
     let day = sql::DAY_MS;
     let today = (pag0::clock::unix_millis() as i64).div_euclid(day) * day;
     sql::ensure_partitions(&store.db(), today - 40 * day, today)
@@ -927,10 +933,7 @@ async fn postgres_partitions_by_day_and_retention_drops_whole_days() {
             .unwrap(),
         0
     );
-    let calls: i64 = sqlx::query_scalar("SELECT SUM(calls)::bigint FROM analytics_hourly")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let calls = rollup_calls(&pool).await;
     assert_eq!(calls, 2);
     // A batch partly written before (a spool replayed after a write that did land): only
     // its new row is added, to the rows and to the rollups.
@@ -941,10 +944,7 @@ async fn postgres_partitions_by_day_and_retention_drops_whole_days() {
             .unwrap(),
         1
     );
-    let calls: i64 = sqlx::query_scalar("SELECT SUM(calls)::bigint FROM analytics_hourly")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let calls = rollup_calls(&pool).await;
     assert_eq!(calls, 3);
     // A row the database refuses (a NUL in a text column) is told apart from an outage.
     let mut bad = record(today + 2000, "00000000000000000000000000000003");
@@ -976,10 +976,7 @@ async fn postgres_partitions_by_day_and_retention_drops_whole_days() {
         .await
         .unwrap();
     assert_eq!(left, 2);
-    let calls: i64 = sqlx::query_scalar("SELECT SUM(calls)::bigint FROM analytics_hourly")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let calls = rollup_calls(&pool).await;
     assert_eq!(calls, 3, "rollups are kept longer");
     pool.close().await;
     drop(store);

@@ -33,15 +33,6 @@ fn bytecode(hex_text: &str) -> Vec<u8> {
     hex::decode(hex_text.trim()).unwrap()
 }
 
-fn address(receipt: &serde_json::Value) -> Address {
-    assert_eq!(receipt["status"], "0x1", "{receipt}");
-    receipt["contractAddress"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 fn feedback(value: i128, decimals: u8, tag1: &str, hash: B256) -> abi::giveFeedbackCall {
     abi::giveFeedbackCall {
         agentId: U256::ZERO,
@@ -58,22 +49,17 @@ fn feedback(value: i128, decimals: u8, tag1: &str, hash: B256) -> abi::giveFeedb
 #[tokio::test]
 async fn feedback_lands_with_the_v2_fields_and_summaries_merge_it() {
     let chain = Anvil::start();
-    let identity = address(
-        &chain
-            .send(
-                None,
-                bytecode(include_str!("contracts/IdentityRegistry.bin")),
-            )
-            .await,
-    );
-    let mut deploy = bytecode(include_str!("contracts/ReputationRegistry.bin"));
-    deploy.extend(
+    let identity = chain
+        .deploy(bytecode(include_str!("contracts/IdentityRegistry.bin")))
+        .await;
+    let mut code = bytecode(include_str!("contracts/ReputationRegistry.bin"));
+    code.extend(
         abi::constructorCall {
             identityRegistry: identity,
         }
         .abi_encode(),
     );
-    let reputation = address(&chain.send(None, deploy).await);
+    let reputation = chain.deploy(code).await;
     let version = chain
         .call(reputation, abi::getVersionCall {}.abi_encode())
         .await

@@ -5,7 +5,7 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::Row;
 
-use crate::store::{Db, StoreError};
+use crate::store::{Db, StoreError, with_pool};
 use crate::x402::PaymentRequired;
 
 /// `catalog: [{category, description, endpoints}]`: endpoints grouped by what they do.
@@ -138,20 +138,12 @@ pub async fn seen(db: &Db, endpoint: &str, hour_ms: i64) -> Result<(), StoreErro
                ON CONFLICT (endpoint) DO UPDATE SET \
                last_seen_ms = CASE WHEN excluded.last_seen_ms > curation_endpoints.last_seen_ms THEN excluded.last_seen_ms ELSE curation_endpoints.last_seen_ms END, \
                first_seen_ms = CASE WHEN excluded.first_seen_ms < curation_endpoints.first_seen_ms THEN excluded.first_seen_ms ELSE curation_endpoints.first_seen_ms END";
-    match db {
-        Db::Postgres(p) => sqlx::query(sql)
-            .bind(endpoint)
-            .bind(hour_ms)
-            .execute(p)
-            .await
-            .map(|_| ()),
-        Db::Sqlite(p) => sqlx::query(sql)
-            .bind(endpoint)
-            .bind(hour_ms)
-            .execute(p)
-            .await
-            .map(|_| ()),
-    }
+    with_pool!(db, p => sqlx::query(sql)
+        .bind(endpoint)
+        .bind(hour_ms)
+        .execute(p)
+        .await
+        .map(|_| ()))
     .map_err(|e| err("curation catalog", e))
 }
 
@@ -163,26 +155,18 @@ pub async fn describe(db: &Db, endpoint: &str, info: &OfferInfo) -> Result<(), S
                bazaar = excluded.bazaar, price = excluded.price, asset = excluded.asset, network = excluded.network, \
                described_ms = excluded.described_ms";
     let bazaar = info.bazaar.as_ref().map(Value::to_string);
-    macro_rules! run {
-        ($p:expr) => {
-            sqlx::query(sql)
-                .bind(endpoint)
-                .bind(info.seen_ms)
-                .bind(&info.description)
-                .bind(&info.mime_type)
-                .bind(&bazaar)
-                .bind(&info.price)
-                .bind(&info.asset)
-                .bind(&info.network)
-                .execute($p)
-                .await
-                .map(|_| ())
-        };
-    }
-    match db {
-        Db::Postgres(p) => run!(p),
-        Db::Sqlite(p) => run!(p),
-    }
+    with_pool!(db, p => sqlx::query(sql)
+        .bind(endpoint)
+        .bind(info.seen_ms)
+        .bind(&info.description)
+        .bind(&info.mime_type)
+        .bind(&bazaar)
+        .bind(&info.price)
+        .bind(&info.asset)
+        .bind(&info.network)
+        .execute(p)
+        .await
+        .map(|_| ()))
     .map_err(|e| err("curation catalog", e))
 }
 
@@ -190,52 +174,43 @@ pub async fn describe(db: &Db, endpoint: &str, info: &OfferInfo) -> Result<(), S
 pub async fn load(db: &Db) -> Result<Vec<Stored>, StoreError> {
     let sql = "SELECT endpoint, first_seen_ms, last_seen_ms, description, mime_type, bazaar, price, asset, network, described_ms \
                FROM curation_endpoints ORDER BY last_seen_ms DESC, endpoint LIMIT $1";
-    macro_rules! read {
-        ($rows:expr) => {
-            $rows
-                .into_iter()
-                .map(|row| {
-                    let described: Option<i64> = row.try_get("described_ms")?;
-                    let bazaar: Option<String> = row.try_get("bazaar")?;
-                    Ok(Stored {
-                        endpoint: row.try_get("endpoint")?,
-                        first_seen_ms: row.try_get("first_seen_ms")?,
-                        last_seen_ms: row.try_get("last_seen_ms")?,
-                        offer: match described {
-                            None => None,
-                            Some(seen_ms) => Some(OfferInfo {
-                                description: row.try_get("description")?,
-                                mime_type: row.try_get("mime_type")?,
-                                bazaar: bazaar.and_then(|b| serde_json::from_str::<Value>(&b).ok()),
-                                price: row.try_get("price")?,
-                                asset: row.try_get("asset")?,
-                                network: row.try_get("network")?,
-                                seen_ms,
-                            }),
-                        },
-                    })
-                })
-                .collect::<Result<Vec<Stored>, sqlx::Error>>()
-                .map_err(|e| err("curation catalog", e))
-        };
-    }
-    let fail = |e| err("curation catalog", e);
-    match db {
-        Db::Postgres(p) => read!(
-            sqlx::query(sql)
-                .bind(MAX_ENDPOINTS)
-                .fetch_all(p)
-                .await
-                .map_err(fail)?
-        ),
-        Db::Sqlite(p) => read!(
-            sqlx::query(sql)
-                .bind(MAX_ENDPOINTS)
-                .fetch_all(p)
-                .await
-                .map_err(fail)?
-        ),
-    }
+    let rows = with_pool!(db, p => {
+        let rows = sqlx::query(sql)
+            .bind(MAX_ENDPOINTS)
+            .fetch_all(p)
+            .await
+            .map_err(|e| err("curation catalog", e))?;
+        rows.iter().map(stored).collect::<Result<Vec<Stored>, sqlx::Error>>()
+    });
+    rows.map_err(|e| err("curation catalog", e))
+}
+
+/// One catalog row read back.
+fn stored<R: Row>(row: &R) -> Result<Stored, sqlx::Error>
+where
+    for<'r> &'r str: sqlx::ColumnIndex<R>,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let described: Option<i64> = row.try_get("described_ms")?;
+    let bazaar: Option<String> = row.try_get("bazaar")?;
+    Ok(Stored {
+        endpoint: row.try_get("endpoint")?,
+        first_seen_ms: row.try_get("first_seen_ms")?,
+        last_seen_ms: row.try_get("last_seen_ms")?,
+        offer: match described {
+            None => None,
+            Some(seen_ms) => Some(OfferInfo {
+                description: row.try_get("description")?,
+                mime_type: row.try_get("mime_type")?,
+                bazaar: bazaar.and_then(|b| serde_json::from_str::<Value>(&b).ok()),
+                price: row.try_get("price")?,
+                asset: row.try_get("asset")?,
+                network: row.try_get("network")?,
+                seen_ms,
+            }),
+        },
+    })
 }
 
 #[cfg(test)]

@@ -308,20 +308,21 @@ impl Curation {
         let from = this_hour - i64::from(settings.window_hours) * HOUR_MS;
         let rows = query::rollups(&self.db, None, from, this_hour + HOUR_MS).await?;
         let totals = stats::per_endpoint(&rows);
-        for (endpoint, t) in &totals {
-            let known = self
-                .seen
+        // Only endpoints whose last hour moved since the last refresh are written.
+        let moved: Vec<(&String, i64)> = {
+            let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+            totals
+                .iter()
+                .filter(|(e, t)| seen.get(*e) != Some(&t.last_hour_ms))
+                .map(|(e, t)| (e, t.last_hour_ms))
+                .collect()
+        };
+        for (endpoint, hour) in moved {
+            catalog::seen(&self.db, endpoint, hour).await?;
+            self.seen
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .get(endpoint)
-                .copied();
-            if known != Some(t.last_hour_ms) {
-                catalog::seen(&self.db, endpoint, t.last_hour_ms).await?;
-                self.seen
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(endpoint.clone(), t.last_hour_ms);
-            }
+                .insert(endpoint.clone(), hour);
         }
         let stored = catalog::load(&self.db).await?;
         self.snapshot

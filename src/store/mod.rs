@@ -15,6 +15,7 @@ macro_rules! with_pool {
         }
     };
 }
+pub(crate) use with_pool;
 
 /// Inserts journal rows (`&[&SpendRecord]`) through `$exec` in multi-row `INSERT`s; `$cast`
 /// turns the amount text into the column's type (`""` on SQLite, `"::numeric"` on PostgreSQL).

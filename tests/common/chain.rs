@@ -74,17 +74,9 @@ impl Anvil {
     }
 
     pub async fn rpc(&self, method: &str, params: Value) -> Value {
-        let answer: Value = reqwest::Client::new()
-            .post(&self.url)
-            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
-            .send()
+        self.try_rpc(method, params)
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert!(answer.get("error").is_none(), "{method}: {answer}");
-        answer["result"].clone()
+            .unwrap_or_else(|e| panic!("{method}: {e}"))
     }
 
     /// The JSON-RPC answer: `Ok(result)` or `Err(error)` (e.g. a reverted `eth_call`).
@@ -132,23 +124,28 @@ impl Anvil {
         self.rpc("eth_getTransactionReceipt", json!([hash])).await
     }
 
-    /// Deploys the test EIP-3009 token with EIP-712 domain name `name` (version "2").
-    pub async fn deploy_token(&self, name: &str) -> Address {
-        let bytecode = hex::decode(include_str!("../contracts/TestUSDC.bin").trim()).unwrap();
-        let mut data = bytecode;
-        data.extend(
-            constructorCall {
-                name_: name.to_string(),
-            }
-            .abi_encode(),
-        );
-        let receipt = self.send(None, data).await;
+    /// Deploys a contract (`code`: its bytecode and encoded constructor arguments) from the
+    /// facilitator account.
+    pub async fn deploy(&self, code: Vec<u8>) -> Address {
+        let receipt = self.send(None, code).await;
         assert_eq!(receipt["status"], "0x1", "{receipt}");
         receipt["contractAddress"]
             .as_str()
             .unwrap()
             .parse()
             .unwrap()
+    }
+
+    /// Deploys the test EIP-3009 token with EIP-712 domain name `name` (version "2").
+    pub async fn deploy_token(&self, name: &str) -> Address {
+        let mut code = hex::decode(include_str!("../contracts/TestUSDC.bin").trim()).unwrap();
+        code.extend(
+            constructorCall {
+                name_: name.to_string(),
+            }
+            .abi_encode(),
+        );
+        self.deploy(code).await
     }
 
     pub async fn mint(&self, token: Address, to: Address, value: u64) {
