@@ -4,12 +4,13 @@
 //! [`ratelimit`], [`metrics`], [`stages`] (pipeline plugins), [`proxy`] (the Pingora glue),
 //! [`cache`] (response cache storage: memory and Redis tiers), [`budget`] / [`store`] /
 //! [`settle`] (spend ledger and journal), [`intents`] (write-ahead payment intents), [`analytics`] (request records), [`curation`]
-//! (endpoint scores), [`x402`] (payments), [`admin`] (health, metrics,
+//! (endpoint scores), [`audit`] (ERC-8004 feedback, reconciliation), [`x402`] (payments), [`admin`] (health, metrics,
 //! reload, admin API), [`live`] (reloadable state), [`server`] (assembly).
 
 pub mod admin;
 pub mod analytics;
 pub mod anomaly;
+pub mod audit;
 pub mod budget;
 pub mod cache;
 pub mod chain;

@@ -63,6 +63,8 @@ pub struct Shared {
     pub curation: Arc<crate::curation::Curation>,
     /// Smart routes' candidate state (breakers, turns), surviving reloads.
     pub router: crate::curation::router::Router,
+    /// ERC-8004 feedback from the outbox, when `audit:` is configured (changes need a restart).
+    pub audit: Option<Arc<crate::audit::Audit>>,
     /// Started once the cache stage is first configured (no Redis subscription otherwise).
     cache_purge_follower: std::sync::Once,
     /// Runs background upkeep (spool replay, retried commits) for the process's lifetime.
@@ -192,6 +194,29 @@ impl Shared {
             crate::curation::Curation::start(store.db(), config.curation.clone(), |task| {
                 rt.spawn(task);
             });
+        let audit = match &config.audit {
+            Some(settings) => {
+                // A wrong chain or an unreachable RPC is a clear error now, not a silent backlog.
+                std::thread::scope(|s| {
+                    s.spawn(|| rt.block_on(crate::audit::check_chain(settings)))
+                        .join()
+                        .expect("chain check does not panic")
+                })
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                Some(
+                    crate::audit::Audit::start(
+                        store.db(),
+                        settings.clone(),
+                        metrics.audit.clone(),
+                        |task| {
+                            rt.spawn(task);
+                        },
+                    )
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+                )
+            }
+            None => None,
+        };
         let cache = crate::cache::CacheStore::new(&config.cache.store, metrics.clone())
             .map_err(|e| anyhow::anyhow!("cache: {e}"))?
             .leak();
@@ -217,6 +242,7 @@ impl Shared {
         Ok(Arc::new(Shared {
             analytics,
             curation,
+            audit,
             router: Default::default(),
             interceptor,
             cache,

@@ -176,6 +176,18 @@ fn main() -> ExitCode {
         }
     };
     if cli.test {
+        // The audit chain is part of the configuration: its RPC must answer for its chain id.
+        if let Some(audit) = &config.audit {
+            let checked = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+                .and_then(|rt| rt.block_on(pag0::audit::check_chain(audit)));
+            if let Err(e) = checked {
+                eprintln!("{}: invalid configuration:\n{e}", cli.conf.display());
+                return ExitCode::FAILURE;
+            }
+        }
         println!("{}: configuration OK", cli.conf.display());
         return ExitCode::SUCCESS;
     }

@@ -73,6 +73,8 @@ pub struct Metrics {
     pub header_timeouts: prometheus::IntCounter,
     /// The analytics writer's counters (`pag0_analytics_*`).
     pub analytics: crate::analytics::Counters,
+    /// The on-chain audit's counters (`pag0_audit_*`).
+    pub audit: crate::audit::Counters,
     /// `pag0_config_reloads_total{result}`
     pub config_reloads: IntCounterVec,
     /// `pag0_config_generation`: increments on every applied config.
@@ -284,6 +286,25 @@ impl Metrics {
             )
             .expect("valid metric"),
         };
+        let audit = crate::audit::Counters {
+            feedback: IntCounterVec::new(
+                Opts::new(
+                    "pag0_audit_feedback_total",
+                    "ERC-8004 feedback transactions by step (planned, sent, rebroadcast, confirmed, reverted, requeued)",
+                ),
+                &["state"],
+            )
+            .expect("valid metric"),
+            backlog: IntGauge::new(
+                "pag0_audit_backlog",
+                "ERC-8004 feedbacks in the outbox not confirmed yet",
+            )
+            .expect("valid metric"),
+            rpc_errors: counter(
+                "pag0_audit_rpc_errors_total",
+                "Failed calls to the audit chain's JSON-RPC",
+            ),
+        };
         let config_reloads = IntCounterVec::new(
             Opts::new("pag0_config_reloads_total", "Config reload attempts"),
             &["result"],
@@ -332,6 +353,9 @@ impl Metrics {
             Box::new(analytics.queue_depth.clone()),
             Box::new(analytics.queue_peak.clone()),
             Box::new(analytics.batch_seconds.clone()),
+            Box::new(audit.feedback.clone()),
+            Box::new(audit.backlog.clone()),
+            Box::new(audit.rpc_errors.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_generation.clone()),
             Box::new(build_info),
@@ -362,6 +386,7 @@ impl Metrics {
             header_timeouts,
             rate_limit_fallbacks,
             analytics,
+            audit,
             config_reloads,
             config_generation,
         }

@@ -375,6 +375,10 @@ async fn migrate_creates_the_journal_tables_on_sqlite_and_postgres() {
         [
             "analytics_hourly",
             "analytics_requests",
+            "audit_cursors",
+            "audit_feedback",
+            "audit_reconciliation",
+            "audit_unknown_spend",
             "curation_endpoints",
             "payment_intents",
             "policies",

@@ -461,8 +461,18 @@ async fn with_the_redis_ledger_payments_in_doubt_keep_their_hold_across_a_crash(
         resp.headers()["x-pag0-policy"].to_str().unwrap(),
         "DAILY_BUDGET_EXCEEDED"
     );
-    let budgets = pag0.admin_get("/api/budgets/demo").await;
+    // The third call's commit is batched by the settler after its answer: wait for it.
+    let budgets = eventually(
+        || pag0.admin_get("/api/budgets/demo"),
+        |v| v["budgets"][0]["daily"]["spent"] == "10000",
+    )
+    .await;
     assert_eq!(budgets["ledger"], "redis", "{budgets}");
+    assert_eq!(
+        budgets["budgets"][0]["daily"]["spent"],
+        PRICE.to_string(),
+        "{budgets}"
+    );
     assert_eq!(budgets["budgets"][0]["daily"]["held"], "20000", "{budgets}");
     assert_eq!(
         budgets["budgets"][0]["in_doubt"]["daily"], "20000",

@@ -22,6 +22,7 @@ use crate::live::{ReloadError, Reloader};
 
 mod analytics_api;
 mod api;
+mod audit_api;
 mod cache_api;
 mod curation_api;
 mod params;
@@ -82,6 +83,18 @@ async fn require_token(State(state): State<AdminState>, req: Request, next: Next
     {
         return next.run(req).await;
     }
+    // Anyone may check a feedback's hash against its record, when the operator says so.
+    if req.uri().path().starts_with(audit_api::RECORD_PREFIX)
+        && req.method() == axum::http::Method::GET
+        && state
+            .reloader
+            .shared
+            .audit
+            .as_ref()
+            .is_some_and(|a| a.settings().public_records)
+    {
+        return next.run(req).await;
+    }
     let presented = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -139,19 +152,31 @@ async fn health(State(state): State<AdminState>) -> Response {
         "spooled_rows": shared.store.spooled().await,
         "required": false,
     });
+    // Not required: while the database cannot take them, records wait in the spool.
+    if shared.analytics.enabled() {
+        dependencies["analytics"] = json!({
+            "status": if matches!(db, Ok(Ok(()))) { "up" } else { "down" },
+            "spooled_records": shared.analytics.spooled(),
+            "required": false,
+        });
+    }
+    // Not required: feedback waits in the outbox while the chain cannot take it.
+    if let Some(audit) = &shared.audit {
+        let s = audit.status();
+        dependencies["audit"] = json!({
+            "status": if s.error.is_none() { "up" } else { "degraded" },
+            "backlog": s.backlog,
+            "oldest_pending_ms": s.oldest_ms,
+            "error": s.error,
+            "signer": audit.settings().signer.address(),
+            "required": false,
+        });
+    }
     if let Some(redis) = &shared.redis_ledger {
         let up = matches!(
             tokio::time::timeout(timeout, redis.ping()).await,
             Ok(Ok(()))
         );
-        // Not required: while the database cannot take them, records wait in the spool.
-        if shared.analytics.enabled() {
-            dependencies["analytics"] = json!({
-                "status": if matches!(db, Ok(Ok(()))) { "up" } else { "down" },
-                "spooled_records": shared.analytics.spooled(),
-                "required": false,
-            });
-        }
         // Required when paid requests fail closed without it.
         dependencies["redis"] = json!({
             "status": if up { "up" } else { "down" },
@@ -276,6 +301,8 @@ fn router(state: AdminState) -> Router {
         .route("/api/curation/compare", get(curation_api::compare))
         .route("/api/curation/recommend", get(curation_api::recommend))
         .route("/api/curation/categories", get(curation_api::categories))
+        .route("/api/audit/feedback", get(audit_api::list))
+        .route("/api/audit/feedback/{id}", get(audit_api::record))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))

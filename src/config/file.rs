@@ -58,6 +58,7 @@ pub const SECTIONS: &[&str] = &[
     "analytics",
     "curation",
     "catalog",
+    "audit",
     "payments",
     "stages",
     "projects",
@@ -126,6 +127,47 @@ pub struct FileCuration {
     pub refresh_seconds: Option<u64>,
     pub window_hours: Option<u32>,
     pub weights: Option<FileWeights>,
+}
+
+/// `audit:` — ERC-8004 feedback about the paid APIs pag0 uses, and reconciliation of payments
+/// against the chain (changes need a restart).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAudit {
+    /// JSON-RPC URL of the chain the registries live on (an `${ENV}` reference when it holds
+    /// an API key).
+    pub rpc_url: Option<String>,
+    pub chain_id: Option<u64>,
+    /// ERC-8004 Reputation Registry address.
+    pub reputation_registry: Option<String>,
+    /// ERC-8004 Identity Registry address (named in the feedback records).
+    pub identity_registry: Option<String>,
+    /// The key feedback transactions are signed with (not a payment wallet).
+    pub signer: Option<FileWallet>,
+    /// Which endpoints are which registered agents.
+    #[serde(default)]
+    pub agents: Vec<serde_yaml::Value>,
+    /// `per_payment` or `hourly` (default).
+    pub mode: Option<String>,
+    pub confirmations: Option<u64>,
+    /// Serve feedback records without the admin token.
+    pub public_records: Option<bool>,
+    /// Base URL feedback URIs point at (default: `http://<admin.listen>`).
+    pub public_url: Option<String>,
+    pub reconcile_seconds: Option<u64>,
+    /// Reviewers whose feedback feeds the curation reputation (pag0's own address is added).
+    #[serde(default)]
+    pub trusted_reviewers: Vec<String>,
+}
+
+/// `audit.agents[]` — endpoints (host patterns) of one ERC-8004 agent.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAgent {
+    /// Host pattern (`api.example.com`, `*.example.com`, `host:port`).
+    pub host: String,
+    /// The agent's id in the Identity Registry (decimal).
+    pub agent_id: serde_yaml::Value,
 }
 
 /// `curation.weights:` — relative weights of the score's components.
@@ -254,6 +296,8 @@ pub struct FileBudgets {
     pub redis_down: Option<String>,
     pub reservation_ttl_seconds: Option<u64>,
     pub commit_without_receipt: Option<bool>,
+    /// Refund committed payments that reconciliation finds never settled.
+    pub release_unsettled: Option<bool>,
 }
 
 /// `projects[].policy` — the project's spend firewall.

@@ -4,6 +4,7 @@
 //! (`routes[2].upstream: invalid URL "htp:/x"`). Sections and list entries are deserialized
 //! one by one so that one bad entry does not hide the others.
 
+mod audit;
 mod curation;
 pub mod file;
 pub mod runtime;
@@ -135,6 +136,7 @@ pub fn parse(
         .section::<FileCuration>(take("curation"), "curation")
         .unwrap_or_default();
     let catalog = v.list::<FileCategory>(take("catalog").unwrap_or(Value::Null), "catalog");
+    let audit = v.section::<FileAudit>(take("audit"), "audit");
     let stages = take("stages").map(|value| v.list::<FileStage>(value, "stages"));
     let projects = v.list::<FileProject>(take("projects").unwrap_or(Value::Null), "projects");
     let routes = v.list::<FileRoute>(take("routes").unwrap_or(Value::Null), "routes");
@@ -160,10 +162,16 @@ pub fn parse(
             ),
         );
     }
+    let admin = v.admin(admin);
+    let wallets: Vec<_> = projects
+        .iter()
+        .filter_map(|p| p.wallet.as_ref().map(|w| w.0.address()))
+        .collect();
+    let audit = v.audit(audit, &admin, &wallets);
     let config = Config {
         server: v.server(server),
         upstream: v.upstream(upstream),
-        admin: v.admin(admin),
+        admin,
         dns: DnsSettings {
             timeout: Duration::from_millis(v.positive(
                 dns.timeout_ms,
@@ -179,6 +187,7 @@ pub fn parse(
         cache,
         analytics,
         curation,
+        audit,
         stages: v.stages(stages),
         projects,
         payments,
@@ -924,7 +933,18 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
     }
 
     fn wallet(&mut self, w: FileWallet, path: &str) -> Option<Wallet> {
-        use crate::x402::Eip3009Signer;
+        let key = self.private_key(w, path)?;
+        Some(Wallet(Arc::new(crate::x402::Eip3009Signer::new(key))))
+    }
+
+    /// A private key from exactly one of `private_key` (env), `key_file` or `keystore`.
+    /// No message ever contains the key.
+    fn private_key(
+        &mut self,
+        w: FileWallet,
+        path: &str,
+    ) -> Option<alloy_signer_local::PrivateKeySigner> {
+        use alloy_signer_local::PrivateKeySigner;
         let sources = [
             w.private_key.is_some(),
             w.key_file.is_some(),
@@ -944,10 +964,9 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
             );
             return None;
         }
-        let signer = if let Some(raw) = w.private_key {
+        let key = if let Some(raw) = w.private_key {
             let secret = self.secret(&raw, &format!("{path}.private_key"))?;
-            // The message never contains the key.
-            Eip3009Signer::from_hex(secret.expose())
+            key_from_hex(secret.expose())
                 .map_err(|msg| (format!("{path}.private_key"), format!("{msg} in {secret}")))
         } else if let Some(file) = w.key_file {
             let file = self.base_dir.join(file);
@@ -961,20 +980,18 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
             let file = self.base_dir.join(w.keystore.unwrap_or_default());
             let password =
                 self.secret(&w.password.unwrap_or_default(), &format!("{path}.password"))?;
-            alloy_signer_local::PrivateKeySigner::decrypt_keystore(&file, password.expose())
-                .map(Eip3009Signer::new)
-                .map_err(|_| {
-                    (
-                        format!("{path}.keystore"),
-                        format!(
-                            "{}: cannot decrypt (wrong password or not a keystore)",
-                            file.display()
-                        ),
-                    )
-                })
+            PrivateKeySigner::decrypt_keystore(&file, password.expose()).map_err(|_| {
+                (
+                    format!("{path}.keystore"),
+                    format!(
+                        "{}: cannot decrypt (wrong password or not a keystore)",
+                        file.display()
+                    ),
+                )
+            })
         };
-        match signer {
-            Ok(signer) => Some(Wallet(Arc::new(signer))),
+        match key {
+            Ok(key) => Some(key),
             Err((at, msg)) => {
                 self.issue(&at, msg);
                 None
@@ -1141,17 +1158,9 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
                 continue;
             };
             // A plain URL prints as itself; one with an API key comes from the environment.
-            let url = if raw.starts_with("${") {
-                self.secret(raw, &path)
-            } else {
-                Some(Secret::plain(raw.clone()))
-            };
-            let Some(url) = url else { continue };
-            if !url::Url::parse(url.expose()).is_ok_and(|u| matches!(u.scheme(), "http" | "https"))
-            {
-                self.issue(&path, "must be an http(s) URL");
+            let Some(url) = self.rpc_url(raw, &path) else {
                 continue;
-            }
+            };
             rpc.push((crate::x402::networks::caip2(chain_id), url));
         }
         Payments {
@@ -1400,14 +1409,24 @@ pub fn parse_units(
 }
 
 /// Reads a hex private key from a file that only its owner can read. Errors never contain the key.
-fn read_key_file(file: &Path) -> Result<crate::x402::Eip3009Signer, String> {
+/// A hex private key (`0x…` or bare). The error never contains the key.
+fn key_from_hex(hex_key: &str) -> Result<alloy_signer_local::PrivateKeySigner, &'static str> {
+    let hex_key = hex_key.trim();
+    let hex_key = hex_key.strip_prefix("0x").unwrap_or(hex_key);
+    let mut bytes = [0u8; 32];
+    hex::decode_to_slice(hex_key, &mut bytes).map_err(|_| "invalid private key")?;
+    alloy_signer_local::PrivateKeySigner::from_bytes(&bytes.into())
+        .map_err(|_| "invalid private key")
+}
+
+fn read_key_file(file: &Path) -> Result<alloy_signer_local::PrivateKeySigner, String> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(file).map_err(|e| e.to_string())?;
     if meta.permissions().mode() & 0o077 != 0 {
         return Err("readable by group or others; chmod 600 it".into());
     }
     let text = std::fs::read_to_string(file).map_err(|e| e.to_string())?;
-    crate::x402::Eip3009Signer::from_hex(text.trim()).map_err(str::to_string)
+    key_from_hex(&text).map_err(str::to_string)
 }
 
 /// Parses `sha256:<64 hex>` into the digest bytes.

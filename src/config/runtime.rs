@@ -26,6 +26,8 @@ pub struct Config {
     pub cache: CacheSettings,
     pub analytics: crate::analytics::Settings,
     pub curation: crate::curation::Settings,
+    /// `None` without an `audit:` section.
+    pub audit: Option<Arc<crate::audit::Settings>>,
     pub payments: Payments,
     pub stages: Vec<StageConfig>,
     pub projects: Vec<Arc<Project>>,
@@ -226,6 +228,8 @@ pub struct BudgetSettings {
     pub redis_down: RedisDown,
     pub reservation_ttl: Duration,
     pub commit_without_receipt: bool,
+    /// Refund committed payments that reconciliation proves were never settled.
+    pub release_unsettled: bool,
 }
 
 /// What pag0 may pay with (`payments:`).

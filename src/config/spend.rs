@@ -207,6 +207,7 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
             commit_without_receipt: f
                 .commit_without_receipt
                 .unwrap_or(DEFAULT_COMMIT_WITHOUT_RECEIPT),
+            release_unsettled: f.release_unsettled.unwrap_or(false),
         }
     }
 

@@ -5,6 +5,7 @@ pub mod chain;
 pub mod facilitator;
 pub mod paywall;
 pub mod process;
+pub mod relay;
 pub mod services;
 pub mod webhook;
 

@@ -1,0 +1,69 @@
+-- On-chain audit: the outbox of ERC-8004 feedback transactions, the reconciliation of journaled
+-- payments against the chain, and wallet transfers pag0 has no record of (unknown spend).
+
+-- One row per feedback, written before anything is sent. The transaction is signed and stored
+-- (nonce, hash, raw bytes) before it is broadcast, so a restart finds it instead of sending a
+-- second one. State: pending -> sent -> confirmed, or reverted (terminal, with the reason).
+CREATE TABLE audit_feedback (
+    id              TEXT PRIMARY KEY,       -- 'p-<journal id>' or 'h-<hour ms>-<tag>-<endpoint digest>'
+    created_ms      BIGINT NOT NULL,
+    agent_id        TEXT NOT NULL,          -- ERC-8004 agent id (decimal uint256)
+    endpoint        TEXT NOT NULL,
+    tag1            TEXT NOT NULL,
+    tag2            TEXT NOT NULL,
+    value           TEXT NOT NULL,          -- int128, decimal
+    value_decimals  BIGINT NOT NULL,
+    record          TEXT NOT NULL,          -- canonical JSON served at feedbackURI, byte for byte
+    feedback_hash   TEXT NOT NULL,          -- keccak-256 of record
+    state           TEXT NOT NULL,
+    attempts        BIGINT NOT NULL DEFAULT 0,
+    next_attempt_ms BIGINT NOT NULL DEFAULT 0,
+    nonce           BIGINT,                 -- the signer's transaction nonce once signed
+    tx_hash         TEXT,
+    raw_tx          TEXT,                   -- the signed transaction, rebroadcast if the node lost it
+    block_number    BIGINT,
+    error           TEXT,                   -- the revert reason, or the last RPC error
+    updated_ms      BIGINT NOT NULL
+);
+CREATE INDEX audit_feedback_open ON audit_feedback (created_ms) WHERE state IN ('pending', 'sent');
+
+-- Where the planners and the reconciler have got to (journal time, hour, block).
+CREATE TABLE audit_cursors (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+-- What the chain says about each journaled payment.
+CREATE TABLE audit_reconciliation (
+    payment_id   TEXT PRIMARY KEY,          -- spend_journal.id
+    project      TEXT NOT NULL,
+    network      TEXT NOT NULL,
+    payer        TEXT NOT NULL,
+    pay_to       TEXT NOT NULL,
+    amount       NUMERIC(78,0) NOT NULL,
+    nonce        TEXT NOT NULL,
+    tx_hash      TEXT,
+    state        TEXT NOT NULL,             -- settled, not_settled, mismatch, pending
+    detail       TEXT,
+    block_number BIGINT,
+    refunded     BIGINT NOT NULL DEFAULT 0, -- 1: the budget was given back (budgets.release_unsettled)
+    checked_ms   BIGINT NOT NULL
+);
+CREATE INDEX audit_reconciliation_state ON audit_reconciliation (state, checked_ms);
+
+-- Outgoing token transfers of a payer wallet that match no journaled payment.
+CREATE TABLE audit_unknown_spend (
+    network      TEXT NOT NULL,
+    tx_hash      TEXT NOT NULL,
+    log_index    BIGINT NOT NULL,
+    token        TEXT NOT NULL,
+    from_address TEXT NOT NULL,
+    to_address   TEXT NOT NULL,
+    amount       NUMERIC(78,0) NOT NULL,
+    block_number BIGINT NOT NULL,
+    found_ms     BIGINT NOT NULL,
+    PRIMARY KEY (network, tx_hash, log_index)
+);
+
+-- Per-payment feedback reads the journal by time.
+CREATE INDEX spend_journal_committed ON spend_journal (committed_at);

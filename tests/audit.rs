@@ -1,0 +1,599 @@
+//! On-chain audit (issue 20): ERC-8004 feedback about the paid APIs pag0 uses, from a durable
+//! outbox, on anvil with the test registries (tests/contracts). pag0's RPC is a relay in front
+//! of anvil (tests/common/relay.rs) that can go down, or stop right at a broadcast, without
+//! the chain losing its state.
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use alloy_primitives::{Address, B256, U256, keccak256};
+use alloy_sol_types::{SolCall, SolConstructor, SolEvent};
+use common::chain::{Anvil, CHAIN_ID};
+use common::paywall::{self, Paywall};
+use common::process::Process;
+use common::relay::{Mode, Relay};
+use common::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+mod abi {
+    alloy_sol_types::sol! {
+        constructor(address identityRegistry);
+        function register(string agentURI) external returns (uint256 agentId);
+        event NewFeedback(uint256 indexed agentId, address indexed clientAddress,
+            uint64 feedbackIndex, int128 value, uint8 valueDecimals, string indexed indexedTag1,
+            string tag1, string tag2, string endpoint, string feedbackURI, bytes32 feedbackHash);
+        function getSummary(uint256 agentId, address[] clientAddresses, string tag1, string tag2)
+            external view returns (uint64 count, int128 summaryValue, uint8 summaryValueDecimals);
+    }
+}
+
+/// Anvil's third dev account: pag0's audit key (not the payment wallet, account 1).
+const AUDIT_KEY: &str = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a";
+const AUDIT_ADDRESS: &str = "0x3C44CdDdB6a900fa2b585dd299e03d12FA4293BC";
+
+struct Registries {
+    identity: Address,
+    reputation: Address,
+}
+
+/// Deploys the test registries and registers agent 0 (owned by anvil's first account).
+async fn registries(anvil: &Anvil) -> Registries {
+    let code = |text: &str| hex::decode(text.trim()).unwrap();
+    let identity = anvil
+        .deploy(code(include_str!("contracts/IdentityRegistry.bin")))
+        .await;
+    let mut rep = code(include_str!("contracts/ReputationRegistry.bin"));
+    rep.extend(
+        abi::constructorCall {
+            identityRegistry: identity,
+        }
+        .abi_encode(),
+    );
+    let reputation = anvil.deploy(rep).await;
+    let r = Registries {
+        identity,
+        reputation,
+    };
+    register(anvil, &r, common::chain::FACILITATOR).await;
+    r
+}
+
+async fn register(anvil: &Anvil, r: &Registries, owner: &str) {
+    let receipt = anvil
+        .send_as(
+            owner,
+            Some(r.identity),
+            abi::registerCall {
+                agentURI: "https://paywall.example/agent.json".into(),
+            }
+            .abi_encode(),
+        )
+        .await;
+    assert_eq!(receipt["status"], "0x1", "{receipt}");
+}
+
+fn audit_yaml(rpc: &str, r: &Registries, mode: &str, agent_id: u64) -> String {
+    format!(
+        "audit:\n  rpc_url: {rpc}\n  chain_id: {CHAIN_ID}\n  reputation_registry: \"{}\"\n  identity_registry: \"{}\"\n  signer:\n    private_key: ${{PAG0_TEST_AUDIT_KEY:-{AUDIT_KEY}}}\n  agents:\n    - host: \"127.0.0.1\"\n      agent_id: {agent_id}\n  mode: {mode}\n  public_records: true\n",
+        r.reputation, r.identity
+    )
+}
+
+/// A paying project (0.05 USDC per call at most), with `extra` sections.
+fn body(extra: &str) -> String {
+    format!(
+        "{}stages:\n  - kind: auth\n  - kind: ssrf_guard\n    allow: [\"127.0.0.0/8\"]\n  - kind: policy\n  - kind: payment\nprojects:\n  - id: demo\n    keys: [\"{DEMO_HASH}\"]\n    wallet:\n      private_key: ${{PAG0_TEST_WALLET_KEY:-{}}}\n    policy:\n      budgets:\n        - asset: USDC\n          per_request: \"0.05\"\n          daily: \"100\"\n          monthly: \"1000\"\n{extra}",
+        paywall::payments_yaml(),
+        paywall::WALLET_KEY,
+    )
+}
+
+fn start(dir: &tempfile::TempDir, body: &str) -> Process {
+    Process::start_env(dir, body, &[("RUST_LOG", "warn")])
+}
+
+/// `probe` until `done` accepts its value, for up to `secs` seconds (the chain is slower
+/// than `eventually`'s 2.5 s); the last value is returned for the caller's assertion.
+async fn until<T, F: std::future::Future<Output = T>>(
+    secs: u64,
+    mut probe: impl FnMut() -> F,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let value = probe().await;
+        if done(&value) || Instant::now() > deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The outbox as the admin API shows it.
+async fn outbox(pag0: &Process) -> Vec<Value> {
+    pag0.admin_get("/api/audit/feedback?limit=1000").await["feedback"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn all_confirmed(n: usize) -> impl Fn(&Vec<Value>) -> bool {
+    move |rows| rows.len() == n && rows.iter().all(|r| r["state"] == "confirmed")
+}
+
+/// Every `NewFeedback` the registry emitted.
+async fn feedback_events(anvil: &Anvil, registry: Address) -> Vec<abi::NewFeedback> {
+    let logs = anvil
+        .rpc(
+            "eth_getLogs",
+            json!([{
+                "address": registry.to_string(),
+                "fromBlock": "0x0",
+                "toBlock": "latest",
+                "topics": [format!("{:#x}", abi::NewFeedback::SIGNATURE_HASH)],
+            }]),
+        )
+        .await;
+    logs.as_array()
+        .unwrap()
+        .iter()
+        .map(|log| {
+            let topics: Vec<B256> = log["topics"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_str().unwrap().parse().unwrap())
+                .collect();
+            let data = hex::decode(log["data"].as_str().unwrap().trim_start_matches("0x")).unwrap();
+            abi::NewFeedback::decode_raw_log(topics.iter().copied(), &data).unwrap()
+        })
+        .collect()
+}
+
+/// No two events rate the same record.
+fn assert_no_duplicates(events: &[abi::NewFeedback]) {
+    let hashes: HashSet<B256> = events.iter().map(|e| e.feedbackHash).collect();
+    assert_eq!(hashes.len(), events.len(), "a feedback was given twice");
+}
+
+/// The record behind an event's `feedbackURI`, fetched without any token: it hashes to the
+/// event's `feedbackHash`.
+async fn verified_record(event: &abi::NewFeedback) -> Value {
+    let resp = reqwest::get(&event.feedbackURI).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK, "{}", event.feedbackURI);
+    let bytes = resp.bytes().await.unwrap();
+    assert_eq!(
+        keccak256(&bytes),
+        event.feedbackHash,
+        "the served record does not hash to feedbackHash"
+    );
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+async fn summary(anvil: &Anvil, r: &Registries, agent: u64, tag1: &str) -> (u64, i128, u8) {
+    let out = anvil
+        .call(
+            r.reputation,
+            abi::getSummaryCall {
+                agentId: U256::from(agent),
+                clientAddresses: vec![AUDIT_ADDRESS.parse().unwrap()],
+                tag1: tag1.into(),
+                tag2: String::new(),
+            }
+            .abi_encode(),
+        )
+        .await
+        .unwrap();
+    let s = abi::getSummaryCall::abi_decode_returns(&out).unwrap();
+    (s.count, s.summaryValue, s.summaryValueDecimals)
+}
+
+fn endpoint(wall: &Paywall, path: &str) -> String {
+    wall.url(path).trim_start_matches("http://").to_string()
+}
+
+async fn pay(pag0: &Process, wall: &Paywall, path: &str, n: usize) {
+    for _ in 0..n {
+        let resp = pag0.client().get(wall.url(path)).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_payment_feedback_lands_on_chain_and_its_record_hashes_to_the_feedback_hash() {
+    let anvil = Anvil::start();
+    let r = registries(&anvil).await;
+    let wall = Paywall::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pag0 = start(&dir, &body(&audit_yaml(&anvil.url, &r, "per_payment", 0)));
+    pay(&pag0, &wall, "/paid", 3).await;
+
+    let rows = until(30, || outbox(&pag0), all_confirmed(3)).await;
+    assert!(all_confirmed(3)(&rows), "{rows:#?}");
+    let spend = pag0.admin_get("/api/spend?project=demo").await;
+    let paid: HashSet<String> = spend["spend"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(paid.len(), 3, "{spend}");
+
+    let events = feedback_events(&anvil, r.reputation).await;
+    assert_eq!(events.len(), 3);
+    assert_no_duplicates(&events);
+    let audit: Address = AUDIT_ADDRESS.parse().unwrap();
+    let mut rated = HashSet::new();
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.agentId, U256::ZERO);
+        assert_eq!(e.clientAddress, audit);
+        assert_eq!(e.feedbackIndex, i as u64 + 1);
+        assert_eq!((e.value, e.valueDecimals), (100, 0));
+        assert_eq!((e.tag1.as_str(), e.tag2.as_str()), ("successRate", "x402"));
+        assert_eq!(e.endpoint, endpoint(&wall, "/paid"));
+        assert!(
+            e.feedbackURI
+                .starts_with(&format!("http://{}/api/audit/feedback/p-", pag0.admin)),
+            "{}",
+            e.feedbackURI
+        );
+        let record = verified_record(e).await;
+        assert_eq!(record["agentId"], "0");
+        assert_eq!(
+            record["agentRegistry"],
+            format!("eip155:{CHAIN_ID}:{}", r.identity)
+        );
+        assert_eq!(
+            record["clientAddress"],
+            format!("eip155:{CHAIN_ID}:{AUDIT_ADDRESS}")
+        );
+        assert_eq!(record["endpoint"], e.endpoint);
+        assert_eq!(record["value"], 100);
+        assert_eq!(
+            record["proofOfPayment"]["fromAddress"],
+            paywall::WALLET_ADDRESS
+        );
+        assert_eq!(record["proofOfPayment"]["toAddress"], paywall::PAY_TO);
+        assert_eq!(record["pag0"]["payment"]["amount"], "10000");
+        rated.insert(
+            record["pag0"]["payment"]["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(rated, paid, "each journaled payment is rated once");
+    assert_eq!(summary(&anvil, &r, 0, "successRate").await, (3, 100, 0));
+
+    // The outbox list stays behind the admin token even with public records.
+    let resp = reqwest::get(format!("http://{}/api/audit/feedback", pag0.admin))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let health = pag0.admin_get("/health").await;
+    assert_eq!(health["dependencies"]["audit"]["status"], "up", "{health}");
+    assert_eq!(health["dependencies"]["audit"]["backlog"], 0, "{health}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hourly_feedback_rates_each_closed_hour_once() {
+    let anvil = Anvil::start();
+    let r = registries(&anvil).await;
+    let wall = Paywall::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // An hour of traffic without audit: 4 paid calls that work, 4 to an API that fails
+    // every second paid call.
+    let plain = body("");
+    let pag0 = start(&dir, &plain);
+    pay(&pag0, &wall, "/paid", 4).await;
+    let mut flaky = (0, 0);
+    for _ in 0..4 {
+        let resp = pag0
+            .client()
+            .get(wall.url("/flaky-paid"))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == StatusCode::OK {
+            flaky.0 += 1;
+        } else {
+            flaky.1 += 1;
+        }
+    }
+    assert_eq!(flaky, (2, 2), "every second paid call fails");
+    stop_gracefully(pag0);
+    // As if two hours had passed: the traffic's hours are closed.
+    let db = sqlx::SqlitePool::connect(&format!("sqlite:{}", dir.path().join("pag0.db").display()))
+        .await
+        .unwrap();
+    let aged = sqlx::query("UPDATE analytics_hourly SET hour_ms = hour_ms - 7200000")
+        .execute(&db)
+        .await
+        .unwrap();
+    assert!(aged.rows_affected() > 0);
+    db.close().await;
+
+    // Audit is enabled: the closed hours of the last day are rated.
+    let with_audit = body(&audit_yaml(&anvil.url, &r, "hourly", 0));
+    let pag0 = start(&dir, &with_audit);
+    let rows = until(
+        30,
+        || outbox(&pag0),
+        |rows| rows.len() >= 4 && rows.iter().all(|r| r["state"] == "confirmed"),
+    )
+    .await;
+    assert!(rows.iter().all(|r| r["state"] == "confirmed"), "{rows:#?}");
+    let events = feedback_events(&anvil, r.reputation).await;
+    assert_eq!(events.len(), rows.len());
+    assert_no_duplicates(&events);
+    // Per endpoint: the hours' calls add up, each hour has both tags, the rate matches.
+    let mut totals: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    for e in &events {
+        let record = verified_record(e).await;
+        assert_eq!(record["pag0"]["kind"], "hourly");
+        assert_eq!(e.tag2, "hourly");
+        let (calls, ok) = (
+            record["pag0"]["calls"].as_u64().unwrap(),
+            record["pag0"]["successes"].as_u64().unwrap(),
+        );
+        match e.tag1.as_str() {
+            "successRate" => {
+                assert_eq!(e.valueDecimals, 2);
+                assert_eq!(e.value, ((ok * 10_000 + calls / 2) / calls) as i128);
+                let t = totals.entry(e.endpoint.clone()).or_default();
+                t.0 += calls;
+                t.1 += ok;
+            }
+            "responseTime" => {
+                assert_eq!(e.valueDecimals, 0);
+                assert_eq!(
+                    e.value,
+                    i128::from(record["pag0"]["latencyMeanMs"].as_i64().unwrap())
+                );
+            }
+            other => panic!("unexpected tag {other}"),
+        }
+    }
+    assert_eq!(totals[&endpoint(&wall, "/paid")], (4, 4), "{totals:?}");
+    assert_eq!(
+        totals[&endpoint(&wall, "/flaky-paid")],
+        (4, 2),
+        "{totals:?}"
+    );
+
+    // A restart rates nothing again.
+    let before = events.len();
+    pag0.kill();
+    let pag0 = start(&dir, &with_audit);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(outbox(&pag0).await.len(), before);
+    assert_eq!(feedback_events(&anvil, r.reputation).await.len(), before);
+}
+
+/// SIGTERM, then waits for the exit (the analytics queue is drained).
+fn stop_gracefully(mut pag0: Process) {
+    let pid = pag0.child.id().to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pag0.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "pag0 did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_rpc_is_down_the_backlog_grows_then_drains_without_duplicates() {
+    let anvil = Anvil::start();
+    let r = registries(&anvil).await;
+    let relay = Relay::start(&anvil.url).await;
+    let wall = Paywall::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pag0 = start(&dir, &body(&audit_yaml(&relay.url, &r, "per_payment", 0)));
+    pay(&pag0, &wall, "/paid", 2).await;
+    let rows = until(30, || outbox(&pag0), all_confirmed(2)).await;
+    assert!(all_confirmed(2)(&rows), "{rows:#?}");
+
+    relay.set(Mode::Down);
+    pay(&pag0, &wall, "/paid", 4).await;
+    let health = until(
+        30,
+        || pag0.admin_get("/health"),
+        |h| h["dependencies"]["audit"]["status"] == "degraded",
+    )
+    .await;
+    let audit = &health["dependencies"]["audit"];
+    assert_eq!(audit["status"], "degraded", "{health}");
+    assert_eq!(audit["backlog"], 4, "{health}");
+    assert_eq!(health["status"], "ok", "the proxy itself is fine: {health}");
+    let metrics = pag0
+        .metrics_until(|m| m.contains("pag0_audit_backlog 4"))
+        .await;
+    assert!(metrics.contains("pag0_audit_backlog 4"), "{metrics}");
+    assert_eq!(feedback_events(&anvil, r.reputation).await.len(), 2);
+
+    relay.set(Mode::Up);
+    let rows = until(60, || outbox(&pag0), all_confirmed(6)).await;
+    assert!(all_confirmed(6)(&rows), "{rows:#?}");
+    let events = feedback_events(&anvil, r.reputation).await;
+    assert_eq!(events.len(), 6);
+    assert_no_duplicates(&events);
+    let health = until(
+        10,
+        || pag0.admin_get("/health"),
+        |h| h["dependencies"]["audit"]["status"] == "up",
+    )
+    .await;
+    assert_eq!(health["dependencies"]["audit"]["backlog"], 0, "{health}");
+}
+
+/// pag0 is killed the moment a feedback transaction is broadcast (`mode`: the node got it, or
+/// it never left); after a restart every payment is rated exactly once.
+async fn sigkill_at_a_broadcast(mode: Mode) {
+    let anvil = Anvil::start();
+    let r = registries(&anvil).await;
+    let relay = Relay::start(&anvil.url).await;
+    let wall = Paywall::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = body(&audit_yaml(&relay.url, &r, "per_payment", 0));
+    let pag0 = start(&dir, &config);
+    relay.set(mode);
+    pay(&pag0, &wall, "/paid", 5).await;
+    relay.until_sends(1).await;
+    pag0.kill();
+    let landed = feedback_events(&anvil, r.reputation).await.len();
+    let expected = if mode == Mode::DropSend { 0 } else { 1 };
+    assert_eq!(
+        landed, expected,
+        "only the interrupted broadcast can have landed"
+    );
+
+    relay.set(Mode::Up);
+    let pag0 = start(&dir, &config);
+    let rows = until(60, || outbox(&pag0), all_confirmed(5)).await;
+    assert!(all_confirmed(5)(&rows), "{rows:#?}");
+    let events = feedback_events(&anvil, r.reputation).await;
+    assert_eq!(events.len(), 5, "every payment rated once");
+    assert_no_duplicates(&events);
+    // The interrupted one kept its transaction: found mined, or broadcast again (the node
+    // never had it); never signed anew.
+    let metrics = pag0
+        .metrics_until(|m| m.contains("pag0_audit_feedback_total"))
+        .await;
+    assert!(
+        !metrics.contains("state=\"requeued\""),
+        "no transaction was replaced: {metrics}"
+    );
+    assert_eq!(
+        metrics.contains("pag0_audit_feedback_total{state=\"rebroadcast\"} 1"),
+        mode == Mode::DropSend,
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_right_after_a_broadcast_sends_no_second_transaction() {
+    sigkill_at_a_broadcast(Mode::SwallowAfterSend).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_after_signing_before_the_node_has_it_broadcasts_the_same_transaction() {
+    sigkill_at_a_broadcast(Mode::DropSend).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reverted_feedback_is_recorded_with_its_reason_and_not_retried() {
+    let anvil = Anvil::start();
+    let r = registries(&anvil).await;
+    // Agent 1 belongs to pag0's audit key: the registry refuses self-feedback.
+    register(&anvil, &r, AUDIT_ADDRESS).await;
+    let relay = Relay::start(&anvil.url).await;
+    let wall = Paywall::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pag0 = start(&dir, &body(&audit_yaml(&relay.url, &r, "per_payment", 1)));
+    pay(&pag0, &wall, "/paid", 1).await;
+    let rows = until(
+        30,
+        || outbox(&pag0),
+        |rows| rows.len() == 1 && rows[0]["state"] == "reverted",
+    )
+    .await;
+    assert_eq!(rows[0]["state"], "reverted", "{rows:#?}");
+    assert!(
+        rows[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("Self-feedback not allowed"),
+        "{rows:#?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rows = outbox(&pag0).await;
+    assert_eq!(rows[0]["state"], "reverted");
+    assert_eq!(rows[0]["attempts"], 0, "never signed nor sent");
+    assert_eq!(relay.sends(), 0);
+    assert!(feedback_events(&anvil, r.reputation).await.is_empty());
+    let health = pag0.admin_get("/health").await;
+    assert_eq!(health["dependencies"]["audit"]["status"], "up", "{health}");
+}
+
+/// `pag0 -t -c FILE` on `body`: (success, stderr).
+fn check_config(dir: &tempfile::TempDir, body: &str) -> (bool, String) {
+    let config = dir.path().join("check.yaml");
+    let proxy = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    std::fs::write(&config, Pag0::config_text(dir, proxy, admin, body)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pag0"))
+        .args(["-t", "-c", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_chain_or_an_unreachable_rpc_is_a_clear_error() {
+    let anvil = Anvil::start();
+    let r = registries(&anvil).await;
+    let dir = tempfile::tempdir().unwrap();
+    let good = body(&audit_yaml(&anvil.url, &r, "hourly", 0));
+    let (ok, err) = check_config(&dir, &good);
+    assert!(ok, "{err}");
+
+    let wrong_chain = good.replace(&format!("chain_id: {CHAIN_ID}"), "chain_id: 8453");
+    let (ok, err) = check_config(&dir, &wrong_chain);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "audit.chain_id: the RPC at {} serves chain {CHAIN_ID}, not 8453",
+            anvil.url
+        )),
+        "{err}"
+    );
+    // pag0 itself refuses to start on it, with the same message.
+    let config = dir.path().join("check.yaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_pag0"))
+        .args(["-c", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("serves chain 31337, not 8453"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let closed = format!("http://127.0.0.1:{}", free_port());
+    let (ok, err) = check_config(&dir, &good.replace(&anvil.url, &closed));
+    assert!(!ok);
+    assert!(
+        err.contains(&format!("audit.rpc_url: cannot reach {closed}")),
+        "{err}"
+    );
+
+    // The audit key must not be a payment wallet; every problem is named by its YAML path.
+    let (ok, err) = check_config(
+        &dir,
+        &good
+            .replace(AUDIT_KEY, paywall::WALLET_KEY)
+            .replace("mode: hourly", "mode: weekly")
+            .replace("agent_id: 0", "agent_id: -3"),
+    );
+    assert!(!ok);
+    for expected in [
+        "audit.signer: 0x70997970C51812dc3A010C7d01b50e0d17dc79C8 is a project's payment wallet",
+        "audit.mode: unknown mode \"weekly\"",
+        "audit.agents[0].agent_id: must be the agent's id",
+    ] {
+        assert!(err.contains(expected), "{expected} in {err}");
+    }
+    assert!(!err.contains(&AUDIT_KEY[2..]), "no key in messages");
+    assert!(
+        !err.contains(&paywall::WALLET_KEY[2..]),
+        "no key in messages"
+    );
+}
