@@ -1,7 +1,8 @@
-//! EIP-3009 authorizations on chain, read over JSON-RPC (alloy's provider): whether a payer's
-//! authorization (nonce) was used, and in which transaction. Knows nothing of the proxy.
+//! EIP-3009 authorizations and token transfers on chain, read over JSON-RPC (alloy's
+//! provider): whether a payer's authorization (nonce) was used and in which transaction, what a
+//! transaction moved, and every transfer out of a wallet. Knows nothing of the proxy.
 
-use alloy_primitives::{Address, B256};
+use alloy_primitives::{Address, B256, U256};
 use alloy_provider::{Provider, RootProvider};
 use alloy_rpc_types_eth::{BlockNumberOrTag, Filter, TransactionRequest};
 use alloy_sol_types::{SolCall, SolEvent, sol};
@@ -13,6 +14,34 @@ sol! {
     function authorizationState(address authorizer, bytes32 nonce) external view returns (bool);
     /// EIP-3009: emitted when an authorization is used.
     event AuthorizationUsed(address indexed authorizer, bytes32 indexed nonce);
+    /// ERC-20.
+    event Transfer(address indexed from, address indexed to, uint256 value);
+}
+
+/// Longest wait for one JSON-RPC answer (a node that never answers must not stall a job).
+const RPC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// One ERC-20 transfer, as logged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferLog {
+    pub token: Address,
+    pub from: Address,
+    pub to: Address,
+    pub value: U256,
+    pub tx: B256,
+    pub log_index: u64,
+    pub block: u64,
+}
+
+/// What a mined transaction did, as far as payments go.
+#[derive(Debug, Clone, Default)]
+pub struct TxFacts {
+    /// `false`: it reverted (it moved nothing).
+    pub success: bool,
+    pub block: u64,
+    pub transfers: Vec<TransferLog>,
+    /// EIP-3009 authorizations it used: (token, authorizer, nonce).
+    pub authorizations: Vec<(Address, Address, B256)>,
 }
 
 /// How many blocks back the `AuthorizationUsed` log of a used authorization is looked for (RPC
@@ -50,6 +79,122 @@ impl Chain {
 
     fn error(&self, e: impl std::fmt::Display) -> String {
         e.to_string().replace(self.url.expose(), "<rpc url>")
+    }
+
+    async fn timed<T>(
+        &self,
+        call: impl std::future::IntoFuture<Output = alloy_provider::transport::TransportResult<T>>,
+    ) -> Result<T, String> {
+        match tokio::time::timeout(RPC_TIMEOUT, call.into_future()).await {
+            Ok(r) => r.map_err(|e| self.error(e)),
+            Err(_) => Err(format!("the RPC did not answer within {RPC_TIMEOUT:?}")),
+        }
+    }
+
+    /// The chain id the RPC serves.
+    pub async fn chain_id(&self) -> Result<u64, String> {
+        self.timed(self.provider.get_chain_id()).await
+    }
+
+    /// The latest block's number and timestamp.
+    pub async fn latest(&self) -> Result<(u64, u64), String> {
+        let block = self
+            .timed(self.provider.get_block_by_number(BlockNumberOrTag::Latest))
+            .await?
+            .ok_or("the RPC has no latest block")?;
+        Ok((block.header.number, block.header.timestamp))
+    }
+
+    /// A block's timestamp.
+    pub async fn block_time(&self, number: u64) -> Result<u64, String> {
+        let block = self
+            .timed(self.provider.get_block_by_number(number.into()))
+            .await?
+            .ok_or_else(|| format!("the RPC has no block {number}"))?;
+        Ok(block.header.timestamp)
+    }
+
+    /// The first block at or after unix second `time` (the block after `latest` when none is).
+    pub async fn block_at(&self, time: u64, latest: u64) -> Result<u64, String> {
+        let (mut lo, mut hi) = (0, latest + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.block_time(mid).await? < time {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+
+    /// What a transaction did; `None` when the chain has no receipt for it (unknown or not
+    /// mined yet).
+    pub async fn transaction(&self, tx: B256) -> Result<Option<TxFacts>, String> {
+        let Some(receipt) = self
+            .timed(self.provider.get_transaction_receipt(tx))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut facts = TxFacts {
+            success: receipt.status(),
+            block: receipt.block_number.unwrap_or_default(),
+            ..TxFacts::default()
+        };
+        for log in receipt.inner.logs() {
+            if let Some(t) = transfer_of(log) {
+                facts.transfers.push(t);
+            } else if let Ok(used) = AuthorizationUsed::decode_log(&log.inner) {
+                facts
+                    .authorizations
+                    .push((log.address(), used.authorizer, used.nonce));
+            }
+        }
+        Ok(Some(facts))
+    }
+
+    /// Every transfer of `token` out of `from` in blocks `first..=last`.
+    pub async fn transfers_from(
+        &self,
+        token: Address,
+        from: Address,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<TransferLog>, String> {
+        let filter = Filter::new()
+            .address(token)
+            .event_signature(Transfer::SIGNATURE_HASH)
+            .topic1(from.into_word())
+            .from_block(first)
+            .to_block(last);
+        let logs = self.timed(self.provider.get_logs(&filter)).await?;
+        Ok(logs.iter().filter_map(transfer_of).collect())
+    }
+
+    /// Every EIP-3009 authorization of `authorizer` used on `token` in blocks `first..=last`:
+    /// (transaction, nonce).
+    pub async fn authorizations_used(
+        &self,
+        token: Address,
+        authorizer: Address,
+        first: u64,
+        last: u64,
+    ) -> Result<Vec<(B256, B256)>, String> {
+        let filter = Filter::new()
+            .address(token)
+            .event_signature(AuthorizationUsed::SIGNATURE_HASH)
+            .topic1(authorizer.into_word())
+            .from_block(first)
+            .to_block(last);
+        let logs = self.timed(self.provider.get_logs(&filter)).await?;
+        Ok(logs
+            .iter()
+            .filter_map(|log| {
+                let used = AuthorizationUsed::decode_log(&log.inner).ok()?;
+                Some((log.transaction_hash?, used.nonce))
+            })
+            .collect())
     }
 
     /// Whether `authorizer`'s authorization `nonce` on `token` was used.
@@ -98,4 +243,17 @@ impl Chain {
         };
         Ok(OnChain::Used { tx })
     }
+}
+
+fn transfer_of(log: &alloy_rpc_types_eth::Log) -> Option<TransferLog> {
+    let t = Transfer::decode_log(&log.inner).ok()?;
+    Some(TransferLog {
+        token: log.address(),
+        from: t.from,
+        to: t.to,
+        value: t.value,
+        tx: log.transaction_hash?,
+        log_index: log.log_index?,
+        block: log.block_number?,
+    })
 }

@@ -168,19 +168,37 @@ impl Shared {
         );
         rt.spawn(worker);
         let settler = Arc::new(settler);
-        let mut chains = HashMap::new();
-        for (network, url) in &config.payments.rpc {
-            let chain = crate::chain::Chain::new(url.clone())
-                .map_err(|e| anyhow::anyhow!("payments.rpc.{network}: {e}"))?;
-            chains.insert(network.clone(), chain);
-        }
-        let (maintained, upkeep_store, upkeep_settler) =
-            (intents.clone(), store.clone(), settler.clone());
+        let chains = payment_chains(config)?;
+        let (maintained, upkeep_store, upkeep_settler, resolving) = (
+            intents.clone(),
+            store.clone(),
+            settler.clone(),
+            chains.clone(),
+        );
         rt.spawn(async move {
             maintained
-                .maintain(upkeep_store, chains, upkeep_settler, UPKEEP_INTERVAL)
+                .maintain(upkeep_store, resolving, upkeep_settler, UPKEEP_INTERVAL)
                 .await
         });
+        if let Some(reconciler) = reconciler(
+            config,
+            &store,
+            chains,
+            crate::settle::ReconcileEffects {
+                store: store.clone(),
+                ledger: ledger.clone(),
+                policies: policies.clone(),
+                projects: config.projects.clone(),
+                metrics: metrics.clone(),
+            },
+            metrics.reconcile.clone(),
+        ) {
+            let every = config.audit.as_ref().map_or(
+                std::time::Duration::from_secs(crate::audit::DEFAULT_RECONCILE_SECONDS),
+                |a| a.reconcile,
+            );
+            rt.spawn(Arc::new(reconciler).run(every));
+        }
         let analytics = crate::analytics::Analytics::start(
             store.db(),
             config.analytics.clone(),
@@ -276,6 +294,58 @@ impl Shared {
             _state: StateRuntime(Some(rt)),
         }))
     }
+}
+
+/// The JSON-RPC of every payment network in `payments.rpc`.
+pub fn payment_chains(
+    config: &Config,
+) -> anyhow::Result<HashMap<String, Arc<crate::chain::Chain>>> {
+    let mut chains = HashMap::new();
+    for (network, url) in &config.payments.rpc {
+        let chain = crate::chain::Chain::new(url.clone())
+            .map_err(|e| anyhow::anyhow!("payments.rpc.{network}: {e}"))?;
+        chains.insert(network.clone(), Arc::new(chain));
+    }
+    Ok(chains)
+}
+
+/// Reconciliation of the journal against `chains` (`None` without any payment RPC): the
+/// projects' wallets are watched for unknown spend in the tokens of `payments.assets`.
+pub fn reconciler(
+    config: &Config,
+    store: &Arc<Store>,
+    chains: HashMap<String, Arc<crate::chain::Chain>>,
+    effects: crate::settle::ReconcileEffects,
+    counters: crate::audit::reconcile::Counters,
+) -> Option<crate::audit::reconcile::Reconciler> {
+    if chains.is_empty() {
+        return None;
+    }
+    let wallets = config
+        .projects
+        .iter()
+        .filter_map(|p| {
+            p.wallet.as_ref().map(|w| crate::audit::reconcile::Wallet {
+                project: p.id.clone(),
+                address: w.0.address(),
+            })
+        })
+        .collect();
+    let tokens = config
+        .payments
+        .assets
+        .iter()
+        .map(|a| (crate::x402::networks::caip2(a.chain_id), a.address))
+        .collect();
+    Some(crate::audit::reconcile::Reconciler::new(
+        store.db(),
+        chains,
+        wallets,
+        tokens,
+        config.budgets.release_unsettled,
+        Arc::new(effects),
+        counters,
+    ))
 }
 
 impl Shared {

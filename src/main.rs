@@ -23,6 +23,8 @@ use pingora::server::RunArgs;
 
 use pag0::config;
 
+mod reconcile_cmd;
+
 /// mimalloc: fewer cycles per request than the system allocator under Pingora's many small,
 /// short-lived allocations (see BENCHMARKS.md).
 #[global_allocator]
@@ -75,6 +77,17 @@ enum Command {
     Ca {
         #[command(subcommand)]
         action: CaAction,
+    },
+    /// Check every journaled payment of a time range against the chain (settled, not
+    /// settled, mismatch) and the payment wallets' transfers over the same blocks (unknown
+    /// spend). Exit 0: all explained; 3: a mismatch or unknown spend; 1: an error.
+    Reconcile {
+        /// Start of the range (YYYY-MM-DD or RFC 3339; default: 7 days ago).
+        #[arg(long)]
+        from: Option<String>,
+        /// End of the range, exclusive (default: now).
+        #[arg(long)]
+        to: Option<String>,
     },
     /// Run pag0 next to a small x402 demo API on loopback, with a throwaway wallet, and print
     /// commands that show a paid call, a cache hit and a budget refusal (no chain, no
@@ -166,6 +179,15 @@ fn main() -> ExitCode {
         }) => return wallet_address(&cli.conf),
         Some(Command::Ca { action }) => return ca(&cli.conf, action),
         Some(Command::Demo { listen, admin, api }) => return demo(listen, admin, api),
+        Some(Command::Reconcile { from, to }) => {
+            return match config::load(&cli.conf) {
+                Ok(config) => reconcile_cmd::run(config, from.as_deref(), to.as_deref()),
+                Err(errors) => {
+                    eprintln!("{}: invalid configuration:\n{errors}", cli.conf.display());
+                    ExitCode::FAILURE
+                }
+            };
+        }
         None => {}
     }
     let config = match config::load(&cli.conf) {

@@ -75,6 +75,8 @@ pub struct Metrics {
     pub analytics: crate::analytics::Counters,
     /// The on-chain audit's counters (`pag0_audit_*`).
     pub audit: crate::audit::Counters,
+    /// Reconciliation against the chain (`pag0_reconcile_payments`, `pag0_unknown_spend_total`).
+    pub reconcile: crate::audit::reconcile::Counters,
     /// `pag0_config_reloads_total{result}`
     pub config_reloads: IntCounterVec,
     /// `pag0_config_generation`: increments on every applied config.
@@ -305,6 +307,20 @@ impl Metrics {
                 "Failed calls to the audit chain's JSON-RPC",
             ),
         };
+        let reconcile = crate::audit::reconcile::Counters {
+            payments: IntGaugeVec::new(
+                Opts::new(
+                    "pag0_reconcile_payments",
+                    "Journaled payments by what the chain says (settled, not_settled, mismatch, pending)",
+                ),
+                &["state"],
+            )
+            .expect("valid metric"),
+            unknown_spend: counter(
+                "pag0_unknown_spend_total",
+                "Transfers out of a payment wallet that match no payment pag0 made",
+            ),
+        };
         let config_reloads = IntCounterVec::new(
             Opts::new("pag0_config_reloads_total", "Config reload attempts"),
             &["result"],
@@ -356,6 +372,8 @@ impl Metrics {
             Box::new(audit.feedback.clone()),
             Box::new(audit.backlog.clone()),
             Box::new(audit.rpc_errors.clone()),
+            Box::new(reconcile.payments.clone()),
+            Box::new(reconcile.unknown_spend.clone()),
             Box::new(config_reloads.clone()),
             Box::new(config_generation.clone()),
             Box::new(build_info),
@@ -387,6 +405,7 @@ impl Metrics {
             rate_limit_fallbacks,
             analytics,
             audit,
+            reconcile,
             config_reloads,
             config_generation,
         }

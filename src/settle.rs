@@ -387,3 +387,74 @@ async fn watch_anomaly(
             .inc();
     });
 }
+
+/// What reconciliation does to budgets and alerts: a payment proved never settled is journaled
+/// as a correction and given back to its budget windows; unknown spend raises the project's
+/// anomaly webhook (`policy.anomaly.webhook`) at once.
+pub struct ReconcileEffects {
+    pub store: Arc<Store>,
+    pub ledger: Arc<dyn Ledger>,
+    pub policies: Arc<PolicyBook>,
+    /// The projects as configured at start (their policies' webhooks).
+    pub projects: Vec<Arc<Project>>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[async_trait::async_trait]
+impl crate::audit::reconcile::Effects for ReconcileEffects {
+    async fn refund(&self, p: &crate::audit::reconcile::Payment) -> Result<(), String> {
+        // Journaled first: a budget rebuilt from the journal then already counts it back.
+        self.store
+            .record_correction(&crate::store::Correction {
+                id: p.id.clone(),
+                project: p.project.clone(),
+                pool: p.pool.clone(),
+                window_day: p.window_day.clone(),
+                window_month: p.window_month.clone(),
+                amount: p.amount,
+                reason: "not settled: the authorization expired unused".into(),
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        if p.pool.is_empty() {
+            return Ok(());
+        }
+        let key = crate::budget::BudgetKey {
+            project: p.project.clone(),
+            pool: p.pool.clone(),
+        };
+        self.ledger
+            .refund(&key, &p.window_day, &p.window_month, p.amount, &p.id)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.metrics
+            .budget_operations
+            .with_label_values(&[p.project.as_str(), "refunded"])
+            .inc();
+        Ok(())
+    }
+
+    async fn alert(&self, project: &str, body: serde_json::Value) {
+        let alert = self
+            .projects
+            .iter()
+            .find(|p| p.id == project)
+            .and_then(|p| self.policies.effective(p))
+            .and_then(|policy| policy.anomaly.clone());
+        let Some(alert) = alert else {
+            log::warn!(project = project; "unknown spend, and the project has no anomaly webhook to tell");
+            return;
+        };
+        let result = match alert.webhook.post(&body).await {
+            Ok(_) => "sent",
+            Err(e) => {
+                log::warn!(project = project; "unknown spend alert not delivered: {e}");
+                "failed"
+            }
+        };
+        self.metrics
+            .anomaly_alerts
+            .with_label_values(&[project, result])
+            .inc();
+    }
+}

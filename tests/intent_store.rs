@@ -59,6 +59,7 @@ fn journal_row(i: &Intent) -> SpendRecord {
         window_month: i.window_month.clone(),
         reserved_at: now() as i64,
         committed_at: now() as i64,
+        valid_before: Some(i.valid_before as i64),
     }
 }
 

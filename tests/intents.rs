@@ -363,6 +363,7 @@ async fn payments_in_doubt_are_resolved_from_the_chain_after_a_crash() {
         chain_id: CHAIN_ID,
         asset: token.to_string(),
         max_timeout_seconds: 8,
+        settle_rpc: None,
     })
     .await;
     let body = body()

@@ -80,6 +80,7 @@ fn record(id: &str, key: &BudgetKey, amount: u64, now: u64) -> SpendRecord {
         window_month: w.month,
         reserved_at: now as i64,
         committed_at: now as i64,
+        valid_before: Some(now as i64 + 60),
     }
 }
 

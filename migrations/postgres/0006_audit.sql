@@ -65,5 +65,24 @@ CREATE TABLE audit_unknown_spend (
     PRIMARY KEY (network, tx_hash, log_index)
 );
 
+-- Corrections of the spend journal: a committed payment that reconciliation proved never
+-- settled gives its amount back to its budget windows (budgets.release_unsettled). The journal
+-- row stays; budgets are rebuilt from the journal minus these.
+CREATE TABLE spend_corrections (
+    id           TEXT PRIMARY KEY,          -- the spend_journal.id it corrects
+    project      TEXT NOT NULL,
+    pool         TEXT NOT NULL,
+    window_day   TEXT NOT NULL,
+    window_month TEXT NOT NULL,
+    amount       NUMERIC(78,0) NOT NULL,            -- base units given back
+    reason       TEXT NOT NULL,
+    created_at   BIGINT NOT NULL            -- unix seconds
+);
+CREATE INDEX spend_corrections_window ON spend_corrections (project, pool, window_month);
+
+-- The authorization's validBefore: after it (by the chain's clock) an unused authorization can
+-- never settle. NULL in rows written by older versions.
+ALTER TABLE spend_journal ADD COLUMN valid_before BIGINT;
+
 -- Per-payment feedback reads the journal by time.
 CREATE INDEX spend_journal_committed ON spend_journal (committed_at);

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `GET /api/audit/feedback/{id}` | the record a feedback rates, byte for byte what its `feedbackHash` hashes (no token needed when `audit.public_records: true`) |
 //! | `GET /api/audit/feedback` | the outbox, newest first (`state=pending\|sent\|confirmed\|reverted`, `limit`) |
+//! | `GET /api/audit/reconciliation` | journaled payments as the chain sees them, counts per class, and unknown spend (`state=settled\|not_settled\|mismatch\|pending`, `project`, `limit`) |
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -14,7 +15,7 @@ use serde_json::json;
 use super::AdminState;
 use super::api::{ApiError, ApiResult};
 use super::params::{Params, bad};
-use crate::audit::outbox;
+use crate::audit::{outbox, reconcile};
 
 /// Where feedback records are served (public when `audit.public_records` is on).
 pub(super) const RECORD_PREFIX: &str = "/api/audit/feedback/";
@@ -93,6 +94,46 @@ pub(super) async fn list(
         "registry": settings.reputation_registry,
         "backlog": status.backlog,
         "feedback": items,
+    }))
+    .into_response())
+}
+
+/// `GET /api/audit/reconciliation`: counts per class, the payments (newest checks first) and
+/// the unknown spend found.
+pub(super) async fn reconciliation(
+    State(state): State<AdminState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> ApiResult {
+    let params = Params::parse(query, &["state", "project", "limit"])?;
+    let state_filter = match params.get("state") {
+        None => None,
+        Some(s) if reconcile::STATES.contains(&s) => Some(s.to_string()),
+        Some(_) => {
+            return Err(bad(
+                "state",
+                "expected settled, not_settled, mismatch or pending",
+            ));
+        }
+    };
+    let filter = reconcile::Filter {
+        state: state_filter,
+        project: params.text("project")?.map(str::to_string),
+        limit: params.number("limit", 100, 1..=1000)?,
+    };
+    let db = state.reloader.shared.store.db();
+    let counts = reconcile::state_counts(&db).await.map_err(unavailable)?;
+    let payments = reconcile::list(&db, &filter).await.map_err(unavailable)?;
+    let unknown = reconcile::unknown_spend(&db, filter.limit)
+        .await
+        .map_err(unavailable)?;
+    let counts: serde_json::Map<String, serde_json::Value> = reconcile::STATES
+        .iter()
+        .map(|s| (s.to_string(), json!(counts.get(*s).copied().unwrap_or(0))))
+        .collect();
+    Ok(axum::Json(json!({
+        "counts": counts,
+        "payments": payments,
+        "unknown_spend": unknown,
     }))
     .into_response())
 }

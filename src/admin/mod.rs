@@ -303,6 +303,7 @@ fn router(state: AdminState) -> Router {
         .route("/api/curation/categories", get(curation_api::categories))
         .route("/api/audit/feedback", get(audit_api::list))
         .route("/api/audit/feedback/{id}", get(audit_api::record))
+        .route("/api/audit/reconciliation", get(audit_api::reconciliation))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))

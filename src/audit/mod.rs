@@ -9,6 +9,7 @@
 
 pub mod outbox;
 mod plan;
+pub mod reconcile;
 pub mod record;
 pub mod registry;
 mod sender;

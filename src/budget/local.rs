@@ -31,6 +31,8 @@ struct State {
     expired: HashMap<String, u64>,
     /// Unix second of the last sweep (sweeps run at most once a second).
     last_sweep: u64,
+    /// Payments already given back (a refund is applied once).
+    refunded: std::collections::HashSet<String>,
 }
 
 /// How long an expired reservation can still be committed late.
@@ -241,6 +243,29 @@ impl Ledger for LocalLedger {
         for label in [&r.windows.day, &r.windows.month] {
             let w = state.window(&r.key, label);
             w.spent = w.spent.saturating_add(r.amount);
+        }
+        Ok(())
+    }
+
+    async fn refund(
+        &self,
+        key: &BudgetKey,
+        day: &str,
+        month: &str,
+        amount: U256,
+        id: &str,
+    ) -> Result<(), LedgerError> {
+        let mut state = self.state.lock().expect("ledger lock");
+        if !state.refunded.insert(id.to_string()) {
+            return Ok(());
+        }
+        // Windows not in memory are rebuilt from the journal minus its corrections.
+        if let Some(windows) = state.windows.get_mut(key) {
+            for label in [day, month] {
+                if let Some(w) = windows.get_mut(label) {
+                    w.spent = w.spent.saturating_sub(amount);
+                }
+            }
         }
         Ok(())
     }

@@ -145,6 +145,17 @@ pub trait Ledger: Send + Sync {
     /// Spent and held amounts of the windows of `now`.
     async fn usage(&self, key: &BudgetKey, now: u64) -> Result<Usage, LedgerError>;
 
+    /// Gives a committed payment's amount back to its day and month (it never settled; the
+    /// journal has its correction). Idempotent per payment `id`.
+    async fn refund(
+        &self,
+        key: &BudgetKey,
+        day: &str,
+        month: &str,
+        amount: U256,
+        id: &str,
+    ) -> Result<(), LedgerError>;
+
     /// Short name for logs and `/health` (`memory`, `redis`).
     fn kind(&self) -> &'static str;
 }

@@ -47,6 +47,9 @@ static COMMIT: Lazy<Script> = Lazy::new(|| script(include_str!("lua/commit.lua")
 static RELEASE: Lazy<Script> = Lazy::new(|| script(include_str!("lua/release.lua")));
 static SEED: Lazy<Script> = Lazy::new(|| script(include_str!("lua/seed.lua")));
 static USAGE: Lazy<Script> = Lazy::new(|| script(include_str!("lua/usage.lua")));
+static REFUND: Lazy<Script> = Lazy::new(|| script(include_str!("lua/refund.lua")));
+/// Refunded payment ids are remembered this long (longer than any month window).
+const REFUNDED_IDS_SECONDS: u64 = 40 * 86_400;
 
 /// Window keys live this long after their window ended (late commits still find them).
 const KEY_GRACE_SECONDS: u64 = 2 * 86_400;
@@ -369,6 +372,25 @@ impl Ledger for RedisLedger {
         }
     }
 
+    async fn refund(
+        &self,
+        key: &BudgetKey,
+        day: &str,
+        month: &str,
+        amount: U256,
+        id: &str,
+    ) -> Result<(), LedgerError> {
+        let prefix = format!("{}:budget:{{{}/{}}}", self.prefix, key.project, key.pool);
+        let mut inv = REFUND.prepare_invoke();
+        inv.key(format!("{prefix}:d:{day}"))
+            .key(format!("{prefix}:m:{month}"))
+            .key(format!("{prefix}:refunded"))
+            .arg(amount.to_string())
+            .arg(id)
+            .arg(REFUNDED_IDS_SECONDS);
+        self.run(inv).await.map(|_| ())
+    }
+
     async fn release(&self, r: &Reservation) -> Result<(), LedgerError> {
         let k = self.keys(&r.key, &r.windows);
         let mut inv = RELEASE.prepare_invoke();
@@ -480,6 +502,20 @@ impl Ledger for FallbackLedger {
 
     async fn usage(&self, key: &BudgetKey, now: u64) -> Result<Usage, LedgerError> {
         self.primary.usage(key, now).await
+    }
+
+    async fn refund(
+        &self,
+        key: &BudgetKey,
+        day: &str,
+        month: &str,
+        amount: U256,
+        id: &str,
+    ) -> Result<(), LedgerError> {
+        if let Some(local) = &self.fallback {
+            local.refund(key, day, month, amount, id).await?;
+        }
+        self.primary.refund(key, day, month, amount, id).await
     }
 
     fn kind(&self) -> &'static str {

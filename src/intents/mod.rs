@@ -187,7 +187,7 @@ impl IntentLog {
     pub async fn maintain(
         &self,
         store: Arc<Store>,
-        chains: HashMap<String, Chain>,
+        chains: HashMap<String, Arc<Chain>>,
         settler: Arc<Settler>,
         every: Duration,
     ) {

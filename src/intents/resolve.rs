@@ -18,7 +18,7 @@ impl IntentLog {
     pub(super) async fn resolve_on_chain(
         &self,
         store: &Store,
-        chains: &HashMap<String, Chain>,
+        chains: &HashMap<String, std::sync::Arc<Chain>>,
         settler: &Settler,
     ) {
         let rows = match store
@@ -107,6 +107,7 @@ fn spend_record(r: &IntentRow, tx_hash: Option<String>) -> SpendRecord {
         window_month: i.window_month.clone(),
         reserved_at: i.created_at / 1000,
         committed_at: crate::clock::unix_now() as i64,
+        valid_before: Some(i.valid_before.min(i64::MAX as u64) as i64),
     }
 }
 

@@ -214,6 +214,8 @@ pub struct Charge {
     pub payer: alloy_primitives::Address,
     /// EIP-3009 authorization nonce.
     pub nonce: alloy_primitives::B256,
+    /// Unix second the authorization stops being valid (it can never settle after).
+    pub valid_before: u64,
 }
 
 /// What happened upstream: attempts, the last status, time spent waiting for answers.

@@ -142,6 +142,7 @@ impl PaymentStage {
             pay_to: a.to,
             payer: a.from,
             nonce: a.nonce,
+            valid_before: a.valid_before,
         };
         let validity = Validity {
             valid_after: a.valid_after,
@@ -296,6 +297,7 @@ impl PaymentStage {
             pay_to: offer.pay_to,
             payer: signed.authorization.from,
             nonce: signed.authorization.nonce,
+            valid_before: signed.authorization.valid_before,
         };
         let validity = Validity {
             valid_after: signed.authorization.valid_after,

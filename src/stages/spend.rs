@@ -544,6 +544,7 @@ impl SpendGuard {
             window_month: windows.month,
             reserved_at: reserved_at as i64,
             committed_at: now as i64,
+            valid_before: Some(charge.valid_before.min(i64::MAX as u64) as i64),
         };
         self.settler
             .submit(Job::Commit {

@@ -39,7 +39,8 @@ macro_rules! insert_journal {
                     .push_bind(&r.window_day)
                     .push_bind(&r.window_month)
                     .push_bind(r.reserved_at)
-                    .push_bind(r.committed_at);
+                    .push_bind(r.committed_at)
+                    .push_bind(r.valid_before);
             });
             q.push(" ON CONFLICT (id) DO NOTHING");
             q.build()
@@ -77,12 +78,25 @@ pub use spool::Spool;
 pub use spool::{line as spool_line, records as spool_records};
 pub use wal::Wal;
 
-pub(crate) const INSERT_COLUMNS: &str = "INSERT INTO spend_journal (id, project, pool, network, asset, pay_to, payer, amount, nonce, tx_hash, url, window_day, window_month, reserved_at, committed_at) ";
-/// Rows per `INSERT` (15 parameters each: within SQLite's and PostgreSQL's limits).
+pub(crate) const INSERT_COLUMNS: &str = "INSERT INTO spend_journal (id, project, pool, network, asset, pay_to, payer, amount, nonce, tx_hash, url, window_day, window_month, reserved_at, committed_at, valid_before) ";
+/// Rows per `INSERT` (16 parameters each: within SQLite's and PostgreSQL's limits).
 pub(crate) const INSERT_CHUNK: usize = 512;
 
 /// Most journal rows one query returns.
 pub const MAX_SPEND_ROWS: i64 = 10_000;
+
+/// A journaled payment's amount given back to its budget windows (it never settled).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Correction {
+    /// The journal row it corrects.
+    pub id: String,
+    pub project: String,
+    pub pool: String,
+    pub window_day: String,
+    pub window_month: String,
+    pub amount: U256,
+    pub reason: String,
+}
 
 /// Where the journal lives.
 #[derive(Debug, Clone)]
@@ -123,6 +137,9 @@ pub struct SpendRecord {
     pub window_month: String,
     pub reserved_at: i64,
     pub committed_at: i64,
+    /// The authorization's `validBefore` (unix seconds; absent in rows of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_before: Option<i64>,
 }
 
 mod u256_decimal {
@@ -292,6 +309,49 @@ impl Store {
 
     /// Writes spooled rows to the database; keeps the spool if the database is still away.
     /// Returns how many rows were moved.
+    /// Records a correction (idempotent: one per journal row).
+    pub async fn record_correction(&self, c: &Correction) -> Result<(), StoreError> {
+        let sql = "INSERT INTO spend_corrections (id, project, pool, window_day, window_month, amount, reason, created_at) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING";
+        let sql = match &self.db {
+            Db::Sqlite(_) => sql.to_string(),
+            Db::Postgres(_) => sql.replace("$6,", "$6::numeric,"),
+        };
+        with_pool!(&self.db, p => sqlx::query(&sql)
+            .bind(&c.id)
+            .bind(&c.project)
+            .bind(&c.pool)
+            .bind(&c.window_day)
+            .bind(&c.window_month)
+            .bind(c.amount.to_string())
+            .bind(&c.reason)
+            .bind(crate::clock::unix_now() as i64)
+            .execute(p)
+            .await
+            .map(|_| ()))
+        .map_err(|e| err("correction", e))
+    }
+
+    /// Corrections of a budget pool's month: (amount, day).
+    async fn corrections(
+        &self,
+        key: &BudgetKey,
+        month: &str,
+    ) -> Result<Vec<(U256, String)>, StoreError> {
+        let sql = "SELECT CAST(amount AS TEXT), window_day FROM spend_corrections WHERE project = $1 AND pool = $2 AND window_month = $3";
+        let rows: Vec<(String, String)> = with_pool!(&self.db, p => sqlx::query_as(sql)
+            .bind(&key.project)
+            .bind(&key.pool)
+            .bind(month)
+            .fetch_all(p)
+            .await)
+        .map_err(|e| err("corrections", e))?;
+        Ok(rows
+            .into_iter()
+            .map(|(a, d)| (U256::from_str_radix(&a, 10).unwrap_or_default(), d))
+            .collect())
+    }
+
     pub async fn replay_spool(&self) -> Result<usize, StoreError> {
         let mut guard = self.spool.lock().await;
         let rows = guard.read()?;
@@ -335,7 +395,7 @@ impl Store {
         let spooled = spool.read()?;
         let rows = with_pool!(&self.db, p => {
             sqlx::query(
-                "SELECT id, project, pool, network, asset, pay_to, payer, CAST(amount AS TEXT) AS amount, nonce, tx_hash, url, window_day, window_month, reserved_at, committed_at
+                "SELECT id, project, pool, network, asset, pay_to, payer, CAST(amount AS TEXT) AS amount, nonce, tx_hash, url, window_day, window_month, reserved_at, committed_at, valid_before
                  FROM spend_journal WHERE project = $1 AND committed_at >= $2 AND committed_at < $3 ORDER BY committed_at, id LIMIT $4",
             )
             .bind(project).bind(from).bind(to).bind(limit)
@@ -392,6 +452,9 @@ where
         committed_at: row
             .try_get("committed_at")
             .map_err(|e| err("committed_at", e))?,
+        valid_before: row
+            .try_get("valid_before")
+            .map_err(|e| err("valid_before", e))?,
     })
 }
 
@@ -514,6 +577,17 @@ impl SpendHistory for Store {
                 if r.window_day == w.day {
                     day = day.saturating_add(r.amount);
                 }
+            }
+        }
+        // Payments proved never settled gave their amount back.
+        for (amount, window_day) in self
+            .corrections(key, &w.month)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            month = month.saturating_sub(amount);
+            if window_day == w.day {
+                day = day.saturating_sub(amount);
             }
         }
         Ok((day, month))

@@ -13,10 +13,6 @@ sol! {
     constructor(string name_);
     function mint(address to, uint256 value) external;
     function balanceOf(address owner) external view returns (uint256);
-    function transferWithAuthorization(
-        address from, address to, uint256 value, uint256 validAfter, uint256 validBefore,
-        bytes32 nonce, uint8 v, bytes32 r, bytes32 s
-    ) external;
 }
 
 /// Anvil's first dev account (unlocked: anvil signs its transactions): the "facilitator".
@@ -175,25 +171,7 @@ impl Anvil {
 
     /// Settles an authorization as a facilitator would; returns the transaction hash.
     pub async fn settle(&self, token: Address, p: &super::paywall::Accepted) -> B256 {
-        let sig = &p.signature;
-        let call = transferWithAuthorizationCall {
-            from: p.from,
-            to: p.to,
-            value: p.value,
-            validAfter: U256::from(p.valid_after),
-            validBefore: U256::from(p.valid_before),
-            nonce: p.nonce,
-            v: sig[64],
-            r: B256::from_slice(&sig[..32]),
-            s: B256::from_slice(&sig[32..64]),
-        };
-        let receipt = self.send(Some(token), call.abi_encode()).await;
-        assert_eq!(receipt["status"], "0x1", "settlement failed: {receipt}");
-        receipt["transactionHash"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap()
+        super::paywall::settle_at(&self.url, token, p).await
     }
 
     /// Mines a block stamped with the current time (block time moves on only with blocks).

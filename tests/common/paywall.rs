@@ -78,6 +78,10 @@ pub struct Token {
     pub chain_id: u64,
     pub asset: String,
     pub max_timeout_seconds: u64,
+    /// Settle accepted payments on this chain (anvil's URL) before answering, as a
+    /// facilitator would, and report the real transaction. `/paid-unsettled` is never
+    /// settled; `/paid-wrong-tx` is settled but reports the previous settlement's transaction.
+    pub settle_rpc: Option<String>,
 }
 
 /// A payment the paywall accepted, with everything needed to settle it on chain.
@@ -103,6 +107,8 @@ struct State {
     price_changes: u64,
     /// Valid payments on `/flaky-paid` so far.
     flaky_paid: u64,
+    /// The last settlement made on chain (`Token::settle_rpc`).
+    last_settled: Option<B256>,
     nonces: HashSet<(Address, B256)>,
 }
 
@@ -162,7 +168,8 @@ pub fn described_bazaar() -> Value {
 fn offers_for(path: &str, price_changes: u64) -> Option<Vec<Value>> {
     Some(match path {
         "/price-change" => vec![offer(10_000 + 5_000 * price_changes, NETWORK, ASSET)],
-        "/paid" | "/always402" | "/slow-paid" | "/paid-500" | "/paid-stale" | "/described" => {
+        "/paid" | "/always402" | "/slow-paid" | "/paid-500" | "/paid-stale" | "/described"
+        | "/paid-unsettled" | "/paid-wrong-tx" => {
             vec![offer(10_000, NETWORK, ASSET)]
         }
         "/flaky-paid" => vec![offer(20_000, NETWORK, ASSET)],
@@ -432,7 +439,11 @@ async fn handle(
                 tokio::time::sleep(std::time::Duration::from_millis(800)).await;
             }
             let network = if v1 { "base-sepolia" } else { NETWORK };
-            let receipt = json!({"success": true, "transaction": format!("0x{}", hex::encode(Sha256::digest(nonce))), "network": network, "payer": payer.to_checksum(None)});
+            let mut transaction = format!("0x{}", hex::encode(Sha256::digest(nonce)));
+            if let Some(tx) = settle_on_chain(&state, &path, nonce).await {
+                transaction = format!("{tx:#x}");
+            }
+            let receipt = json!({"success": true, "transaction": transaction, "network": network, "payer": payer.to_checksum(None)});
             let name = if v1 {
                 "x-payment-response"
             } else {
@@ -584,4 +595,70 @@ fn verify(
     st.stats.paid += 1;
     st.stats.amounts.push(value);
     Ok((from, nonce))
+}
+
+/// With `Token::settle_rpc`: settles the accepted payment with `nonce` on chain and returns
+/// the transaction to report (see [`Token::settle_rpc`] for the special paths).
+async fn settle_on_chain(state: &Mutex<State>, path: &str, nonce: B256) -> Option<B256> {
+    let (token, accepted) = {
+        let st = state.lock().unwrap();
+        let token = st.token.clone()?;
+        let accepted = st.accepted.iter().rev().find(|a| a.nonce == nonce)?.clone();
+        (token, accepted)
+    };
+    let rpc = token.settle_rpc.as_ref()?;
+    if path == "/paid-unsettled" {
+        return None;
+    }
+    let tx = settle_at(rpc, token.asset.parse().unwrap(), &accepted).await;
+    let previous = state.lock().unwrap().last_settled.replace(tx);
+    if path == "/paid-wrong-tx" {
+        return previous;
+    }
+    Some(tx)
+}
+
+mod eip3009 {
+    alloy_sol_types::sol! {
+        function transferWithAuthorization(
+            address from, address to, uint256 value, uint256 validAfter, uint256 validBefore,
+            bytes32 nonce, uint8 v, bytes32 r, bytes32 s
+        ) external;
+    }
+}
+
+/// Settles an authorization on the chain at `url` from anvil's first dev account (what a
+/// facilitator does with a payment); returns the transaction hash.
+pub async fn settle_at(url: &str, token: Address, p: &Accepted) -> B256 {
+    use alloy_sol_types::SolCall;
+    let sig = &p.signature;
+    let call = eip3009::transferWithAuthorizationCall {
+        from: p.from,
+        to: p.to,
+        value: p.value,
+        validAfter: U256::from(p.valid_after),
+        validBefore: U256::from(p.valid_before),
+        nonce: p.nonce,
+        v: sig[64],
+        r: B256::from_slice(&sig[..32]),
+        s: B256::from_slice(&sig[32..64]),
+    };
+    let rpc = |method: &'static str, params: Value| async move {
+        let answer: Value = reqwest::Client::new()
+            .post(url)
+            .json(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        answer["result"].clone()
+    };
+    let facilitator = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266";
+    let tx = json!({"from": facilitator, "to": token.to_string(), "data": format!("0x{}", hex::encode(call.abi_encode())), "gas": "0x1000000"});
+    let hash = rpc("eth_sendTransaction", json!([tx])).await;
+    let receipt = rpc("eth_getTransactionReceipt", json!([hash])).await;
+    assert_eq!(receipt["status"], "0x1", "settlement failed: {receipt}");
+    hash.as_str().unwrap().parse().unwrap()
 }

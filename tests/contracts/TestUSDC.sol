@@ -4,7 +4,8 @@ pragma solidity ^0.8.20;
 /// A minimal EIP-3009 token for pag0's tests on a local chain (anvil): the part of Circle's
 /// USDC (FiatTokenV2_2) that x402 uses -- `transferWithAuthorization`, `authorizationState` and
 /// the `AuthorizationUsed` event -- with the same EIP-712 domain shape (name, version "2") and
-/// typehash, plus an open `mint` for funding test wallets. Not for any real use.
+/// typehash, plus an open `mint` for funding test wallets and a plain ERC-20 `transfer` (a
+/// payment wallet spending without pag0). Not for any real use.
 contract TestUSDC {
     string public name;
     string public constant version = "2";
@@ -39,6 +40,14 @@ contract TestUSDC {
         totalSupply += value;
         balanceOf[to] += value;
         emit Transfer(address(0), to, value);
+    }
+
+    function transfer(address to, uint256 value) external returns (bool) {
+        require(balanceOf[msg.sender] >= value, "transfer amount exceeds balance");
+        balanceOf[msg.sender] -= value;
+        balanceOf[to] += value;
+        emit Transfer(msg.sender, to, value);
+        return true;
     }
 
     function authorizationState(address authorizer, bytes32 nonce) external view returns (bool) {
