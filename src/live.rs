@@ -235,6 +235,9 @@ impl Shared {
             }
             None => None,
         };
+        if let Some(audit) = &audit {
+            curation.set_reputation(audit.reputation());
+        }
         let cache = crate::cache::CacheStore::new(&config.cache.store, metrics.clone())
             .map_err(|e| anyhow::anyhow!("cache: {e}"))?
             .leak();

@@ -205,11 +205,25 @@ async fn pay(pag0: &Process, wall: &Paywall, path: &str, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_payment_feedback_lands_on_chain_and_its_record_hashes_to_the_feedback_hash() {
+    per_payment_feedback("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_per_payment_feedback_lands_on_chain() {
+    let db = common::services::TempDatabase::create().await;
+    per_payment_feedback(&format!("database:\n  url: {}\n", db.url())).await;
+    db.drop_now().await;
+}
+
+async fn per_payment_feedback(database: &str) {
     let anvil = Anvil::start();
     let r = registries(&anvil).await;
     let wall = Paywall::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let pag0 = start(&dir, &body(&audit_yaml(&anvil.url, &r, "per_payment", 0)));
+    let pag0 = start(
+        &dir,
+        &body(&(database.to_string() + &audit_yaml(&anvil.url, &r, "per_payment", 0))),
+    );
     pay(&pag0, &wall, "/paid", 3).await;
 
     let rows = until(30, || outbox(&pag0), all_confirmed(3)).await;
@@ -596,4 +610,75 @@ async fn a_wrong_chain_or_an_unreachable_rpc_is_a_clear_error() {
         !err.contains(&paywall::WALLET_KEY[2..]),
         "no key in messages"
     );
+}
+
+/// Anvil's fourth and fifth dev accounts: a reviewer the YAML trusts, and one it does not.
+const REVIEWER: &str = "0x90F79bf6EB2c4f870365E785982E1f101E93b906";
+const STRANGER: &str = "0x15d34AAf54267DB7D7c367839AAf71A00a2C6A65";
+
+async fn review(anvil: &Anvil, r: &Registries, from: &str, value: i128) {
+    mod give {
+        alloy_sol_types::sol! {
+            function giveFeedback(uint256 agentId, int128 value, uint8 valueDecimals,
+                string tag1, string tag2, string endpoint, string feedbackURI,
+                bytes32 feedbackHash) external;
+        }
+    }
+    let call = give::giveFeedbackCall {
+        agentId: U256::ZERO,
+        value,
+        valueDecimals: 0,
+        tag1: "successRate".into(),
+        tag2: String::new(),
+        endpoint: String::new(),
+        feedbackURI: String::new(),
+        feedbackHash: B256::ZERO,
+    };
+    let receipt = anvil
+        .send_as(from, Some(r.reputation), call.abi_encode())
+        .await;
+    assert_eq!(receipt["status"], "0x1", "{receipt}");
+}
+
+/// The curation entry of `endpoint`.
+async fn curated(pag0: &Process, endpoint: &str) -> Value {
+    let list = pag0.admin_get("/api/curation/endpoints").await;
+    list["endpoints"]
+        .as_array()
+        .and_then(|l| l.iter().find(|e| e["endpoint"] == endpoint).cloned())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusted_reviewers_feedback_moves_the_curation_score() {
+    let anvil = Anvil::start();
+    let r = registries(&anvil).await;
+    let wall = Paywall::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let audit = audit_yaml(&anvil.url, &r, "hourly", 0)
+        + &format!("  trusted_reviewers: [\"{REVIEWER}\"]\n  reputation_seconds: 1\n")
+        + "curation:\n  refresh_seconds: 1\n";
+    let pag0 = start(&dir, &body(&audit));
+    pay(&pag0, &wall, "/paid", 3).await;
+    let paid = endpoint(&wall, "/paid");
+    let neutral = until(20, || curated(&pag0, &paid), |e| e["score"].is_number()).await;
+    assert_eq!(neutral["components"]["reputation"], 50.0, "{neutral:#}");
+
+    // A trusted reviewer rates the agent badly; a stranger's praise does not count.
+    review(&anvil, &r, REVIEWER, 10).await;
+    review(&anvil, &r, STRANGER, 100).await;
+    let rated = until(
+        20,
+        || curated(&pag0, &paid),
+        |e| e["components"]["reputation"] == 10.0,
+    )
+    .await;
+    assert_eq!(rated["components"]["reputation"], 10.0, "{rated:#}");
+    assert!(
+        rated["score"].as_f64().unwrap() < neutral["score"].as_f64().unwrap(),
+        "{neutral:#} then {rated:#}"
+    );
+    // Other components did not move: the drop is the reputation's weight (0.10) × 40.
+    let drop = neutral["score"].as_f64().unwrap() - rated["score"].as_f64().unwrap();
+    assert!((drop - 4.0).abs() < 0.2, "drop {drop}");
 }

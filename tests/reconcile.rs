@@ -53,7 +53,7 @@ struct Setup {
     body: String,
 }
 
-async fn setup() -> Setup {
+async fn setup(database: &str) -> Setup {
     let anvil = Anvil::start();
     let token = anvil.deploy_token("USDC").await;
     let wallet: Address = paywall::WALLET_ADDRESS.parse().unwrap();
@@ -84,7 +84,7 @@ async fn setup() -> Setup {
          budgets:\n  release_unsettled: true\n\
          stages:\n  - kind: auth\n  - kind: ssrf_guard\n    allow: [\"127.0.0.0/8\"]\n  - kind: policy\n  - kind: payment\n\
          projects:\n  - id: demo\n    keys: [\"{DEMO_HASH}\"]\n    wallet:\n      private_key: ${{PAG0_TEST_WALLET_KEY:-{key}}}\n    policy:\n      budgets:\n        - asset: USDC\n          per_request: \"0.05\"\n          daily: \"100\"\n          monthly: \"1000\"\n      anomaly:\n        webhook: {hook}\n\
-         audit:\n  rpc_url: {url}\n  chain_id: {CHAIN_ID}\n  reputation_registry: \"{reputation}\"\n  signer:\n    private_key: ${{PAG0_TEST_AUDIT_KEY:-{AUDIT_KEY}}}\n  reconcile_seconds: 1\n",
+         {database}audit:\n  rpc_url: {url}\n  chain_id: {CHAIN_ID}\n  reputation_registry: \"{reputation}\"\n  signer:\n    private_key: ${{PAG0_TEST_AUDIT_KEY:-{AUDIT_KEY}}}\n  reconcile_seconds: 1\n",
         url = anvil.url,
         key = paywall::WALLET_KEY,
         hook = hook.url(),
@@ -127,7 +127,18 @@ fn daily_spent(budgets: &Value) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payments_are_classified_refunded_and_unknown_spend_is_alerted() {
-    let s = setup().await;
+    scenario("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_payments_are_classified_refunded_and_unknown_spend_is_alerted() {
+    let db = common::services::TempDatabase::create().await;
+    scenario(&format!("database:\n  url: {}\n", db.url())).await;
+    db.drop_now().await;
+}
+
+async fn scenario(database: &str) {
+    let s = setup(database).await;
     let dir = tempfile::tempdir().unwrap();
     let pag0 = start(&dir, &s.body);
     // Two payments settled on chain, one the facilitator never submits, one reported with

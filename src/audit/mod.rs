@@ -12,6 +12,7 @@ mod plan;
 pub mod reconcile;
 pub mod record;
 pub mod registry;
+pub mod reputation;
 mod sender;
 
 use std::sync::{Arc, Mutex};
@@ -29,6 +30,7 @@ pub use record::Feedback;
 pub const DEFAULT_CONFIRMATIONS: u64 = 1;
 pub const MAX_CONFIRMATIONS: u64 = 1_000;
 pub const DEFAULT_RECONCILE_SECONDS: u64 = 300;
+pub const DEFAULT_REPUTATION_SECONDS: u64 = 60;
 pub(crate) const HOUR_MS: i64 = 3_600_000;
 /// How long the startup check waits for the RPC.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,6 +52,8 @@ pub struct Settings {
     /// Base of `feedbackURI` (`<public_url>/api/audit/feedback/<id>`).
     pub public_url: String,
     pub reconcile: Duration,
+    /// How often the agents' reputation summaries are read.
+    pub reputation: Duration,
     /// Whose feedback feeds the curation reputation (pag0's own address included).
     pub trusted_reviewers: Vec<Address>,
 }
@@ -147,6 +151,7 @@ pub struct Audit {
     settings: Arc<Settings>,
     counters: Counters,
     status: Mutex<Status>,
+    reputation: Arc<reputation::Reputation>,
 }
 
 impl Audit {
@@ -160,6 +165,7 @@ impl Audit {
         let chain = sender::Chain::new(&settings)?;
         let audit = Arc::new(Audit {
             db,
+            reputation: Arc::new(reputation::Reputation::new(settings.clone())),
             settings,
             counters,
             status: Mutex::default(),
@@ -170,6 +176,11 @@ impl Audit {
 
     pub fn settings(&self) -> &Arc<Settings> {
         &self.settings
+    }
+
+    /// The agents' reputation (the curation score's reputation component).
+    pub fn reputation(&self) -> Arc<reputation::Reputation> {
+        self.reputation.clone()
     }
 
     pub fn status(&self) -> Status {
@@ -194,7 +205,17 @@ impl Audit {
     async fn run(self: Arc<Audit>, mut chain: sender::Chain) {
         let mut planner = plan::Planner::new(self.db.clone(), self.settings.clone());
         let mut pause = POLL;
+        let mut read_reputation = tokio::time::Instant::now();
         loop {
+            if tokio::time::Instant::now() >= read_reputation {
+                match chain.summaries(&self.reputation.agents()).await {
+                    Ok(s) => {
+                        self.reputation.store(s);
+                        read_reputation = tokio::time::Instant::now() + self.settings.reputation;
+                    }
+                    Err(e) => log::warn!("audit: reputation not read: {e}"),
+                }
+            }
             let planned = planner.round().await;
             let sent = match &planned {
                 Ok(n) => {

@@ -299,6 +299,35 @@ impl Chain {
         }
     }
 
+    /// The agents' `successRate` summaries over the trusted reviewers.
+    pub async fn summaries(
+        &self,
+        agents: &[U256],
+    ) -> Result<std::collections::HashMap<U256, super::reputation::Summary>, String> {
+        use super::registry::getSummaryCall;
+        let mut out = std::collections::HashMap::new();
+        for agent in agents {
+            let call = getSummaryCall {
+                agentId: *agent,
+                clientAddresses: self.settings.trusted_reviewers.clone(),
+                tag1: super::record::SUCCESS_RATE.into(),
+                tag2: String::new(),
+            };
+            let request = TransactionRequest::default()
+                .to(self.settings.reputation_registry)
+                .input(Bytes::from(call.abi_encode()).into());
+            let answer = self.call(self.provider.call(request)).await?;
+            let s = getSummaryCall::abi_decode_returns(&answer)
+                .map_err(|e| format!("getSummary answer: {e}"))?;
+            if let Some(summary) =
+                super::reputation::percent(s.count, s.summaryValue, s.summaryValueDecimals)
+            {
+                out.insert(*agent, summary);
+            }
+        }
+        Ok(out)
+    }
+
     fn calldata(&self, row: &Row) -> Result<Vec<u8>, Failure> {
         let bad = |what: &str| Failure::Reverted(format!("invalid {what} in the outbox"));
         Ok(giveFeedbackCall {

@@ -133,6 +133,11 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
             crate::audit::DEFAULT_RECONCILE_SECONDS,
             "audit.reconcile_seconds",
         );
+        let reputation = self.positive(
+            f.reputation_seconds,
+            crate::audit::DEFAULT_REPUTATION_SECONDS,
+            "audit.reputation_seconds",
+        );
         let trusted = self.addresses(&f.trusted_reviewers, "audit.trusted_reviewers");
         if self.issues.len() > before {
             return None;
@@ -154,6 +159,7 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
             public_records: f.public_records.unwrap_or(false),
             public_url,
             reconcile: Duration::from_secs(reconcile),
+            reputation: Duration::from_secs(reputation),
             trusted_reviewers,
         }))
     }

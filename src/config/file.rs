@@ -155,6 +155,8 @@ pub struct FileAudit {
     /// Base URL feedback URIs point at (default: `http://<admin.listen>`).
     pub public_url: Option<String>,
     pub reconcile_seconds: Option<u64>,
+    /// How often the agents' reputation is read from the registry.
+    pub reputation_seconds: Option<u64>,
     /// Reviewers whose feedback feeds the curation reputation (pag0's own address is added).
     #[serde(default)]
     pub trusted_reviewers: Vec<String>,

@@ -132,6 +132,7 @@ pub fn build(
     settings: &Settings,
     stored: Vec<catalog::Stored>,
     mut totals: BTreeMap<String, stats::Totals>,
+    reputation: &dyn Fn(&str) -> Option<f64>,
     at_ms: i64,
 ) -> Snapshot {
     // The stored catalog, then what was seen in the window but is not stored yet (the
@@ -154,10 +155,12 @@ pub fn build(
             .and_then(|(_, m)| m.description.clone())
             .or_else(|| offer.as_ref().and_then(|o| o.description.clone()));
         let last = last.max(t.last_hour_ms);
+        let mut observed = t.observed();
+        observed.reputation = reputation(&endpoint);
         entries.insert(
             endpoint.clone(),
             Entry {
-                observed: t.observed(),
+                observed,
                 totals: t,
                 category: member.map(|(c, _)| c.name.clone()),
                 description,
@@ -231,6 +234,14 @@ pub struct Curation {
     seen: Mutex<HashMap<String, i64>>,
     /// Wakes the refresh task early (tests, a reload).
     kick: tokio::sync::Notify,
+    /// The reputation component's source (the on-chain audit), once it is running.
+    reputation: std::sync::OnceLock<Arc<dyn ReputationSource>>,
+}
+
+/// Where the reputation component comes from (the on-chain audit's reviewers).
+pub trait ReputationSource: Send + Sync {
+    /// An endpoint's reputation in [0, 100]; `None` when nothing is known (neutral, 50).
+    fn reputation(&self, endpoint: &str) -> Option<f64>;
 }
 
 impl Curation {
@@ -247,9 +258,15 @@ impl Curation {
             pending: Mutex::new(HashMap::new()),
             seen: Mutex::new(HashMap::new()),
             kick: tokio::sync::Notify::new(),
+            reputation: std::sync::OnceLock::new(),
         });
         spawn(Box::pin(curation.clone().refresh_loop()));
         curation
+    }
+
+    /// Feeds the reputation component from `source` (set once, when the audit starts).
+    pub fn set_reputation(&self, source: Arc<dyn ReputationSource>) {
+        let _ = self.reputation.set(source);
     }
 
     /// The current scores (cheap: one atomic load).
@@ -325,8 +342,10 @@ impl Curation {
                 .insert(endpoint.clone(), hour);
         }
         let stored = catalog::load(&self.db).await?;
+        let reputation =
+            |endpoint: &str| self.reputation.get().and_then(|r| r.reputation(endpoint));
         self.snapshot
-            .store(Arc::new(build(&settings, stored, totals, now)));
+            .store(Arc::new(build(&settings, stored, totals, &reputation, now)));
         Ok(())
     }
 }
