@@ -39,6 +39,8 @@ const DOCUMENTED_METRICS: &[&str] = &[
     "pag0_audit_feedback_total",
     "pag0_audit_backlog",
     "pag0_audit_rpc_errors_total",
+    "pag0_reconcile_payments",
+    "pag0_unknown_spend_total",
     "pag0_config_reloads_total",
     "pag0_config_generation",
     "pag0_build_info",

@@ -383,6 +383,7 @@ async fn migrate_creates_the_journal_tables_on_sqlite_and_postgres() {
             "payment_intents",
             "policies",
             "policy_versions",
+            "spend_corrections",
             "spend_journal"
         ]
     );

@@ -20,6 +20,10 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 fn any_env(name: &str) -> Option<String> {
     Some(if name.ends_with("_WALLET_KEY") {
         "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d".to_string()
+    } else if name.ends_with("_AUDIT_KEY") {
+        "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a".to_string()
+    } else if name.ends_with("_RPC") {
+        "https://rpc.example.com".to_string()
     } else if name.ends_with("DATABASE_URL") {
         "postgres://pag0:pw@db:5432/pag0".to_string()
     } else if name.ends_with("REDIS_URL") {
