@@ -682,3 +682,44 @@ async fn trusted_reviewers_feedback_moves_the_curation_score() {
     let drop = neutral["score"].as_f64().unwrap() - rated["score"].as_f64().unwrap();
     assert!((drop - 4.0).abs() < 0.2, "drop {drop}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feedback_stuck_in_the_mempool_is_replaced_with_higher_fees_and_given_once() {
+    let anvil = Anvil::start();
+    let r = registries(&anvil).await;
+    let wall = Paywall::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = audit_yaml(&anvil.url, &r, "per_payment", 0) + "  replace_after_seconds: 1\n";
+    // Nothing is mined until the test says so: the first transaction sits in the mempool.
+    anvil.rpc("evm_setAutomine", json!([false])).await;
+    let pag0 = start(&dir, &body(&config));
+    pay(&pag0, &wall, "/paid", 1).await;
+    let metrics = until(
+        30,
+        || async {
+            pag0.metrics_until(|m| m.contains("state=\"replaced\""))
+                .await
+        },
+        |m| m.contains("state=\"replaced\""),
+    )
+    .await;
+    assert!(metrics.contains("state=\"replaced\""), "{metrics}");
+    let rows = outbox(&pag0).await;
+    assert_eq!(rows[0]["state"], "sent", "{rows:#?}");
+    let replaced = rows[0]["earlier_tx_hashes"].as_str().unwrap().to_string();
+
+    anvil.rpc("evm_mine", json!([])).await;
+    let rows = until(30, || outbox(&pag0), all_confirmed(1)).await;
+    assert!(all_confirmed(1)(&rows), "{rows:#?}");
+    let events = feedback_events(&anvil, r.reputation).await;
+    assert_eq!(events.len(), 1, "given once");
+    // The replacement was mined; what it replaced never will be (same nonce).
+    let mined = rows[0]["tx_hash"].as_str().unwrap();
+    let receipt = anvil.rpc("eth_getTransactionReceipt", json!([mined])).await;
+    assert_eq!(receipt["status"], "0x1", "{receipt}");
+    for old in replaced.split(' ') {
+        assert_ne!(old, mined);
+        let receipt = anvil.rpc("eth_getTransactionReceipt", json!([old])).await;
+        assert!(receipt.is_null(), "{old} was mined too: {receipt}");
+    }
+}

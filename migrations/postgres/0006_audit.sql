@@ -21,6 +21,8 @@ CREATE TABLE audit_feedback (
     nonce           BIGINT,                 -- the signer's transaction nonce once signed
     tx_hash         TEXT,
     raw_tx          TEXT,                   -- the signed transaction, rebroadcast if the node lost it
+    sent_ms         BIGINT,                 -- when tx_hash was signed (a stuck one is replaced)
+    earlier_tx_hashes TEXT,                 -- replaced transactions of the same nonce (space separated)
     block_number    BIGINT,
     error           TEXT,                   -- the revert reason, or the last RPC error
     updated_ms      BIGINT NOT NULL

@@ -31,6 +31,7 @@ pub const DEFAULT_CONFIRMATIONS: u64 = 1;
 pub const MAX_CONFIRMATIONS: u64 = 1_000;
 pub const DEFAULT_RECONCILE_SECONDS: u64 = 300;
 pub const DEFAULT_REPUTATION_SECONDS: u64 = 60;
+pub const DEFAULT_REPLACE_AFTER_SECONDS: u64 = 180;
 pub(crate) const HOUR_MS: i64 = 3_600_000;
 /// How long the startup check waits for the RPC.
 pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,6 +55,8 @@ pub struct Settings {
     pub reconcile: Duration,
     /// How often the agents' reputation summaries are read.
     pub reputation: Duration,
+    /// A feedback transaction unmined this long is replaced with higher fees (same nonce).
+    pub replace_after: Duration,
     /// Whose feedback feeds the curation reputation (pag0's own address included).
     pub trusted_reviewers: Vec<Address>,
 }
@@ -124,7 +127,8 @@ impl std::fmt::Debug for Signer {
 #[derive(Clone)]
 pub struct Counters {
     /// `pag0_audit_feedback_total{state}`: feedbacks `planned`, `sent` (broadcast),
-    /// `rebroadcast`, `confirmed`, `reverted`, `requeued` (its nonce went to another transaction).
+    /// `rebroadcast`, `replaced` (stuck: higher fees, same nonce), `confirmed`, `reverted`,
+    /// `requeued` (its nonce went to another transaction).
     pub feedback: prometheus::IntCounterVec,
     /// `pag0_audit_backlog`: feedbacks not confirmed yet (pending or sent).
     pub backlog: prometheus::IntGauge,

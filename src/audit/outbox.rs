@@ -36,6 +36,10 @@ pub struct Row {
     pub tx_hash: Option<String>,
     #[serde(skip)]
     pub raw_tx: Option<String>,
+    /// When the current transaction was signed.
+    pub sent_ms: Option<i64>,
+    /// Transactions of the same nonce it replaced (underpriced), space separated.
+    pub earlier_tx_hashes: Option<String>,
     pub block_number: Option<i64>,
     pub error: Option<String>,
     pub updated_ms: i64,
@@ -48,7 +52,19 @@ pub struct Filter {
     pub limit: i64,
 }
 
-const COLUMNS: &str = "id, created_ms, agent_id, endpoint, tag1, tag2, value, value_decimals, record, feedback_hash, state, attempts, next_attempt_ms, nonce, tx_hash, raw_tx, block_number, error, updated_ms";
+const COLUMNS: &str = "id, created_ms, agent_id, endpoint, tag1, tag2, value, value_decimals, record, feedback_hash, state, attempts, next_attempt_ms, nonce, tx_hash, raw_tx, sent_ms, earlier_tx_hashes, block_number, error, updated_ms";
+
+impl Row {
+    /// Every transaction of this feedback: the current one, then those it replaced.
+    pub fn hashes(&self) -> Vec<alloy_primitives::B256> {
+        self.tx_hash
+            .iter()
+            .map(String::as_str)
+            .chain(self.earlier_tx_hashes.iter().flat_map(|h| h.split(' ')))
+            .filter_map(|h| h.parse().ok())
+            .collect()
+    }
+}
 
 fn err(context: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError(format!("audit outbox {context}: {e}"))
@@ -101,7 +117,7 @@ pub async fn mark_sent(
     raw_tx: &str,
     now_ms: i64,
 ) -> Result<bool, StoreError> {
-    let sql = "UPDATE audit_feedback SET state = 'sent', nonce = $2, tx_hash = $3, raw_tx = $4, attempts = attempts + 1, error = NULL, updated_ms = $5 \
+    let sql = "UPDATE audit_feedback SET state = 'sent', nonce = $2, tx_hash = $3, raw_tx = $4, attempts = attempts + 1, error = NULL, updated_ms = $5, sent_ms = $5 \
                WHERE id = $1 AND state = 'pending'";
     with_pool!(db, p => sqlx::query(sql)
         .bind(id)
@@ -113,6 +129,31 @@ pub async fn mark_sent(
         .await
         .map(|r| r.rows_affected() == 1))
     .map_err(|e| err("mark sent", e))
+}
+
+/// Stores a replacement of the current transaction (same nonce, higher fees) before it is
+/// broadcast; the replaced one is kept (either may be mined). `false`: it changed meanwhile.
+pub async fn replace(
+    db: &Db,
+    id: &str,
+    old_hash: &str,
+    tx_hash: &str,
+    raw_tx: &str,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    let sql = "UPDATE audit_feedback SET tx_hash = $3, raw_tx = $4, sent_ms = $5, updated_ms = $5, attempts = attempts + 1, \
+               earlier_tx_hashes = CASE WHEN earlier_tx_hashes IS NULL THEN $2 ELSE earlier_tx_hashes || ' ' || $2 END \
+               WHERE id = $1 AND state = 'sent' AND tx_hash = $2";
+    with_pool!(db, p => sqlx::query(sql)
+        .bind(id)
+        .bind(old_hash)
+        .bind(tx_hash)
+        .bind(raw_tx)
+        .bind(now_ms)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected() == 1))
+    .map_err(|e| err("replace", e))
 }
 
 /// A terminal state: `confirmed` (with its block) or `reverted` (with the reason).
@@ -140,7 +181,7 @@ pub async fn finish(
 /// Back to pending without its transaction (its nonce went to another one, so it can never
 /// be mined): it is signed again with a new nonce.
 pub async fn requeue(db: &Db, id: &str, why: &str, now_ms: i64) -> Result<(), StoreError> {
-    let sql = "UPDATE audit_feedback SET state = 'pending', nonce = NULL, tx_hash = NULL, raw_tx = NULL, error = $2, updated_ms = $3 \
+    let sql = "UPDATE audit_feedback SET state = 'pending', nonce = NULL, tx_hash = NULL, raw_tx = NULL, sent_ms = NULL, earlier_tx_hashes = NULL, error = $2, updated_ms = $3 \
                WHERE id = $1 AND state = 'sent'";
     with_pool!(db, p => sqlx::query(sql)
         .bind(id)

@@ -8,7 +8,7 @@
 //! feedback is ever sent as two transactions that could both be mined.
 
 use alloy_consensus::{SignableTransaction, TxEip1559, TxEnvelope};
-use alloy_eips::eip2718::Encodable2718;
+use alloy_eips::eip2718::{Decodable2718, Encodable2718};
 use alloy_primitives::{B256, Bytes, TxKind, U256};
 use alloy_provider::transport::{TransportError, TransportResult};
 use alloy_provider::{Provider, RootProvider};
@@ -151,7 +151,8 @@ impl Chain {
     }
 
     /// A sent feedback: confirmed, reverted, still on its way, lost by the node (broadcast
-    /// again), or its nonce used by another transaction (signed anew).
+    /// again), stuck underpriced (replaced with higher fees, same nonce), or its nonce used by
+    /// another transaction (signed anew).
     async fn check_sent(
         &mut self,
         db: &Db,
@@ -159,28 +160,17 @@ impl Chain {
         row: &Row,
         latest: u64,
     ) -> Result<(), Failure> {
-        let hash: B256 = row
-            .tx_hash
-            .as_deref()
-            .and_then(|h| h.parse().ok())
-            .ok_or_else(|| Failure::Reverted("sent without a transaction hash".into()))?;
-        let now = crate::clock::unix_millis() as i64;
-        if let Some(receipt) = self.receipt(hash).await? {
-            let block = receipt.block_number.unwrap_or(latest);
-            if !receipt.status() {
-                let reason = self.revert_reason(row, block).await;
-                return Err(Failure::Reverted(format!(
-                    "transaction {hash:#x} reverted: {reason}"
-                )));
+        let hashes = row.hashes();
+        let Some(&current) = hashes.first() else {
+            return Err(Failure::Reverted("sent without a transaction hash".into()));
+        };
+        // Any of its transactions may be the one mined (a replacement, or what it replaced).
+        for &hash in &hashes {
+            if let Some(receipt) = self.receipt(hash).await? {
+                return self.mined(db, counters, row, hash, &receipt, latest).await;
             }
-            if latest + 1 >= block + self.settings.confirmations {
-                outbox::finish(db, &row.id, outbox::CONFIRMED, Some(block), None, now)
-                    .await
-                    .map_err(|e| Failure::Transient(e.to_string()))?;
-                counters.feedback.with_label_values(&["confirmed"]).inc();
-            }
-            return Ok(());
         }
+        let now = crate::clock::unix_millis() as i64;
         let nonce = row.nonce.unwrap_or_default() as u64;
         let mined = self
             .call(
@@ -191,9 +181,11 @@ impl Chain {
             .await
             .map_err(Failure::Transient)?;
         if mined > nonce {
-            // Its nonce is used. By this transaction after all (mined since the first look)?
-            if self.receipt(hash).await?.is_some() {
-                return Ok(());
+            // Its nonce is used. By one of its transactions after all (mined since)?
+            for &hash in &hashes {
+                if let Some(receipt) = self.receipt(hash).await? {
+                    return self.mined(db, counters, row, hash, &receipt, latest).await;
+                }
             }
             outbox::requeue(
                 db,
@@ -207,20 +199,115 @@ impl Chain {
             self.next_nonce = None;
             return Ok(());
         }
+        let raw: Bytes = row
+            .raw_tx
+            .as_deref()
+            .and_then(|r| r.parse().ok())
+            .ok_or_else(|| Failure::Reverted("sent without its signed transaction".into()))?;
         let known = self
-            .call(self.provider.get_transaction_by_hash(hash))
+            .call(self.provider.get_transaction_by_hash(current))
             .await
             .map_err(Failure::Transient)?;
         if known.is_none() {
-            let raw: Bytes = row
-                .raw_tx
-                .as_deref()
-                .and_then(|r| r.parse().ok())
-                .ok_or_else(|| Failure::Reverted("sent without its signed transaction".into()))?;
             self.broadcast(&raw).await?;
             counters.feedback.with_label_values(&["rebroadcast"]).inc();
+            return Ok(());
+        }
+        let waited_ms = now - row.sent_ms.unwrap_or(now);
+        if waited_ms >= self.settings.replace_after.as_millis() as i64 {
+            self.replace(db, counters, row, current, &raw).await?;
         }
         Ok(())
+    }
+
+    /// One of a feedback's transactions has a receipt: reverted, or confirmed once deep enough.
+    async fn mined(
+        &self,
+        db: &Db,
+        counters: &Counters,
+        row: &Row,
+        hash: B256,
+        receipt: &alloy_rpc_types_eth::TransactionReceipt,
+        latest: u64,
+    ) -> Result<(), Failure> {
+        let block = receipt.block_number.unwrap_or(latest);
+        if !receipt.status() {
+            let reason = self.revert_reason(row, block).await;
+            return Err(Failure::Reverted(format!(
+                "transaction {hash:#x} reverted: {reason}"
+            )));
+        }
+        if latest + 1 >= block + self.settings.confirmations {
+            let now = crate::clock::unix_millis() as i64;
+            outbox::finish(db, &row.id, outbox::CONFIRMED, Some(block), None, now)
+                .await
+                .map_err(|e| Failure::Transient(e.to_string()))?;
+            counters.feedback.with_label_values(&["confirmed"]).inc();
+        }
+        Ok(())
+    }
+
+    /// Replaces a transaction stuck in the mempool: same nonce and call, fees raised by at
+    /// least an eighth (what nodes require of a replacement) or to the current estimate.
+    /// Stored before it is broadcast, next to the one it replaces (either may be mined).
+    async fn replace(
+        &mut self,
+        db: &Db,
+        counters: &Counters,
+        row: &Row,
+        current: B256,
+        raw: &[u8],
+    ) -> Result<(), Failure> {
+        let Ok(TxEnvelope::Eip1559(old)) = TxEnvelope::decode_2718(&mut &raw[..]) else {
+            return Err(Failure::Reverted(
+                "its stored transaction does not decode".into(),
+            ));
+        };
+        let fees = self
+            .call(self.provider.estimate_eip1559_fees())
+            .await
+            .map_err(Failure::Transient)?;
+        let bump = |old: u128, now: u128| old.saturating_add(old / 8 + 1).max(now);
+        let mut tx = old.tx().clone();
+        tx.max_priority_fee_per_gas =
+            bump(tx.max_priority_fee_per_gas, fees.max_priority_fee_per_gas);
+        tx.max_fee_per_gas =
+            bump(tx.max_fee_per_gas, fees.max_fee_per_gas).max(tx.max_priority_fee_per_gas);
+        let (hash, raw) = self.sign(tx)?;
+        let now = crate::clock::unix_millis() as i64;
+        let stored = outbox::replace(
+            db,
+            &row.id,
+            &format!("{current:#x}"),
+            &format!("{hash:#x}"),
+            &alloy_primitives::hex::encode_prefixed(&raw),
+            now,
+        )
+        .await
+        .map_err(|e| Failure::Transient(e.to_string()))?;
+        if stored {
+            log::info!(
+                "audit: feedback {} stuck for {:?} in {current:#x}: replaced by {hash:#x} with higher fees",
+                row.id,
+                self.settings.replace_after
+            );
+            counters.feedback.with_label_values(&["replaced"]).inc();
+            self.broadcast(&raw).await?;
+        }
+        Ok(())
+    }
+
+    /// Signs `tx` with the audit key: its hash and EIP-2718 bytes.
+    fn sign(&self, tx: TxEip1559) -> Result<(B256, Vec<u8>), Failure> {
+        let signature = self
+            .settings
+            .signer
+            .key()
+            .sign_hash_sync(&tx.signature_hash())
+            .map_err(|_| Failure::Transient("cannot sign the feedback transaction".into()))?;
+        let signed = tx.into_signed(signature);
+        let hash = *signed.hash();
+        Ok((hash, TxEnvelope::from(signed).encoded_2718()))
     }
 
     /// Signs a pending feedback, stores the transaction, then broadcasts it.
@@ -265,14 +352,7 @@ impl Chain {
             input,
             ..Default::default()
         };
-        let signature = s
-            .signer
-            .key()
-            .sign_hash_sync(&tx.signature_hash())
-            .map_err(|_| Failure::Transient("cannot sign the feedback transaction".into()))?;
-        let signed = tx.into_signed(signature);
-        let hash = *signed.hash();
-        let raw = TxEnvelope::from(signed).encoded_2718();
+        let (hash, raw) = self.sign(tx)?;
         let now = crate::clock::unix_millis() as i64;
         // Stored first: from here on, a crash finds this transaction again.
         let stored = outbox::mark_sent(

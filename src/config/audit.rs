@@ -138,6 +138,11 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
             crate::audit::DEFAULT_REPUTATION_SECONDS,
             "audit.reputation_seconds",
         );
+        let replace_after = self.positive(
+            f.replace_after_seconds,
+            crate::audit::DEFAULT_REPLACE_AFTER_SECONDS,
+            "audit.replace_after_seconds",
+        );
         let trusted = self.addresses(&f.trusted_reviewers, "audit.trusted_reviewers");
         if self.issues.len() > before {
             return None;
@@ -160,6 +165,7 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
             public_url,
             reconcile: Duration::from_secs(reconcile),
             reputation: Duration::from_secs(reputation),
+            replace_after: Duration::from_secs(replace_after),
             trusted_reviewers,
         }))
     }

@@ -157,6 +157,8 @@ pub struct FileAudit {
     pub reconcile_seconds: Option<u64>,
     /// How often the agents' reputation is read from the registry.
     pub reputation_seconds: Option<u64>,
+    /// A feedback transaction unmined this long is replaced with higher fees.
+    pub replace_after_seconds: Option<u64>,
     /// Reviewers whose feedback feeds the curation reputation (pag0's own address is added).
     #[serde(default)]
     pub trusted_reviewers: Vec<String>,
