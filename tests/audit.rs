@@ -507,7 +507,9 @@ async fn a_reverted_feedback_is_recorded_with_its_reason_and_not_retried() {
     let relay = Relay::start(&anvil.url).await;
     let wall = Paywall::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let pag0 = start(&dir, &body(&audit_yaml(&relay.url, &r, "per_payment", 1)));
+    let private = audit_yaml(&relay.url, &r, "per_payment", 1)
+        .replace("public_records: true", "public_records: false");
+    let pag0 = start(&dir, &body(&private));
     pay(&pag0, &wall, "/paid", 1).await;
     let rows = until(
         30,
@@ -531,6 +533,27 @@ async fn a_reverted_feedback_is_recorded_with_its_reason_and_not_retried() {
     assert!(feedback_events(&anvil, r.reputation).await.is_empty());
     let health = pag0.admin_get("/health").await;
     assert_eq!(health["dependencies"]["audit"]["status"], "up", "{health}");
+
+    // Records are not public here: the admin token reads them, nobody else.
+    let url = format!(
+        "http://{}/api/audit/feedback/{}",
+        pag0.admin,
+        rows[0]["id"].as_str().unwrap()
+    );
+    let resp = reqwest::get(&url).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let bytes = resp.bytes().await.unwrap();
+    assert_eq!(
+        format!("{:#x}", keccak256(&bytes)),
+        rows[0]["feedback_hash"].as_str().unwrap()
+    );
 }
 
 /// `pag0 -t -c FILE` on `body`: (success, stderr).
