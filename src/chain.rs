@@ -78,7 +78,7 @@ impl Chain {
     }
 
     fn error(&self, e: impl std::fmt::Display) -> String {
-        e.to_string().replace(self.url.expose(), "<rpc url>")
+        redact(&e.to_string(), &self.url)
     }
 
     async fn timed<T>(
@@ -204,21 +204,12 @@ impl Chain {
         authorizer: Address,
         nonce: B256,
     ) -> Result<OnChain, String> {
-        let latest = self
-            .provider
-            .get_block_by_number(BlockNumberOrTag::Latest)
-            .await
-            .map_err(|e| self.error(e))?
-            .ok_or("the RPC has no latest block")?;
-        let (number, time) = (latest.header.number, latest.header.timestamp);
+        let (number, time) = self.latest().await?;
         let call = authorizationStateCall { authorizer, nonce }.abi_encode();
         let request = TransactionRequest::default().to(token).input(call.into());
         let out = self
-            .provider
-            .call(request)
-            .block(number.into())
-            .await
-            .map_err(|e| self.error(e))?;
+            .timed(self.provider.call(request).block(number.into()))
+            .await?;
         let used = authorizationStateCall::abi_decode_returns(&out)
             .map_err(|e| format!("authorizationState answer: {e}"))?;
         if !used {
@@ -234,10 +225,10 @@ impl Chain {
             .from_block(number.saturating_sub(LOG_LOOKBACK_BLOCKS))
             .to_block(number);
         // The state is proof enough; the transaction is a detail the log may not give.
-        let tx = match self.provider.get_logs(&filter).await {
+        let tx = match self.timed(self.provider.get_logs(&filter)).await {
             Ok(logs) => logs.iter().find_map(|l| l.transaction_hash),
             Err(e) => {
-                log::debug!("AuthorizationUsed log lookup: {}", self.error(e));
+                log::debug!("AuthorizationUsed log lookup: {e}");
                 None
             }
         };
@@ -256,4 +247,45 @@ fn transfer_of(log: &alloy_rpc_types_eth::Log) -> Option<TransferLog> {
         log_index: log.log_index?,
         block: log.block_number?,
     })
+}
+
+/// `text` without the RPC URL (it may carry an API key in its path, query or user info), in
+/// the form it was written and the forms HTTP clients print it in (normalised by the URL
+/// parser, or reduced to its path and query).
+pub fn redact(text: &str, url: &Secret) -> String {
+    let raw = url.expose();
+    let mut out = text.replace(raw, "<rpc url>");
+    if let Ok(parsed) = url::Url::parse(raw) {
+        out = out.replace(parsed.as_str(), "<rpc url>");
+        let tail = &parsed[url::Position::BeforePath..];
+        if tail.len() > 1 {
+            out = out.replace(tail, "/<rpc path>");
+        }
+        if let Some(password) = parsed.password() {
+            out = out.replace(password, "<password>");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rpc_urls_are_redacted_in_every_printed_form() {
+        let url = Secret::plain("https://RPC.example.com:443/v2/key-123?apikey=s3cret");
+        for printed in [
+            "error sending request for url (https://rpc.example.com/v2/key-123?apikey=s3cret)",
+            "https://RPC.example.com:443/v2/key-123?apikey=s3cret: refused",
+            "GET /v2/key-123?apikey=s3cret failed",
+        ] {
+            let clean = redact(printed, &url);
+            assert!(!clean.contains("key-123"), "{clean}");
+            assert!(!clean.contains("s3cret"), "{clean}");
+        }
+        let query = Secret::plain("https://h.example?key=abc");
+        let clean = redact("error for url (https://h.example/?key=abc)", &query);
+        assert!(!clean.contains("abc"), "{clean}");
+    }
 }

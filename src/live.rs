@@ -226,6 +226,10 @@ impl Shared {
                         store.db(),
                         settings.clone(),
                         metrics.audit.clone(),
+                        {
+                            let analytics = analytics.clone();
+                            Arc::new(move || analytics.spooled() == 0)
+                        },
                         |task| {
                             rt.spawn(task);
                         },

@@ -111,7 +111,9 @@ async fn reconcile_range(config: &Config, from: i64, to: i64) -> Result<(Outcome
         return Err("payments.rpc names no network: there is no chain to reconcile against".into());
     }
     let metrics = Arc::new(pag0::metrics::Metrics::new());
-    // Refunds are the running pag0's job (its ledger); this run classifies and alerts.
+    // Refunds are the running pag0's job (its ledger), and so are alerts: unknown spend is
+    // recorded and shown here, and the running pag0 sends the webhooks (with its policies,
+    // database overrides included) and retries them until delivered.
     let ledger: Arc<dyn pag0::budget::Ledger> = Arc::new(pag0::budget::LocalLedger::new(
         store.clone(),
         std::time::Duration::from_secs(60),
@@ -125,21 +127,26 @@ async fn reconcile_range(config: &Config, from: i64, to: i64) -> Result<(Outcome
     };
     let reconciler =
         pag0::live::reconciler(config, &store, chains, effects, metrics.reconcile.clone())
-            .ok_or("no payment network to reconcile")?;
+            .ok_or("no payment network to reconcile")?
+            .without_alerts();
     let bar = Bar(std::sync::Mutex::new(None));
     let mut outcome = reconciler.payments(from, to, true, &bar).await?;
     for network in reconciler.networks() {
         let chain = reconciler.chain(&network).ok_or("no RPC")?.clone();
-        let (latest, _) = chain
+        let (latest, now) = chain
             .latest()
             .await
             .map_err(|e| format!("{network}: {e}"))?;
+        // Not the newest blocks: their payments' journal rows may still be on their way.
+        let Some(settled) = reconcile::settled_block(&chain, latest, now).await? else {
+            continue;
+        };
         let first = chain.block_at(from.max(0) as u64, latest).await?;
         let last = chain
             .block_at(to.max(0) as u64, latest)
             .await?
             .saturating_sub(1)
-            .min(latest);
+            .min(settled);
         if first > last {
             continue;
         }

@@ -434,7 +434,7 @@ impl crate::audit::reconcile::Effects for ReconcileEffects {
         Ok(())
     }
 
-    async fn alert(&self, project: &str, body: serde_json::Value) {
+    async fn alert(&self, project: &str, body: serde_json::Value) -> bool {
         let alert = self
             .projects
             .iter()
@@ -443,18 +443,23 @@ impl crate::audit::reconcile::Effects for ReconcileEffects {
             .and_then(|policy| policy.anomaly.clone());
         let Some(alert) = alert else {
             log::warn!(project = project; "unknown spend, and the project has no anomaly webhook to tell");
-            return;
+            return true;
         };
-        let result = match alert.webhook.post(&body).await {
-            Ok(_) => "sent",
+        let (result, delivered) = match alert.webhook.post(&body).await {
+            Ok(_) => ("sent", true),
             Err(e) => {
-                log::warn!(project = project; "unknown spend alert not delivered: {e}");
-                "failed"
+                log::warn!(project = project; "unknown spend alert not delivered (retried): {e}");
+                ("failed", false)
             }
         };
         self.metrics
             .anomaly_alerts
             .with_label_values(&[project, result])
             .inc();
+        delivered
+    }
+
+    async fn journal_complete(&self) -> bool {
+        self.store.spooled().await == 0
     }
 }

@@ -717,6 +717,22 @@ async fn a_feedback_stuck_in_the_mempool_is_replaced_with_higher_fees_and_given_
     anvil.rpc("evm_setAutomine", json!([false])).await;
     let pag0 = start(&dir, &body(&config));
     pay(&pag0, &wall, "/paid", 1).await;
+    let rows = until(
+        30,
+        || outbox(&pag0),
+        |rows| rows.len() == 1 && rows[0]["state"] == "sent",
+    )
+    .await;
+    assert_eq!(rows[0]["state"], "sent", "{rows:#?}");
+    let first = rows[0]["tx_hash"].as_str().unwrap().to_string();
+    // Priced right, it waits for its turn: no replacement while the market does not move.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert_eq!(outbox(&pag0).await[0]["tx_hash"], first.as_str());
+    // The base fee jumps (a block mined without it): now it is underpriced.
+    anvil
+        .rpc("anvil_setNextBlockBaseFeePerGas", json!(["0x174876E800"]))
+        .await;
+    anvil.rpc("evm_mine", json!([])).await;
     let metrics = until(
         30,
         || async {

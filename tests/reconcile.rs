@@ -81,13 +81,18 @@ async fn setup(database: &str) -> Setup {
     let hook = Hook::start(Answer::Approve).await;
     let body = format!(
         "payments:\n  assets:\n    - network: {network}\n      address: \"{token}\"\n      symbol: USDC\n      decimals: 6\n      eip712: {{name: USDC, version: \"2\"}}\n  rpc:\n    {network}: {url}\n\
-         budgets:\n  release_unsettled: true\n\
+         budgets:\n  release_unsettled: true\n{ledger}\
          stages:\n  - kind: auth\n  - kind: ssrf_guard\n    allow: [\"127.0.0.0/8\"]\n  - kind: policy\n  - kind: payment\n\
          projects:\n  - id: demo\n    keys: [\"{DEMO_HASH}\"]\n    wallet:\n      private_key: ${{PAG0_TEST_WALLET_KEY:-{key}}}\n    policy:\n      budgets:\n        - asset: USDC\n          per_request: \"0.05\"\n          daily: \"100\"\n          monthly: \"1000\"\n      anomaly:\n        webhook: {hook}\n\
          {database}audit:\n  rpc_url: {url}\n  chain_id: {CHAIN_ID}\n  reputation_registry: \"{reputation}\"\n  signer:\n    private_key: ${{PAG0_TEST_AUDIT_KEY:-{AUDIT_KEY}}}\n  reconcile_seconds: 1\n",
         url = anvil.url,
         key = paywall::WALLET_KEY,
         hook = hook.url(),
+        ledger = if database.contains("redis:") {
+            "  ledger: redis\n"
+        } else {
+            ""
+        },
     );
     Setup {
         anvil,
@@ -96,6 +101,16 @@ async fn setup(database: &str) -> Setup {
         hook,
         body,
     }
+}
+
+/// The latest block's number and timestamp.
+async fn chain_clock(anvil: &Anvil) -> (u64, u64) {
+    let block = anvil
+        .rpc("eth_getBlockByNumber", serde_json::json!(["latest", false]))
+        .await;
+    let hex =
+        |v: &Value| u64::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+    (hex(&block["number"]), hex(&block["timestamp"]))
 }
 
 fn start(dir: &tempfile::TempDir, body: &str) -> Process {
@@ -130,11 +145,24 @@ async fn payments_are_classified_refunded_and_unknown_spend_is_alerted() {
     scenario("").await;
 }
 
+/// On PostgreSQL, with the budgets in Redis (the refund goes to the shared ledger).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_postgres_payments_are_classified_refunded_and_unknown_spend_is_alerted() {
+async fn on_postgres_and_redis_payments_are_classified_refunded_and_unknown_spend_is_alerted() {
     let db = common::services::TempDatabase::create().await;
-    scenario(&format!("database:\n  url: {}\n", db.url())).await;
+    let prefix = format!("pag0test{}", hex::encode(rand::random::<[u8; 6]>()));
+    scenario(&format!(
+        "database:\n  url: {}\nredis:\n  url: redis://127.0.0.1:6379\n  key_prefix: {prefix}\n",
+        db.url()
+    ))
+    .await;
     db.drop_now().await;
+    let out = Command::new("redis-cli")
+        .args(["--scan", "--pattern", &format!("{prefix}:*")])
+        .output()
+        .unwrap();
+    for key in String::from_utf8_lossy(&out.stdout).lines() {
+        let _ = Command::new("redis-cli").args(["DEL", key]).output();
+    }
 }
 
 async fn scenario(database: &str) {
@@ -162,6 +190,12 @@ async fn scenario(database: &str) {
         .await;
     assert_eq!(receipt["status"], "0x1", "{receipt}");
     let leak_tx = receipt["transactionHash"].as_str().unwrap().to_string();
+    // Blocks are scanned for unknown spend once they are two minutes old (their payments'
+    // journal rows may still be on their way before): the chain's clock moves on.
+    s.anvil
+        .rpc("evm_increaseTime", serde_json::json!([200]))
+        .await;
+    s.anvil.rpc("evm_mine", serde_json::json!([])).await;
     let spent = until(
         10,
         || pag0.admin_get("/api/budgets/demo"),
@@ -170,7 +204,7 @@ async fn scenario(database: &str) {
     .await;
     assert_eq!(daily_spent(&spent), (4 * PRICE).to_string(), "{spent}");
 
-    // The unsettled authorization expires; the chain's clock moves past it.
+    // The unsettled authorization has expired by the chain's clock (200 s ahead now).
     let expiry = s
         .wall
         .accepted()
@@ -178,11 +212,14 @@ async fn scenario(database: &str) {
         .map(|a| a.valid_before)
         .max()
         .unwrap();
-    while pag0::clock::unix_now() <= expiry {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    s.anvil.mine().await;
-    let report = until(30, || reconciliation(&pag0), |v| counted(v, 2, 1, 1)).await;
+    let (_, chain_time) = chain_clock(&s.anvil).await;
+    assert!(chain_time > expiry, "{chain_time} <= {expiry}");
+    let report = until(
+        30,
+        || reconciliation(&pag0),
+        |v| counted(v, 2, 1, 1) && v["unknown_spend"].as_array().is_some_and(|u| !u.is_empty()),
+    )
+    .await;
     assert!(counted(&report, 2, 1, 1), "{report:#}");
     let by_state = |state: &str| -> Vec<Value> {
         report["payments"]

@@ -64,6 +64,7 @@ CREATE TABLE audit_unknown_spend (
     amount       TEXT NOT NULL,
     block_number BIGINT NOT NULL,
     found_ms     BIGINT NOT NULL,
+    alerted      BIGINT NOT NULL DEFAULT 0, -- 1: the anomaly webhook has it (retried until then)
     PRIMARY KEY (network, tx_hash, log_index)
 );
 

@@ -27,6 +27,9 @@ use crate::store::{Db, StoreError};
 
 pub use record::Feedback;
 
+/// Says whether the analytics rollups hold every request so far (no record waits in a spool).
+pub type Readiness = Arc<dyn Fn() -> bool + Send + Sync>;
+
 pub const DEFAULT_CONFIRMATIONS: u64 = 1;
 pub const MAX_CONFIRMATIONS: u64 = 1_000;
 pub const DEFAULT_RECONCILE_SECONDS: u64 = 300;
@@ -164,6 +167,7 @@ impl Audit {
         db: Db,
         settings: Arc<Settings>,
         counters: Counters,
+        rollups_complete: Readiness,
         spawn: impl Fn(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>),
     ) -> Result<Arc<Audit>, String> {
         let chain = sender::Chain::new(&settings)?;
@@ -174,7 +178,7 @@ impl Audit {
             counters,
             status: Mutex::default(),
         });
-        spawn(Box::pin(audit.clone().run(chain)));
+        spawn(Box::pin(audit.clone().run(chain, rollups_complete)));
         Ok(audit)
     }
 
@@ -206,8 +210,9 @@ impl Audit {
 
     /// Plans, then sends, for the process's lifetime. Errors are kept for `/health` and retried
     /// with a growing pause; the outbox keeps everything meanwhile.
-    async fn run(self: Arc<Audit>, mut chain: sender::Chain) {
-        let mut planner = plan::Planner::new(self.db.clone(), self.settings.clone());
+    async fn run(self: Arc<Audit>, mut chain: sender::Chain, rollups_complete: Readiness) {
+        let mut planner =
+            plan::Planner::new(self.db.clone(), self.settings.clone(), rollups_complete);
         let mut pause = POLL;
         let mut read_reputation = tokio::time::Instant::now();
         loop {

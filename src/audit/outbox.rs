@@ -180,11 +180,18 @@ pub async fn finish(
 
 /// Back to pending without its transaction (its nonce went to another one, so it can never
 /// be mined): it is signed again with a new nonce.
-pub async fn requeue(db: &Db, id: &str, why: &str, now_ms: i64) -> Result<(), StoreError> {
-    let sql = "UPDATE audit_feedback SET state = 'pending', nonce = NULL, tx_hash = NULL, raw_tx = NULL, sent_ms = NULL, earlier_tx_hashes = NULL, error = $2, updated_ms = $3 \
-               WHERE id = $1 AND state = 'sent'";
+pub async fn requeue(
+    db: &Db,
+    id: &str,
+    tx_hash: &str,
+    why: &str,
+    now_ms: i64,
+) -> Result<(), StoreError> {
+    let sql = "UPDATE audit_feedback SET state = 'pending', nonce = NULL, tx_hash = NULL, raw_tx = NULL, sent_ms = NULL, earlier_tx_hashes = NULL, error = $3, updated_ms = $4 \
+               WHERE id = $1 AND state = 'sent' AND tx_hash = $2";
     with_pool!(db, p => sqlx::query(sql)
         .bind(id)
+        .bind(tx_hash)
         .bind(why)
         .bind(now_ms)
         .execute(p)

@@ -32,14 +32,18 @@ pub(super) struct Planner {
     db: Db,
     settings: Arc<Settings>,
     rounds: u64,
+    /// Whether every request record so far is in the rollups (none waits in a spool): an
+    /// hour is rated once, so only from complete data.
+    complete: super::Readiness,
 }
 
 impl Planner {
-    pub fn new(db: Db, settings: Arc<Settings>) -> Planner {
+    pub fn new(db: Db, settings: Arc<Settings>, complete: super::Readiness) -> Planner {
         Planner {
             db,
             settings,
             rounds: 0,
+            complete,
         }
     }
 
@@ -105,7 +109,7 @@ impl Planner {
             None => now_ms - now_ms.rem_euclid(HOUR_MS) - FIRST_LOOKBACK_MS,
         };
         let mut added = 0;
-        while next + HOUR_MS + HOUR_GRACE_MS <= now_ms {
+        while next + HOUR_MS + HOUR_GRACE_MS <= now_ms && (self.complete)() {
             let mut planned = Vec::new();
             for (endpoint, hour) in hour_of(&self.db, next).await? {
                 if hour.calls == 0 {

@@ -37,6 +37,11 @@ const PAGE: i64 = 500;
 const LOG_BLOCKS: u64 = crate::chain::LOG_LOOKBACK_BLOCKS;
 /// How far around a block range the journal is read for the payments that range may settle.
 const MATCH_MARGIN_SECONDS: i64 = 86_400;
+/// Blocks younger than this (by the chain's clock) are not scanned for unknown spend yet: the
+/// journal row of a payment settled in them may still be on its way to SQL.
+pub const SCAN_LAG_SECONDS: u64 = 120;
+/// Consecutive RPC failures after which a run stops (the RPC is down: next run).
+const MAX_FAILURES_IN_A_ROW: u32 = 3;
 
 /// A journaled payment, with what its intent says about its validity.
 #[derive(Debug, Clone)]
@@ -88,8 +93,12 @@ pub struct UnknownSpend {
 pub trait Effects: Send + Sync {
     /// A committed payment proved never settled: give its budget back (once per payment).
     async fn refund(&self, payment: &Payment) -> Result<(), String>;
-    /// Unknown spend out of `project`'s wallet: raise its anomaly webhook.
-    async fn alert(&self, project: &str, body: Value);
+    /// Unknown spend out of `project`'s wallet: raise its anomaly webhook. `true` once it was
+    /// delivered, or there is nowhere to deliver it; `false` to try again next run.
+    async fn alert(&self, project: &str, body: Value) -> bool;
+    /// Every payment made so far is in SQL (no journal row waits in a spool): what the chain
+    /// shows can be matched against it.
+    async fn journal_complete(&self) -> bool;
 }
 
 /// Reports progress over a long run (`pag0 reconcile` draws a bar; the background job none).
@@ -145,6 +154,8 @@ pub struct Reconciler {
     /// (network, token) pairs pag0 pays with.
     tokens: Vec<(String, Address)>,
     release_unsettled: bool,
+    /// Send unknown-spend alerts (the running pag0; `pag0 reconcile` leaves them to it).
+    alerts: bool,
     effects: Arc<dyn Effects>,
     counters: Counters,
 }
@@ -165,9 +176,16 @@ impl Reconciler {
             wallets,
             tokens,
             release_unsettled,
+            alerts: true,
             effects,
             counters,
         }
+    }
+
+    /// Records unknown spend without alerting (the running pag0 alerts what it finds recorded).
+    pub fn without_alerts(mut self) -> Reconciler {
+        self.alerts = false;
+        self
     }
 
     /// Every `every`, forever: the last week's unsettled payments, the wallets' new transfers,
@@ -188,6 +206,9 @@ impl Reconciler {
             }
             if let Err(e) = self.refund_unsettled().await {
                 log::warn!("reconciliation refunds: {e}");
+            }
+            if let Err(e) = self.alert_unknown_spend().await {
+                log::warn!("unknown spend alerts: {e}");
             }
             self.publish().await;
             tokio::time::sleep(every).await;
@@ -226,6 +247,7 @@ impl Reconciler {
         progress.begin("payments", total);
         let mut outcome = Outcome::default();
         let mut after = (from - 1, String::new());
+        let mut failures = 0;
         loop {
             let page = journal(&self.db, from, to, &after, recheck)
                 .await
@@ -235,7 +257,23 @@ impl Reconciler {
                     progress.advance(1);
                     continue;
                 };
-                let verdict = classify(chain, p).await?;
+                let verdict = match classify(chain, p).await {
+                    Ok(v) => {
+                        failures = 0;
+                        v
+                    }
+                    // This payment is checked again next run; the RPC down stops this run.
+                    Err(e) => {
+                        failures += 1;
+                        log::warn!(id = p.id.as_str(); "reconciliation of a payment: {e}");
+                        if failures >= MAX_FAILURES_IN_A_ROW {
+                            progress.end();
+                            return Err(e);
+                        }
+                        progress.advance(1);
+                        continue;
+                    }
+                };
                 record(&self.db, p, &verdict)
                     .await
                     .map_err(|e| e.to_string())?;
@@ -260,10 +298,14 @@ impl Reconciler {
     }
 
     /// Scans the blocks after the last scanned one on `network` (the last day's on the first
-    /// run) for unknown spend.
+    /// run) up to [`SCAN_LAG_SECONDS`] ago for unknown spend, once the journal is complete.
     pub async fn scan_new_blocks(&self, network: &str) -> Result<Vec<UnknownSpend>, String> {
+        if !self.effects.journal_complete().await {
+            return Ok(Vec::new());
+        }
         let chain = self.chains.get(network).ok_or("no RPC for the network")?;
         let (latest, now) = chain.latest().await?;
+        let last = settled_block(chain, latest, now).await?;
         let name = format!("reconcile.block.{network}");
         let first = match outbox::cursor(&self.db, &name)
             .await
@@ -272,11 +314,11 @@ impl Reconciler {
             Some(c) => c.parse::<u64>().unwrap_or(0) + 1,
             None => chain.block_at(now.saturating_sub(86_400), latest).await?,
         };
-        if first > latest {
+        let Some(last) = last.filter(|l| *l >= first) else {
             return Ok(Vec::new());
-        }
-        let found = self.scan(network, first, latest, &Quiet).await?;
-        outbox::set_cursor(&self.db, &name, &latest.to_string())
+        };
+        let found = self.scan(network, first, last, &Quiet).await?;
+        outbox::set_cursor(&self.db, &name, &last.to_string())
             .await
             .map_err(|e| e.to_string())?;
         Ok(found)
@@ -362,20 +404,6 @@ impl Reconciler {
                         {
                             self.counters.unknown_spend.inc();
                             log::error!(network = network, tx = spend.tx_hash.as_str(); "UNKNOWN SPEND: {} base units of {} left {} to {} with no payment pag0 made", spend.amount, spend.token, spend.from, spend.to);
-                            for project in &spend.projects {
-                                let body = json!({
-                                    "type": "pag0.unknown_spend",
-                                    "project": project,
-                                    "network": spend.network,
-                                    "token": spend.token,
-                                    "from": spend.from,
-                                    "to": spend.to,
-                                    "amount": spend.amount,
-                                    "tx_hash": spend.tx_hash,
-                                    "block": spend.block,
-                                });
-                                self.effects.alert(project, body).await;
-                            }
                         }
                         unknown.push(spend);
                     }
@@ -385,7 +413,46 @@ impl Reconciler {
             start = end + 1;
         }
         progress.end();
+        if !unknown.is_empty()
+            && let Err(e) = self.alert_unknown_spend().await
+        {
+            log::warn!("unknown spend alerts: {e}");
+        }
         Ok(unknown)
+    }
+
+    /// Sends the anomaly webhook of every project whose wallet the recorded unknown spend left,
+    /// until each is delivered (right after the scan that found it, then every run).
+    pub async fn alert_unknown_spend(&self) -> Result<u64, String> {
+        if !self.alerts {
+            return Ok(0);
+        }
+        let mut sent = 0;
+        for spend in unalerted(&self.db).await.map_err(|e| e.to_string())? {
+            let from: Option<Address> = spend.from.parse().ok();
+            let mut delivered = true;
+            for w in self.wallets.iter().filter(|w| Some(w.address) == from) {
+                let body = json!({
+                    "type": "pag0.unknown_spend",
+                    "project": w.project,
+                    "network": spend.network,
+                    "token": spend.token,
+                    "from": spend.from,
+                    "to": spend.to,
+                    "amount": spend.amount,
+                    "tx_hash": spend.tx_hash,
+                    "block": spend.block,
+                });
+                delivered &= self.effects.alert(&w.project, body).await;
+            }
+            if delivered {
+                mark_alerted(&self.db, &spend)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                sent += 1;
+            }
+        }
+        Ok(sent)
     }
 
     /// Gives back the budget of payments proved never settled (`budgets.release_unsettled`).
@@ -420,20 +487,36 @@ impl Reconciler {
     }
 }
 
+/// The last block at least [`SCAN_LAG_SECONDS`] older than the chain's latest (`None`: none
+/// is).
+pub async fn settled_block(chain: &Chain, latest: u64, now: u64) -> Result<Option<u64>, String> {
+    let young = chain
+        .block_at(now.saturating_sub(SCAN_LAG_SECONDS - 1), latest)
+        .await?;
+    Ok(young.checked_sub(1))
+}
+
 /// What the chain says about `p`.
 pub async fn classify(chain: &Chain, p: &Payment) -> Result<Verdict, String> {
-    let bad = |what: &str| format!("journal row {}: invalid {what}", p.id);
-    let token: Address = p.asset.parse().map_err(|_| bad("asset"))?;
-    let payer: Address = p.payer.parse().map_err(|_| bad("payer"))?;
-    let pay_to: Address = p.pay_to.parse().map_err(|_| bad("pay_to"))?;
-    let nonce: B256 = p.nonce.parse().map_err(|_| bad("nonce"))?;
-    let expected = Expected {
-        token,
-        payer,
-        pay_to,
-        amount: p.amount,
-        nonce,
+    let parsed = (|| {
+        Some(Expected {
+            token: p.asset.parse().ok()?,
+            payer: p.payer.parse().ok()?,
+            pay_to: p.pay_to.parse().ok()?,
+            amount: p.amount,
+            nonce: p.nonce.parse().ok()?,
+        })
+    })();
+    let Some(expected) = parsed else {
+        // Nothing on chain can match it: a human must look at it.
+        return Ok(Verdict {
+            state: MISMATCH,
+            detail: Some("the journal row's asset, payer, payee or nonce does not parse".into()),
+            block: None,
+            tx: None,
+        });
     };
+    let (token, payer, nonce) = (expected.token, expected.payer, expected.nonce);
     let journaled: Option<B256> = p.tx_hash.as_deref().and_then(|h| h.parse().ok());
     if let Some(tx) = journaled
         && let Some(facts) = chain.transaction(tx).await?
@@ -711,6 +794,43 @@ async fn known_payments(db: &Db, from: i64, to: i64) -> Result<Known, StoreError
         }
     }
     Ok(known)
+}
+
+/// Unknown spend whose alert was not delivered yet.
+async fn unalerted(db: &Db) -> Result<Vec<UnknownSpend>, StoreError> {
+    let sql = "SELECT network, tx_hash, log_index, token, from_address, to_address, CAST(amount AS TEXT), block_number \
+               FROM audit_unknown_spend WHERE alerted = 0 ORDER BY found_ms LIMIT 100";
+    type Line = (String, String, i64, String, String, String, String, i64);
+    let rows: Vec<Line> = with_pool!(db, p => sqlx::query_as(sql).fetch_all(p).await)
+        .map_err(|e| err("unalerted", e))?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(network, tx_hash, index, token, from, to, amount, block)| UnknownSpend {
+                network,
+                tx_hash,
+                log_index: index.max(0) as u64,
+                token,
+                from,
+                to,
+                amount,
+                block: block.max(0) as u64,
+                projects: Vec::new(),
+            },
+        )
+        .collect())
+}
+
+async fn mark_alerted(db: &Db, s: &UnknownSpend) -> Result<(), StoreError> {
+    let sql = "UPDATE audit_unknown_spend SET alerted = 1 WHERE network = $1 AND tx_hash = $2 AND log_index = $3";
+    with_pool!(db, p => sqlx::query(sql)
+        .bind(&s.network)
+        .bind(&s.tx_hash)
+        .bind(s.log_index as i64)
+        .execute(p)
+        .await
+        .map(|_| ()))
+    .map_err(|e| err("alerted", e))
 }
 
 /// `true` when it was not recorded yet.

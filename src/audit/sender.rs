@@ -27,6 +27,9 @@ use crate::store::Db;
 const BATCH: i64 = 64;
 /// Gas above the estimate (percent), for state that changes between estimate and inclusion.
 const GAS_MARGIN_PERCENT: u64 = 25;
+/// How long a sent feedback's nonce must look taken by another transaction before it is
+/// signed anew (nodes behind one RPC URL may lag each other).
+const REQUEUE_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 /// Backoff of a row whose own call failed (not the RPC as a whole).
 const ROW_BACKOFF_MS: i64 = 5_000;
 
@@ -56,6 +59,9 @@ pub(super) struct Chain {
     settings: Arc<Settings>,
     /// The next nonce to sign with (`None`: read it again from the chain and the outbox).
     next_nonce: Option<u64>,
+    /// Sent feedbacks whose nonce the chain shows taken while none of their transactions is
+    /// known, since when (they are signed anew after [`REQUEUE_AFTER`]).
+    nonce_taken: std::collections::HashMap<String, std::time::Instant>,
 }
 
 impl Chain {
@@ -70,11 +76,12 @@ impl Chain {
             url: settings.rpc_url.clone(),
             settings: settings.clone(),
             next_nonce: None,
+            nonce_taken: Default::default(),
         })
     }
 
     fn error(&self, e: impl std::fmt::Display) -> String {
-        e.to_string().replace(self.url.expose(), "<rpc url>")
+        crate::chain::redact(&e.to_string(), &self.url)
     }
 
     /// The RPC answers, for the configured chain.
@@ -186,10 +193,30 @@ impl Chain {
                 if let Some(receipt) = self.receipt(hash).await? {
                     return self.mined(db, counters, row, hash, &receipt, latest).await;
                 }
+                if self
+                    .call(self.provider.get_transaction_by_hash(hash))
+                    .await
+                    .map_err(Failure::Transient)?
+                    .is_some()
+                {
+                    // The node knows it: its receipt will come (or a lagging node catch up).
+                    return Ok(());
+                }
             }
+            // A load-balanced RPC can answer from nodes that disagree: only a nonce seen taken
+            // by something else for a while, with none of ours known, is given up.
+            let since = *self
+                .nonce_taken
+                .entry(row.id.clone())
+                .or_insert_with(std::time::Instant::now);
+            if since.elapsed() < REQUEUE_AFTER {
+                return Ok(());
+            }
+            self.nonce_taken.remove(&row.id);
             outbox::requeue(
                 db,
                 &row.id,
+                row.tx_hash.as_deref().unwrap_or_default(),
                 &format!("nonce {nonce} went to another transaction; signing again"),
                 now,
             )
@@ -199,6 +226,7 @@ impl Chain {
             self.next_nonce = None;
             return Ok(());
         }
+        self.nonce_taken.remove(&row.id);
         let raw: Bytes = row
             .raw_tx
             .as_deref()
@@ -208,14 +236,22 @@ impl Chain {
             .call(self.provider.get_transaction_by_hash(current))
             .await
             .map_err(Failure::Transient)?;
+        let stuck =
+            now - row.sent_ms.unwrap_or(now) >= self.settings.replace_after.as_millis() as i64;
         if known.is_none() {
-            self.broadcast(&raw).await?;
-            counters.feedback.with_label_values(&["rebroadcast"]).inc();
-            return Ok(());
+            return match self.broadcast(&raw).await {
+                Ok(()) => {
+                    counters.feedback.with_label_values(&["rebroadcast"]).inc();
+                    Ok(())
+                }
+                // The node refuses it (e.g. its fee is below the base fee now): replace it.
+                Err(_) if stuck => self.replace(db, counters, row, current, &raw, true).await,
+                Err(e) => Err(e),
+            };
         }
-        let waited_ms = now - row.sent_ms.unwrap_or(now);
-        if waited_ms >= self.settings.replace_after.as_millis() as i64 {
-            self.replace(db, counters, row, current, &raw).await?;
+        if stuck {
+            self.replace(db, counters, row, current, &raw, false)
+                .await?;
         }
         Ok(())
     }
@@ -247,9 +283,11 @@ impl Chain {
         Ok(())
     }
 
-    /// Replaces a transaction stuck in the mempool: same nonce and call, fees raised by at
-    /// least an eighth (what nodes require of a replacement) or to the current estimate.
-    /// Stored before it is broadcast, next to the one it replaces (either may be mined).
+    /// Replaces a transaction stuck in the mempool because its fees are below what the chain
+    /// asks now (or, `refused`, one the node will not take back): same nonce and call, fees
+    /// raised by an eighth (what nodes require of a replacement) or to the current estimate,
+    /// whichever is higher, so they follow the market and do not grow on their own. Stored
+    /// before it is broadcast, next to the one it replaces (either may be mined).
     async fn replace(
         &mut self,
         db: &Db,
@@ -257,16 +295,24 @@ impl Chain {
         row: &Row,
         current: B256,
         raw: &[u8],
+        refused: bool,
     ) -> Result<(), Failure> {
         let Ok(TxEnvelope::Eip1559(old)) = TxEnvelope::decode_2718(&mut &raw[..]) else {
-            return Err(Failure::Reverted(
-                "its stored transaction does not decode".into(),
-            ));
+            return Err(Failure::Transient(format!(
+                "feedback {}: its stored transaction does not decode",
+                row.id
+            )));
         };
         let fees = self
             .call(self.provider.estimate_eip1559_fees())
             .await
             .map_err(Failure::Transient)?;
+        let underpriced = old.tx().max_fee_per_gas < fees.max_fee_per_gas
+            || old.tx().max_priority_fee_per_gas < fees.max_priority_fee_per_gas;
+        if !underpriced && !refused {
+            // Priced right: it waits for its turn (a gap or a slow node is not fixed by fees).
+            return Ok(());
+        }
         let bump = |old: u128, now: u128| old.saturating_add(old / 8 + 1).max(now);
         let mut tx = old.tx().clone();
         tx.max_priority_fee_per_gas =
@@ -423,6 +469,9 @@ impl Chain {
         .abi_encode())
     }
 
+    /// Broadcasts signed bytes. Never terminal: the transaction is stored and holds its nonce,
+    /// so whatever the node says, the sent row is looked at again (rebroadcast, replaced, or
+    /// found mined).
     async fn broadcast(&self, raw: &[u8]) -> Result<(), Failure> {
         match timed(self.provider.send_raw_transaction(raw)).await {
             Err(late) => Err(Failure::Transient(late)),
@@ -437,7 +486,10 @@ impl Chain {
                 }) {
                     return Ok(());
                 }
-                Err(self.classify(e))
+                Err(Failure::Transient(format!(
+                    "broadcast refused: {}",
+                    self.error(e)
+                )))
             }
         }
     }

@@ -31,8 +31,9 @@ struct State {
     expired: HashMap<String, u64>,
     /// Unix second of the last sweep (sweeps run at most once a second).
     last_sweep: u64,
-    /// Payments already given back (a refund is applied once).
-    refunded: std::collections::HashSet<String>,
+    /// (window label, payment id) of the refunds a window already counts: applied once, or
+    /// already subtracted when the window was rebuilt from the journal's corrections.
+    refunded: std::collections::HashSet<(String, String)>,
 }
 
 /// How long an expired reservation can still be committed late.
@@ -78,15 +79,32 @@ impl LocalLedger {
         let rebuild =
             |e: String| LedgerError(format!("cannot rebuild the budget from the journal: {e}"));
         let (day, month) = self.history.window_totals(key, w).await.map_err(rebuild)?;
+        // After the totals: a correction recorded in between is then marked but not
+        // subtracted (the budget errs on the side of spending less), never subtracted twice.
+        let corrected = self.history.corrected(key, w).await.map_err(rebuild)?;
         let pending = self.history.pending_holds(key, w).await.map_err(rebuild)?;
         let now = crate::clock::unix_now();
         let mut state = self.state.lock().expect("ledger lock");
         let windows = state.windows.entry(key.clone()).or_default();
+        let mut rebuilt = Vec::new();
         for (label, spent) in [(&w.day, day), (&w.month, month)] {
-            windows.entry(label.clone()).or_insert(WindowUsage {
-                spent,
-                held: U256::ZERO,
-            });
+            if !windows.contains_key(label) {
+                windows.insert(
+                    label.clone(),
+                    WindowUsage {
+                        spent,
+                        held: U256::ZERO,
+                    },
+                );
+                rebuilt.push(label.clone());
+            }
+        }
+        for (id, day) in corrected {
+            for label in &rebuilt {
+                if *label == w.month || *label == day {
+                    state.refunded.insert((label.clone(), id.clone()));
+                }
+            }
         }
         // Payments in doubt hold their amount again until their authorization has expired.
         for p in pending {
@@ -256,15 +274,15 @@ impl Ledger for LocalLedger {
         id: &str,
     ) -> Result<(), LedgerError> {
         let mut state = self.state.lock().expect("ledger lock");
-        if !state.refunded.insert(id.to_string()) {
-            return Ok(());
-        }
         // Windows not in memory are rebuilt from the journal minus its corrections.
-        if let Some(windows) = state.windows.get_mut(key) {
-            for label in [day, month] {
-                if let Some(w) = windows.get_mut(label) {
-                    w.spent = w.spent.saturating_sub(amount);
-                }
+        for label in [day, month] {
+            let present = state
+                .windows
+                .get(key)
+                .is_some_and(|ws| ws.contains_key(label));
+            if present && state.refunded.insert((label.to_string(), id.to_string())) {
+                let w = state.window(key, label);
+                w.spent = w.spent.saturating_sub(amount);
             }
         }
         Ok(())
@@ -499,5 +517,64 @@ mod tests {
             )
             .await;
         assert_eq!(d.unwrap().unwrap_err().window, Window::Daily);
+    }
+
+    /// A journal of 90 spent today (180 this month) in which payment `p1` (10, today) was
+    /// corrected: its totals already leave it out.
+    struct Corrected;
+    #[async_trait]
+    impl SpendHistory for Corrected {
+        async fn window_totals(&self, _: &BudgetKey, _: &Windows) -> Result<(U256, U256), String> {
+            Ok((U256::from(80), U256::from(170)))
+        }
+        async fn corrected(
+            &self,
+            _: &BudgetKey,
+            w: &Windows,
+        ) -> Result<Vec<(String, String)>, String> {
+            Ok(vec![("p1".into(), w.day.clone())])
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refund_counts_once_whether_the_window_was_live_or_rebuilt() {
+        let w = Windows::at(NOV_30_LAST_SECOND);
+        let ten = U256::from(10);
+        // Live windows: the refund subtracts once, a repeat does nothing.
+        let live = LocalLedger::new(Arc::new(Journal(U256::from(90))), Duration::from_secs(60));
+        live.usage(&key(), NOV_30_LAST_SECOND).await.unwrap();
+        for _ in 0..2 {
+            live.refund(&key(), &w.day, &w.month, ten, "p1")
+                .await
+                .unwrap();
+            let u = live.usage(&key(), NOV_30_LAST_SECOND).await.unwrap();
+            assert_eq!(
+                (u.day.spent, u.month.spent),
+                (U256::from(80), U256::from(170))
+            );
+        }
+        // Windows rebuilt after the correction was journaled already leave it out: the
+        // refund that follows must not subtract it again.
+        let rebuilt = LocalLedger::new(Arc::new(Corrected), Duration::from_secs(60));
+        rebuilt.usage(&key(), NOV_30_LAST_SECOND).await.unwrap();
+        rebuilt
+            .refund(&key(), &w.day, &w.month, ten, "p1")
+            .await
+            .unwrap();
+        let u = rebuilt.usage(&key(), NOV_30_LAST_SECOND).await.unwrap();
+        assert_eq!(
+            (u.day.spent, u.month.spent),
+            (U256::from(80), U256::from(170))
+        );
+        // A window not in memory is left to its rebuild.
+        let cold = LocalLedger::new(Arc::new(Corrected), Duration::from_secs(60));
+        cold.refund(&key(), &w.day, &w.month, ten, "p1")
+            .await
+            .unwrap();
+        let u = cold.usage(&key(), NOV_30_LAST_SECOND).await.unwrap();
+        assert_eq!(
+            (u.day.spent, u.month.spent),
+            (U256::from(80), U256::from(170))
+        );
     }
 }

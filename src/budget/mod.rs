@@ -171,6 +171,17 @@ pub trait SpendHistory: Send + Sync {
         windows: &Windows,
     ) -> Result<(U256, U256), String>;
 
+    /// Payments of `windows`' month given back by a correction (never settled): (id, day).
+    /// Call it after [`Self::window_totals`]: a window rebuilt from those totals already
+    /// counts them back, so a later refund of the same payment must skip it.
+    async fn corrected(
+        &self,
+        _key: &BudgetKey,
+        _windows: &Windows,
+    ) -> Result<Vec<(String, String)>, String> {
+        Ok(Vec::new())
+    }
+
     /// Holds of payments in doubt counted in `windows`' month (sent, outcome unknown).
     async fn pending_holds(
         &self,

@@ -48,6 +48,11 @@ static RELEASE: Lazy<Script> = Lazy::new(|| script(include_str!("lua/release.lua
 static SEED: Lazy<Script> = Lazy::new(|| script(include_str!("lua/seed.lua")));
 static USAGE: Lazy<Script> = Lazy::new(|| script(include_str!("lua/usage.lua")));
 static REFUND: Lazy<Script> = Lazy::new(|| script(include_str!("lua/refund.lua")));
+/// A window's refunded payment ids (`d` or `m` window label), beside the window.
+fn refunds_key(prefix: &str, kind: &str, label: &str) -> String {
+    format!("{prefix}:refunded:{kind}:{label}")
+}
+
 /// Refunded payment ids are remembered this long (longer than any month window).
 const REFUNDED_IDS_SECONDS: u64 = 40 * 86_400;
 
@@ -162,18 +167,24 @@ impl RedisLedger {
         w: &Windows,
         now: u64,
     ) -> Result<(), LedgerError> {
-        let (day, month) =
-            self.history.window_totals(key, w).await.map_err(|e| {
-                LedgerError(format!("cannot rebuild the budget from the journal: {e}"))
-            })?;
+        let rebuild =
+            |e: String| LedgerError(format!("cannot rebuild the budget from the journal: {e}"));
+        let (day, month) = self.history.window_totals(key, w).await.map_err(rebuild)?;
+        // After the totals (see SpendHistory::corrected).
+        let corrected = self.history.corrected(key, w).await.map_err(rebuild)?;
         let (day_ttl, month_ttl) = self.ttls(w, now);
         let mut inv = SEED.prepare_invoke();
         inv.key(&k.day)
             .key(&k.month)
+            .key(refunds_key(&k.prefix, "d", &w.day))
+            .key(refunds_key(&k.prefix, "m", &w.month))
             .arg(day.to_string())
             .arg(month.to_string())
             .arg(day_ttl)
             .arg(month_ttl);
+        for (id, in_day) in corrected {
+            inv.arg(id).arg(if in_day == w.day { "1" } else { "0" });
+        }
         self.run(inv).await.map(|_| ())
     }
 
@@ -384,7 +395,8 @@ impl Ledger for RedisLedger {
         let mut inv = REFUND.prepare_invoke();
         inv.key(format!("{prefix}:d:{day}"))
             .key(format!("{prefix}:m:{month}"))
-            .key(format!("{prefix}:refunded"))
+            .key(refunds_key(&prefix, "d", day))
+            .key(refunds_key(&prefix, "m", month))
             .arg(amount.to_string())
             .arg(id)
             .arg(REFUNDED_IDS_SECONDS);

@@ -332,14 +332,14 @@ impl Store {
         .map_err(|e| err("correction", e))
     }
 
-    /// Corrections of a budget pool's month: (amount, day).
+    /// Corrections of a budget pool's month: (id, amount, day).
     async fn corrections(
         &self,
         key: &BudgetKey,
         month: &str,
-    ) -> Result<Vec<(U256, String)>, StoreError> {
-        let sql = "SELECT CAST(amount AS TEXT), window_day FROM spend_corrections WHERE project = $1 AND pool = $2 AND window_month = $3";
-        let rows: Vec<(String, String)> = with_pool!(&self.db, p => sqlx::query_as(sql)
+    ) -> Result<Vec<(String, U256, String)>, StoreError> {
+        let sql = "SELECT id, CAST(amount AS TEXT), window_day FROM spend_corrections WHERE project = $1 AND pool = $2 AND window_month = $3";
+        let rows: Vec<(String, String, String)> = with_pool!(&self.db, p => sqlx::query_as(sql)
             .bind(&key.project)
             .bind(&key.pool)
             .bind(month)
@@ -348,7 +348,7 @@ impl Store {
         .map_err(|e| err("corrections", e))?;
         Ok(rows
             .into_iter()
-            .map(|(a, d)| (U256::from_str_radix(&a, 10).unwrap_or_default(), d))
+            .map(|(id, a, d)| (id, U256::from_str_radix(&a, 10).unwrap_or_default(), d))
             .collect())
     }
 
@@ -477,6 +477,20 @@ fn redact(e: impl std::fmt::Display, config: &DatabaseConfig) -> String {
 
 #[async_trait]
 impl SpendHistory for Store {
+    async fn corrected(
+        &self,
+        key: &BudgetKey,
+        w: &Windows,
+    ) -> Result<Vec<(String, String)>, String> {
+        Ok(self
+            .corrections(key, &w.month)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|(id, _, day)| (id, day))
+            .collect())
+    }
+
     async fn pending_holds(
         &self,
         key: &BudgetKey,
@@ -580,7 +594,7 @@ impl SpendHistory for Store {
             }
         }
         // Payments proved never settled gave their amount back.
-        for (amount, window_day) in self
+        for (_, amount, window_day) in self
             .corrections(key, &w.month)
             .await
             .map_err(|e| e.to_string())?
