@@ -96,6 +96,11 @@ impl Chain {
         self.timed(self.provider.get_chain_id()).await
     }
 
+    /// The RPC's URL as configured (prints as its `${ENV}` reference when it is a secret).
+    pub fn url(&self) -> &Secret {
+        &self.url
+    }
+
     /// The latest block's number and timestamp.
     pub async fn latest(&self) -> Result<(u64, u64), String> {
         let block = self

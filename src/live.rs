@@ -169,6 +169,12 @@ impl Shared {
         rt.spawn(worker);
         let settler = Arc::new(settler);
         let chains = payment_chains(config)?;
+        std::thread::scope(|s| {
+            s.spawn(|| rt.block_on(check_payment_chains(&chains)))
+                .join()
+                .expect("chain check does not panic")
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
         let (maintained, upkeep_store, upkeep_settler, resolving) = (
             intents.clone(),
             store.clone(),
@@ -314,6 +320,30 @@ pub fn payment_chains(
         chains.insert(network.clone(), Arc::new(chain));
     }
     Ok(chains)
+}
+
+/// Checks that each payment network's RPC serves that network: a wrong chain id is an error;
+/// an RPC that does not answer now is only a warning (payments in doubt wait for it).
+pub async fn check_payment_chains(
+    chains: &HashMap<String, Arc<crate::chain::Chain>>,
+) -> Result<(), String> {
+    for (network, chain) in chains {
+        let Some(expected) = crate::x402::networks::chain_id(network) else {
+            continue;
+        };
+        match tokio::time::timeout(crate::audit::STARTUP_TIMEOUT, chain.chain_id()).await {
+            Ok(Ok(id)) if id != expected => {
+                return Err(format!(
+                    "payments.rpc.{network}: the RPC at {} serves chain {id}, not {expected}",
+                    chain.url()
+                ));
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => log::warn!("payments.rpc.{network}: not reachable now: {e}"),
+            Err(_) => log::warn!("payments.rpc.{network}: no answer now"),
+        }
+    }
+    Ok(())
 }
 
 /// Reconciliation of the journal against `chains` (`None` without any payment RPC): the

@@ -198,17 +198,25 @@ fn main() -> ExitCode {
         }
     };
     if cli.test {
-        // The audit chain is part of the configuration: its RPC must answer for its chain id.
-        if let Some(audit) = &config.audit {
-            let checked = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())
-                .and_then(|rt| rt.block_on(pag0::audit::check_chain(audit)));
-            if let Err(e) = checked {
-                eprintln!("{}: invalid configuration:\n{e}", cli.conf.display());
-                return ExitCode::FAILURE;
-            }
+        // The chains are part of the configuration: the audit RPC must answer for its chain id,
+        // and a payment network's RPC must not serve another chain.
+        let checked = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| {
+                rt.block_on(async {
+                    let chains = pag0::live::payment_chains(&config).map_err(|e| e.to_string())?;
+                    pag0::live::check_payment_chains(&chains).await?;
+                    match &config.audit {
+                        Some(audit) => pag0::audit::check_chain(audit).await,
+                        None => Ok(()),
+                    }
+                })
+            });
+        if let Err(e) = checked {
+            eprintln!("{}: invalid configuration:\n{e}", cli.conf.display());
+            return ExitCode::FAILURE;
         }
         println!("{}: configuration OK", cli.conf.display());
         return ExitCode::SUCCESS;

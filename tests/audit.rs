@@ -612,6 +612,32 @@ async fn a_wrong_chain_or_an_unreachable_rpc_is_a_clear_error() {
         "{err}"
     );
 
+    // A payment network's RPC that serves another chain is refused the same way.
+    let (ok, err) = check_config(
+        &dir,
+        &good.replace(
+            "payments:\n",
+            &format!("payments:\n  rpc:\n    eip155:8453: {}\n", anvil.url),
+        ),
+    );
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "payments.rpc.eip155:8453: the RPC at {} serves chain {CHAIN_ID}, not 8453",
+            anvil.url
+        )),
+        "{err}"
+    );
+    // Hourly feedback comes from the analytics rollups.
+    let (ok, err) = check_config(&dir, &format!("{good}analytics:\n  enabled: false\n"));
+    assert!(!ok);
+    assert!(
+        err.contains(
+            "analytics.enabled: audit.mode hourly rates endpoints from the analytics rollups"
+        ),
+        "{err}"
+    );
+
     // The audit key must not be a payment wallet; every problem is named by its YAML path.
     let (ok, err) = check_config(
         &dir,

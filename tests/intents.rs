@@ -34,13 +34,6 @@ fn start_with(dir: &tempfile::TempDir, body: &str) -> Process {
     Process::start_env(dir, body, &[("RUST_LOG", "warn")])
 }
 
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Paid calls in flight from `tasks` agents, each calling `path` in a loop until stopped.
 fn load(
     pag0: &Process,

@@ -168,6 +168,16 @@ pub fn parse(
         .filter_map(|p| p.wallet.as_ref().map(|w| w.0.address()))
         .collect();
     let audit = v.audit(audit, &admin, &wallets);
+    if let Some(a) = &audit
+        && a.mode == crate::audit::Mode::Hourly
+        && !a.agents.is_empty()
+        && !analytics.enabled
+    {
+        v.issue(
+            "analytics.enabled",
+            "audit.mode hourly rates endpoints from the analytics rollups: analytics must be enabled",
+        );
+    }
     let config = Config {
         server: v.server(server),
         upstream: v.upstream(upstream),

@@ -94,3 +94,11 @@ impl Process {
         self.child.wait().unwrap();
     }
 }
+
+/// A test that ends (or fails) never leaves its pag0 running.
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
