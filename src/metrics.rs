@@ -15,6 +15,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// All of pag0's metrics, owned by one registry (so several instances can share a process).
 pub struct Metrics {
     registry: Registry,
+    /// Every registered family (name, help, type): listed in `/metrics` before its first
+    /// sample too, so dashboards and scrapers see every name from the start.
+    families: Vec<(String, String, &'static str)>,
     /// `pag0_requests_total{project,route,status_class}`
     pub requests: IntCounterVec,
     /// `pag0_request_duration_seconds{project,route,status_class}`
@@ -339,6 +342,7 @@ impl Metrics {
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        let mut families = Vec::new();
         for c in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration.clone()),
@@ -378,10 +382,21 @@ impl Metrics {
             Box::new(config_generation.clone()),
             Box::new(build_info),
         ] {
+            for mf in c.collect() {
+                let kind = match mf.get_field_type() {
+                    prometheus::proto::MetricType::COUNTER => "counter",
+                    prometheus::proto::MetricType::GAUGE => "gauge",
+                    prometheus::proto::MetricType::HISTOGRAM => "histogram",
+                    prometheus::proto::MetricType::SUMMARY => "summary",
+                    prometheus::proto::MetricType::UNTYPED => "untyped",
+                };
+                families.push((mf.name().to_string(), mf.help().to_string(), kind));
+            }
             registry.register(c).expect("metric names are unique");
         }
         Metrics {
             registry,
+            families,
             requests,
             request_duration,
             stage_rejections,
@@ -411,13 +426,23 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// The Prometheus text exposition of every metric; families without a sample yet (a
+    /// labelled counter nothing has counted) are listed by their `HELP` and `TYPE` lines.
     pub fn render(&self) -> String {
+        let gathered = self.registry.gather();
         let mut buf = Vec::new();
         TextEncoder::new()
-            .encode(&self.registry.gather(), &mut buf)
+            .encode(&gathered, &mut buf)
             .expect("text encoding cannot fail");
-        String::from_utf8(buf).expect("prometheus text is UTF-8")
+        let mut text = String::from_utf8(buf).expect("prometheus text is UTF-8");
+        let present: std::collections::HashSet<&str> = gathered.iter().map(|f| f.name()).collect();
+        for (name, help, kind) in &self.families {
+            if !present.contains(name.as_str()) {
+                let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+                text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            }
+        }
+        text
     }
 }
 

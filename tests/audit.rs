@@ -475,7 +475,7 @@ async fn sigkill_at_a_broadcast(mode: Mode) {
     // The interrupted one kept its transaction: found mined, or broadcast again (the node
     // never had it); never signed anew.
     let metrics = pag0
-        .metrics_until(|m| m.contains("pag0_audit_feedback_total"))
+        .metrics_until(|m| m.contains("pag0_audit_feedback_total{state=\"confirmed\"}"))
         .await;
     assert!(
         !metrics.contains("state=\"requeued\""),
