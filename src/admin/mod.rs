@@ -25,6 +25,7 @@ mod api;
 mod audit_api;
 mod cache_api;
 mod curation_api;
+mod dashboard;
 mod params;
 
 #[derive(Clone)]
@@ -81,6 +82,11 @@ async fn require_token(State(state): State<AdminState>, req: Request, next: Next
         .iter()
         .any(|prefix| req.uri().path().starts_with(prefix))
     {
+        return next.run(req).await;
+    }
+    // The dashboard's assets hold no data: the page signs in against the API itself.
+    let path = req.uri().path();
+    if path == dashboard::PREFIX || path.starts_with("/dashboard/") {
         return next.run(req).await;
     }
     // Anyone may check a feedback's hash against its record, when the operator says so.
@@ -304,6 +310,11 @@ fn router(state: AdminState) -> Router {
         .route("/api/audit/feedback", get(audit_api::list))
         .route("/api/audit/feedback/{id}", get(audit_api::record))
         .route("/api/audit/reconciliation", get(audit_api::reconciliation))
+        .route("/dashboard", get(dashboard::index))
+        .route("/dashboard/", get(dashboard::index))
+        .route("/dashboard/app.js", get(dashboard::script))
+        .route("/dashboard/app.css", get(dashboard::style))
+        .route("/dashboard/{*rest}", get(dashboard::missing))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
