@@ -54,9 +54,13 @@ async fn browser() -> (Driver, Client) {
     (driver, client)
 }
 
+/// Transaction links of the dashboard.
+const EXPLORER: &str = "https://explorer.example/tx/";
+
 fn config(wall: &Paywall, up: &Upstream) -> String {
+    // The harness writes `admin:` just before the body: the first line continues it.
     format!(
-        "{payments}stages:\n  - kind: auth\n  - kind: policy\n  - kind: ssrf_guard\n    allow: [\"127.0.0.0/8\"]\n  - kind: payment\nprojects:\n  - id: demo\n    keys: [\"{DEMO_HASH}\"]\n    wallet:\n      private_key: ${{PAG0_TEST_WALLET_KEY:-{key}}}\n    policy:\n      budgets:\n        - asset: USDC\n          per_request: \"0.05\"\n          daily: \"1\"\n          monthly: \"10\"\n      block_hosts: [\"blocked.example\"]\n  - id: other\n    keys: [\"sha256:{other}\"]\ncuration:\n  refresh_seconds: 1\n# wall {wall} up {up}\n",
+        "  explorer_tx_url: {EXPLORER}\n{payments}stages:\n  - kind: auth\n  - kind: policy\n  - kind: ssrf_guard\n    allow: [\"127.0.0.0/8\"]\n  - kind: payment\nprojects:\n  - id: demo\n    keys: [\"{DEMO_HASH}\"]\n    wallet:\n      private_key: ${{PAG0_TEST_WALLET_KEY:-{key}}}\n    policy:\n      budgets:\n        - asset: USDC\n          per_request: \"0.05\"\n          daily: \"1\"\n          monthly: \"10\"\n      block_hosts: [\"blocked.example\"]\n  - id: other\n    keys: [\"sha256:{other}\"]\ncuration:\n  refresh_seconds: 1\n# wall {wall} up {up}\n",
         payments = paywall::payments_yaml(),
         key = paywall::WALLET_KEY,
         other = sha256_hex(OTHER_KEY.as_bytes()),
@@ -107,6 +111,21 @@ async fn sign_in(c: &Client, admin: std::net::SocketAddr, token: &str) {
     assert_eq!(cookies, "");
 }
 
+/// Clicks the element `css` selects, found and clicked in one script (see [`text`]).
+async fn click(c: &Client, css: &str) {
+    let found = c
+        .execute(
+            &format!(
+                "const e = document.querySelector({}); if (e) e.click(); return !!e;",
+                serde_json::to_string(css).unwrap()
+            ),
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(found, json!(true), "no element {css}");
+}
+
 async fn wait_until(c: &Client, condition: &str) {
     let script = format!("return !!({condition});");
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -138,13 +157,22 @@ async fn open(c: &Client, page: &str) {
     .await;
 }
 
+/// The text of the element `css` selects, read in one script (the page re-renders itself
+/// every few seconds: an element handle can go stale between two WebDriver calls).
 async fn text(c: &Client, css: &str) -> String {
-    c.find(Locator::Css(css))
+    let v = c
+        .execute(
+            &format!(
+                "const e = document.querySelector({}); return e ? e.textContent : null;",
+                serde_json::to_string(css).unwrap()
+            ),
+            vec![],
+        )
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+        .unwrap();
+    v.as_str()
+        .unwrap_or_else(|| panic!("no element {css}"))
+        .to_string()
 }
 
 /// The cells of a dashboard table, row by row.
@@ -226,6 +254,57 @@ async fn every_page_shows_what_the_api_says_and_a_project_key_sees_its_project_o
     overview_matches(&c, &pag0, ADMIN_TOKEN, "requests", "requests").await;
     overview_matches(&c, &pag0, ADMIN_TOKEN, "paid_calls", "paid_calls").await;
     assert!(text(&c, "[data-field='spend']").await.contains("USDC"));
+    // The charts draw the API's series: requests, and spend per asset (24 h, then 1 h).
+    for (range, interval, seconds) in [("24h", "1h", 86400), ("1h", "1m", 3600)] {
+        click(&c, &format!("button[data-range='{range}']")).await;
+        wait_until(
+            &c,
+            &format!("document.querySelector(\"button[data-range='{range}']\").getAttribute('aria-pressed') === 'true' && document.querySelector(\"svg[data-chart='requests']\")"),
+        )
+        .await;
+        let from = pag0::clock::unix_now() - seconds;
+        let series = api(
+            &pag0,
+            &format!("/api/analytics/timeseries?metric=requests&interval={interval}&from={from}"),
+            ADMIN_TOKEN,
+        )
+        .await;
+        let values: Vec<u64> = series["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["value"].as_u64().unwrap_or(0))
+            .collect();
+        let attr = |name: &str| {
+            format!(
+                "return document.querySelector(\"svg[data-chart='requests']\").getAttribute('{name}');"
+            )
+        };
+        let points: usize = c
+            .execute(&attr("data-points"), vec![])
+            .await
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let max = c.execute(&attr("data-max"), vec![]).await.unwrap();
+        assert!(
+            points.abs_diff(values.len()) <= 1,
+            "{range}: {points} vs {}",
+            values.len()
+        );
+        assert_eq!(
+            max,
+            json!(values.iter().max().unwrap().to_string()),
+            "{range}"
+        );
+        wait_until(
+            &c,
+            "document.querySelector(\"svg[data-chart='spend-USDC']\")",
+        )
+        .await;
+    }
     screenshot(&c, "overview").await;
 
     open(&c, "budgets").await;
@@ -242,6 +321,59 @@ async fn every_page_shows_what_the_api_says_and_a_project_key_sees_its_project_o
         )),
         "{demo_row:?} vs {daily}"
     );
+    // The policy editor: the API's validation problems show beside the field; a valid policy
+    // is saved and the budget follows it.
+    let set_policy = |text: &str| {
+        format!(
+            "const a = document.getElementById('policy-text'); a.value = {}; a.dispatchEvent(new Event('input'));",
+            serde_json::to_string(text).unwrap()
+        )
+    };
+    wait_until(&c, "document.getElementById('policy-text')").await;
+    c.execute(
+        &set_policy(r#"{"budgets": [{"asset": "DOGE", "daily": "1"}]}"#),
+        vec![],
+    )
+    .await
+    .unwrap();
+    click(&c, "#policy-save").await;
+    wait_until(
+        &c,
+        "document.querySelectorAll('#policy-problems li').length > 0",
+    )
+    .await;
+    let problems = text(&c, "#policy-problems").await;
+    assert!(problems.contains("budgets[0]"), "{problems}");
+    screenshot(&c, "policy-editor").await;
+    c.execute(
+        &set_policy(r#"{"budgets": [{"asset": "USDC", "per_request": "0.05", "daily": "2", "monthly": "10"}]}"#),
+        vec![],
+    )
+    .await
+    .unwrap();
+    click(&c, "#policy-save").await;
+    wait_until(
+        &c,
+        "document.getElementById('status').textContent.includes('saved')",
+    )
+    .await;
+    let policy = api(&pag0, "/api/policies/demo", ADMIN_TOKEN).await;
+    assert_eq!(policy["source"], "database", "{policy}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let rows = cells(&c, "budgets").await;
+        if rows
+            .iter()
+            .any(|r| r[0] == "demo" && r[2].ends_with("/ 2000000"))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new daily limit is not shown: {rows:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     screenshot(&c, "budgets").await;
 
     open(&c, "endpoints").await;
@@ -254,7 +386,7 @@ async fn every_page_shows_what_the_api_says_and_a_project_key_sees_its_project_o
     let shown: Vec<String> = cells(&c, "rankings")
         .await
         .iter()
-        .map(|r| r[1].clone())
+        .map(|r| r[2].clone())
         .collect();
     let listed: Vec<String> = rankings["rankings"]
         .as_array()
@@ -263,6 +395,30 @@ async fn every_page_shows_what_the_api_says_and_a_project_key_sees_its_project_o
         .map(|e| e["endpoint"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(shown, listed);
+    // Two endpoints side by side, as the compare API puts them.
+    assert!(listed.len() >= 2, "{listed:?}");
+    for e in &listed[..2] {
+        click(&c, &format!("input[data-endpoint='{e}']")).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    wait_until(
+        &c,
+        "document.querySelector('table[data-table=\"compare\"]')",
+    )
+    .await;
+    let compared = api(
+        &pag0,
+        &format!(
+            "/api/curation/compare?endpoints={},{}",
+            listed[0], listed[1]
+        ),
+        ADMIN_TOKEN,
+    )
+    .await;
+    let score_row = cells(&c, "compare").await[0].clone();
+    assert_eq!(score_row[0], "score");
+    assert_eq!(score_row[1], compared["endpoints"][0]["score"].to_string());
+    assert_eq!(score_row[2], compared["endpoints"][1]["score"].to_string());
     screenshot(&c, "endpoints").await;
 
     open(&c, "payments").await;
@@ -274,7 +430,37 @@ async fn every_page_shows_what_the_api_says_and_a_project_key_sees_its_project_o
         assert_eq!(r[1], "demo");
         assert_eq!(r[3], "10000");
     }
+    // Transaction hashes link to the configured explorer.
+    let tx = spend["spend"][0]["tx_hash"].as_str().unwrap().to_string();
+    let href = c
+        .execute(
+            &format!("const a = [...document.querySelectorAll('table[data-table=\"payments\"] a')].find(a => a.textContent === '{tx}'); return a ? a.getAttribute('href') : null;"),
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(href, json!(format!("{EXPLORER}{tx}")));
+    // The refusal, with its policy code; the filter narrows both tables.
+    let refusals = cells(&c, "refusals").await;
+    assert!(
+        refusals
+            .iter()
+            .any(|r| r[4] == "HOST_BLOCKED" && r[2].starts_with("blocked.example")),
+        "{refusals:?}"
+    );
     screenshot(&c, "payments").await;
+    c.execute(
+        "const f = document.getElementById('filter'); f.value = 'HOST_BLOCKED'; f.dispatchEvent(new Event('change'));",
+        vec![],
+    )
+    .await
+    .unwrap();
+    wait_until(
+        &c,
+        "document.querySelectorAll('table[data-table=\"payments\"] tbody tr').length === 0",
+    )
+    .await;
+    assert_eq!(cells(&c, "refusals").await.len(), 1);
 
     open(&c, "health").await;
     let health = cells(&c, "health").await;
@@ -310,6 +496,19 @@ async fn every_page_shows_what_the_api_says_and_a_project_key_sees_its_project_o
         );
     }
     screenshot(&c, "project-key").await;
+    // On a phone's width the overview still fits (tables scroll inside their own box).
+    c.set_window_size(390, 844).await.unwrap();
+    open(&c, "overview").await;
+    wait_until(&c, "document.querySelector(\"svg[data-chart='requests']\")").await;
+    let fits = c
+        .execute(
+            "return document.documentElement.scrollWidth <= window.innerWidth + 1;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(fits, json!(true), "the page is wider than a phone");
+    screenshot(&c, "phone").await;
     assert_eq!(errors(&c).await, Vec::<String>::new());
     c.close().await.unwrap();
 }

@@ -64,6 +64,19 @@ pub(super) async fn style() -> Response {
     asset("text/css; charset=utf-8", STYLE)
 }
 
+/// `GET /dashboard/config.json`: the page's settings from the YAML (nothing secret).
+pub(super) async fn settings(
+    axum::extract::State(state): axum::extract::State<super::AdminState>,
+) -> Response {
+    let live = state.reloader.live.load();
+    let mut resp = axum::Json(serde_json::json!({
+        "explorer_tx_url": live.config.admin.explorer_tx_url,
+    }))
+    .into_response();
+    resp.headers_mut().extend(security_headers());
+    resp
+}
+
 /// Anything else under `/dashboard/`: a 404 with the same headers.
 pub(super) async fn missing() -> Response {
     let mut resp = (

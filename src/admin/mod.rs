@@ -314,6 +314,7 @@ fn router(state: AdminState) -> Router {
         .route("/dashboard/", get(dashboard::index))
         .route("/dashboard/app.js", get(dashboard::script))
         .route("/dashboard/app.css", get(dashboard::style))
+        .route("/dashboard/config.json", get(dashboard::settings))
         .route("/dashboard/{*rest}", get(dashboard::missing))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -584,6 +584,8 @@ pub struct FileAdmin {
     pub listen: Option<String>,
     /// Bearer token, as an `${ENV_VAR}` reference.
     pub token: Option<String>,
+    /// The dashboard links transaction hashes to this prefix (e.g. `https://basescan.org/tx/`).
+    pub explorer_tx_url: Option<String>,
 }
 
 /// `dns:` — the asynchronous resolver used for forward-proxy targets and route upstreams.

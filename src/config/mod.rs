@@ -651,7 +651,21 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
         };
         // An issue was recorded, so this placeholder never reaches a running config.
         let token = token.unwrap_or_else(Secret::unset);
-        AdminSettings { listen, token }
+        let explorer_tx_url = f.explorer_tx_url.filter(|raw| {
+            let ok = url::Url::parse(raw).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+            if !ok {
+                self.issue(
+                    "admin.explorer_tx_url",
+                    "must be an http(s) URL prefix (the transaction hash is appended)",
+                );
+            }
+            ok
+        });
+        AdminSettings {
+            listen,
+            token,
+            explorer_tx_url,
+        }
     }
 
     fn rate_limit(&mut self, f: Option<FileRateLimit>, path: &str) -> Option<RateLimit> {

@@ -137,6 +137,8 @@ impl ConnectSettings {
 pub struct AdminSettings {
     pub listen: SocketAddr,
     pub token: Secret,
+    /// Transaction links of the dashboard: this prefix + the hash.
+    pub explorer_tx_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

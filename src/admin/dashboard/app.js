@@ -28,13 +28,14 @@ class ApiError extends Error {
   constructor(status, body) {
     super((body && body.error && body.error.message) || "HTTP " + status);
     this.status = status;
+    this.details = body && body.error ? body.error.details : undefined;
   }
 }
 
 async function api(path, options) {
   const token = sessionStorage.getItem(TOKEN_KEY);
-  const init = Object.assign({ headers: {} }, options || {});
-  init.headers["Authorization"] = "Bearer " + token;
+  const init = Object.assign({}, options || {});
+  init.headers = Object.assign({}, init.headers || {}, { Authorization: "Bearer " + token });
   const resp = await fetch(path, init);
   let body = null;
   try {
@@ -79,6 +80,107 @@ function bar(used, limit) {
   return el("div", { class: "bar", role: "img", "aria-label": used + " of " + limit }, fill);
 }
 
+/** The SVG namespace (a name, not an address: nothing is fetched from it). */
+const SVG = "http://www.w3.org/2000/svg";
+const RANGES = {
+  "1h": { interval: "1m", seconds: 3600 },
+  "24h": { interval: "1h", seconds: 86400 },
+  "30d": { interval: "1d", seconds: 30 * 86400 },
+};
+let range = "24h";
+let selected = new Set();
+/** The outcome of the last action, shown until the next one. */
+let notice = "";
+let filter = "";
+
+function svg(tag, attrs) {
+  const e = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, v);
+  return e;
+}
+
+/** A line chart of `values` (numbers), with its maximum as a label. */
+function chart(title, values, id) {
+  const w = 600, h = 120, max = Math.max(1, ...values);
+  const step = values.length > 1 ? w / (values.length - 1) : w;
+  const points = values.map((v, i) => (i * step).toFixed(1) + "," + (h - (v / max) * (h - 10)).toFixed(1)).join(" ");
+  const s = svg("svg", { viewBox: "0 0 " + w + " " + h, preserveAspectRatio: "none", role: "img", "aria-label": title, "data-chart": id, "data-points": String(values.length), "data-max": String(Math.max(0, ...values)) });
+  const t = svg("title", {});
+  t.textContent = title;
+  s.append(t, svg("polyline", { points, fill: "none", stroke: "#2a9d8f", "stroke-width": "2" }));
+  return el("figure", { class: "chart" }, el("figcaption", {}, title + " (max " + Math.max(0, ...values) + ")"), s);
+}
+
+function rangeButtons() {
+  return el("div", { class: "ranges", role: "group", "aria-label": "time range" },
+    ...Object.keys(RANGES).map((r) => {
+      const b = el("button", { type: "button", "data-range": r, "aria-pressed": String(r === range) }, r);
+      b.addEventListener("click", () => { range = r; show(); });
+      return b;
+    }));
+}
+
+function compareBox(endpoint) {
+  const box = el("input", { type: "checkbox", "aria-label": "compare " + endpoint, "data-endpoint": endpoint });
+  box.checked = selected.has(endpoint);
+  box.addEventListener("change", () => {
+    if (box.checked && selected.size < 3) selected.add(endpoint);
+    else selected.delete(endpoint);
+    show();
+  });
+  return box;
+}
+
+let editing = null;
+/** Dashboard settings from the YAML (`admin.explorer_tx_url`), loaded once. */
+let settings = {};
+
+/** The API policy of one project as JSON, saved through the policy API; the API's
+ * validation problems (each naming its path) are listed beside the field. */
+async function policyEditor(projects) {
+  if (!editing) editing = { project: projects.length ? projects[0].project : "", text: null, problems: [] };
+  const pick = el("select", { id: "policy-project", "aria-label": "project" },
+    ...projects.map((p) => {
+      const o = el("option", { value: p.project }, p.project);
+      if (p.project === editing.project) o.selected = true;
+      return o;
+    }));
+  pick.addEventListener("change", () => { editing = { project: pick.value, text: null, problems: [] }; show(); });
+  let source = "none";
+  if (editing.project && editing.text === null) {
+    const p = await api("/api/policies/" + encodeURIComponent(editing.project));
+    source = p.source;
+    editing.text = JSON.stringify(p.current ? p.current.policy : { budgets: [] }, null, 2);
+    editing.exists = !!p.current;
+  }
+  const area = el("textarea", { id: "policy-text", rows: "12", "aria-label": "policy (JSON)", "aria-describedby": "policy-problems" });
+  area.value = editing.text || "";
+  area.addEventListener("input", () => { editing.text = area.value; });
+  const problems = el("ul", { id: "policy-problems", role: "alert" }, ...editing.problems.map((x) => el("li", {}, x)));
+  const save = el("button", { type: "button", id: "policy-save" }, "Save policy");
+  save.addEventListener("click", async () => {
+    let policy;
+    try {
+      policy = JSON.parse(area.value);
+    } catch (e) {
+      editing.problems = ["not JSON: " + e.message];
+      return show();
+    }
+    const path = editing.exists ? "/api/policies/" + encodeURIComponent(editing.project) : "/api/policies";
+    const body = editing.exists ? { policy } : { project: editing.project, policy };
+    try {
+      await api(path, { method: editing.exists ? "PUT" : "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+      editing = { project: editing.project, text: null, problems: [] };
+      notice = "Policy of " + editing.project + " saved.";
+    } catch (e) {
+      editing.problems = Array.isArray(e.details) ? e.details.map(String) : [e.message];
+    }
+    show();
+  });
+  return el("div", { class: "editor" }, pick, el("div", { class: "editor-row" }, area, problems), save,
+    el("p", {}, source === "yaml" ? "This project's policy comes from the YAML; saving stores an API policy that overrides it." : ""));
+}
+
 function needsAdmin(what) {
   return el("p", {}, what + " needs the admin token.");
 }
@@ -87,6 +189,11 @@ const render = {
   async overview() {
     const s = await api("/api/analytics/summary");
     const errors = Object.entries(s.errors || {});
+    const r = RANGES[range];
+    const from = Math.floor(Date.now() / 1000) - r.seconds;
+    const series = (metric) => api("/api/analytics/timeseries?metric=" + metric + "&interval=" + r.interval + "&from=" + from);
+    const [requests, spend] = await Promise.all([series("requests"), series("spend")]);
+    const symbols = [...new Set(spend.points.flatMap((p) => Object.keys(p.value || {})))];
     return [
       el("h2", {}, "Overview (last 24 hours)"),
       el("div", { class: "cards" },
@@ -97,6 +204,11 @@ const render = {
         card("Cache hit rate", percent(s.cache && s.cache.hit_rate), "cache_hit_rate"),
         card("Saved by the cache", amounts(s.cache && s.cache.saved), "saved"),
         card("Latency p95", ms(s.latency_us && s.latency_us.p95), "p95")),
+      el("h3", {}, "Over time"),
+      rangeButtons(),
+      chart("Requests per " + r.interval, requests.points.map((p) => Number(p.value) || 0), "requests"),
+      ...symbols.map((sym) => chart("Spend per " + r.interval + " (" + sym + " base units)",
+        spend.points.map((p) => Number((p.value || {})[sym] || 0)), "spend-" + sym)),
       el("h3", {}, "Errors by code"),
       errors.length ? table(["code", "count"], errors, "errors") : el("p", {}, "None."),
     ];
@@ -121,18 +233,30 @@ const render = {
       }
     }
     return [el("h2", {}, "Budgets (base units)"),
-      table(["project", "pool", "today", "this month", "left today", "policy"], rows, "budgets")];
+      table(["project", "pool", "today", "this month", "left today", "policy"], rows, "budgets"),
+      el("h3", {}, "Edit a project's policy"),
+      await policyEditor(projects)];
   },
 
   async endpoints() {
     const r = await api("/api/curation/rankings?limit=50");
-    const rows = (r.rankings || []).map((e) => [e.rank, e.endpoint, e.category || "–",
+    const rows = (r.rankings || []).map((e) => [compareBox(e.endpoint), e.rank, e.endpoint, e.category || "–",
       e.score, e.components ? Object.entries(e.components).map(([k, v]) => k + " " + v).join(", ") : "–",
       e.latency_ms ? (e.latency_ms.p50 ?? "–") + " / " + (e.latency_ms.p95 ?? "–") + " ms" : "–",
       percent(e.success_rate),
       e.price_per_success ? (e.price_per_success.display || e.price_per_success.base_units + " " + e.price_per_success.symbol) : "free"]);
-    return [el("h2", {}, "Endpoints, best first"),
-      table(["#", "endpoint", "category", "score", "components", "p50 / p95", "success", "price per success"], rows, "rankings")];
+    const parts = [el("h2", {}, "Endpoints, best first"),
+      table(["compare", "#", "endpoint", "category", "score", "components", "p50 / p95", "success", "price per success"], rows, "rankings")];
+    if (selected.size >= 2) {
+      const c = await api("/api/curation/compare?endpoints=" + [...selected].map(encodeURIComponent).join(","));
+      const names = ["score", "reliability", "latency", "cost", "volume", "reputation"];
+      const crow = (name) => [name, ...c.endpoints.map((e) => String(name === "score" ? e.score : (e.components || {})[name])), (c.best || {})[name] || "–"];
+      parts.push(el("h3", {}, "Side by side"),
+        table(["", ...c.endpoints.map((e) => e.endpoint), "best"], names.map(crow), "compare"));
+    } else {
+      parts.push(el("p", {}, "Tick two or three endpoints to compare them side by side."));
+    }
+    return parts;
   },
 
   async payments() {
@@ -150,7 +274,7 @@ const render = {
     } catch (_) {
       // Reconciliation is optional (no payment RPC configured).
     }
-    const explorer = document.body.dataset.explorer || "";
+    const explorer = settings.explorer_tx_url || "";
     const rows = [];
     for (const p of projects) {
       const s = await api("/api/spend?limit=50&project=" + encodeURIComponent(p.project));
@@ -161,8 +285,17 @@ const render = {
       }
     }
     rows.sort((a, b) => (a[0] < b[0] ? 1 : -1));
-    return [el("h2", {}, "Newest payments"),
-      table(["time (UTC)", "project", "endpoint", "amount (base units)", "transaction", "on chain"], rows.slice(0, 100), "payments")];
+    const refused = await api("/api/analytics/requests?status=4xx&limit=100");
+    const refusals = (refused.records || []).filter((r) => r.error).map((r) =>
+      [new Date(r.at_ms).toISOString(), r.project || "–", r.host + r.path, r.status, r.error, r.payment_reason || ""]);
+    const shown = (list) => list.filter((r) => !filter || r.some((c) => String(c.textContent ?? c).toLowerCase().includes(filter.toLowerCase())));
+    const box = el("input", { type: "search", id: "filter", "aria-label": "filter", placeholder: "filter (project, endpoint, code…)" });
+    box.value = filter;
+    box.addEventListener("change", () => { filter = box.value; show(); });
+    return [el("h2", {}, "Newest payments"), box,
+      table(["time (UTC)", "project", "endpoint", "amount (base units)", "transaction", "on chain"], shown(rows).slice(0, 100), "payments"),
+      el("h3", {}, "Refused requests"),
+      table(["time (UTC)", "project", "endpoint", "status", "code", "reason"], shown(refusals), "refusals")];
   },
 
   async health() {
@@ -180,9 +313,11 @@ const render = {
     reload.addEventListener("click", async () => {
       try {
         const r = await api("/reload", { method: "POST" });
-        $("status").textContent = "Reloaded: generation " + r.generation;
+        notice = "Reloaded: generation " + r.generation + ".";
+        show();
       } catch (e) {
-        $("status").textContent = "Reload failed: " + e.message;
+        notice = "Reload failed: " + e.message + ".";
+        show();
       }
     });
     return [el("h2", {}, "Health: ", el("span", { class: h.status === "ok" ? "up" : "degraded" }, h.status)),
@@ -204,7 +339,7 @@ async function show() {
   try {
     const parts = await render[page]();
     $("page").replaceChildren(...parts);
-    $("status").textContent = "Updated " + new Date().toLocaleTimeString();
+    $("status").textContent = notice + " Updated " + new Date().toLocaleTimeString();
   } catch (e) {
     $("status").textContent = "Could not load " + page + ": " + e.message;
   }
@@ -233,7 +368,12 @@ function signedIn() {
   schedule();
 }
 
-document.addEventListener("DOMContentLoaded", () => {
+document.addEventListener("DOMContentLoaded", async () => {
+  try {
+    settings = await (await fetch("/dashboard/config.json")).json();
+  } catch (_) {
+    settings = {};
+  }
   $("signin").addEventListener("submit", async (ev) => {
     ev.preventDefault();
     sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
