@@ -60,7 +60,7 @@ const EXPLORER: &str = "https://explorer.example/tx/";
 fn config(wall: &Paywall, up: &Upstream) -> String {
     // The harness writes `admin:` just before the body: the first line continues it.
     format!(
-        "  explorer_tx_url: {EXPLORER}\n{payments}stages:\n  - kind: auth\n  - kind: policy\n  - kind: ssrf_guard\n    allow: [\"127.0.0.0/8\"]\n  - kind: payment\nprojects:\n  - id: demo\n    keys: [\"{DEMO_HASH}\"]\n    wallet:\n      private_key: ${{PAG0_TEST_WALLET_KEY:-{key}}}\n    policy:\n      budgets:\n        - asset: USDC\n          per_request: \"0.05\"\n          daily: \"1\"\n          monthly: \"10\"\n      block_hosts: [\"blocked.example\"]\n  - id: other\n    keys: [\"sha256:{other}\"]\ncuration:\n  refresh_seconds: 1\n# wall {wall} up {up}\n",
+        "  explorer_tx_url: {EXPLORER}\n{payments}stages:\n  - kind: auth\n  - kind: policy\n  - kind: ssrf_guard\n    allow: [\"127.0.0.0/8\"]\n  - kind: cache\n  - kind: payment\nprojects:\n  - id: demo\n    keys: [\"{DEMO_HASH}\"]\n    wallet:\n      private_key: ${{PAG0_TEST_WALLET_KEY:-{key}}}\n    policy:\n      budgets:\n        - asset: USDC\n          per_request: \"0.05\"\n          daily: \"1\"\n          monthly: \"10\"\n      block_hosts: [\"blocked.example\"]\n  - id: other\n    keys: [\"sha256:{other}\"]\ncuration:\n  refresh_seconds: 1\n# wall {wall} up {up}\n",
         payments = paywall::payments_yaml(),
         key = paywall::WALLET_KEY,
         other = sha256_hex(OTHER_KEY.as_bytes()),
@@ -234,8 +234,13 @@ async fn every_page_shows_what_the_api_says_and_a_project_key_sees_its_project_o
     let up = Upstream::start().await;
     let pag0 = Pag0::start(&config(&wall, &up));
     let demo = pag0.client("demo", DEMO_KEY);
-    for _ in 0..3 {
-        let r = demo.get(wall.url("/paid")).send().await.unwrap();
+    // Three paid calls (three queries: three cache keys), then one served from the cache.
+    for i in [1, 2, 3, 1] {
+        let r = demo
+            .get(wall.url(&format!("/paid?city={i}")))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
     }
     let r = demo.get("http://blocked.example/x").send().await.unwrap();
@@ -254,6 +259,23 @@ async fn every_page_shows_what_the_api_says_and_a_project_key_sees_its_project_o
     overview_matches(&c, &pag0, ADMIN_TOKEN, "requests", "requests").await;
     overview_matches(&c, &pag0, ADMIN_TOKEN, "paid_calls", "paid_calls").await;
     assert!(text(&c, "[data-field='spend']").await.contains("USDC"));
+    // The cache hit and what it saved, as the API counts them.
+    let summary = api(&pag0, "/api/analytics/summary", ADMIN_TOKEN).await;
+    // (The other project's repeated free calls hit too; only the paid one saved money.)
+    assert!(summary["cache"]["hits"].as_u64().unwrap() >= 1, "{summary}");
+    assert_eq!(
+        summary["cache"]["saved"][0]["base_units"], "10000",
+        "{summary}"
+    );
+    let rate = summary["cache"]["hit_rate"].as_f64().unwrap();
+    assert_eq!(
+        text(&c, "[data-field='cache_hit_rate']").await,
+        format!("{:.1} %", 100.0 * rate)
+    );
+    assert_eq!(
+        text(&c, "[data-field='saved']").await,
+        summary["cache"]["saved"][0]["display"].as_str().unwrap()
+    );
     // The charts draw the API's series: requests, and spend per asset (24 h, then 1 h).
     for (range, interval, seconds) in [("24h", "1h", 86400), ("1h", "1m", 3600)] {
         click(&c, &format!("button[data-range='{range}']")).await;
