@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use alloy_primitives::{Address, B256, U256, keccak256};
-use alloy_sol_types::{SolCall, SolConstructor, SolEvent};
+use alloy_sol_types::{SolCall, SolEvent};
 use common::chain::{Anvil, CHAIN_ID};
 use common::paywall::{self, Paywall};
 use common::process::Process;
@@ -21,7 +21,6 @@ use serde_json::{Value, json};
 
 mod abi {
     alloy_sol_types::sol! {
-        constructor(address identityRegistry);
         function register(string agentURI) external returns (uint256 agentId);
         event NewFeedback(uint256 indexed agentId, address indexed clientAddress,
             uint64 feedbackIndex, int128 value, uint8 valueDecimals, string indexed indexedTag1,
@@ -42,18 +41,7 @@ struct Registries {
 
 /// Deploys the test registries and registers agent 0 (owned by anvil's first account).
 async fn registries(anvil: &Anvil) -> Registries {
-    let code = |text: &str| hex::decode(text.trim()).unwrap();
-    let identity = anvil
-        .deploy(code(include_str!("contracts/IdentityRegistry.bin")))
-        .await;
-    let mut rep = code(include_str!("contracts/ReputationRegistry.bin"));
-    rep.extend(
-        abi::constructorCall {
-            identityRegistry: identity,
-        }
-        .abi_encode(),
-    );
-    let reputation = anvil.deploy(rep).await;
+    let (identity, reputation) = anvil.deploy_registries().await;
     let r = Registries {
         identity,
         reputation,
@@ -94,23 +82,6 @@ fn body(extra: &str) -> String {
 
 fn start(dir: &tempfile::TempDir, body: &str) -> Process {
     Process::start_env(dir, body, &[("RUST_LOG", "warn")])
-}
-
-/// `probe` until `done` accepts its value, for up to `secs` seconds (the chain is slower
-/// than `eventually`'s 2.5 s); the last value is returned for the caller's assertion.
-async fn until<T, F: std::future::Future<Output = T>>(
-    secs: u64,
-    mut probe: impl FnMut() -> F,
-    done: impl Fn(&T) -> bool,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let value = probe().await;
-        if done(&value) || Instant::now() > deadline {
-            return value;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The outbox as the admin API shows it.

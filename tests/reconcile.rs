@@ -6,10 +6,10 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use alloy_primitives::{Address, U256};
-use alloy_sol_types::{SolCall, SolConstructor};
+use alloy_sol_types::SolCall;
 use common::chain::{Anvil, CHAIN_ID};
 use common::paywall::{self, Paywall};
 use common::process::Process;
@@ -20,7 +20,6 @@ use serde_json::Value;
 
 mod abi {
     alloy_sol_types::sol! {
-        constructor(address identityRegistry);
         function transfer(address to, uint256 value) external returns (bool);
     }
 }
@@ -29,21 +28,6 @@ const AUDIT_KEY: &str = "0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a
 /// Where the wallet's unknown spend goes.
 const STRANGER: &str = "0x90F79bf6EB2c4f870365E785982E1f101E93b906";
 const PRICE: u64 = 10_000;
-
-async fn until<T, F: std::future::Future<Output = T>>(
-    secs: u64,
-    mut probe: impl FnMut() -> F,
-    done: impl Fn(&T) -> bool,
-) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let value = probe().await;
-        if done(&value) || Instant::now() > deadline {
-            return value;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 struct Setup {
     anvil: Anvil,
@@ -58,17 +42,7 @@ async fn setup(database: &str) -> Setup {
     let token = anvil.deploy_token("USDC").await;
     let wallet: Address = paywall::WALLET_ADDRESS.parse().unwrap();
     anvil.mint(token, wallet, 1_000_000).await;
-    let identity = anvil
-        .deploy(hex::decode(include_str!("contracts/IdentityRegistry.bin").trim()).unwrap())
-        .await;
-    let mut code = hex::decode(include_str!("contracts/ReputationRegistry.bin").trim()).unwrap();
-    code.extend(
-        abi::constructorCall {
-            identityRegistry: identity,
-        }
-        .abi_encode(),
-    );
-    let reputation = anvil.deploy(code).await;
+    let (_, reputation) = anvil.deploy_registries().await;
     let network = format!("eip155:{CHAIN_ID}");
     let wall = Paywall::start_for(paywall::Token {
         network: network.clone(),

@@ -725,40 +725,23 @@ async fn record(db: &Db, p: &Payment, v: &Verdict) -> Result<(), StoreError> {
         v.tx.map(|t| format!("{t:#x}"))
             .or_else(|| p.tx_hash.clone());
     let now = crate::clock::unix_millis() as i64;
-    match db {
-        Db::Sqlite(pool) => sqlx::query(sql)
-            .bind(&p.id)
-            .bind(&p.project)
-            .bind(&p.network)
-            .bind(&p.payer)
-            .bind(&p.pay_to)
-            .bind(p.amount.to_string())
-            .bind(&p.nonce)
-            .bind(&tx)
-            .bind(v.state)
-            .bind(&v.detail)
-            .bind(v.block.map(|b| b as i64))
-            .bind(now)
-            .execute(pool)
-            .await
-            .map(|_| ()),
-        Db::Postgres(pool) => sqlx::query(&sql.replace("$6,", "$6::numeric,"))
-            .bind(&p.id)
-            .bind(&p.project)
-            .bind(&p.network)
-            .bind(&p.payer)
-            .bind(&p.pay_to)
-            .bind(p.amount.to_string())
-            .bind(&p.nonce)
-            .bind(&tx)
-            .bind(v.state)
-            .bind(&v.detail)
-            .bind(v.block.map(|b| b as i64))
-            .bind(now)
-            .execute(pool)
-            .await
-            .map(|_| ()),
-    }
+    let sql = crate::store::with_amount_param(db, sql, 6);
+    with_pool!(db, pool => sqlx::query(&sql)
+        .bind(&p.id)
+        .bind(&p.project)
+        .bind(&p.network)
+        .bind(&p.payer)
+        .bind(&p.pay_to)
+        .bind(p.amount.to_string())
+        .bind(&p.nonce)
+        .bind(&tx)
+        .bind(v.state)
+        .bind(&v.detail)
+        .bind(v.block.map(|b| b as i64))
+        .bind(now)
+        .execute(pool)
+        .await
+        .map(|_| ()))
     .map_err(|e| err("write", e))
 }
 
@@ -838,10 +821,7 @@ async fn insert_unknown(db: &Db, s: &UnknownSpend) -> Result<bool, StoreError> {
     let sql = "INSERT INTO audit_unknown_spend (network, tx_hash, log_index, token, from_address, to_address, amount, block_number, found_ms) \
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (network, tx_hash, log_index) DO NOTHING";
     let now = crate::clock::unix_millis() as i64;
-    let sql = match db {
-        Db::Sqlite(_) => sql.to_string(),
-        Db::Postgres(_) => sql.replace("$7,", "$7::numeric,"),
-    };
+    let sql = crate::store::with_amount_param(db, sql, 7);
     with_pool!(db, p => sqlx::query(&sql)
         .bind(&s.network)
         .bind(&s.tx_hash)

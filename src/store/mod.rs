@@ -17,6 +17,15 @@ macro_rules! with_pool {
 }
 pub(crate) use with_pool;
 
+/// `sql` with its amount parameter `$n` cast for the database: PostgreSQL keeps amounts as
+/// `NUMERIC` (bound as text), SQLite as text.
+pub(crate) fn with_amount_param(db: &Db, sql: &str, n: usize) -> String {
+    match db {
+        Db::Sqlite(_) => sql.to_string(),
+        Db::Postgres(_) => sql.replace(&format!("${n},"), &format!("${n}::numeric,")),
+    }
+}
+
 /// Inserts journal rows (`&[&SpendRecord]`) through `$exec` in multi-row `INSERT`s; `$cast`
 /// turns the amount text into the column's type (`""` on SQLite, `"::numeric"` on PostgreSQL).
 macro_rules! insert_journal {
@@ -313,10 +322,7 @@ impl Store {
     pub async fn record_correction(&self, c: &Correction) -> Result<(), StoreError> {
         let sql = "INSERT INTO spend_corrections (id, project, pool, window_day, window_month, amount, reason, created_at) \
                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING";
-        let sql = match &self.db {
-            Db::Sqlite(_) => sql.to_string(),
-            Db::Postgres(_) => sql.replace("$6,", "$6::numeric,"),
-        };
+        let sql = with_amount_param(&self.db, sql, 6);
         with_pool!(&self.db, p => sqlx::query(&sql)
             .bind(&c.id)
             .bind(&c.project)

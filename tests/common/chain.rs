@@ -15,6 +15,12 @@ sol! {
     function balanceOf(address owner) external view returns (uint256);
 }
 
+mod registry {
+    alloy_sol_types::sol! {
+        constructor(address identityRegistry);
+    }
+}
+
 /// Anvil's first dev account (unlocked: anvil signs its transactions): the "facilitator".
 pub const FACILITATOR: &str = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266";
 /// Anvil's chain id.
@@ -130,6 +136,22 @@ impl Anvil {
             .unwrap()
             .parse()
             .unwrap()
+    }
+
+    /// Deploys the ERC-8004 test registries (tests/contracts): (identity, reputation).
+    pub async fn deploy_registries(&self) -> (Address, Address) {
+        let code = |text: &str| hex::decode(text.trim()).unwrap();
+        let identity = self
+            .deploy(code(include_str!("../contracts/IdentityRegistry.bin")))
+            .await;
+        let mut reputation = code(include_str!("../contracts/ReputationRegistry.bin"));
+        reputation.extend(
+            registry::constructorCall {
+                identityRegistry: identity,
+            }
+            .abi_encode(),
+        );
+        (identity, self.deploy(reputation).await)
     }
 
     /// Deploys the test EIP-3009 token with EIP-712 domain name `name` (version "2").

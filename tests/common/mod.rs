@@ -204,6 +204,24 @@ pub async fn eventually<T, F: std::future::Future<Output = T>>(
     probe().await
 }
 
+/// `probe` until `done` accepts its value, for up to `secs` seconds (for what takes longer
+/// than [`eventually`]'s 2.5 s, like a chain); the last value is returned for the caller's
+/// assertion.
+pub async fn until<T, F: std::future::Future<Output = T>>(
+    secs: u64,
+    mut probe: impl FnMut() -> F,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let value = probe().await;
+        if done(&value) || Instant::now() > deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 impl Pag0 {
     /// Calls an admin endpoint with the admin token and an optional JSON body; returns the
     /// status and the JSON answer (`Null` if the body is not JSON).
