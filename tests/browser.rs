@@ -2,8 +2,9 @@
 //! and `chromium-driver`, installed by .ci/bootstrap) driven over WebDriver. Against a pag0
 //! with real traffic (paid calls through the test paywall, free calls of another project, a
 //! refused request), each page shows what the JSON API says; a project key sees its project
-//! only; no script error happens; a screenshot of each page is written under
-//! target/dashboard-screenshots/ for a person to look at.
+//! only; the dashboard works from the keyboard alone; the browser logs no error from the first
+//! load on (scripts, failed requests, CSP violations); a screenshot of each page is written
+//! under target/dashboard-screenshots/ for a person to look at.
 
 mod common;
 
@@ -12,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use common::paywall::{self, Paywall};
 use common::*;
+use fantoccini::key::Key;
+use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
@@ -46,6 +49,8 @@ async fn browser() -> (Driver, Client) {
         "goog:chromeOptions".into(),
         json!({"args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"]}),
     );
+    // The browser's console, from the first page load on (read with [`BrowserLog`]).
+    caps.insert("goog:loggingPrefs".into(), json!({"browser": "ALL"}));
     let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
         .capabilities(caps)
         .connect(&format!("http://127.0.0.1:{port}"))
@@ -60,7 +65,7 @@ const EXPLORER: &str = "https://explorer.example/tx/";
 fn config(wall: &Paywall, up: &Upstream) -> String {
     // The harness writes `admin:` just before the body: the first line continues it.
     format!(
-        "  explorer_tx_url: {EXPLORER}\n{payments}stages:\n  - kind: auth\n  - kind: policy\n  - kind: ssrf_guard\n    allow: [\"127.0.0.0/8\"]\n  - kind: cache\n  - kind: payment\nprojects:\n  - id: demo\n    keys: [\"{DEMO_HASH}\"]\n    wallet:\n      private_key: ${{PAG0_TEST_WALLET_KEY:-{key}}}\n    policy:\n      budgets:\n        - asset: USDC\n          per_request: \"0.05\"\n          daily: \"1\"\n          monthly: \"10\"\n      block_hosts: [\"blocked.example\"]\n  - id: other\n    keys: [\"sha256:{other}\"]\ncuration:\n  refresh_seconds: 1\n# wall {wall} up {up}\n",
+        "  explorer_tx_url: {EXPLORER}\n{payments}stages:\n  - kind: auth\n  - kind: policy\n  - kind: ssrf_guard\n    allow: [\"127.0.0.0/8\"]\n  - kind: cache\n  - kind: payment\nprojects:\n  - id: demo\n    keys: [\"{DEMO_HASH}\"]\n    wallet:\n      private_key: ${{PAG0_TEST_WALLET_KEY:-{key}}}\n    policy:\n      budgets:\n        - asset: USDC\n          per_request: \"0.05\"\n          daily: \"1\"\n          monthly: \"10\"\n      block_hosts: [\"blocked.example\"]\n  - id: other\n    keys: [\"sha256:{other}\"]\ncuration:\n  refresh_seconds: 1\ncatalog:\n  - category: weather\n    description: Paid weather by city\n    endpoints: [\"127.0.0.1:{wall}/paid\"]\n# up {up}\n",
         payments = paywall::payments_yaml(),
         key = paywall::WALLET_KEY,
         other = sha256_hex(OTHER_KEY.as_bytes()),
@@ -69,41 +74,98 @@ fn config(wall: &Paywall, up: &Upstream) -> String {
     )
 }
 
-/// Records script errors and console errors from now on (WebDriver scripts are not subject to
-/// the page's CSP).
-async fn watch_errors(c: &Client) {
-    c.execute(
-        "window.__errors = window.__errors || [];
-         window.addEventListener('error', e => window.__errors.push(String(e.message)));
-         window.addEventListener('unhandledrejection', e => window.__errors.push(String(e.reason)));
-         const original = console.error;
-         console.error = (...a) => { window.__errors.push(a.join(' ')); original(...a); };",
-        vec![],
-    )
-    .await
-    .unwrap();
+/// `POST /session/{id}/se/log` (chromedriver): the browser's console entries since the last
+/// read, load-time ones included.
+#[derive(Debug)]
+struct BrowserLog(String);
+
+impl WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(
+        &self,
+        base: &url::Url,
+        _session: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/se/log", self.0))
+    }
+
+    fn method_and_body(&self, _url: &url::Url) -> (http::Method, Option<String>) {
+        (
+            http::Method::POST,
+            Some(json!({"type": "browser"}).to_string()),
+        )
+    }
 }
 
+/// The errors the browser logged since the last call: uncaught script errors, rejected
+/// promises, `console.error`, failed requests (a 4xx/5xx the page asked for), CSP violations.
 async fn errors(c: &Client) -> Vec<String> {
-    let v = c
-        .execute("return window.__errors || [];", vec![])
-        .await
-        .unwrap();
-    serde_json::from_value(v).unwrap()
+    let session = c.session_id().await.unwrap().expect("a session");
+    let entries = c.issue_cmd(BrowserLog(session)).await.unwrap();
+    entries
+        .as_array()
+        .expect("a list of log entries")
+        .iter()
+        .filter(|e| e["level"] == "SEVERE")
+        .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+        .collect()
 }
 
-async fn sign_in(c: &Client, admin: std::net::SocketAddr, token: &str) {
-    c.goto(&format!("http://{admin}/dashboard")).await.unwrap();
-    watch_errors(c).await;
-    let input = c.wait().for_element(Locator::Id("token")).await.unwrap();
-    input.send_keys(token).await.unwrap();
-    c.find(Locator::Css("#signin button[type=submit]"))
+/// Presses `key` on the element that has the focus.
+async fn press(c: &Client, key: &str) {
+    c.active_element()
         .await
         .unwrap()
-        .click()
+        .send_keys(key)
         .await
         .unwrap();
+}
+
+/// Whether the focused element matches `css`.
+async fn focused(c: &Client, css: &str) -> bool {
+    let script = format!(
+        "return !!document.activeElement && document.activeElement.matches({});",
+        serde_json::to_string(css).unwrap()
+    );
+    c.execute(&script, vec![]).await.unwrap() == json!(true)
+}
+
+/// Presses Tab until the element `css` selects has the focus (at most 40 times), and checks
+/// that the focus shows.
+async fn tab_to(c: &Client, css: &str) {
+    for _ in 0..40 {
+        if focused(c, css).await {
+            let outline = c
+                .execute(
+                    "return getComputedStyle(document.activeElement).outlineStyle;",
+                    vec![],
+                )
+                .await
+                .unwrap();
+            assert_eq!(outline, json!("solid"), "the focus on {css} is not visible");
+            return;
+        }
+        press(c, &Key::Tab.to_string()).await;
+    }
+    panic!("Tab never reaches {css}");
+}
+
+/// Signs in from the keyboard: the token field has the focus when the page opens; Enter
+/// submits; the focus then moves to the navigation.
+async fn sign_in(c: &Client, admin: std::net::SocketAddr, token: &str) {
+    c.goto(&format!("http://{admin}/dashboard")).await.unwrap();
+    c.wait().for_element(Locator::Id("token")).await.unwrap();
+    wait_until(
+        c,
+        "document.activeElement && document.activeElement.id === 'token'",
+    )
+    .await;
+    press(c, &format!("{token}{}", Key::Enter)).await;
     wait_until(c, "document.getElementById('nav').hidden === false").await;
+    wait_until(
+        c,
+        "document.activeElement && document.activeElement.matches('nav a')",
+    )
+    .await;
     // The token is not in the address, nor in any cookie.
     let url = c.current_url().await.unwrap().to_string();
     assert!(!url.contains(token), "{url}");
@@ -276,6 +338,58 @@ async fn every_page_shows_what_the_api_says_and_a_project_key_sees_its_project_o
         text(&c, "[data-field='saved']").await,
         summary["cache"]["saved"][0]["display"].as_str().unwrap()
     );
+    // Spend today and this month (UTC), as the API sums them from those instants.
+    let now = time::OffsetDateTime::now_utc();
+    let today = now.date().midnight().assume_utc().unix_timestamp();
+    let month = now
+        .date()
+        .replace_day(1)
+        .unwrap()
+        .midnight()
+        .assume_utc()
+        .unix_timestamp();
+    for (field, from) in [("spend_today", today), ("spend_month", month)] {
+        let summary = api(
+            &pag0,
+            &format!("/api/analytics/summary?from={from}"),
+            ADMIN_TOKEN,
+        )
+        .await;
+        let expected = summary["spend"][0]["display"].as_str().unwrap();
+        assert!(expected.contains("USDC"), "{summary}");
+        assert_eq!(text(&c, &format!("[data-field='{field}']")).await, expected);
+    }
+    // Requests per second over the last full minute, as the API counts it for that minute.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let shown = c
+            .execute(
+                "const e = document.querySelector(\"[data-field='requests_per_second']\"); return [e.textContent, e.getAttribute('data-t')];",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let (shown, minute) = (shown[0].as_str().unwrap(), shown[1].as_str().unwrap());
+        let from = minute.parse::<i64>().unwrap() / 1000;
+        let series = api(
+            &pag0,
+            &format!(
+                "/api/analytics/timeseries?metric=requests_per_second&interval=1m&from={from}&to={}",
+                from + 60
+            ),
+            ADMIN_TOKEN,
+        )
+        .await;
+        let expected = format!("{:.2}", series["points"][0]["value"].as_f64().unwrap());
+        if shown == expected {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "requests/s shows {shown}, the API says {expected} for {minute}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     // The charts draw the API's series: requests, and spend per asset (24 h, then 1 h).
     for (range, interval, seconds) in [("24h", "1h", 86400), ("1h", "1m", 3600)] {
         click(&c, &format!("button[data-range='{range}']")).await;
@@ -366,6 +480,12 @@ async fn every_page_shows_what_the_api_says_and_a_project_key_sees_its_project_o
     .await;
     let problems = text(&c, "#policy-problems").await;
     assert!(problems.contains("budgets[0]"), "{problems}");
+    // The browser logs the refused save (and nothing else happened so far that it logs).
+    let logged = errors(&c).await;
+    assert!(
+        logged.len() == 1 && logged[0].contains("/api/policies") && logged[0].contains("422"),
+        "{logged:?}"
+    );
     screenshot(&c, "policy-editor").await;
     c.execute(
         &set_policy(r#"{"budgets": [{"asset": "USDC", "per_request": "0.05", "daily": "2", "monthly": "10"}]}"#),
@@ -398,31 +518,74 @@ async fn every_page_shows_what_the_api_says_and_a_project_key_sees_its_project_o
     }
     screenshot(&c, "budgets").await;
 
-    open(&c, "endpoints").await;
+    // Endpoints, from the keyboard: Tab to the link, Enter.
+    tab_to(&c, "nav a[href='#endpoints']").await;
+    press(&c, &Key::Enter.to_string()).await;
     wait_until(
         &c,
-        "document.querySelectorAll('table[data-table=\"rankings\"] tbody tr').length > 0",
+        "document.querySelector('#page h2').textContent.startsWith('Endpoints') && document.querySelectorAll('table[data-table=\"rankings:\"] tbody tr').length > 0 && document.querySelectorAll('table[data-table=\"rankings:weather\"] tbody tr').length > 0",
     )
     .await;
-    let rankings = api(&pag0, "/api/curation/rankings?limit=50", ADMIN_TOKEN).await;
-    let shown: Vec<String> = cells(&c, "rankings")
-        .await
-        .iter()
-        .map(|r| r[2].clone())
-        .collect();
-    let listed: Vec<String> = rankings["rankings"]
+    // One ranking per category of the catalog, then the endpoints in none, each in the API's
+    // order.
+    let endpoints_of = |list: &Value| -> Vec<String> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["endpoint"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let weather = api(
+        &pag0,
+        "/api/curation/rankings?limit=50&category=weather",
+        ADMIN_TOKEN,
+    )
+    .await;
+    let in_weather = endpoints_of(&weather["rankings"]);
+    assert_eq!(
+        in_weather,
+        vec![format!("127.0.0.1:{}/paid", wall.addr.port())]
+    );
+    let column =
+        |rows: Vec<Vec<String>>| -> Vec<String> { rows.iter().map(|r| r[2].clone()).collect() };
+    assert_eq!(column(cells(&c, "rankings:weather").await), in_weather);
+    let all = api(&pag0, "/api/curation/rankings?limit=1000", ADMIN_TOKEN).await;
+    let others: Vec<String> = all["rankings"]
         .as_array()
         .unwrap()
         .iter()
+        .filter(|e| e["category"].is_null())
         .map(|e| e["endpoint"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(shown, listed);
+    assert!(!others.is_empty(), "{all}");
+    assert_eq!(column(cells(&c, "rankings:").await), others);
+    // A compare box ticked with the space bar keeps the focus while the page refreshes itself.
+    let first = &in_weather[0];
+    let first_box = format!("input[data-endpoint='{first}']");
+    tab_to(&c, &first_box).await;
+    press(&c, " ").await;
+    c.execute(
+        "window.__drawn = document.querySelector('#page h2'); return true;",
+        vec![],
+    )
+    .await
+    .unwrap();
+    wait_until(&c, "document.querySelector('#page h2') !== window.__drawn").await;
+    assert!(
+        focused(&c, &first_box).await,
+        "the focus left the ticked box"
+    );
+    let ticked = c
+        .execute(
+            &format!("return document.querySelector(\"{first_box}\").checked;"),
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(ticked, json!(true));
     // Two endpoints side by side, as the compare API puts them.
-    assert!(listed.len() >= 2, "{listed:?}");
-    for e in &listed[..2] {
-        click(&c, &format!("input[data-endpoint='{e}']")).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+    let listed = [first.clone(), others[0].clone()];
+    click(&c, &format!("input[data-endpoint='{}']", listed[1])).await;
     wait_until(
         &c,
         "document.querySelector('table[data-table=\"compare\"]')",
@@ -510,12 +673,24 @@ async fn every_page_shows_what_the_api_says_and_a_project_key_sees_its_project_o
         "{own} vs {all}"
     );
     assert_eq!(text(&c, "[data-field='paid_calls']").await, "0");
+    assert_eq!(text(&c, "#who").await, "project other");
     for page in ["budgets", "payments", "health"] {
-        open(&c, page).await;
-        assert!(
-            text(&c, "#page").await.contains("needs the admin token"),
-            "{page} with a project key"
-        );
+        let hidden = c
+            .execute(
+                &format!("return document.querySelector(\"nav a[href='#{page}']\").hidden;"),
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert_eq!(hidden, json!(true), "{page} is offered to a project key");
+        c.execute(&format!("location.hash = '#{page}'; return true;"), vec![])
+            .await
+            .unwrap();
+        wait_until(
+            &c,
+            "document.getElementById('page').textContent.includes('needs the admin token')",
+        )
+        .await;
     }
     screenshot(&c, "project-key").await;
     // On a phone's width the overview still fits (tables scroll inside their own box).

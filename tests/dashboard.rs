@@ -43,6 +43,32 @@ async fn every_dashboard_answer_carries_the_security_headers() {
     assert_eq!(resp.status().as_u16(), 401);
 }
 
+/// `GET /api/session` tells the page who signed in: the admin token, a project's key (by
+/// bearer or X-Pag0-API-Key), or nobody valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_says_who_signed_in() {
+    let pag0 = Pag0::start(&demo_project());
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/api/session", pag0.admin);
+    let get = |req: reqwest::RequestBuilder| async move {
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json::<serde_json::Value>().await.unwrap())
+    };
+    let (status, body) = get(client.get(&url).bearer_auth(ADMIN_TOKEN)).await;
+    assert_eq!((status, body), (200, serde_json::json!({"role": "admin"})));
+    let project = serde_json::json!({"role": "project", "project": "demo"});
+    let (status, body) = get(client.get(&url).bearer_auth(DEMO_KEY)).await;
+    assert_eq!((status, body), (200, project.clone()));
+    let (status, body) = get(client.get(&url).header("X-Pag0-API-Key", DEMO_KEY)).await;
+    assert_eq!((status, body), (200, project));
+    let (status, body) = get(client.get(&url).bearer_auth("not-a-key")).await;
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "UNAUTHORIZED");
+    let (status, _) = get(client.get(&url)).await;
+    assert_eq!(status, 401);
+}
+
 #[test]
 fn the_page_has_no_inline_code_and_loads_nothing_from_elsewhere() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/admin/dashboard");

@@ -27,6 +27,7 @@ mod cache_api;
 mod curation_api;
 mod dashboard;
 mod params;
+mod session_api;
 
 #[derive(Clone)]
 struct AdminState {
@@ -277,7 +278,7 @@ async fn not_found() -> Response {
 
 /// Routes that authorize their callers themselves (admin token or project key).
 /// Routes a project's own key may read (they check who asks themselves).
-const PROJECT_READABLE: [&str; 2] = ["/api/analytics/", "/api/curation/"];
+const PROJECT_READABLE: [&str; 3] = ["/api/analytics/", "/api/curation/", "/api/session"];
 
 fn router(state: AdminState) -> Router {
     Router::new()
@@ -307,6 +308,7 @@ fn router(state: AdminState) -> Router {
         .route("/api/curation/compare", get(curation_api::compare))
         .route("/api/curation/recommend", get(curation_api::recommend))
         .route("/api/curation/categories", get(curation_api::categories))
+        .route("/api/session", get(session_api::session))
         .route("/api/audit/feedback", get(audit_api::list))
         .route("/api/audit/feedback/{id}", get(audit_api::record))
         .route("/api/audit/reconciliation", get(audit_api::reconciliation))

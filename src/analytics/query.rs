@@ -356,6 +356,8 @@ pub fn endpoints(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Metric {
     Requests,
+    /// Requests over the point's interval, per second.
+    RequestsPerSecond,
     Failures,
     SuccessRate,
     LatencyP50,
@@ -369,11 +371,12 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const NAMES: &'static str = "requests, failures, success_rate, latency_p50, latency_p95, latency_p99, latency_mean, paid_calls, spend, cache_hit_rate, response_bytes";
+    pub const NAMES: &'static str = "requests, requests_per_second, failures, success_rate, latency_p50, latency_p95, latency_p99, latency_mean, paid_calls, spend, cache_hit_rate, response_bytes";
 
     pub fn parse(s: &str) -> Option<Metric> {
         Some(match s {
             "requests" => Metric::Requests,
+            "requests_per_second" => Metric::RequestsPerSecond,
             "failures" => Metric::Failures,
             "success_rate" => Metric::SuccessRate,
             "latency_p50" => Metric::LatencyP50,
@@ -388,9 +391,11 @@ impl Metric {
         })
     }
 
-    fn value(self, t: &Totals) -> Value {
+    /// The metric of one point covering `step_ms`.
+    fn value(self, t: &Totals, step_ms: i64) -> Value {
         match self {
             Metric::Requests => json!(t.calls),
+            Metric::RequestsPerSecond => json!(t.calls as f64 * 1000.0 / step_ms as f64),
             Metric::Failures => json!(t.failures()),
             Metric::SuccessRate => json!(t.success_rate()),
             Metric::LatencyP50 => json!(t.quantile_us(0.50)),
@@ -428,7 +433,7 @@ pub fn series(
     let mut t = from_ms.div_euclid(step_ms) * step_ms;
     let empty = Totals::default();
     while t < to_ms {
-        points.push(json!({"t": t, "value": metric.value(by.get(&t).unwrap_or(&empty))}));
+        points.push(json!({"t": t, "value": metric.value(by.get(&t).unwrap_or(&empty), step_ms)}));
         t += step_ms;
     }
     points
@@ -764,5 +769,49 @@ mod tests {
         assert_eq!(display_units(U256::from(7u64), 6), "0.000007");
         assert_eq!(display_units(U256::from(42u64), 0), "42");
         assert_eq!(display_units(U256::ZERO, 6), "0");
+    }
+
+    fn row(hour_ms: i64, calls: i64) -> RollupRow {
+        RollupRow {
+            hour_ms,
+            project: "p".into(),
+            endpoint: "e".into(),
+            status_class: "2xx".into(),
+            cache: String::new(),
+            payment: String::new(),
+            symbol: String::new(),
+            error: String::new(),
+            calls,
+            latency_sum_us: 0,
+            upstream_latency_sum_us: 0,
+            upstream_calls: 0,
+            request_bytes: 0,
+            response_bytes: 0,
+            spend: U256::ZERO,
+            saved: U256::ZERO,
+            histogram: Default::default(),
+        }
+    }
+
+    #[test]
+    fn requests_per_second_divide_each_point_by_its_interval() {
+        // Two rows in the first minute (90 + 30 calls), none in the second.
+        let rows = [row(60_000, 90), row(60_000, 30)];
+        let points = series(&rows, 60_000, 180_000, 60_000, Metric::RequestsPerSecond);
+        let values: Vec<f64> = points
+            .iter()
+            .map(|p| p["value"].as_f64().unwrap())
+            .collect();
+        assert_eq!(values, vec![2.0, 0.0]);
+        // The same calls over an hour.
+        let rows = [row(3_600_000, 7_200)];
+        let points = series(
+            &rows,
+            3_600_000,
+            7_200_000,
+            3_600_000,
+            Metric::RequestsPerSecond,
+        );
+        assert_eq!(points[0]["value"].as_f64(), Some(2.0));
     }
 }

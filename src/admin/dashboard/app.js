@@ -7,6 +7,10 @@ const TOKEN_KEY = "pag0.token";
 const REFRESH_MS = 5000;
 const PAGES = ["overview", "budgets", "endpoints", "payments", "health"];
 let timer = null;
+/** Who signed in (`GET /api/session`): `{role: "admin"}` or `{role: "project", project}`. */
+let session = null;
+
+const isAdmin = () => !!session && session.role === "admin";
 
 const $ = (id) => document.getElementById(id);
 
@@ -187,20 +191,36 @@ function needsAdmin(what) {
 
 const render = {
   async overview() {
-    const s = await api("/api/analytics/summary");
-    const errors = Object.entries(s.errors || {});
+    const now = new Date();
+    const seconds = (ms) => Math.floor(ms / 1000);
+    const today = seconds(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate()));
+    const month = seconds(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), 1));
     const r = RANGES[range];
-    const from = Math.floor(Date.now() / 1000) - r.seconds;
-    const series = (metric) => api("/api/analytics/timeseries?metric=" + metric + "&interval=" + r.interval + "&from=" + from);
-    const [requests, spend] = await Promise.all([series("requests"), series("spend")]);
+    const from = seconds(now.getTime()) - r.seconds;
+    const series = (metric, interval, since) => api("/api/analytics/timeseries?metric=" + metric + "&interval=" + interval + "&from=" + since);
+    const [s, day, mon, rate, requests, spend] = await Promise.all([
+      api("/api/analytics/summary"),
+      api("/api/analytics/summary?from=" + today),
+      api("/api/analytics/summary?from=" + month),
+      // The last full minute is the one before the current one.
+      series("requests_per_second", "1m", seconds(now.getTime()) - 120),
+      series("requests", r.interval, from),
+      series("spend", r.interval, from)]);
+    const errors = Object.entries(s.errors || {});
+    const minute = rate.points.length >= 2 ? rate.points[rate.points.length - 2] : null;
+    const perSecond = card("Requests/s (last full minute)", minute ? Number(minute.value).toFixed(2) : "–", "requests_per_second");
+    if (minute) perSecond.lastChild.setAttribute("data-t", String(minute.t));
     const symbols = [...new Set(spend.points.flatMap((p) => Object.keys(p.value || {})))];
     return [
       el("h2", {}, "Overview (last 24 hours)"),
       el("div", { class: "cards" },
+        perSecond,
+        card("Spend today (UTC)", amounts(day.spend), "spend_today"),
+        card("Spend this month (UTC)", amounts(mon.spend), "spend_month"),
         card("Requests", s.requests, "requests"),
         card("Success rate", percent(s.success_rate), "success_rate"),
         card("Paid calls", s.paid_calls, "paid_calls"),
-        card("Spend", amounts(s.spend), "spend"),
+        card("Spend (24 h)", amounts(s.spend), "spend"),
         card("Cache hit rate", percent(s.cache && s.cache.hit_rate), "cache_hit_rate"),
         card("Saved by the cache", amounts(s.cache && s.cache.saved), "saved"),
         card("Latency p95", ms(s.latency_us && s.latency_us.p95), "p95")),
@@ -215,13 +235,8 @@ const render = {
   },
 
   async budgets() {
-    let projects;
-    try {
-      projects = (await api("/api/policies")).policies;
-    } catch (e) {
-      if (e.status === 401 || e.status === 403) return [el("h2", {}, "Budgets"), needsAdmin("Budgets")];
-      throw e;
-    }
+    if (!isAdmin()) return [el("h2", {}, "Budgets"), needsAdmin("Budgets")];
+    const projects = (await api("/api/policies")).policies;
     const rows = [];
     for (const p of projects) {
       const b = await api("/api/budgets/" + encodeURIComponent(p.project));
@@ -239,14 +254,26 @@ const render = {
   },
 
   async endpoints() {
-    const r = await api("/api/curation/rankings?limit=50");
-    const rows = (r.rankings || []).map((e) => [compareBox(e.endpoint), e.rank, e.endpoint, e.category || "–",
+    // One ranking per category (as the API ranks them within it), then the endpoints that
+    // belong to none.
+    const [cats, all] = await Promise.all([api("/api/curation/categories"), api("/api/curation/rankings?limit=1000")]);
+    const groups = await Promise.all((cats.categories || []).map(async (c) => {
+      const r = await api("/api/curation/rankings?limit=50&category=" + encodeURIComponent(c.name));
+      return { name: c.name, about: c.description, list: r.rankings || [] };
+    }));
+    const others = (all.rankings || []).filter((e) => !e.category);
+    if (others.length) groups.push({ name: "", about: "Endpoints in no category of the catalog.", list: others });
+    const row = (e, i) => [compareBox(e.endpoint), i + 1, e.endpoint,
       e.score, e.components ? Object.entries(e.components).map(([k, v]) => k + " " + v).join(", ") : "–",
       e.latency_ms ? (e.latency_ms.p50 ?? "–") + " / " + (e.latency_ms.p95 ?? "–") + " ms" : "–",
       percent(e.success_rate),
-      e.price_per_success ? (e.price_per_success.display || e.price_per_success.base_units + " " + e.price_per_success.symbol) : "free"]);
-    const parts = [el("h2", {}, "Endpoints, best first"),
-      table(["compare", "#", "endpoint", "category", "score", "components", "p50 / p95", "success", "price per success"], rows, "rankings")];
+      e.price_per_success ? (e.price_per_success.display || e.price_per_success.base_units + " " + e.price_per_success.symbol) : "free"];
+    const parts = [el("h2", {}, "Endpoints, best first")];
+    for (const g of groups) {
+      parts.push(el("h3", {}, g.name ? "Category " + g.name : "Other endpoints"), ...(g.about ? [el("p", {}, g.about)] : []),
+        table(["compare", "#", "endpoint", "score", "components", "p50 / p95", "success", "price per success"], g.list.map(row), "rankings:" + g.name));
+    }
+    if (!groups.length) parts.push(el("p", {}, "No endpoint has a score yet."));
     if (selected.size >= 2) {
       const c = await api("/api/curation/compare?endpoints=" + [...selected].map(encodeURIComponent).join(","));
       const names = ["score", "reliability", "latency", "cost", "volume", "reputation"];
@@ -260,13 +287,8 @@ const render = {
   },
 
   async payments() {
-    let projects;
-    try {
-      projects = (await api("/api/policies")).policies;
-    } catch (e) {
-      if (e.status === 401 || e.status === 403) return [el("h2", {}, "Payments"), needsAdmin("Payments")];
-      throw e;
-    }
+    if (!isAdmin()) return [el("h2", {}, "Payments"), needsAdmin("Payments")];
+    const projects = (await api("/api/policies")).policies;
     const checked = {};
     try {
       const rec = await api("/api/audit/reconciliation?limit=1000");
@@ -299,13 +321,8 @@ const render = {
   },
 
   async health() {
-    let h;
-    try {
-      h = await api("/health");
-    } catch (e) {
-      if (e.status === 401 || e.status === 403) return [el("h2", {}, "Health"), needsAdmin("Health")];
-      throw e;
-    }
+    if (!isAdmin()) return [el("h2", {}, "Health"), needsAdmin("Health")];
+    const h = await api("/health");
     const rows = Object.entries(h.dependencies || {}).map(([name, d]) =>
       [name, el("span", { class: d.status }, d.status), d.required ? "yes" : "no",
         d.error || d.kind || d.role || (d.generation !== undefined ? "generation " + d.generation : "")]);
@@ -330,6 +347,24 @@ function current() {
   return PAGES.includes(page) ? page : "overview";
 }
 
+/** A selector finding the page's element `e` again after the page is drawn anew (so that
+ * keyboard focus stays where it was), or null when `e` is not on the page. */
+function focusKey(e) {
+  if (!e || e === $("page") || !$("page").contains(e)) return null;
+  if (e.id) return "#" + CSS.escape(e.id);
+  for (const a of ["data-endpoint", "data-range", "href"]) {
+    if (e.hasAttribute(a)) return e.tagName.toLowerCase() + "[" + a + '="' + CSS.escape(e.getAttribute(a)) + '"]';
+  }
+  return null;
+}
+
+/** Someone is typing into a field of the page: the automatic refresh waits. */
+function typing() {
+  const e = document.activeElement;
+  if (!e || !$("page").contains(e)) return false;
+  return e.tagName === "TEXTAREA" || e.tagName === "SELECT" || (e.tagName === "INPUT" && e.type !== "checkbox");
+}
+
 async function show() {
   const page = current();
   for (const a of document.querySelectorAll("nav a")) {
@@ -338,7 +373,10 @@ async function show() {
   }
   try {
     const parts = await render[page]();
+    const focused = focusKey(document.activeElement);
     $("page").replaceChildren(...parts);
+    const again = focused && $("page").querySelector(focused);
+    if (again) again.focus();
     $("status").textContent = notice + " Updated " + new Date().toLocaleTimeString();
   } catch (e) {
     $("status").textContent = "Could not load " + page + ": " + e.message;
@@ -348,11 +386,14 @@ async function show() {
 function schedule() {
   clearInterval(timer);
   timer = null;
-  if (!document.hidden && sessionStorage.getItem(TOKEN_KEY)) timer = setInterval(show, REFRESH_MS);
+  if (!document.hidden && sessionStorage.getItem(TOKEN_KEY)) {
+    timer = setInterval(() => { if (!typing()) show(); }, REFRESH_MS);
+  }
 }
 
 function signOut(message) {
   sessionStorage.removeItem(TOKEN_KEY);
+  session = null;
   clearInterval(timer);
   $("nav").hidden = true;
   $("page").replaceChildren();
@@ -361,11 +402,26 @@ function signOut(message) {
   $("token").focus();
 }
 
-function signedIn() {
+/** Signed in as `who` (`GET /api/session`): a project key's navigation leaves out the pages
+ * that need the admin token. */
+function signedIn(who) {
+  session = who;
   $("signin").hidden = true;
   $("nav").hidden = false;
+  for (const a of document.querySelectorAll("nav [data-admin]")) a.hidden = !isAdmin();
+  $("who").textContent = isAdmin() ? "admin" : "project " + session.project;
   show();
   schedule();
+}
+
+/** Asks who the stored token is; signs out when it is no longer valid. */
+async function resume(focusNav) {
+  try {
+    signedIn(await api("/api/session"));
+    if (focusNav) document.querySelector("nav a").focus();
+  } catch (e) {
+    signOut(e.status === 401 ? "Not a valid admin token or project key." : e.message);
+  }
 }
 
 document.addEventListener("DOMContentLoaded", async () => {
@@ -378,12 +434,7 @@ document.addEventListener("DOMContentLoaded", async () => {
     ev.preventDefault();
     sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
     $("token").value = "";
-    try {
-      await api("/api/curation/categories");
-      signedIn();
-    } catch (e) {
-      signOut(e.status === 401 ? "Not a valid admin token or project key." : e.message);
-    }
+    await resume(true);
   });
   $("signout").addEventListener("click", () => signOut(""));
   window.addEventListener("hashchange", show);
@@ -391,6 +442,6 @@ document.addEventListener("DOMContentLoaded", async () => {
     if (!document.hidden && sessionStorage.getItem(TOKEN_KEY)) show();
     schedule();
   });
-  if (sessionStorage.getItem(TOKEN_KEY)) signedIn();
+  if (sessionStorage.getItem(TOKEN_KEY)) resume(false);
   else signOut("");
 });
