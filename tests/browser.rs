@@ -449,6 +449,7 @@ async fn every_page_shows_what_the_api_says_and_a_project_key_sees_its_project_o
     let rows = cells(&c, "budgets").await;
     let demo_row = rows.iter().find(|r| r[0] == "demo").expect("a demo row");
     assert_eq!(demo_row[1], budgets["budgets"][0]["pool"].as_str().unwrap());
+    assert_eq!(demo_row[5], "YAML", "where the policy comes from");
     assert!(
         demo_row[2].contains(&format!(
             "{} / {}",
@@ -506,7 +507,7 @@ async fn every_page_shows_what_the_api_says_and_a_project_key_sees_its_project_o
         let rows = cells(&c, "budgets").await;
         if rows
             .iter()
-            .any(|r| r[0] == "demo" && r[2].ends_with("/ 2000000"))
+            .any(|r| r[0] == "demo" && r[2].ends_with("/ 2000000") && r[5] == "API version 1")
         {
             break;
         }

@@ -185,6 +185,12 @@ async function policyEditor(projects) {
     el("p", {}, source === "yaml" ? "This project's policy comes from the YAML; saving stores an API policy that overrides it." : ""));
 }
 
+/** Where a project's active policy comes from: the API (with its version) or the YAML. */
+function policySource(p) {
+  if (p.source === "database" && p.database) return "API version " + p.database.version;
+  return p.source === "yaml" ? "YAML" : p.source;
+}
+
 function needsAdmin(what) {
   return el("p", {}, what + " needs the admin token.");
 }
@@ -244,7 +250,7 @@ const render = {
         rows.push([p.project, pool.pool,
           el("div", {}, bar(pool.daily.spent, pool.daily.limit), pool.daily.spent + " / " + pool.daily.limit),
           el("div", {}, bar(pool.monthly.spent, pool.monthly.limit), pool.monthly.spent + " / " + pool.monthly.limit),
-          pool.daily.remaining, p.source]);
+          pool.daily.remaining, policySource(p)]);
       }
     }
     return [el("h2", {}, "Budgets (base units)"),
