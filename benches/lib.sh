@@ -68,6 +68,7 @@ server:
   pid_file: $work/$1.pid
   upgrade_sock: $work/$1.sock
   grace_period_seconds: 0
+  graceful_shutdown_timeout_seconds: 0
 admin:
   listen: 127.0.0.1:$3
   token: \${BENCH_TOKEN:-bench-admin-token-0123456789}

@@ -124,8 +124,12 @@ fn main() {
         }
     };
     let listen = listen.expect("a listen address");
+    // Stop at once on SIGTERM (the bench scripts' exit trap): no grace period, no wait for
+    // open connections.
     let conf = ServerConf {
         threads: threads.map_or(1, |t| t.parse().expect("threads")),
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(0),
         ..Default::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
