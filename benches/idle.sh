@@ -3,8 +3,9 @@
 # forward proxy and IDLE_TUNNELS idle intercepted HTTPS tunnels (each made one call first), and
 # the throughput of a wrk run on the forward proxy with and without them, in alternating
 # rounds of one run. The configuration is conf/examples/https-proxy.yaml with only its
-# addresses, CA directory, CONNECT port, loopback allowance and upstream trust changed for this
-# machine (see make_config).
+# addresses, CA directory, CONNECT port, loopback allowance, upstream trust and the project's
+# rate limit (10^7/s: thousands of agents of one project) changed for this machine (see
+# make_config).
 #
 #   benches/idle.sh            # IDLE_PLAIN=10000 IDLE_TUNNELS=2000 DURATION=10 ROUNDS=3 CONNS=50
 #
@@ -60,6 +61,8 @@ swap("listen: 127.0.0.1:9402", f"listen: 127.0.0.1:{admin}")
 swap("ca_dir: pag0-ca", f"ca_dir: {work}/ca")
 swap("ports: [443]", f"ports: [{tls}]")
 swap("  - kind: ssrf_guard\n", '  - kind: ssrf_guard\n    allow: ["127.0.0.1/32"]\n')
+# Thousands of agents of one project: a rate limit that lets them in (the stage still runs).
+swap("  - id: agent\n", "  - id: agent\n    rate_limit: {requests_per_second: 10000000, burst: 10000000}\n")
 text += f"""
 upstream:
   trust:

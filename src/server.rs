@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use pingora::apps::HttpServerOptions;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
@@ -33,6 +35,14 @@ pub struct StartOptions {
     /// Take the listeners over from a running pag0 (Pingora graceful upgrade).
     pub upgrade: bool,
 }
+
+/// Downstream connection buffers: no read buffer under Pingora's own (its HTTP parser reads
+/// into a buffer of its own; the default 64 KiB read buffer per connection would be most of
+/// an idle keep-alive connection's memory), Pingora's default write buffer (one segment).
+const L4_BUFFERS: L4BufferSettings = L4BufferSettings {
+    read: Some(0),
+    write: None,
+};
 
 fn server_conf(config: &Config) -> ServerConf {
     let s = &config.server;
@@ -86,7 +96,7 @@ pub fn build(config: Config, path: Option<PathBuf>, opts: &StartOptions) -> anyh
     let app = ProxyApp::new(proxy, reloader.live.clone(), shared);
     let mut service = Service::new("pag0 proxy".to_string(), app);
     for addr in &listen {
-        service.add_tcp(&addr.to_string());
+        service.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(L4_BUFFERS));
     }
     server.add_service(service);
 

@@ -42,6 +42,9 @@ pub struct HeaderDeadline {
     clock: Option<Pin<Box<Sleep>>>,
     running: bool,
     expired: IntCounter,
+    /// A byte read ahead by [`Peek::try_peek`] (the listener waiting for the next request),
+    /// served first by the next read.
+    peeked: Option<u8>,
 }
 
 impl HeaderDeadline {
@@ -54,6 +57,7 @@ impl HeaderDeadline {
             clock: None,
             running: false,
             expired,
+            peeked: None,
         }
     }
 
@@ -113,7 +117,16 @@ impl AsyncRead for HeaderDeadline {
             this.running = false;
         }
         let before = buf.filled().len();
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let polled = match this.peeked.take() {
+            Some(byte) if buf.remaining() > 0 => {
+                buf.put_slice(&[byte]);
+                Poll::Ready(Ok(()))
+            }
+            peeked => {
+                this.peeked = peeked;
+                Pin::new(&mut this.inner).poll_read(cx, buf)
+            }
+        };
         if !this.waiting.load(Relaxed) {
             this.running = false;
             return polled;
@@ -238,8 +251,22 @@ impl GetSocketDigest for HeaderDeadline {
 
 #[async_trait]
 impl Peek for HeaderDeadline {
+    /// A one-byte peek works on every stream (TLS ones included): the byte is read ahead,
+    /// outside the header clock, and kept for the next read. Longer peeks are the inner
+    /// stream's.
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.inner.try_peek(buf).await
+        if buf.len() != 1 {
+            return self.inner.try_peek(buf).await;
+        }
+        if self.peeked.is_none() {
+            let mut byte = [0u8; 1];
+            if tokio::io::AsyncReadExt::read(&mut self.inner, &mut byte).await? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            self.peeked = Some(byte[0]);
+        }
+        buf[0] = self.peeked.unwrap_or_default();
+        Ok(true)
     }
 }
 

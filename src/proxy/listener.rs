@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pingora::apps::{HttpServerApp, ServerApp};
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::{Peek, Stream};
@@ -82,25 +82,47 @@ impl ProxyApp {
             .server_options()
             .and_then(|o| o.keepalive_request_limit);
         let header_timeout = self.live.load().config.server.header_timeout;
-        let stream: Stream = Box::new(HeaderDeadline::new(
+        let mut stream: Stream = Box::new(HeaderDeadline::new(
             stream,
             header_timeout,
             self.shared.metrics.header_timeouts.clone(),
         ));
-        let mut session = ServerSession::new_http1(stream);
-        session.set_keepalive_reuses_remaining(limit);
-        session.set_pipelining_enabled(true);
-        if let Some(tunnel) = first {
-            session.set_connection_user_context(Some(Box::new(tunnel)));
-        }
+        // What the previous request on this connection leaves to the next one (none before the
+        // first).
+        let mut previous: Option<Option<HttpPersistentSettings>> = None;
+        let mut first = first;
         loop {
-            // Pingora turns keep-alive off itself once it is shutting down.
-            session.set_keepalive(Some(KEEPALIVE_SECONDS));
-            if let Some(clock) = session.stream().and_then(HeaderDeadline::of) {
-                clock.arm();
+            let pipelined = previous
+                .as_ref()
+                .is_some_and(|s| s.as_ref().is_some_and(has_pipelined_prefix));
+            if !pipelined && !next_request(&mut stream, shutdown).await {
+                return;
             }
-            let result = self.proxy.process_new_http(session, shutdown).await;
-            let Some((stream, settings)) = result.map(|r| r.consume()) else {
+            // The session (kilobytes) is built and handed over in a block, so that it takes no
+            // room in this connection's future, which idle connections hold (Pingora's future
+            // for the request is an allocation of its own).
+            let request = {
+                let mut session = ServerSession::new_http1(stream);
+                match previous.take() {
+                    None => {
+                        session.set_keepalive_reuses_remaining(limit);
+                        session.set_pipelining_enabled(true);
+                        if let Some(tunnel) = first.take() {
+                            session.set_connection_user_context(Some(Box::new(tunnel)));
+                        }
+                    }
+                    Some(Some(settings)) => settings.apply_to_session(&mut session),
+                    Some(None) => {}
+                }
+                // Pingora turns keep-alive off itself once it is shutting down.
+                session.set_keepalive(Some(KEEPALIVE_SECONDS));
+                if let Some(clock) = session.stream().and_then(HeaderDeadline::of) {
+                    clock.arm();
+                }
+                self.proxy.process_new_http(session, shutdown)
+            };
+            let result = request.await;
+            let Some((next, settings)) = result.map(|r| r.consume()) else {
                 return;
             };
             let mut settings = settings;
@@ -108,14 +130,12 @@ impl ProxyApp {
                 && let Some(context) = s.take_user_context()
             {
                 match context.downcast::<Arc<TunnelPlan>>() {
-                    Ok(plan) => return Box::pin(self.tunnel(stream, &plan, shutdown)).await,
+                    Ok(plan) => return Box::pin(self.tunnel(next, &plan, shutdown)).await,
                     Err(other) => s.set_user_context(other),
                 }
             }
-            session = ServerSession::new_http1(stream);
-            if let Some(s) = settings {
-                s.apply_to_session(&mut session);
-            }
+            stream = next;
+            previous = Some(settings);
         }
     }
 
@@ -293,15 +313,55 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
     }
 }
 
+/// Waits for the first byte of the connection's next request (or its end, the keep-alive
+/// timeout, or a shutdown: then false). Idle connections wait here rather than inside Pingora's
+/// per-request future, which is allocated for each request at its full size (tens of KiB)
+/// and would be held for as long as the connection is idle.
+async fn next_request(stream: &mut Stream, shutdown: &ShutdownWatch) -> bool {
+    if *shutdown.borrow() {
+        return false;
+    }
+    let mut byte = [0u8; 1];
+    let mut shutdown = shutdown.clone();
+    tokio::select! {
+        biased;
+        peeked = tokio::time::timeout(
+            Duration::from_secs(KEEPALIVE_SECONDS),
+            stream.try_peek(&mut byte),
+        ) => matches!(peeked, Ok(Ok(_))),
+        _ = shutdown.changed() => false,
+    }
+}
+
+/// Whether Pingora kept bytes of the next request, read with the previous one (pipelining):
+/// then that request is already here and nothing must be waited for. Pingora 0.9.1 has no
+/// getter for them; its `Debug` shows the field.
+fn has_pipelined_prefix(settings: &HttpPersistentSettings) -> bool {
+    use std::fmt::Write;
+    thread_local! {
+        static TEXT: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+    TEXT.with_borrow_mut(|text| {
+        text.clear();
+        let _ = write!(text, "{settings:?}");
+        !text.contains("pipelined_prefix: None")
+    })
+}
+
 #[async_trait]
 impl ServerApp for ProxyApp {
-    /// Runs for each new connection on the proxy listeners.
+    /// Runs for each new connection on the proxy listeners: the connection is served by a
+    /// task of its own, and Pingora's task for it ends here. Pingora's per-connection task is
+    /// sized for its TLS handshake (about 9 KiB, held for the connection's whole life); ours
+    /// holds only what serving HTTP/1 needs, which is what an idle keep-alive agent costs.
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        self.serve_http1(stream, None, shutdown).await;
+        let app = self.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { app.serve_http1(stream, None, &shutdown).await });
         None
     }
 

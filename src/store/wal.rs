@@ -6,6 +6,10 @@
 //! usually before the kernel ever writes it back. On start, segments left by a process that is
 //! gone are read back (recovery); their unused tail is zeros, which no checksummed line matches.
 //!
+//! Pages of the open segment whose records are all persisted are dropped from pag0's memory
+//! (`MADV_DONTNEED`: the data stays in the file), so a segment costs memory only for records
+//! on their way to SQL, not for its whole size.
+//!
 //! Files: `<base>.<instance>.<n>`, one writer each. A writer holds an exclusive `flock` on its
 //! segments for as long as it lives; a segment nobody holds is a leftover. (The pid is not
 //! enough: in a container pag0 gets the same pid after every restart.)
@@ -46,7 +50,17 @@ struct Inner {
     retired: bool,
     /// Closed segments with the sequence number of their last record, each still locked.
     closed: VecDeque<(u64, u64, File)>,
+    /// In the open segment: (sequence number, page boundary) where a record ending past the
+    /// boundary was appended; once that record is persisted, every page before the boundary
+    /// holds persisted records only.
+    pages: VecDeque<(u64, u64)>,
+    /// Bytes of the open segment's mapping already given back to the kernel.
+    released: u64,
 }
+
+/// The page size the mapping is released in (`MADV_DONTNEED` works on whole pages; 4 KiB
+/// divides every page size Linux uses).
+const PAGE: u64 = 4096;
 
 fn segment_path(base: &Path, instance: &str, segment: u64) -> PathBuf {
     super::beside(base, &format!(".{instance}.{segment}"))
@@ -106,6 +120,8 @@ impl Wal {
                 seq: 0,
                 retired: false,
                 closed: VecDeque::new(),
+                pages: VecDeque::new(),
+                released: 0,
             }),
         })
     }
@@ -128,6 +144,8 @@ impl Wal {
             inner.map = map;
             inner.segment = next;
             inner.bytes = 0;
+            inner.pages.clear();
+            inner.released = 0;
         }
         let at = inner.bytes as usize;
         let Some(slot) = inner.map.get_mut(at..at + line.len()) else {
@@ -136,6 +154,11 @@ impl Wal {
         slot.copy_from_slice(line);
         inner.bytes += line.len() as u64;
         inner.seq += 1;
+        let boundary = inner.bytes / PAGE * PAGE;
+        if boundary > at as u64 / PAGE * PAGE {
+            let seq = inner.seq;
+            inner.pages.push_back((seq, boundary));
+        }
         then(inner.seq);
         Ok(())
     }
@@ -152,6 +175,34 @@ impl Wal {
             // Removed while still locked, then unlocked (the file closes).
             self.remove(segment);
             inner.closed.pop_front();
+        }
+        let mut boundary = inner.released;
+        while let Some(&(last, end)) = inner.pages.front() {
+            if last > seq {
+                break;
+            }
+            boundary = end;
+            inner.pages.pop_front();
+        }
+        if boundary > inner.released {
+            let (from, len) = (
+                inner.released as usize,
+                (boundary - inner.released) as usize,
+            );
+            // SAFETY: whole pages of our own mapping, before every byte a record is still being
+            // copied to (appends go past `bytes` >= `boundary`, under the lock held here). For a
+            // shared file mapping the pages only leave this process; their data stays in the
+            // file, and a later read would fault it back in.
+            let rc = unsafe {
+                libc::madvise(
+                    inner.map.as_mut_ptr().add(from).cast(),
+                    len,
+                    libc::MADV_DONTNEED,
+                )
+            };
+            if rc == 0 {
+                inner.released = boundary;
+            }
         }
     }
 
@@ -287,6 +338,42 @@ mod tests {
         assert!(!segment_path(&base, &wal.instance, 1).exists());
         wal.append(&line(6), |_| {}).unwrap();
         assert!(segment_path(&base, &wal.instance, 2).exists());
+    }
+
+    #[test]
+    fn pages_of_persisted_records_leave_memory_and_keep_their_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("p.wal");
+        let wal = Wal::open(base.clone(), 64 << 10).unwrap();
+        let record = |i: u32| spool_line(&vec![i; 100]).unwrap();
+        let mut last = 0;
+        for i in 0..100 {
+            wal.append(&record(i), |s| last = s).unwrap();
+        }
+        let used = wal.inner.lock().unwrap().bytes;
+        assert!(used > 3 * PAGE, "{used} bytes");
+        // Half persisted: the pages before the first record still waiting are released.
+        wal.persisted(50);
+        let half = wal.inner.lock().unwrap().released;
+        assert!(half > 0 && half.is_multiple_of(PAGE), "{half}");
+        assert!(half <= used / 2 + PAGE, "{half} of {used}");
+        // Nothing more persisted: nothing more released.
+        wal.persisted(50);
+        assert_eq!(wal.inner.lock().unwrap().released, half);
+        wal.persisted(last);
+        let all = wal.inner.lock().unwrap().released;
+        assert_eq!(all, used / PAGE * PAGE);
+        // Appends go on after a release, and the file holds every record, in order.
+        wal.append(&record(100), |_| {}).unwrap();
+        let bytes = std::fs::read(segment_path(&base, &wal.instance, 0)).unwrap();
+        let records = spool_records::<Vec<u32>>(&bytes);
+        assert_eq!(records.len(), 101);
+        assert!(
+            records
+                .iter()
+                .enumerate()
+                .all(|(i, r)| r == &vec![i as u32; 100])
+        );
     }
 
     #[test]
