@@ -95,7 +95,8 @@ projects:
 YAML
 }
 
-# start_route_pag0 NAME EXTRA_STAGES EXTRA_SECTIONS: a release pag0 (THREADS workers) whose
+# start_route_pag0 NAME EXTRA_STAGES EXTRA_SECTIONS: a release pag0 ($PAG0_BIN, by default
+# target/release/pag0; THREADS workers) whose
 # route `/` goes to 127.0.0.1:$UP, with the bench pipeline (+ EXTRA_STAGES); sets PAG0_PORT
 # and PAG0_ADMIN.
 start_route_pag0() {
@@ -108,7 +109,7 @@ routes:
     upstream: http://127.0.0.1:$UP
 $3
 YAML
-  RUST_LOG=warn target/release/pag0 -c "$work/$1.yaml" >/dev/null & pids+=($!)
+  RUST_LOG=warn "${PAG0_BIN:-target/release/pag0}" -c "$work/$1.yaml" >/dev/null & pids+=($!)
   PAG0_PORT=$p; PAG0_ADMIN=$a
 }
 # measure URL LUA_FILE_OR_EMPTY CONNS PACED(0/1) -> "req/s p99_ms problems"; paced: every

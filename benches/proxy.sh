@@ -3,7 +3,11 @@
 # through a bare Pingora proxy (benches/pingora.rs: Pingora's own cost, without pag0's stages),
 # all measured in one run on this machine (ratios matter, absolute numbers depend on the box).
 #
-#   benches/proxy.sh                 # DURATION=10 THREADS=1 CONNS=50 by default
+#   benches/proxy.sh                 # DURATION=10 THREADS=1 CONNS=50 ROUNDS=1 by default
+#   BASELINE=/path/to/older/pag0 ROUNDS=3 benches/proxy.sh
+#                                    # adds that binary as pag0-baseline (reverse route); every
+#                                    # target is measured once per round, rounds alternate, and
+#                                    # the table shows each target's median over the rounds
 #
 # Phases per target: (1) closed-loop saturation with wrk (req/s, p99); (2) a paced load of
 # ~1000 req/s (CONNS_PACED connections, each waiting PACE_MS between requests via wrk's delay()),
@@ -35,10 +39,16 @@ nginx -c "$work/proxy.conf" & pids+=($!)
 
 start_route_pag0 pag0 "" ""
 P0=$PAG0_PORT
+targets="direct nginx pingora-bare pag0-reverse pag0-forward"
+if [ -n "${BASELINE:-}" ]; then
+  PAG0_BIN=$BASELINE start_route_pag0 baseline "" ""
+  PBASE=$PAG0_PORT
+  targets="$targets pag0-baseline"
+fi
 PB=$(port)
 "$BARE" proxy "127.0.0.1:$PB" "127.0.0.1:$UP" "$THREADS" >/dev/null 2>&1 & pids+=($!)
 
-for p in $UP $NGX $P0 $PB; do wait_port "$p"; done
+for p in $UP $NGX $P0 $PB ${PBASE:-}; do wait_port "$p"; done
 
 cat > "$work/reverse.lua" <<LUA
 wrk.headers["X-Pag0-API-Key"] = "$KEY"
@@ -54,7 +64,11 @@ wrk -t1 -c10 -d2s -s "$work/reverse.lua" "http://127.0.0.1:$P0/" >/dev/null
 wrk -t1 -c10 -d2s "http://127.0.0.1:$NGX/" >/dev/null
 wrk -t1 -c10 -d2s "http://127.0.0.1:$PB/" >/dev/null
 
-targets="direct nginx pingora-bare pag0-reverse pag0-forward"
+[ -n "${PBASE:-}" ] && wrk -t1 -c10 -d2s -s "$work/reverse.lua" "http://127.0.0.1:$PBASE/" >/dev/null
+
+ROUNDS=${ROUNDS:-1}
+declare -A ALL_RPS ALL_P99 ALL_PRPS ALL_PP99
+for round in $(seq 1 "$ROUNDS"); do
 for target in $targets; do
   case $target in
     direct) url="http://127.0.0.1:$UP/"; lua="" ;;
@@ -62,12 +76,22 @@ for target in $targets; do
     pingora-bare) url="http://127.0.0.1:$PB/"; lua="" ;;
     pag0-reverse) url="http://127.0.0.1:$P0/"; lua="$work/reverse.lua" ;;
     pag0-forward) url="http://127.0.0.1:$P0/"; lua="$work/forward.lua" ;;
+    pag0-baseline) url="http://127.0.0.1:$PBASE/"; lua="$work/reverse.lua" ;;
   esac
   measure_target "$target" "$url" "$lua"
+  ALL_RPS[$target]+="${RPS[$target]} "; ALL_P99[$target]+="${P99[$target]} "
+  ALL_PRPS[$target]+="${PRPS[$target]} "; ALL_PP99[$target]+="${PP99[$target]} "
+done
+[ "$ROUNDS" -gt 1 ] && echo "round $round: $(for t in $targets; do printf '%s=%s ' "$t" "${RPS[$t]}"; done)" >&2
+done
+median() { printf '%s\n' $1 | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+for t in $targets; do
+  RPS[$t]=$(median "${ALL_RPS[$t]}"); P99[$t]=$(median "${ALL_P99[$t]}")
+  PRPS[$t]=$(median "${ALL_PRPS[$t]}"); PP99[$t]=$(median "${ALL_PP99[$t]}")
 done
 
 echo
-echo "pag0 benchmark  $(date -u +%Y-%m-%dT%H:%MZ)  $(nproc) cores  threads/workers=$THREADS  duration=${DURATION}s"
+echo "pag0 benchmark  $(date -u +%Y-%m-%dT%H:%MZ)  $(nproc) cores  threads/workers=$THREADS  duration=${DURATION}s  rounds=$ROUNDS (medians)"
 printf "%-14s %12s %10s   %14s %12s %14s\n" target "req/s" "p99 ms" "paced req/s" "paced p99" "added p99 ms"
 for t in $targets; do
   added=$(awk -v a="${PP99[$t]}" -v b="${PP99[direct]}" 'BEGIN {printf "%.3f", a-b}')
@@ -81,3 +105,8 @@ echo "  pingora-bare / nginx   = $(ratio "${RPS[pingora-bare]}" "${RPS[nginx]}")
 echo "  pag0-reverse / pingora-bare = $(ratio "${RPS[pag0-reverse]}" "${RPS[pingora-bare]}")"
 echo "  pag0-reverse / direct  = $(ratio "${RPS[pag0-reverse]}" "${RPS[direct]}")"
 echo "  pag0-forward / direct  = $(ratio "${RPS[pag0-forward]}" "${RPS[direct]}")"
+echo "  pag0-forward / pingora-bare = $(ratio "${RPS[pag0-forward]}" "${RPS[pingora-bare]}")"
+if [ -n "${PBASE:-}" ]; then
+  echo "  pag0-reverse / pag0-baseline = $(ratio "${RPS[pag0-reverse]}" "${RPS[pag0-baseline]}")"
+  echo "  pag0-baseline / pingora-bare = $(ratio "${RPS[pag0-baseline]}" "${RPS[pingora-bare]}")"
+fi

@@ -42,10 +42,16 @@ pub struct HeaderDeadline {
     clock: Option<Pin<Box<Sleep>>>,
     running: bool,
     expired: IntCounter,
-    /// A byte read ahead by [`Peek::try_peek`] (the listener waiting for the next request),
-    /// served first by the next read.
-    peeked: Option<u8>,
+    /// Bytes read ahead by [`Peek::try_peek`] (the listener waiting for the next request),
+    /// served first by the next reads; no allocation while nothing is read ahead.
+    ahead: Vec<u8>,
+    /// How much of `ahead` was served.
+    ahead_at: usize,
 }
+
+/// How much the wait for a next request reads at once (a request header usually fits, so
+/// Pingora's read of it needs no system call of its own).
+const READ_AHEAD: usize = 4096;
 
 impl HeaderDeadline {
     pub fn new(inner: Stream, timeout: Duration, expired: IntCounter) -> HeaderDeadline {
@@ -57,7 +63,8 @@ impl HeaderDeadline {
             clock: None,
             running: false,
             expired,
-            peeked: None,
+            ahead: Vec::new(),
+            ahead_at: 0,
         }
     }
 
@@ -117,15 +124,17 @@ impl AsyncRead for HeaderDeadline {
             this.running = false;
         }
         let before = buf.filled().len();
-        let polled = match this.peeked.take() {
-            Some(byte) if buf.remaining() > 0 => {
-                buf.put_slice(&[byte]);
-                Poll::Ready(Ok(()))
+        let polled = if this.ahead_at < this.ahead.len() && buf.remaining() > 0 {
+            let n = buf.remaining().min(this.ahead.len() - this.ahead_at);
+            buf.put_slice(&this.ahead[this.ahead_at..this.ahead_at + n]);
+            this.ahead_at += n;
+            if this.ahead_at == this.ahead.len() {
+                this.ahead = Vec::new();
+                this.ahead_at = 0;
             }
-            peeked => {
-                this.peeked = peeked;
-                Pin::new(&mut this.inner).poll_read(cx, buf)
-            }
+            Poll::Ready(Ok(()))
+        } else {
+            Pin::new(&mut this.inner).poll_read(cx, buf)
         };
         if !this.waiting.load(Relaxed) {
             this.running = false;
@@ -251,22 +260,38 @@ impl GetSocketDigest for HeaderDeadline {
 
 #[async_trait]
 impl Peek for HeaderDeadline {
-    /// A one-byte peek works on every stream (TLS ones included): the byte is read ahead,
-    /// outside the header clock, and kept for the next read. Longer peeks are the inner
-    /// stream's.
+    /// A one-byte peek works on every stream (TLS ones included): what has arrived (up to
+    /// [`READ_AHEAD`] bytes) is read ahead, outside the header clock, and served by the next
+    /// reads. The buffer exists only once bytes are there: a connection waiting here holds
+    /// none. Longer peeks are the inner stream's.
     async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
         if buf.len() != 1 {
             return self.inner.try_peek(buf).await;
         }
-        if self.peeked.is_none() {
-            let mut byte = [0u8; 1];
-            if tokio::io::AsyncReadExt::read(&mut self.inner, &mut byte).await? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            self.peeked = Some(byte[0]);
+        if self.ahead_at == self.ahead.len() {
+            std::future::poll_fn(|cx| self.poll_read_ahead(cx)).await?;
         }
-        buf[0] = self.peeked.unwrap_or_default();
+        buf[0] = self.ahead[self.ahead_at];
         Ok(true)
+    }
+}
+
+impl HeaderDeadline {
+    /// Reads what has arrived into a fresh read-ahead buffer (dropped again while nothing
+    /// has); end of stream is an error.
+    fn poll_read_ahead(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut ahead = Vec::with_capacity(READ_AHEAD);
+        let mut buf = ReadBuf::uninit(ahead.spare_capacity_mut());
+        std::task::ready!(Pin::new(&mut self.inner).poll_read(cx, &mut buf))?;
+        let n = buf.filled().len();
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+        }
+        // SAFETY: `poll_read` initialised and filled the first `n` bytes.
+        unsafe { ahead.set_len(n) };
+        self.ahead = ahead;
+        self.ahead_at = 0;
+        Poll::Ready(Ok(()))
     }
 }
 

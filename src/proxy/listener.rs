@@ -130,7 +130,13 @@ impl ProxyApp {
                 && let Some(context) = s.take_user_context()
             {
                 match context.downcast::<Arc<TunnelPlan>>() {
-                    Ok(plan) => return Box::pin(self.tunnel(next, &plan, shutdown)).await,
+                    Ok(plan) => {
+                        // Boxed in a statement of its own: a temporary lives until the end of
+                        // its statement, and across an `.await` in it that would put the whole
+                        // tunnel future into this one (held by every connection).
+                        let tunnel = Box::pin(self.tunnel(next, &plan, shutdown));
+                        return tunnel.await;
+                    }
                     Err(other) => s.set_user_context(other),
                 }
             }
@@ -194,9 +200,12 @@ impl ProxyApp {
                         tls: false,
                         ..(**info).clone()
                     });
-                    return Box::pin(self.serve_http1(Box::new(l4), Some(plain), shutdown)).await;
+                    let inside = Box::pin(self.serve_http1(Box::new(l4), Some(plain), shutdown));
+                    return inside.await;
                 }
-                let tls = match tokio::time::timeout(timeout, acceptor.tls_handshake(l4)).await {
+                // Boxed: the handshake's state is freed once it is done, not held by the tunnel.
+                let handshake = Box::pin(tokio::time::timeout(timeout, acceptor.tls_handshake(l4)));
+                let tls = match handshake.await {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(e)) => {
                         let outcome = match sni.refused() {
@@ -227,7 +236,9 @@ impl ProxyApp {
                     .tunnels
                     .with_label_values(&["intercept", "opened"])
                     .inc();
-                Box::pin(self.serve_http1(Box::new(tls), Some(info.clone()), shutdown)).await;
+                let inside =
+                    Box::pin(self.serve_http1(Box::new(tls), Some(info.clone()), shutdown));
+                inside.await;
             }
         }
     }
