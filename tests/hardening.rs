@@ -183,6 +183,61 @@ async fn a_keep_alive_connection_idle_after_a_refusal_is_not_cut_as_slow() {
     .unwrap();
 }
 
+/// Between requests pag0 waits for the next one itself (reading ahead what has arrived, so
+/// that idle connections hold little memory): a request that arrives in pieces, one byte first,
+/// and one whose header is larger than what is read ahead, are both served whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_arriving_in_pieces_after_an_idle_wait_are_served_whole() {
+    use std::io::{Read, Write};
+    let up = Upstream::start().await;
+    let pag0 = Pag0::start(&body());
+    let auth = basic("demo", DEMO_KEY);
+    let (proxy, host) = (pag0.proxy, up.addr);
+    let url = |p: &str| up.url(p);
+    let (one, two, three) = (url("/one"), url("/two"), url("/three"));
+    std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(proxy).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let answer = |s: &mut std::net::TcpStream| -> (u16, Value) {
+            let (mut buf, mut chunk) = (Vec::new(), [0u8; 4096]);
+            loop {
+                if let Some(((status, _, body), _)) = parse_response(&buf) {
+                    return (status, body);
+                }
+                let n = s.read(&mut chunk).unwrap();
+                assert!(n > 0, "closed: {}", String::from_utf8_lossy(&buf));
+                buf.extend_from_slice(&chunk[..n]);
+            }
+        };
+        let head = |u: &str, extra: &str| {
+            format!(
+                "GET {u} HTTP/1.1\r\nHost: {host}\r\nProxy-Authorization: {auth}\r\n{extra}\r\n"
+            )
+        };
+        s.write_all(head(&one, "").as_bytes()).unwrap();
+        let (status, body) = answer(&mut s);
+        assert_eq!((status, body["path"].as_str()), (200, Some("/one")));
+        // Idle, then the next request one byte first, the rest of it later in two parts.
+        std::thread::sleep(Duration::from_millis(300));
+        let second = head(&two, "");
+        let (first_byte, rest) = second.as_bytes().split_at(1);
+        let (middle, last) = rest.split_at(rest.len() / 2);
+        for part in [first_byte, middle, last] {
+            s.write_all(part).unwrap();
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        let (status, body) = answer(&mut s);
+        assert_eq!((status, body["path"].as_str()), (200, Some("/two")));
+        // A header larger than the read-ahead (4 KiB), in one write.
+        let pad = format!("X-Pad: {}\r\n", "p".repeat(6000));
+        s.write_all(head(&three, &pad).as_bytes()).unwrap();
+        let (status, body) = answer(&mut s);
+        assert_eq!((status, body["path"].as_str()), (200, Some("/three")));
+    })
+    .join()
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_requests_are_answered_in_order() {
     let up = Upstream::start().await;

@@ -340,7 +340,16 @@ async fn next_request(stream: &mut Stream, shutdown: &ShutdownWatch) -> bool {
             Duration::from_secs(KEEPALIVE_SECONDS),
             stream.try_peek(&mut byte),
         ) => matches!(peeked, Ok(Ok(_))),
-        _ = shutdown.changed() => false,
+        _ = shutting_down(&mut shutdown) => false,
+    }
+}
+
+/// Resolves once the server is shutting down (a change of the watch to `true`, or its end).
+async fn shutting_down(shutdown: &mut ShutdownWatch) {
+    while shutdown.changed().await.is_ok() {
+        if *shutdown.borrow() {
+            return;
+        }
     }
 }
 
