@@ -120,7 +120,6 @@ for round in $(seq 1 "$ROUNDS"); do
   sleep 2
 done
 
-median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 echo
 printf "%-6s %14s %14s %8s %14s %14s %14s\n" round "req/s without" "req/s with" ratio "RSS idle MB" "RSS +wrk MB" "still open"
 PAIRS=()

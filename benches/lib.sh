@@ -137,6 +137,9 @@ measure_target() {
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'; }
 
+# median NUMBER...: the median (the mean of the middle two for an even count).
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
 # bench_helper NAME: builds `cargo bench --bench NAME` and prints the binary's path.
 bench_helper() {
   local bin

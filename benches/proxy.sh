@@ -84,10 +84,9 @@ for target in $targets; do
 done
 [ "$ROUNDS" -gt 1 ] && echo "round $round: $(for t in $targets; do printf '%s=%s ' "$t" "${RPS[$t]}"; done)" >&2
 done
-median() { printf '%s\n' $1 | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 for t in $targets; do
-  RPS[$t]=$(median "${ALL_RPS[$t]}"); P99[$t]=$(median "${ALL_P99[$t]}")
-  PRPS[$t]=$(median "${ALL_PRPS[$t]}"); PP99[$t]=$(median "${ALL_PP99[$t]}")
+  RPS[$t]=$(median ${ALL_RPS[$t]}); P99[$t]=$(median ${ALL_P99[$t]})
+  PRPS[$t]=$(median ${ALL_PRPS[$t]}); PP99[$t]=$(median ${ALL_PP99[$t]})
 done
 
 echo

@@ -360,36 +360,34 @@ async fn every_page_shows_what_the_api_says_and_a_project_key_sees_its_project_o
         assert_eq!(text(&c, &format!("[data-field='{field}']")).await, expected);
     }
     // Requests per second over the last full minute, as the API counts it for that minute.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let shown = c
-            .execute(
-                "const e = document.querySelector(\"[data-field='requests_per_second']\"); return [e.textContent, e.getAttribute('data-t')];",
-                vec![],
+    let (shown, expected, minute) = until(
+        20,
+        || async {
+            let shown = c
+                .execute(
+                    "const e = document.querySelector(\"[data-field='requests_per_second']\"); return [e.textContent, e.getAttribute('data-t')];",
+                    vec![],
+                )
+                .await
+                .unwrap();
+            let minute = shown[1].as_str().unwrap().to_string();
+            let from = minute.parse::<i64>().unwrap() / 1000;
+            let series = api(
+                &pag0,
+                &format!(
+                    "/api/analytics/timeseries?metric=requests_per_second&interval=1m&from={from}&to={}",
+                    from + 60
+                ),
+                ADMIN_TOKEN,
             )
-            .await
-            .unwrap();
-        let (shown, minute) = (shown[0].as_str().unwrap(), shown[1].as_str().unwrap());
-        let from = minute.parse::<i64>().unwrap() / 1000;
-        let series = api(
-            &pag0,
-            &format!(
-                "/api/analytics/timeseries?metric=requests_per_second&interval=1m&from={from}&to={}",
-                from + 60
-            ),
-            ADMIN_TOKEN,
-        )
-        .await;
-        let expected = format!("{:.2}", series["points"][0]["value"].as_f64().unwrap());
-        if shown == expected {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "requests/s shows {shown}, the API says {expected} for {minute}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+            .await;
+            let expected = format!("{:.2}", series["points"][0]["value"].as_f64().unwrap());
+            (shown[0].as_str().unwrap().to_string(), expected, minute)
+        },
+        |(shown, expected, _)| shown == expected,
+    )
+    .await;
+    assert_eq!(shown, expected, "requests/s for the minute {minute}");
     // The charts draw the API's series: requests, and spend per asset (24 h, then 1 h).
     for (range, interval, seconds) in [("24h", "1h", 86400), ("1h", "1m", 3600)] {
         click(&c, &format!("button[data-range='{range}']")).await;

@@ -19,7 +19,7 @@ pub const HOUR_MS: i64 = 3_600_000;
 pub const MINUTE_MS: i64 = 60_000;
 
 /// One rollup row as read back.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RollupRow {
     pub hour_ms: i64,
     pub project: String,
@@ -508,22 +508,11 @@ pub async fn minute_rows(
                     ))
                     .or_insert_with(|| RollupRow {
                         hour_ms: minute,
-                        project: String::new(),
-                        endpoint: String::new(),
                         status_class: class,
                         cache,
                         payment,
-                        symbol: String::new(),
                         error,
-                        calls: 0,
-                        latency_sum_us: 0,
-                        upstream_latency_sum_us: 0,
-                        upstream_calls: 0,
-                        request_bytes: 0,
-                        response_bytes: 0,
-                        spend: U256::ZERO,
-                        saved: U256::ZERO,
-                        histogram: [0; BUCKETS],
+                        ..RollupRow::default()
                     });
                 r.calls += calls;
                 r.latency_sum_us += latency;
@@ -777,19 +766,8 @@ mod tests {
             project: "p".into(),
             endpoint: "e".into(),
             status_class: "2xx".into(),
-            cache: String::new(),
-            payment: String::new(),
-            symbol: String::new(),
-            error: String::new(),
             calls,
-            latency_sum_us: 0,
-            upstream_latency_sum_us: 0,
-            upstream_calls: 0,
-            request_bytes: 0,
-            response_bytes: 0,
-            spend: U256::ZERO,
-            saved: U256::ZERO,
-            histogram: Default::default(),
+            ..RollupRow::default()
         }
     }
 

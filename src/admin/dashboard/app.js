@@ -191,8 +191,9 @@ function policySource(p) {
   return p.source === "yaml" ? "YAML" : p.source;
 }
 
+/** The page `what` as a project key sees it. */
 function needsAdmin(what) {
-  return el("p", {}, what + " needs the admin token.");
+  return [el("h2", {}, what), el("p", {}, what + " needs the admin token.")];
 }
 
 const render = {
@@ -241,7 +242,7 @@ const render = {
   },
 
   async budgets() {
-    if (!isAdmin()) return [el("h2", {}, "Budgets"), needsAdmin("Budgets")];
+    if (!isAdmin()) return needsAdmin("Budgets");
     const projects = (await api("/api/policies")).policies;
     const rows = [];
     for (const p of projects) {
@@ -293,7 +294,7 @@ const render = {
   },
 
   async payments() {
-    if (!isAdmin()) return [el("h2", {}, "Payments"), needsAdmin("Payments")];
+    if (!isAdmin()) return needsAdmin("Payments");
     const projects = (await api("/api/policies")).policies;
     const checked = {};
     try {
@@ -327,7 +328,7 @@ const render = {
   },
 
   async health() {
-    if (!isAdmin()) return [el("h2", {}, "Health"), needsAdmin("Health")];
+    if (!isAdmin()) return needsAdmin("Health");
     const h = await api("/health");
     const rows = Object.entries(h.dependencies || {}).map(([name, d]) =>
       [name, el("span", { class: d.status }, d.status), d.required ? "yes" : "no",
