@@ -439,12 +439,13 @@ impl Shared {
     }
 }
 
-/// How often the database is asked whether policies changed.
-pub const POLICY_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(250);
+/// How often the database is asked whether policies changed (writes through this process's
+/// admin API are applied at once; this bounds how late another instance's writes are seen).
+pub const POLICY_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Keeps [`PolicyBook`] in step with the database: polls a revision number every
-/// [`POLICY_POLL_INTERVAL`] and reloads (and re-validates against the current config) when it
-/// or the config changed. A policy that no longer validates is skipped with a warning (the
+/// [`POLICY_POLL_INTERVAL`] (or at once when the admin API wrote one) and reloads (and
+/// re-validates against the current config) when it or the config changed. A policy that no longer validates is skipped with a warning (the
 /// YAML policy applies). Stops when pag0 shuts down (holds only weak references).
 pub async fn sync_policies(
     live: std::sync::Weak<ArcSwap<Live>>,
@@ -453,7 +454,7 @@ pub async fn sync_policies(
 ) {
     let mut seen: Option<(i64, u64)> = None;
     loop {
-        tokio::time::sleep(POLICY_POLL_INTERVAL).await;
+        let ticket = book.next_look(POLICY_POLL_INTERVAL).await;
         let Some(live) = live.upgrade() else {
             return;
         };
@@ -462,16 +463,19 @@ pub async fn sync_policies(
             Ok(r) => r,
             Err(e) => {
                 log::debug!("policies: {e}");
+                book.looked(ticket);
                 continue;
             }
         };
         if seen == Some((revision, live.generation)) {
+            book.looked(ticket);
             continue;
         }
         let rows = match store.current_policies().await {
             Ok(rows) => rows,
             Err(e) => {
                 log::warn!("policies: {e}");
+                book.looked(ticket);
                 continue;
             }
         };
@@ -496,6 +500,7 @@ pub async fn sync_policies(
             }
         }
         book.replace(map);
+        book.looked(ticket);
         seen = Some((revision, live.generation));
     }
 }
@@ -655,6 +660,8 @@ impl Reloader {
         self.live
             .store(Arc::new(Live::build(config, generation, &self.shared)));
         self.shared.metrics.config_generation.set(generation as i64);
+        // Database policies are re-validated against the new config now, not at the next poll.
+        self.shared.policies.changed();
         Ok((generation, kept))
     }
 }

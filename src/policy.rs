@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use alloy_primitives::{Address, U256};
 use arc_swap::ArcSwap;
@@ -372,6 +373,12 @@ impl Policy {
 #[derive(Default)]
 pub struct PolicyBook {
     overrides: ArcSwap<HashMap<String, Arc<Policy>>>,
+    /// Wakes the poller at once after a write through this process's admin API.
+    changed: tokio::sync::Notify,
+    /// Changes announced with [`PolicyBook::changed`] (tickets).
+    requested: AtomicU64,
+    /// The highest ticket a finished look at the database covered.
+    looked: tokio::sync::watch::Sender<u64>,
 }
 
 impl PolicyBook {
@@ -391,6 +398,43 @@ impl PolicyBook {
     /// Applies a new set of database policies (see `live::sync_policies`).
     pub fn replace(&self, overrides: HashMap<String, Arc<Policy>>) {
         self.overrides.store(Arc::new(overrides));
+    }
+
+    /// Says the database changed (a policy write of this process, done before the call): the
+    /// poller looks again at once instead of at its next tick. Returns a ticket for
+    /// [`PolicyBook::applied`].
+    pub fn changed(&self) -> u64 {
+        let ticket = self.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        self.changed.notify_one();
+        ticket
+    }
+
+    /// Waits (at most `timeout`) until a look at the database that began after the change of
+    /// `ticket` has finished; true once one has.
+    pub async fn applied(&self, ticket: u64, timeout: std::time::Duration) -> bool {
+        let mut looked = self.looked.subscribe();
+        tokio::time::timeout(timeout, looked.wait_for(|n| *n >= ticket))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// For the poller: waits until [`PolicyBook::changed`] is called or `poll` passed; returns
+    /// the ticket the coming look covers (pass it to [`PolicyBook::looked`]).
+    pub async fn next_look(&self, poll: std::time::Duration) -> u64 {
+        tokio::select! {
+            _ = self.changed.notified() => {}
+            _ = tokio::time::sleep(poll) => {}
+        }
+        self.requested.load(Ordering::SeqCst)
+    }
+
+    /// For the poller: a look that began at `ticket` is over (whatever it found).
+    pub fn looked(&self, ticket: u64) {
+        self.looked.send_if_modified(|n| {
+            let newer = ticket > *n;
+            *n = (*n).max(ticket);
+            newer
+        });
     }
 }
 

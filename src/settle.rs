@@ -133,8 +133,6 @@ impl Pending {
 
 /// How long a written intent waits for its outcome before it is put in the table as `sent`.
 pub const INTENT_HOLD: Duration = Duration::from_millis(500);
-/// How often the settler looks at written intents when no outcome comes.
-pub const WRITTEN_TICK: Duration = Duration::from_millis(100);
 
 async fn run(
     mut rx: mpsc::Receiver<Job>,
@@ -145,10 +143,14 @@ async fn run(
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut pending = Pending::default();
     loop {
+        // No tick: with intents waiting, the settler wakes when the oldest one's hold ends (its
+        // outcome is slow or has not come); with none, when one arrives. Idle, it sleeps.
+        let hold_ends = pending.intents.front().map(|(_, at, _)| *at + INTENT_HOLD);
         tokio::select! {
             n = rx.recv_many(&mut batch, MAX_BATCH) => if n == 0 { break },
-            // Intents whose outcome is slow, or that have none yet, go in on the tick.
-            _ = tokio::time::sleep(WRITTEN_TICK) => {}
+            _ = tokio::time::sleep_until(hold_ends.unwrap_or_else(tokio::time::Instant::now)),
+                if hold_ends.is_some() => {}
+            _ = written.arrived(), if hold_ends.is_none() => {}
         }
         // Only journal and intent rows gain from company; a release gives budget back at once.
         let journals = batch

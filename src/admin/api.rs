@@ -206,6 +206,7 @@ async fn write(state: &AdminState, project: &str, doc: Option<&Value>, create: b
     let store = &state.reloader.shared.store;
     match store.put_policy(project, &document, create).await {
         Ok(version) => {
+            applied(state).await;
             let status = if create {
                 StatusCode::CREATED
             } else {
@@ -222,6 +223,14 @@ async fn write(state: &AdminState, project: &str, doc: Option<&Value>, create: b
         Err(PolicyWriteError::NotFound(p)) => Err(not_found_policy(&p)),
         Err(PolicyWriteError::Store(e)) => Err(store_error(e)),
     }
+}
+
+/// After a policy write: waits until the proxy applies it, so the next request sees it (at most
+/// a poll interval; a slow database only delays the answer).
+async fn applied(state: &AdminState) {
+    let book = &state.reloader.shared.policies;
+    book.applied(book.changed(), crate::live::POLICY_POLL_INTERVAL)
+        .await;
 }
 
 fn not_found_policy(project: &str) -> ApiError {
@@ -270,9 +279,13 @@ pub async fn delete_policy(
         .deactivate_policy(&project)
         .await
     {
-        Ok(version) => Ok(
-            Json(json!({"project": project, "version": version, "active": false})).into_response(),
-        ),
+        Ok(version) => {
+            applied(&state).await;
+            Ok(
+                Json(json!({"project": project, "version": version, "active": false}))
+                    .into_response(),
+            )
+        }
         Err(PolicyWriteError::NotFound(p) | PolicyWriteError::Exists(p)) => {
             Err(not_found_policy(&p))
         }

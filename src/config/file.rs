@@ -102,8 +102,10 @@ pub const DEFAULT_ANALYTICS_ROLLUP_RETENTION_DAYS: u32 = 400;
 pub const DEFAULT_ANALYTICS_QUEUE_CAPACITY: usize = 65_536;
 /// Most rows the analytics writer puts in one transaction.
 pub const DEFAULT_ANALYTICS_BATCH_ROWS: usize = 2_000;
-/// How long the analytics writer waits for a batch to fill.
-pub const DEFAULT_ANALYTICS_FLUSH_INTERVAL_MS: u64 = 20;
+/// How long the analytics writer waits for a batch to fill: records are safe in the
+/// write-ahead file meanwhile, and at the rates agents use (tens of calls per second) a short
+/// wait would cost a transaction per record.
+pub const DEFAULT_ANALYTICS_FLUSH_INTERVAL_MS: u64 = 250;
 /// Analytics records wait here while the database cannot take them (relative to the config).
 pub const DEFAULT_ANALYTICS_SPOOL_FILE: &str = "pag0-analytics-spool.jsonl";
 

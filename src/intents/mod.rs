@@ -39,23 +39,34 @@ pub const IN_DOUBT_KEY_SECONDS: u64 = 86_400;
 #[error("the payment could not be recorded before sending: {0}")]
 pub struct WriteAheadError(String);
 
-/// Written intents on their way to the SQL table, in file order. Adding one wakes nobody (a
-/// paid call costs no thread wake-up for it): the settler takes them when it handles
-/// outcomes, and on its tick.
+/// Written intents on their way to the SQL table, in file order. The settler takes them when
+/// it handles outcomes; adding one wakes it only when it holds none (busy, it finds them on its
+/// next round; idle, it sleeps without a tick).
 #[derive(Default)]
-pub struct Written(Mutex<Vec<(u64, Intent)>>);
+pub struct Written {
+    intents: Mutex<Vec<(u64, Intent)>>,
+    /// Wakes the settler when intents arrive while it has none (it sleeps without a tick then).
+    arrived: tokio::sync::Notify,
+}
 
 impl Written {
     fn push(&self, seq: u64, intent: Intent) {
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push((seq, intent));
+        let mut intents = self.intents.lock().unwrap_or_else(|p| p.into_inner());
+        if intents.is_empty() {
+            self.arrived.notify_one();
+        }
+        intents.push((seq, intent));
     }
 
     /// Everything added so far, oldest first.
     pub fn take(&self) -> Vec<(u64, Intent)> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|p| p.into_inner()))
+        std::mem::take(&mut *self.intents.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Completes when intents arrived since the last [`Written::take`] (at once if some did
+    /// before this was called).
+    pub async fn arrived(&self) {
+        self.arrived.notified().await
     }
 }
 

@@ -203,10 +203,16 @@ impl Store {
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(sqlx::sqlite::SqliteSynchronous::Normal)
                     .busy_timeout(config.timeout)
+                    // Pages read through a mapping, not a `pread` each: the pool's connections
+                    // take turns, and each one's page cache is stale after another one wrote.
+                    .pragma("mmap_size", "268435456")
                     // Large batches are slow by design; their SQL text is no log line.
                     .log_slow_statements(log::LevelFilter::Debug, Duration::from_secs(1));
                 let pool = SqlitePoolOptions::new()
                     .max_connections(4)
+                    // A connection to a local file does not go stale: no ping round trip to
+                    // the connection's thread before every transaction.
+                    .test_before_acquire(false)
                     .acquire_timeout(config.timeout)
                     .connect_with(options)
                     .await

@@ -4,7 +4,8 @@
 //! Routes: `/free`; `/paid` (10000 units); `/multi` (three offers: an unknown asset at 1, 50000,
 //! 20000); `/expensive` (500000); `/wrong-network` (eip155:1); `/always402` (verifies, then
 //! refuses anyway); `/price-change` (10000, +5000 after every payment on it); `/slow-paid`
-//! (10000, answers 800 ms after a valid payment); `/paid-500` (10000, answers 500 without a receipt
+//! (10000, answers 800 ms after a valid payment); `/settling` (10000, answers 100–300 ms after a
+//! valid payment, like a server that settles before it answers; the delay follows the nonce); `/paid-500` (10000, answers 500 without a receipt
 //! after a valid payment); `/paid-stale` (10000, 200 with `max-age=1, stale-if-error=60`); `/expensive-empty` (a 402 with an empty body); `/unknown-asset` (an asset pag0 does not allow); `/huge-timeout`, `/zero-payto`, `/zero-amount`,
 //! `/wrong-domain`, `/no-domain` (offers pag0 must decline); `/described` (10000, a v2 offer
 //! with a description and Bazaar discovery metadata); `/flaky-paid` (20000, every second valid
@@ -168,8 +169,8 @@ pub fn described_bazaar() -> Value {
 fn offers_for(path: &str, price_changes: u64) -> Option<Vec<Value>> {
     Some(match path {
         "/price-change" => vec![offer(10_000 + 5_000 * price_changes, NETWORK, ASSET)],
-        "/paid" | "/always402" | "/slow-paid" | "/paid-500" | "/paid-stale" | "/described"
-        | "/paid-unsettled" | "/paid-wrong-tx" => {
+        "/paid" | "/always402" | "/slow-paid" | "/settling" | "/paid-500" | "/paid-stale"
+        | "/described" | "/paid-unsettled" | "/paid-wrong-tx" => {
             vec![offer(10_000, NETWORK, ASSET)]
         }
         "/flaky-paid" => vec![offer(20_000, NETWORK, ASSET)],
@@ -437,6 +438,10 @@ async fn handle(
             }
             if path == "/slow-paid" {
                 tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+            }
+            if path == "/settling" {
+                let ms = 100 + u64::from(nonce[31]) * 200 / 255;
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
             }
             let network = if v1 { "base-sepolia" } else { NETWORK };
             let mut transaction = format!("0x{}", hex::encode(Sha256::digest(nonce)));
