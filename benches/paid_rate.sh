@@ -3,10 +3,13 @@
 # SECONDS_PER_ROUND to a paywall that answers 100-300 ms after a valid payment (like a server
 # that settles first; tests/common/paywall.rs `/settling`, signatures verified), open loop.
 # Measured in one run, ROUNDS alternating rounds:
-#   * through pag0: a plain Node agent (undici fetch via the proxy) and pag0 paying; pag0's CPU
-#     (every thread, from /proc/PID/task/*/schedstat) per paid call;
-#   * Coinbase's client: @x402/fetch + @x402/evm in Node paying the same paywall itself; that
-#     Node process's CPU per paid call.
+#   * Coinbase's client: @x402/fetch + @x402/evm in Node paying the paywall itself; that Node
+#     process's CPU per paid call (the reference of the goal);
+#   * the floor: bare Pingora (benches/pingora.rs) relaying free calls that wait as long
+#     (`/delayed`) from a plain Node agent (undici fetch), its CPU per call; pag0 relaying the
+#     same free calls;
+#   * pag0 paying: the plain agent through pag0 (absolute-form requests); pag0's CPU (every
+#     thread, from /proc/PID/task/*/schedstat) per paid call;
 # and pag0's CPU per second while idle (IDLE seconds without traffic, after the calls).
 # pag0 runs conf/examples/paid-apis.yaml with only addresses, files, the loopback allowance, the
 # bench key and an unreachable facilitator URL (no internet here) changed.
@@ -33,7 +36,9 @@ cargo build --release --locked --bin pag0 >&2
 HELPER=$(bench_helper x402)
 TOOLS=$PWD/target/tools
 export NODE_TOOLS_DIR=$TOOLS X402JS_DIR=$TOOLS/x402js
-if ! (cd "$X402JS_DIR" 2>/dev/null && node -e "process.exit(require('@x402/fetch/package.json').version === '$X402JS_VERSION' ? 0 : 1)" 2>/dev/null); then
+installed() { node -p "JSON.parse(require('fs').readFileSync('$X402JS_DIR/node_modules/$1/package.json')).version" 2>/dev/null; }
+if [ "$(installed @x402/fetch)" != "$X402JS_VERSION" ] || [ "$(installed @x402/evm)" != "$X402JS_VERSION" ] \
+  || [ "$(installed viem)" != "$VIEM_VERSION" ]; then
   echo "installing @x402/fetch, @x402/evm $X402JS_VERSION and viem $VIEM_VERSION under $X402JS_DIR" >&2
   mkdir -p "$X402JS_DIR"
   (cd "$X402JS_DIR" && { [ -f package.json ] || echo '{"private":true}' > package.json; } \
@@ -92,28 +97,44 @@ if [ -n "${BASELINE:-}" ]; then
   start_pag0 baseline "$BASELINE"; PID[baseline]=$PAG0_PID; PORT[baseline]=$PAG0_PORT
   NAMES+=(baseline)
 fi
+# The floor: bare Pingora (benches/pingora.rs, as many threads as pag0) relaying the same
+# rate of free calls that wait as long (`/delayed`) from the same Node agent.
+BARE_HELPER=$(bench_helper pingora)
+PB=$(port)
+"$BARE_HELPER" proxy "127.0.0.1:$PB" "127.0.0.1:$UP" "$(awk '/^  threads:/ {print $2}' "$work/pag0.yaml" | grep . || echo 2)" >/dev/null 2>&1 &
+BARE=$!; pids+=($BARE)
+wait_port "$PB"
+
 # Warm-up: every client once, pag0 learns the price.
 for n in "${NAMES[@]}"; do client proxy "$URL" 20 1 "http://127.0.0.1:${PORT[$n]}" "$AUTH" >/dev/null; done
 client x402-fetch "$URL" 20 1 >/dev/null
+client direct "http://127.0.0.1:$PB/delayed" 20 1 >/dev/null
 
 declare -A PER_CALL AGENT
-DIRECT=()
+# case NAME PID CLIENT-ARGS...: one round of CLIENT-ARGS; appends PID's CPU per call (if a PID
+# is given) and the agent's own to PER_CALL[NAME] and AGENT[NAME].
+case_run() {
+  local name=$1 pid=$2 before after out
+  shift 2
+  before=$([ -n "$pid" ] && cpu_ns "$pid" || echo 0)
+  out=$(client "$@")
+  after=$([ -n "$pid" ] && cpu_ns "$pid" || echo 0)
+  [ "$(json "$out" failed)" = 0 ] || { echo "$name: failed calls: $out" >&2; exit 1; }
+  PER_CALL[$name]+="$(awk -v d=$((after - before)) -v c="$(json "$out" ok)" 'BEGIN {printf "%.3f", d/c/1e6}') "
+  AGENT[$name]+="$(awk -v m="$(json "$out" cpu_ms)" -v c="$(json "$out" ok)" 'BEGIN {printf "%.3f", m/c}') "
+  echo "round $round $name: $out" >&2
+}
+CASES=("x402-fetch" "pingora-bare free" "pag0 free")
 echo "pag0 paid calls at a fixed rate  $(date -u +%Y-%m-%dT%H:%MZ)  $(nproc) cores  rate=$RATE/s  ${CALL_SECONDS}s per round  rounds=$ROUNDS" >&2
 for round in $(seq 1 "$ROUNDS"); do
+  case_run "x402-fetch" "" x402-fetch "$URL" "$RATE" "$CALL_SECONDS"
+  case_run "pingora-bare free" "$BARE" direct "http://127.0.0.1:$PB/delayed" "$RATE" "$CALL_SECONDS"
+  case_run "pag0 free" "${PID[pag0]}" proxy "http://127.0.0.1:$UP/delayed" "$RATE" "$CALL_SECONDS" "http://127.0.0.1:${PORT[pag0]}" "$AUTH"
   for n in "${NAMES[@]}"; do
-    before=$(cpu_ns "${PID[$n]}")
-    out=$(client proxy "$URL" "$RATE" "$CALL_SECONDS" "http://127.0.0.1:${PORT[$n]}" "$AUTH")
-    after=$(cpu_ns "${PID[$n]}")
-    [ "$(json "$out" failed)" = 0 ] || { echo "$n: failed calls: $out" >&2; exit 1; }
-    PER_CALL[$n]+="$(awk -v d=$((after - before)) -v c="$(json "$out" ok)" 'BEGIN {printf "%.3f", d/c/1e6}') "
-    AGENT[$n]+="$(awk -v m="$(json "$out" cpu_ms)" -v c="$(json "$out" ok)" 'BEGIN {printf "%.3f", m/c}') "
-    echo "round $round $n: $out" >&2
+    case_run "$n paid" "${PID[$n]}" proxy "$URL" "$RATE" "$CALL_SECONDS" "http://127.0.0.1:${PORT[$n]}" "$AUTH"
   done
-  out=$(client x402-fetch "$URL" "$RATE" "$CALL_SECONDS")
-  [ "$(json "$out" failed)" = 0 ] || { echo "x402-fetch: failed calls: $out" >&2; exit 1; }
-  DIRECT+=("$(awk -v m="$(json "$out" cpu_ms)" -v c="$(json "$out" ok)" 'BEGIN {printf "%.3f", m/c}')")
-  echo "round $round x402-fetch: $out" >&2
 done
+for n in "${NAMES[@]}"; do CASES+=("$n paid"); done
 
 declare -A IDLE_MS
 sleep 2
@@ -123,14 +144,15 @@ for n in "${NAMES[@]}"; do
 done
 
 echo
-D=$(median "${DIRECT[@]}")
-printf "%-34s %16s %10s  %s\n" case "CPU ms per call" "x fetch" "rounds"
-printf "%-34s %16s %10s  %s\n" "@x402/fetch (Node, pays itself)" "$D" "1.00" "${DIRECT[*]}"
-for n in "${NAMES[@]}"; do
+# shellcheck disable=SC2086
+D=$(median ${AGENT[x402-fetch]})
+printf "%-22s %14s %10s %14s  %s\n" case "proxy CPU ms" "x fetch" "agent CPU ms" "proxy CPU ms per round"
+printf "%-22s %14s %10s %14s  %s\n" "@x402/fetch (pays)" "-" "-" "$D" ""
+for c in "${CASES[@]:1}"; do
   # shellcheck disable=SC2086
-  m=$(median ${PER_CALL[$n]}); a=$(median ${AGENT[$n]})
-  printf "%-34s %16s %10s  %s\n" "$n: pag0 process" "$m" "$(awk -v a="$m" -v b="$D" 'BEGIN {printf "%.3f", a/b}')" "${PER_CALL[$n]}"
-  printf "%-34s %16s %10s  %s\n" "$n: the agent (Node via proxy)" "$a" "$(ratio "$a" "$D")" "${AGENT[$n]}"
+  m=$(median ${PER_CALL[$c]}); a=$(median ${AGENT[$c]})
+  printf "%-22s %14s %10s %14s  %s\n" "$c" "$m" "$(awk -v a="$m" -v b="$D" 'BEGIN {printf "%.3f", a/b}')" "$a" "${PER_CALL[$c]}"
 done
+echo "(per call, medians of $ROUNDS rounds; proxy CPU = every thread of the proxy process; agent CPU = the Node client's own)"
 echo
 for n in "${NAMES[@]}"; do echo "$n idle: ${IDLE_MS[$n]} ms CPU per second"; done

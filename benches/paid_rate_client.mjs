@@ -8,6 +8,8 @@
 //       the 402 itself: two round trips per call, signing in this process.
 //   node paid_rate_client.mjs proxy <url> <rate> <seconds> <proxy-url> <basic-auth>
 //       A plain agent: undici fetch through pag0 (absolute-form requests, keep-alive); pag0 pays.
+//   node paid_rate_client.mjs direct <url> <rate> <seconds>
+//       The same plain undici fetch without a proxy (e.g. to a reverse proxy).
 //
 // Module paths: X402JS_DIR holds @x402/* and viem, NODE_TOOLS_DIR holds undici.
 import { createRequire } from "node:module";
@@ -38,6 +40,11 @@ async function paidFetch() {
       proxyTunnel: false,
     });
     return (u, init) => undici.fetch(u, { ...init, dispatcher });
+  }
+  if (mode === "direct") {
+    const req = createRequire(path.join(process.env.NODE_TOOLS_DIR, "index.js"));
+    const undici = req("undici");
+    return (u, init) => undici.fetch(u, init);
   }
   throw new Error(`unknown mode ${mode}`);
 }

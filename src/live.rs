@@ -441,7 +441,7 @@ impl Shared {
 
 /// How often the database is asked whether policies changed (writes through this process's
 /// admin API are applied at once; this bounds how late another instance's writes are seen).
-pub const POLICY_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+pub const POLICY_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Keeps [`PolicyBook`] in step with the database: polls a revision number every
 /// [`POLICY_POLL_INTERVAL`] (or at once when the admin API wrote one) and reloads (and

@@ -8,9 +8,11 @@
 //! - an authorization is handed out once, and only within [`MAX_AGE_SECONDS`] of the second it
 //!   was signed for; its `validBefore` is then at most that much earlier than a fresh one's,
 //!   which is why offers with a short `maxTimeoutSeconds` are never stocked;
-//! - a shelf is refilled only while it is in use (a second take within the age limit), to four
-//!   times what was taken since the last refill was ordered (up to [`MAX_PER_SHELF`]), so a
-//!   steady stream of calls is served from stock and a lone call costs nothing extra;
+//! - a shelf is refilled only while it is in use (a second take within the age limit), once it
+//!   is down to half its target: half a second of the calls seen in the last second, at least
+//!   [`MIN_TARGET`] (up to [`MAX_PER_SHELF`]). A steady stream is served from stock, a lone
+//!   call costs nothing extra, and the signing pool wakes once per refill, not per call (at 50
+//!   calls/s: about four times a second), while what is stocked is used before it ages out;
 //! - an unused authorization is never sent anywhere: it expires in memory, unsettled.
 
 use std::collections::{HashMap, VecDeque};
@@ -28,6 +30,8 @@ pub const MIN_TIMEOUT_SECONDS: u64 = 30;
 pub const REFILL_PART: usize = 8;
 /// Ready authorizations kept per shelf at most.
 pub const MAX_PER_SHELF: usize = 256;
+/// The smallest stock a shelf in use aims for.
+pub const MIN_TARGET: usize = 4;
 /// Shelves kept before idle ones are dropped.
 const MAX_SHELVES: usize = 1024;
 
@@ -56,11 +60,33 @@ impl Ready {
 #[derive(Default)]
 struct Shelf {
     ready: VecDeque<Ready>,
-    /// Takes since the last refill was ordered.
-    demand: usize,
     /// The second of the last take (0: never).
     last_take: u64,
+    /// Takes in the second `last_take` and in the one before it.
+    this_second: usize,
+    previous_second: usize,
     refilling: bool,
+}
+
+impl Shelf {
+    /// Counts a take at `now` (a clock that went back counts in the latest second).
+    fn count(&mut self, now: u64) {
+        if now > self.last_take {
+            self.previous_second = if now == self.last_take + 1 {
+                self.this_second
+            } else {
+                0
+            };
+            self.this_second = 0;
+            self.last_take = now;
+        }
+        self.this_second += 1;
+    }
+
+    /// How many ready authorizations the shelf aims for: half a second of the calls seen.
+    fn target(&self) -> usize {
+        (self.this_second.max(self.previous_second) / 2).clamp(MIN_TARGET, MAX_PER_SHELF)
+    }
 }
 
 /// Authorizations to sign (on the signing pool) and hand back with [`Stock::put`].
@@ -112,27 +138,17 @@ impl Stock {
             .and_then(|i| shelf.ready.remove(i))
             .map(|r| r.payment);
         let in_use = taken.is_some() || now <= shelf.last_take + MAX_AGE_SECONDS;
-        if !in_use {
-            // After a pause the earlier calls say nothing about the coming ones.
-            shelf.demand = 0;
-        }
-        shelf.last_take = shelf.last_take.max(now);
-        shelf.demand += 1;
+        shelf.count(now);
         let mut refill = None;
-        if in_use && !shelf.refilling {
-            let count = (4 * shelf.demand)
-                .min(MAX_PER_SHELF)
-                .saturating_sub(shelf.ready.len());
-            if count > 0 {
-                shelf.refilling = true;
-                shelf.demand = 0;
-                refill = Some(Refill {
-                    key: key.clone(),
-                    count,
-                    // For the latest second seen, so the next calls can use them.
-                    now: shelf.last_take,
-                });
-            }
+        let target = shelf.target();
+        if in_use && !shelf.refilling && shelf.ready.len() <= target / 2 {
+            shelf.refilling = true;
+            refill = Some(Refill {
+                key: key.clone(),
+                count: target - shelf.ready.len(),
+                // For the latest second seen, so the next calls can use them.
+                now: shelf.last_take,
+            });
         }
         (taken, refill)
     }
@@ -199,23 +215,27 @@ mod tests {
         let now = 1_800_000_000;
         // First call ever: nothing ready, nothing ordered (it may stay the only one).
         assert_eq!(stock.take(&k, now), (None, None));
-        // A second call within the age limit: the shelf is in use; the refill is four times
-        // the two calls so far.
+        // A second call within the age limit: the shelf is in use; the refill is the smallest
+        // target.
         let (none, refill) = stock.take(&k, now + 1);
         assert!(none.is_none());
         let refill = refill.expect("a repeat orders a refill");
-        assert_eq!((refill.count, refill.now), (8, now + 1));
+        assert_eq!((refill.count, refill.now), (MIN_TARGET, now + 1));
         // While that refill is out, no second one is ordered.
         assert_eq!(stock.take(&k, now + 1).1, None);
         stock.put(&refill, signed(&refill, 10), true);
         let mut nonces = std::collections::HashSet::new();
-        for _ in 0..8 {
+        for _ in 0..MIN_TARGET {
             let (got, _) = stock.take(&k, now + 2);
             let got = got.expect("served from stock");
             assert_eq!(got.authorization.valid_before, now + 1 + 60);
             nonces.insert(got.authorization.nonce);
         }
-        assert_eq!(nonces.len(), 8, "each authorization is handed out once");
+        assert_eq!(
+            nonces.len(),
+            MIN_TARGET,
+            "each authorization is handed out once"
+        );
         assert!(
             stock.take(&k, now + 2).0.is_none(),
             "and then the shelf is empty"
@@ -263,9 +283,36 @@ mod tests {
         let later = now + 100;
         stock.take(&k, later);
         let refill = stock.take(&k, later).1.unwrap();
-        assert_eq!(
-            refill.count, 8,
-            "four times the two calls of the new stream"
+        assert_eq!(refill.count, MIN_TARGET, "the new stream starts small");
+    }
+
+    #[test]
+    fn a_steady_stream_is_refilled_in_few_large_parts_and_little_ages_out() {
+        let stock = Stock::default();
+        let k = key(60);
+        let start = 1_800_000_000;
+        let (mut orders, mut signed_total, mut served) = (0, 0, 0);
+        // 50 calls a second for 20 seconds; each refill is signed at once.
+        for second in start..start + 20 {
+            for _ in 0..50 {
+                let (got, refill) = stock.take(&k, second);
+                served += usize::from(got.is_some());
+                if let Some(refill) = refill {
+                    orders += 1;
+                    signed_total += refill.count;
+                    stock.put(&refill, signed(&refill, 0), true);
+                }
+            }
+        }
+        assert!(served >= 950, "{served} of 1000 calls served from stock");
+        assert!(
+            orders <= 100,
+            "{orders} refills: one per call or so would be 1000"
+        );
+        assert!(
+            signed_total - served <= 40,
+            "{} signed and never used",
+            signed_total - served
         );
     }
 

@@ -5,7 +5,8 @@
 //! 20000); `/expensive` (500000); `/wrong-network` (eip155:1); `/always402` (verifies, then
 //! refuses anyway); `/price-change` (10000, +5000 after every payment on it); `/slow-paid`
 //! (10000, answers 800 ms after a valid payment); `/settling` (10000, answers 100–300 ms after a
-//! valid payment, like a server that settles before it answers; the delay follows the nonce); `/paid-500` (10000, answers 500 without a receipt
+//! valid payment, like a server that settles before it answers; the delay follows the nonce);
+//! `/delayed` (free, answers after 100–300 ms: the same wait without a payment); `/paid-500` (10000, answers 500 without a receipt
 //! after a valid payment); `/paid-stale` (10000, 200 with `max-age=1, stale-if-error=60`); `/expensive-empty` (a 402 with an empty body); `/unknown-asset` (an asset pag0 does not allow); `/huge-timeout`, `/zero-payto`, `/zero-amount`,
 //! `/wrong-domain`, `/no-domain` (offers pag0 must decline); `/described` (10000, a v2 offer
 //! with a description and Bazaar discovery metadata); `/flaky-paid` (20000, every second valid
@@ -356,6 +357,10 @@ async fn handle(
     let echo = json!({"method": method, "path": full_path, "body_len": body.len(), "body_sha256": hex::encode(Sha256::digest(&body))});
     let price_changes = state.lock().unwrap().price_changes;
     let Some(mut offers) = offers_for(&path, price_changes) else {
+        if path == "/delayed" {
+            let n = state.lock().unwrap().stats.requests as u64;
+            tokio::time::sleep(std::time::Duration::from_millis(100 + n * 37 % 201)).await;
+        }
         return Ok(respond(StatusCode::OK, echo.to_string(), None));
     };
     if let Some(token) = state.lock().unwrap().token.clone() {
