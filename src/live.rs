@@ -444,9 +444,10 @@ impl Shared {
 pub const POLICY_POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Keeps [`PolicyBook`] in step with the database: polls a revision number every
-/// [`POLICY_POLL_INTERVAL`] (or at once when the admin API wrote one) and reloads (and
-/// re-validates against the current config) when it or the config changed. A policy that no longer validates is skipped with a warning (the
-/// YAML policy applies). Stops when pag0 shuts down (holds only weak references).
+/// [`POLICY_POLL_INTERVAL`] (at once after a write through this process's admin API or a
+/// config reload) and reloads (and re-validates against the current config) when it or the
+/// config changed. A policy that no longer validates is skipped with a warning (the YAML
+/// policy applies). Stops when pag0 shuts down (holds only weak references).
 pub async fn sync_policies(
     live: std::sync::Weak<ArcSwap<Live>>,
     store: Arc<Store>,

@@ -20,7 +20,8 @@ fn config(extra: &str) -> String {
     )
 }
 
-/// Repeats a paid call until its status is `want` (the policy poller runs every 250 ms);
+/// Repeats a paid call until its status is `want` (another instance's poller runs every
+/// 500 ms);
 /// returns how long that took.
 async fn until_status(client: &reqwest::Client, url: &str, want: StatusCode) -> Duration {
     let start = Instant::now();
@@ -323,6 +324,47 @@ async fn the_spend_journal_is_queryable_by_time() {
         )
         .await;
     assert_eq!(today["count"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_written_through_the_api_applies_before_the_api_answers() {
+    let wall = Paywall::start().await;
+    let pag0 = Pag0::start(&config(""));
+    let client = pag0.client("demo", DEMO_KEY);
+    let free = wall.url("/free");
+    let status = || async { client.get(&free).send().await.unwrap().status() };
+    let block = json!({"policy": {"block_hosts": ["127.0.0.1"]}});
+    // Each write is followed by exactly one request, at once: no waiting, no retry.
+    for round in 0..3 {
+        let (code, body) = pag0
+            .admin_json(
+                Method::POST,
+                "/api/policies",
+                Some(json!({"project": "demo", "policy": block["policy"]})),
+            )
+            .await;
+        assert_eq!(code, 201, "round {round}: {body}");
+        assert_eq!(status().await, StatusCode::FORBIDDEN, "round {round}: POST");
+        let (code, _) = pag0
+            .admin_json(
+                Method::PUT,
+                "/api/policies/demo",
+                Some(json!({"policy": {}})),
+            )
+            .await;
+        assert_eq!(code, 200);
+        assert_eq!(status().await, StatusCode::OK, "round {round}: PUT");
+        let (code, _) = pag0
+            .admin_json(Method::PUT, "/api/policies/demo", Some(block.clone()))
+            .await;
+        assert_eq!(code, 200);
+        assert_eq!(status().await, StatusCode::FORBIDDEN, "round {round}: PUT");
+        let (code, _) = pag0
+            .admin_json(Method::DELETE, "/api/policies/demo", None)
+            .await;
+        assert_eq!(code, 200);
+        assert_eq!(status().await, StatusCode::OK, "round {round}: DELETE");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
