@@ -3,7 +3,9 @@
 #
 # 1. Pass-through (benches/proxy.sh's setup: reverse route to a fast nginx upstream, the bench
 #    pipeline) with analytics off vs on (embedded SQLite): ROUNDS alternating saturation pairs
-#    (medians and each pair's ratio), then a paced load of ~1000 req/s on each and its p99.
+#    (medians and each pair's ratio, and the CPU per request of the request worker and of the
+#    threads that write analytics, from /proc), then a paced load of ~1000 req/s on each and
+#    its p99.
 # 2. Sustained: SUSTAINED seconds of saturation on the forward proxy with analytics in
 #    PostgreSQL (a throwaway database on 127.0.0.1:5432): rows written vs requests wrk counted,
 #    the writer's CPU per record (the pag0-state threads, from /proc), the peak queue depth.
@@ -34,9 +36,9 @@ wait_port "$UP"
 
 start_route_pag0 off "" "analytics:
   enabled: false"
-OFF=$PAG0_PORT
+OFF=$PAG0_PORT; OFF_PID=${pids[-1]}
 start_route_pag0 on "" ""
-ON=$PAG0_PORT; ON_ADMIN=$PAG0_ADMIN
+ON=$PAG0_PORT; ON_ADMIN=$PAG0_ADMIN; ON_PID=${pids[-1]}
 wait_port "$OFF"; wait_port "$ON"
 
 cat > "$work/auth.lua" <<LUA
@@ -44,10 +46,31 @@ wrk.headers["X-Pag0-API-Key"] = "$KEY"
 LUA
 for p in $OFF $ON; do wrk -t1 -c4 -d2s -s "$work/auth.lua" "http://127.0.0.1:$p/" >/dev/null; done
 
-off_runs=(); on_runs=(); pairs=()
+# cpu_ns PID KIND: CPU nanoseconds so far of PID's request workers (proxy) or of the threads
+# that write analytics (writer: the state runtime and the SQLite connection threads).
+cpu_ns() {
+  local t comm total=0 ns
+  for t in /proc/"$1"/task/*; do
+    comm=$(cat "$t/comm" 2>/dev/null) || continue
+    case "$2:$comm" in
+      "proxy:pag0 proxy"*|writer:pag0-state*|writer:sqlx-sqlite*)
+        read -r ns _ < "$t/schedstat" && total=$((total + ns)) ;;
+    esac
+  done
+  echo "$total"
+}
+# per_req NS_BEFORE NS_AFTER REQ_PER_S: µs per request over a DURATION run.
+per_req() { awk -v a="$1" -v b="$2" -v r="$3" -v d="$DURATION" 'BEGIN {printf "%.1f", (b - a) / 1000 / (r * d)}'; }
+
+off_runs=(); on_runs=(); pairs=(); off_worker=(); on_worker=(); on_writer=()
 for _ in $(seq 1 "$ROUNDS"); do
+  w0=$(cpu_ns "$OFF_PID" proxy)
   read -r F_RPS F_P99 F_BAD < <(measure "http://127.0.0.1:$OFF/" "$work/auth.lua" "$CONNS" 0)
+  off_worker+=("$(per_req "$w0" "$(cpu_ns "$OFF_PID" proxy)" "$F_RPS")")
+  w0=$(cpu_ns "$ON_PID" proxy); r0=$(cpu_ns "$ON_PID" writer)
   read -r N_RPS N_P99 N_BAD < <(measure "http://127.0.0.1:$ON/" "$work/auth.lua" "$CONNS" 0)
+  on_worker+=("$(per_req "$w0" "$(cpu_ns "$ON_PID" proxy)" "$N_RPS")")
+  on_writer+=("$(per_req "$r0" "$(cpu_ns "$ON_PID" writer)" "$N_RPS")")
   [ -n "${F_BAD:-}${N_BAD:-}" ] && echo "warning: ${F_BAD:-} ${N_BAD:-}" >&2
   off_runs+=("$F_RPS $F_P99"); on_runs+=("$N_RPS $N_P99")
   pairs+=("$(ratio "$N_RPS" "$F_RPS")")
@@ -99,6 +122,8 @@ printf "%-28s %12s %10s %10s\n" case "req/s" "p99 ms" "ratio"
 printf "%-28s %12s %10s %10s\n" "analytics off" "$F_RPS" "$F_P99" "1.00"
 printf "%-28s %12s %10s %10s\n" "analytics on (SQLite)" "$N_RPS" "$N_P99" "$(ratio "$N_RPS" "$F_RPS")"
 echo "on / off per round ($ROUNDS alternating pairs; medians above): ${pairs[*]}"
+echo "CPU per request, µs (medians): request worker off $(median "${off_worker[@]}"), on $(median "${on_worker[@]}"); analytics writer threads $(median "${on_writer[@]}")"
+echo "  per round: worker off ${off_worker[*]} | worker on ${on_worker[*]} | writer ${on_writer[*]}"
 echo "paced ~1000 req/s, p99 ms: off $FP_P99 ($FP_RPS req/s) | on $NP_P99 ($NP_RPS req/s) | added $(awk -v a="$NP_P99" -v b="$FP_P99" 'BEGIN {printf "%.2f", a-b}')"
 echo "records written by the SQLite instance: ${ON_WRITTEN:-?}"
 echo

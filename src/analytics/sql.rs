@@ -7,7 +7,8 @@
 //! time. (A row replayed after its day's raw rows expired is new again: keep spools younger
 //! than `analytics.retention_days`.)
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use alloy_primitives::U256;
 use sqlx::Row;
@@ -81,53 +82,87 @@ pub fn bucket_columns() -> impl Iterator<Item = String> {
     (0..BUCKETS).map(|i| format!("h{i:02}"))
 }
 
+/// The text of a raw insert of `rows` rows, built once per (dialect, rows, returning) and then
+/// shared: a 1000-row statement is 30 000 placeholders, too much text to format per batch.
+fn raw_sql<DB: sqlx::Database>(rows: usize, cast: &str, returning: bool) -> Arc<str>
+where
+    for<'a> i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    type Texts = Mutex<HashMap<(std::any::TypeId, usize, bool), Arc<str>>>;
+    static TEXTS: OnceLock<Texts> = OnceLock::new();
+    let key = (std::any::TypeId::of::<DB>(), rows, returning);
+    let texts = TEXTS.get_or_init(Default::default);
+    if let Some(text) = texts.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return text.clone();
+    }
+    let mut q = sqlx::QueryBuilder::<DB>::new(RAW_COLUMNS);
+    q.push_values(0..rows, |mut row, _| {
+        for column in 0..RAW_COLUMN_COUNT {
+            row.push_bind(0i64);
+            if column == AMOUNT_COLUMN || column == SAVED_COLUMN {
+                row.push_unseparated(cast);
+            }
+        }
+    });
+    q.push(" ON CONFLICT (at_ms, id) DO NOTHING");
+    if returning {
+        q.push(" RETURNING id");
+    }
+    let text: Arc<str> = q.sql().into();
+    let mut texts = texts.lock().unwrap_or_else(|p| p.into_inner());
+    texts.entry(key).or_insert(text).clone()
+}
+
+/// Columns of a raw row, and where the amounts are (they get `$cast`).
+const RAW_COLUMN_COUNT: usize = 30;
+const AMOUNT_COLUMN: usize = 20;
+const SAVED_COLUMN: usize = 25;
+
 /// Inserts raw rows through `$tx`; `$cast` turns amount text into the column type. Checked
 /// (`$returning`): the ids of the rows that were new are added to `$inserted`. Not checked: a
 /// chunk that was not wholly new fails with [`Written::Before`] (cheaper: no row comes back).
 macro_rules! insert_raw {
     ($db:ty, $tx:expr, $records:expr, $cast:expr, $returning:expr, $inserted:expr) => {{
         for chunk in fixed_chunks(&$records, &CHUNKS) {
-            let mut q = sqlx::QueryBuilder::<$db>::new(RAW_COLUMNS);
-            q.push_values(chunk, |mut row, r| {
+            let sql = raw_sql::<$db>(chunk.len(), $cast, $returning);
+            let mut q = sqlx::query::<$db>(&sql);
+            for r in chunk.iter() {
                 let paid = r.paid.as_ref();
-                row.push_bind(&r.id)
-                    .push_bind(r.at_ms)
-                    .push_bind(&r.project)
-                    .push_bind(&r.route)
-                    .push_bind(&r.method)
-                    .push_bind(r.scheme.as_ref())
-                    .push_bind(&r.host)
-                    .push_bind(i32::from(r.port))
-                    .push_bind(&r.path)
-                    .push_bind(&r.endpoint)
-                    .push_bind(i32::from(r.status))
-                    .push_bind(r.upstream_status.map(i32::from))
-                    .push_bind(i32::from(r.attempts))
-                    .push_bind(clamp(r.latency_us))
-                    .push_bind(r.upstream_latency_us.map(clamp))
-                    .push_bind(clamp(r.request_bytes))
-                    .push_bind(clamp(r.response_bytes))
-                    .push_bind(r.cache.as_str())
-                    .push_bind(r.payment.as_str())
-                    .push_bind(&r.payment_reason)
-                    .push_bind(paid.map(|p| p.money.amount.to_string()))
-                    .push_unseparated($cast)
-                    .push_bind(paid.map(|p| p.money.symbol.as_str()))
-                    .push_bind(paid.map(|p| p.asset.as_str()))
-                    .push_bind(paid.map(|p| p.network.as_str()))
-                    .push_bind(paid.map(|p| p.pay_to.as_str()))
-                    .push_bind(r.saved.as_ref().map(|s| s.amount.to_string()))
-                    .push_unseparated($cast)
-                    .push_bind(r.saved.as_ref().map(|s| s.symbol.as_str()))
-                    .push_bind(r.error.as_deref())
-                    .push_bind(&r.tx_hash)
-                    .push_bind(r.x402_version.map(i32::from));
-            });
-            q.push(" ON CONFLICT (at_ms, id) DO NOTHING");
+                // In RAW_COLUMNS' order (amount at AMOUNT_COLUMN, saved at SAVED_COLUMN).
+                q = q
+                    .bind(&r.id)
+                    .bind(r.at_ms)
+                    .bind(&r.project)
+                    .bind(&r.route)
+                    .bind(&r.method)
+                    .bind(r.scheme.as_ref())
+                    .bind(&r.host)
+                    .bind(i32::from(r.port))
+                    .bind(&r.path)
+                    .bind(&r.endpoint)
+                    .bind(i32::from(r.status))
+                    .bind(r.upstream_status.map(i32::from))
+                    .bind(i32::from(r.attempts))
+                    .bind(clamp(r.latency_us))
+                    .bind(r.upstream_latency_us.map(clamp))
+                    .bind(clamp(r.request_bytes))
+                    .bind(clamp(r.response_bytes))
+                    .bind(r.cache.as_str())
+                    .bind(r.payment.as_str())
+                    .bind(&r.payment_reason)
+                    .bind(paid.map(|p| p.money.amount.to_string()))
+                    .bind(paid.map(|p| p.money.symbol.as_str()))
+                    .bind(paid.map(|p| p.asset.as_str()))
+                    .bind(paid.map(|p| p.network.as_str()))
+                    .bind(paid.map(|p| p.pay_to.as_str()))
+                    .bind(r.saved.as_ref().map(|s| s.amount.to_string()))
+                    .bind(r.saved.as_ref().map(|s| s.symbol.as_str()))
+                    .bind(r.error.as_deref())
+                    .bind(&r.tx_hash)
+                    .bind(r.x402_version.map(i32::from));
+            }
             if $returning {
-                q.push(" RETURNING id");
                 let rows = q
-                    .build()
                     .fetch_all(&mut *$tx)
                     .await
                     .map_err(|e| insert_err("analytics insert", e))?;
@@ -139,7 +174,6 @@ macro_rules! insert_raw {
                 }
             } else {
                 let done = q
-                    .build()
                     .execute(&mut *$tx)
                     .await
                     .map_err(|e| insert_err("analytics insert", e))?;

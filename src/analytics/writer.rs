@@ -98,9 +98,14 @@ impl Core {
         })
     }
 
+    /// `instance` and a sequence number as 32 hex digits (no formatting machinery: one per
+    /// request).
     pub fn next_id(&self) -> String {
         let seq = self.sequence.fetch_add(1, Ordering::Relaxed);
-        format!("{:016x}{seq:016x}", self.instance)
+        let mut id = [0u8; 32];
+        crate::store::hex_into(&mut id[..16], self.instance);
+        crate::store::hex_into(&mut id[16..], seq);
+        id.iter().map(|&b| b as char).collect()
     }
 
     /// Appends a record's line to the write-ahead file; `then` gets its sequence number under

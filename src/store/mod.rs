@@ -84,7 +84,7 @@ pub use intents::{
 };
 pub use policies::{PolicyVersion, PolicyWriteError};
 pub use spool::Spool;
-pub use spool::{line as spool_line, records as spool_records};
+pub use spool::{hex_into, line as spool_line, records as spool_records};
 pub use wal::Wal;
 
 pub(crate) const INSERT_COLUMNS: &str = "INSERT INTO spend_journal (id, project, pool, network, asset, pay_to, payer, amount, nonce, tx_hash, url, window_day, window_month, reserved_at, committed_at, valid_before) ";

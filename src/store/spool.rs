@@ -24,13 +24,26 @@ pub struct Spool<T> {
 /// Exclusive access to the spool (a replay holds it so no append slips between read and clear).
 pub struct SpoolGuard<'a, T>(MutexGuard<'a, PathBuf>, PhantomData<fn() -> T>);
 
-/// One checksummed line (with its `\n`).
+/// One checksummed line (with its `\n`), in one allocation: the JSON is written after room
+/// for the checksum, which is filled in last (every request's analytics record comes here).
 pub fn line<T: Serialize>(row: &T) -> Result<Vec<u8>, StoreError> {
-    let json = serde_json::to_vec(row).map_err(|e| StoreError(e.to_string()))?;
-    let mut line = format!("{:08x} ", crc32fast::hash(&json)).into_bytes();
-    line.extend_from_slice(&json);
+    const PREFIX: usize = 9;
+    let mut line = Vec::with_capacity(640);
+    line.extend_from_slice(b"00000000 ");
+    serde_json::to_writer(&mut line, row).map_err(|e| StoreError(e.to_string()))?;
+    let crc = crc32fast::hash(&line[PREFIX..]);
+    hex_into(&mut line[..8], u64::from(crc));
     line.push(b'\n');
     Ok(line)
+}
+
+/// Writes `v`'s last `out.len()` hex digits (lower case, zero-padded) into `out`.
+pub fn hex_into(out: &mut [u8], mut v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in out.iter_mut().rev() {
+        *b = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
+    }
 }
 
 /// The intact records of a spool file's bytes, in order.
@@ -143,6 +156,19 @@ impl<T: DeserializeOwned> SpoolGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_line_is_the_checksum_in_hex_then_the_json() {
+        let row = vec!["a\"b".to_string(); 40];
+        let json = serde_json::to_string(&row).unwrap();
+        let expected = format!("{:08x} {json}\n", crc32fast::hash(json.as_bytes()));
+        assert_eq!(String::from_utf8(line(&row).unwrap()).unwrap(), expected);
+        for v in [0, 1, 0xabc, u64::from(u32::MAX), u64::MAX - 7, u64::MAX] {
+            let mut out = [0u8; 16];
+            hex_into(&mut out, v);
+            assert_eq!(std::str::from_utf8(&out).unwrap(), format!("{v:016x}"));
+        }
+    }
 
     #[tokio::test]
     async fn torn_and_damaged_lines_are_skipped() {
