@@ -35,6 +35,9 @@ pub struct Wal {
     instance: String,
     segment_bytes: u64,
     inner: Mutex<Inner>,
+    /// Held by [`Wal::persisted`] for its whole pass, so that passes run one at a time and a
+    /// mapping one of them releases pages of is not unmapped meanwhile.
+    releasing: Mutex<()>,
 }
 
 struct Inner {
@@ -56,6 +59,9 @@ struct Inner {
     pages: VecDeque<(u64, u64)>,
     /// Bytes of the open segment's mapping already given back to the kernel.
     released: u64,
+    /// Mappings of segments closed since the last [`Wal::persisted`] pass, unmapped by the
+    /// next one (outside the lock appends take).
+    stale_maps: Vec<MmapMut>,
 }
 
 /// The page size the mapping is released in (`MADV_DONTNEED` works on whole pages; 4 KiB
@@ -122,7 +128,9 @@ impl Wal {
                 closed: VecDeque::new(),
                 pages: VecDeque::new(),
                 released: 0,
+                stale_maps: Vec::new(),
             }),
+            releasing: Mutex::new(()),
         })
     }
 
@@ -141,7 +149,8 @@ impl Wal {
             if !std::mem::take(&mut inner.retired) {
                 inner.closed.push_back((segment, seq, old));
             }
-            inner.map = map;
+            let old_map = std::mem::replace(&mut inner.map, map);
+            inner.stale_maps.push(old_map);
             inner.segment = next;
             inner.bytes = 0;
             inner.pages.clear();
@@ -164,45 +173,52 @@ impl Wal {
     }
 
     /// Every record up to `seq` is in the database (or its spool): closed segments holding
-    /// nothing later are deleted.
+    /// nothing later are deleted, and pages holding only persisted records are released. The
+    /// slow parts (unlinking and closing segment files, `madvise`, unmapping) run outside the
+    /// lock appends take: the request that appends next never waits for them.
     pub fn persisted(&self, seq: u64) {
-        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        while let Some((segment, last, _)) = inner.closed.front() {
-            if *last > seq {
-                break;
+        let _pass = self.releasing.lock().unwrap_or_else(|p| p.into_inner());
+        let (done, stale, release) = {
+            let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            let mut done = Vec::new();
+            while let Some((_, last, _)) = inner.closed.front() {
+                if *last > seq {
+                    break;
+                }
+                done.extend(inner.closed.pop_front());
             }
-            let segment = *segment;
-            // Removed while still locked, then unlocked (the file closes).
-            self.remove(segment);
-            inner.closed.pop_front();
-        }
-        let mut boundary = inner.released;
-        while let Some(&(last, end)) = inner.pages.front() {
-            if last > seq {
-                break;
+            let stale = std::mem::take(&mut inner.stale_maps);
+            let mut boundary = inner.released;
+            while let Some(&(last, end)) = inner.pages.front() {
+                if last > seq {
+                    break;
+                }
+                boundary = end;
+                inner.pages.pop_front();
             }
-            boundary = end;
-            inner.pages.pop_front();
-        }
-        if boundary > inner.released {
-            let (from, len) = (
-                inner.released as usize,
-                (boundary - inner.released) as usize,
-            );
-            // SAFETY: whole pages of our own mapping, before every byte a record is still being
-            // copied to (appends go past `bytes` >= `boundary`, under the lock held here). For a
-            // shared file mapping the pages only leave this process; their data stays in the
-            // file, and a later read would fault it back in.
-            let rc = unsafe {
-                libc::madvise(
-                    inner.map.as_mut_ptr().add(from).cast(),
-                    len,
-                    libc::MADV_DONTNEED,
-                )
-            };
-            if rc == 0 {
+            let mut release = None;
+            if boundary > inner.released {
+                let from = inner.released as usize;
+                // SAFETY: `from` < `boundary` <= `bytes`, inside the mapping.
+                let start = unsafe { inner.map.as_mut_ptr().add(from) };
+                release = Some((start, (boundary - inner.released) as usize));
                 inner.released = boundary;
             }
+            (done, stale, release)
+        };
+        if let Some((start, len)) = release {
+            // SAFETY: whole pages of our own mapping, before every byte a record is still being
+            // copied to (appends go past `bytes` >= the boundary). The mapping stays mapped
+            // meanwhile: a segment change only moves it to `stale_maps`, which only the next
+            // pass (not concurrent with this one: `releasing`) unmaps. For a shared file
+            // mapping the pages only leave this process; their data stays in the file.
+            unsafe { libc::madvise(start.cast(), len, libc::MADV_DONTNEED) };
+        }
+        drop(stale);
+        for (segment, _, file) in done {
+            // Removed while still locked, then unlocked (the file closes).
+            self.remove(segment);
+            drop(file);
         }
     }
 
