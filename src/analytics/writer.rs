@@ -105,7 +105,8 @@ impl Core {
         let mut id = [0u8; 32];
         crate::store::hex_into(&mut id[..16], self.instance);
         crate::store::hex_into(&mut id[16..], seq);
-        id.iter().map(|&b| b as char).collect()
+        // Hex digits only: always valid UTF-8, nothing is replaced.
+        String::from_utf8_lossy(&id).into_owned()
     }
 
     /// Appends a record's line to the write-ahead file; `then` gets its sequence number under
