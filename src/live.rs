@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 
 use crate::budget::{FallbackLedger, Ledger, LocalLedger, RedisLedger};
 use crate::config::{self, Config, ConfigErrors, LedgerKind, Project, RedisDown};
-use crate::idempotency::{IdempotencyStore, LocalIdempotencyStore};
+use crate::idempotency::Idempotency;
 use crate::metrics::Metrics;
 use crate::net::dns::Resolver;
 use crate::policy::PolicyBook;
@@ -30,8 +30,9 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Remembered x402 offers (survive reloads).
     pub price_memory: Arc<dyn PriceMemory>,
-    /// Idempotency records (survive reloads).
-    pub idempotency: Arc<dyn IdempotencyStore>,
+    /// Idempotency records: in Redis when `redis:` is set, else in the database (changes
+    /// need a restart).
+    pub idempotency: Arc<Idempotency>,
     /// Nonces of agent-signed payments already relayed.
     pub nonce_guard: Arc<dyn NonceGuard>,
     /// The x402 facilitator, when `payments.facilitator` is set (changes need a restart).
@@ -254,6 +255,7 @@ impl Shared {
         let cache_lock: &'static pingora::cache::lock::CacheKeyLockImpl = Box::leak(
             pingora::cache::lock::CacheLock::new_boxed(config.cache.lock_timeout),
         );
+        let idempotency = Arc::new(idempotency_records(config, &store, rt.handle().clone())?);
         let interceptor = match config.connect.mode {
             config::ConnectMode::Intercept => {
                 let c = &config.connect;
@@ -288,7 +290,7 @@ impl Shared {
             .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?,
             metrics,
             price_memory: Arc::new(LocalPriceMemory::default()),
-            idempotency: Arc::new(LocalIdempotencyStore::default()),
+            idempotency,
             nonce_guard: Arc::new(LocalNonceGuard::default()),
             facilitator: config.payments.facilitator.as_ref().map(|f| {
                 Arc::new(Facilitator::new(
@@ -431,12 +433,47 @@ impl Shared {
         }
     }
 
+    /// The proxy has stopped: other processes may take this one's idempotency claims over.
+    pub fn retire(&self) {
+        if let Some(rt) = &self._state.0 {
+            rt.block_on(self.idempotency.retire());
+        }
+    }
+
     /// Runs `task` on the state runtime (background upkeep that must outlive Pingora services).
     pub fn spawn(&self, task: impl std::future::Future<Output = ()> + Send + 'static) {
         if let Some(rt) = &self._state.0 {
             rt.spawn(task);
         }
     }
+}
+
+/// Idempotency records in Redis when `redis:` is set (shared and fast; a record Redis lost is
+/// found again from the intent log), else in the database (durable; shared by the processes on
+/// one PostgreSQL).
+fn idempotency_records(
+    config: &Config,
+    store: &Arc<Store>,
+    upkeep: tokio::runtime::Handle,
+) -> anyhow::Result<Idempotency> {
+    let (records, lossy): (Arc<dyn crate::idempotency::RecordStore>, bool) = match &config.redis {
+        Some(r) => (
+            Arc::new(
+                crate::idempotency::redis::RedisRecords::new(
+                    r.url.expose(),
+                    &r.key_prefix,
+                    r.timeout,
+                )
+                .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?,
+            ),
+            true,
+        ),
+        None => (
+            Arc::new(crate::idempotency::sql::SqlRecords::new(store.db())),
+            false,
+        ),
+    };
+    Ok(Idempotency::new(records, store.clone(), lossy, upkeep))
 }
 
 /// How often the database is asked whether policies changed (writes through this process's

@@ -171,6 +171,7 @@ impl Pag0 {
         // The proxy has stopped: the last analytics records go to the database (or the
         // spool) before the process exits.
         let shared = &self.reloader.shared;
+        shared.retire();
         let timeout = self.reloader.live.load().config.database.timeout * 2;
         if !shared.drain_analytics(timeout) {
             log::error!(

@@ -9,9 +9,9 @@
 //! outcomes are intent rows), and the file's segments are deleted once their
 //! records are in. On start, segments of a process that died are read back (recovery).
 //!
-//! The log also remembers which `Idempotency-Key`s belong to payments in doubt, so a retry
-//! after a crash or an upstream failure gets `409 IDEMPOTENCY_IN_DOUBT` instead of paying
-//! again (see [`IntentLog::in_doubt_nonce`]).
+//! An intent carries the agent's `Idempotency-Key`: the idempotency records
+//! ([`crate::idempotency`]) ask this log whether the payment made for a key was paid, unpaid or
+//! is in doubt, so a retry after a crash or an upstream failure is never paid again.
 //!
 //! Payments in doubt are resolved in the background ([`IntentLog::maintain`]): on a network
 //! with an RPC (`payments.rpc`), from the chain (used → `committed` with its transaction and
@@ -30,9 +30,6 @@ use crate::chain::Chain;
 use crate::metrics::Metrics;
 use crate::settle::Settler;
 use crate::store::{IN_DOUBT_MARGIN_SECONDS, Intent, IntentEvent, IntentRow, IntentState, Store};
-
-/// How long an in-doubt `Idempotency-Key` is refused after the payment became in doubt.
-pub const IN_DOUBT_KEY_SECONDS: u64 = 86_400;
 
 /// The intent could not be written ahead (the write-ahead file failed): nothing is sent.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -81,8 +78,6 @@ pub struct IntentLog {
     wal: Wal,
     /// Written intents, in the file's order, for the settler to put in the SQL table.
     written: Arc<Written>,
-    /// `project|Idempotency-Key` of payments in doubt → (nonce, unix second it became so).
-    in_doubt_keys: Mutex<HashMap<String, (String, u64)>>,
     metrics: Arc<Metrics>,
 }
 
@@ -94,7 +89,6 @@ impl IntentLog {
         let log = IntentLog {
             wal,
             written: written.clone(),
-            in_doubt_keys: Mutex::default(),
             metrics,
         };
         (log, written)
@@ -127,25 +121,8 @@ impl IntentLog {
             .inc();
     }
 
-    /// The nonce of the payment in doubt made for `project`'s `Idempotency-Key`, if any.
-    pub fn in_doubt_nonce(&self, project: &str, key: &str) -> Option<String> {
-        let keys = self.in_doubt_keys.lock().unwrap_or_else(|p| p.into_inner());
-        if keys.is_empty() {
-            return None;
-        }
-        keys.get(&format!("{project}|{key}"))
-            .map(|(nonce, _)| nonce.clone())
-    }
-
-    /// Remembers that the payment for `project`'s `Idempotency-Key` is in doubt.
-    pub fn note_in_doubt(&self, project: &str, key: &str, nonce: String, now: u64) {
-        let mut keys = self.in_doubt_keys.lock().unwrap_or_else(|p| p.into_inner());
-        keys.retain(|_, (_, since)| *since + IN_DOUBT_KEY_SECONDS > now);
-        keys.insert(format!("{project}|{key}"), (nonce, now));
-    }
-
     /// On start, before serving: turns every intent left `sent` by the previous run into
-    /// `in_doubt` (see [`Store::recover_intents`]) and remembers their Idempotency-Keys.
+    /// `in_doubt` (see [`Store::recover_intents`]).
     pub async fn recover(
         &self,
         store: &Store,
@@ -166,15 +143,6 @@ impl IntentLog {
             }
         }
         let in_doubt = store.recover_intents().await?;
-        let now = crate::clock::unix_now();
-        for r in &in_doubt {
-            if let Some(key) = &r.intent.idempotency_key {
-                let since = (r.updated_at.max(0) / 1000) as u64;
-                if since + IN_DOUBT_KEY_SECONDS > now {
-                    self.note_in_doubt(&r.intent.project, key, r.intent.nonce.clone(), since);
-                }
-            }
-        }
         if !in_doubt.is_empty() {
             log::warn!(
                 "{} payment(s) sent before pag0 stopped have no known outcome; they are in doubt and hold their budget until their authorization expires (see /api/spend)",
@@ -182,13 +150,6 @@ impl IntentLog {
             );
         }
         Ok(in_doubt)
-    }
-
-    /// Forgets the in-doubt mark of `project`'s `Idempotency-Key` (its payment was proved
-    /// not made: a retry may pay).
-    fn forget_key(&self, project: &str, key: &str) {
-        let mut keys = self.in_doubt_keys.lock().unwrap_or_else(|p| p.into_inner());
-        keys.remove(&format!("{project}|{key}"));
     }
 
     /// Every `every`, forever: resolves payments in doubt from the chains in `chains` (by

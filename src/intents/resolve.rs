@@ -59,9 +59,6 @@ impl IntentLog {
                     if latest_block_time >= i.valid_before =>
                 {
                     log::info!(project = i.project.as_str(), id = i.id.as_str(); "payment in doubt was never settled and has expired: released");
-                    if let Some(key) = &i.idempotency_key {
-                        self.forget_key(&i.project, key);
-                    }
                     self.count(&i.project, IntentState::Released);
                     settler
                         .submit(Job::Release {

@@ -186,8 +186,6 @@ pub struct SentIntent {
     /// The intent's id (the reservation's, and the journal row's once committed).
     pub id: String,
     pub nonce: alloy_primitives::B256,
-    /// The agent's `Idempotency-Key`, if it sent one.
-    pub idempotency_key: Option<String>,
     /// The header was put on a request to the upstream (it may have been read there).
     pub sent: bool,
 }

@@ -50,8 +50,12 @@ pub enum ErrorCode {
     /// 409: the payment made for this `Idempotency-Key` was sent and its outcome is unknown
     /// (in doubt): it may have been paid, so pag0 does not pay again.
     IdempotencyInDoubt,
-    /// 409: the key was paid for, but its response was too large to keep for replay.
-    IdempotencyResponseUnavailable,
+    /// 409: the key was paid for, but its response was not kept for replay (too large, or
+    /// lost in a crash): it is not paid again.
+    IdempotencyAlreadyPaid,
+    /// 503: the idempotency records (database or Redis) are unreachable: a request with an
+    /// `Idempotency-Key` is not paid (free ones pass).
+    IdempotencyUnavailable,
     /// 413: a request with `Idempotency-Key` has a body over 64 KiB.
     IdempotencyBodyTooLarge,
     /// 422: the `Idempotency-Key` was used for a different request.
@@ -122,7 +126,7 @@ impl ErrorCode {
             }
             ErrorCode::IdempotencyInFlight
             | ErrorCode::IdempotencyInDoubt
-            | ErrorCode::IdempotencyResponseUnavailable => 409,
+            | ErrorCode::IdempotencyAlreadyPaid => 409,
             ErrorCode::IdempotencyBodyTooLarge => 413,
             ErrorCode::IdempotencyKeyReused => 422,
             ErrorCode::InvalidPaymentHeader => 400,
@@ -140,7 +144,9 @@ impl ErrorCode {
             | ErrorCode::DailyBudgetExceeded
             | ErrorCode::MonthlyBudgetExceeded
             | ErrorCode::ApprovalDenied => 403,
-            ErrorCode::BudgetUnavailable | ErrorCode::PaymentNotRecorded => 503,
+            ErrorCode::BudgetUnavailable
+            | ErrorCode::PaymentNotRecorded
+            | ErrorCode::IdempotencyUnavailable => 503,
             ErrorCode::Unauthorized => 401,
             ErrorCode::TargetForbidden => 403,
             ErrorCode::NoRoute => 404,
@@ -165,7 +171,8 @@ impl ErrorCode {
             ErrorCode::InvalidIdempotencyKey => "INVALID_IDEMPOTENCY_KEY",
             ErrorCode::IdempotencyInFlight => "IDEMPOTENCY_IN_FLIGHT",
             ErrorCode::IdempotencyInDoubt => "IDEMPOTENCY_IN_DOUBT",
-            ErrorCode::IdempotencyResponseUnavailable => "IDEMPOTENCY_RESPONSE_UNAVAILABLE",
+            ErrorCode::IdempotencyAlreadyPaid => "IDEMPOTENCY_ALREADY_PAID",
+            ErrorCode::IdempotencyUnavailable => "IDEMPOTENCY_UNAVAILABLE",
             ErrorCode::IdempotencyBodyTooLarge => "IDEMPOTENCY_BODY_TOO_LARGE",
             ErrorCode::IdempotencyKeyReused => "IDEMPOTENCY_KEY_REUSED",
             ErrorCode::InvalidPaymentHeader => "INVALID_PAYMENT_HEADER",

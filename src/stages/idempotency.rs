@@ -1,8 +1,12 @@
-//! `idempotency`: a request carrying `Idempotency-Key` is paid at most once. Its fingerprint
-//! (method, target URL, SHA-256 of the body) is claimed for the project and key; while the first
-//! request runs, a retry gets 409; the same key with a different request gets 422; afterwards
-//! the first *paid* response is replayed from memory (`X-Pag0-Idempotent-Replay: true`) with no
-//! upstream call and no signature. Unpaid outcomes release the key (nothing to protect).
+//! `idempotency`: a request carrying `Idempotency-Key` is paid at most once, by any pag0
+//! process sharing the records ([`crate::idempotency`]), across restarts and crashes. Its
+//! fingerprint (method, target URL, SHA-256 of the body) is claimed for the project and key;
+//! while the first request runs, a retry gets 409; the same key with a different request gets
+//! 422; afterwards the first *paid* response is replayed (`X-Pag0-Idempotent-Replay: true`) with
+//! no upstream call and no signature, or, when it was not kept, 409 `IDEMPOTENCY_ALREADY_PAID`;
+//! a payment whose outcome is unknown makes it 409 `IDEMPOTENCY_IN_DOUBT`. Unpaid outcomes
+//! release the key (nothing to protect). While the records are unreachable, keyed requests
+//! that would pay get 503 and free ones pass.
 //!
 //! List it before `payment`: response-side hooks run in reverse stage order, so this stage sees
 //! the response with the payment stage's headers.
@@ -18,8 +22,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::{Flow, Stage};
-use crate::idempotency::{Begin, IdempotencyStore, StoredResponse};
-use crate::intents::IntentLog;
+use crate::idempotency::{Begin, Idempotency, Scope, StoredResponse};
 use crate::proxy::RequestCtx;
 use crate::proxy::respond::{ErrorCode, Reply};
 
@@ -31,10 +34,8 @@ pub const MAX_IDEMPOTENT_BODY: usize = 64 * 1024;
 pub const MAX_STORED_BODY: usize = 1024 * 1024;
 
 pub struct IdempotencyStage {
-    store: Arc<dyn IdempotencyStore>,
+    records: Arc<Idempotency>,
     window: Duration,
-    /// Payments in doubt: their keys are refused (409) instead of paid again.
-    intents: Arc<IntentLog>,
 }
 
 /// Response headers as (name, value) pairs.
@@ -43,10 +44,13 @@ pub type Headers = Vec<(String, Vec<u8>)>;
 /// Per-request state of this stage.
 #[derive(Debug, Default)]
 pub struct IdempotencyState {
-    /// Store key (`project|key`) claimed by this request.
-    pub key: Option<String>,
-    /// The agent's `Idempotency-Key` as sent (recorded with the payment's intent).
+    /// The key this request claimed.
+    pub claim: Option<Scope>,
+    /// The agent's `Idempotency-Key` as sent (recorded with the payment's intent); without a
+    /// claim (the records were unreachable) nothing may be paid for it.
     pub agent_key: Option<String>,
+    /// What became of the payment made for the claimed key (set by the payment stage).
+    pub outcome: Option<KeyOutcome>,
     /// The response being captured: header part, body so far, overflowed, complete.
     pub captured: Option<(u16, Headers)>,
     pub body: BytesMut,
@@ -54,29 +58,23 @@ pub struct IdempotencyState {
     pub complete: bool,
 }
 
+/// The payment made for a claimed key, as the request ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyOutcome {
+    /// Paid: its journal id.
+    Paid(String),
+    /// Sent, outcome unknown.
+    InDoubt,
+}
+
 impl IdempotencyStage {
-    pub fn new(
-        store: Arc<dyn IdempotencyStore>,
-        window: Duration,
-        intents: Arc<IntentLog>,
-    ) -> IdempotencyStage {
-        IdempotencyStage {
-            store,
-            window,
-            intents,
-        }
+    pub fn new(records: Arc<Idempotency>, window: Duration) -> IdempotencyStage {
+        IdempotencyStage { records, window }
     }
 }
 
 async fn replay(session: &mut Session, stored: &StoredResponse) -> pingora::Result<()> {
-    let Some(body) = stored.body.clone() else {
-        let reply = Reply::new(
-            ErrorCode::IdempotencyResponseUnavailable,
-            "this key was already paid for; its response was too large to keep",
-        )
-        .header("x-pag0-idempotent-replay", "true");
-        return reply.send(session).await;
-    };
+    let body = stored.body.clone();
     let mut resp = ResponseHeader::build(stored.status, Some(stored.headers.len() + 2))?;
     for (name, value) in &stored.headers {
         if !name.eq_ignore_ascii_case("content-length")
@@ -110,17 +108,6 @@ impl Stage for IdempotencyStage {
                 ));
             }
         };
-        // A payment for this key was sent and may have been paid (pag0 crashed, or the
-        // upstream failed): never pay again; the agent learns which authorization to look for.
-        if let Some(nonce) = self.intents.in_doubt_nonce(ctx.project_label(), &key) {
-            return Flow::Respond(
-                Reply::new(
-                    ErrorCode::IdempotencyInDoubt,
-                    "the payment made for this Idempotency-Key was sent and its outcome is unknown; it is not paid again",
-                )
-                .details(json!({"key": key, "nonce": nonce})),
-            );
-        }
         // Hash the body now (it stays in the retry buffer and is sent from there).
         session.enable_retry_buffering();
         let mut hasher = Sha256::new();
@@ -158,39 +145,69 @@ impl Stage for IdempotencyStage {
                 t.path
             )
         });
-        let fingerprint: [u8; 32] = Sha256::new()
+        let fingerprint = Sha256::new()
             .chain_update(req.method.as_str())
             .chain_update(b"\n")
             .chain_update(target.unwrap_or_default())
             .chain_update(b"\n")
             .chain_update(hasher.finalize())
-            .finalize()
-            .into();
-        let store_key = format!("{}|{key}", ctx.project_label());
-        match self.store.begin(&store_key, fingerprint, self.window).await {
-            Begin::New => {
-                ctx.idempotency.key = Some(store_key);
+            .finalize();
+        let scope = Scope {
+            project: ctx.project_label().to_string(),
+            key,
+        };
+        let begin = self
+            .records
+            .begin(&scope, &hex::encode(fingerprint), self.window)
+            .await;
+        let key = scope.key.clone();
+        match begin {
+            Err(e) => {
+                // Free traffic passes; the payment stage refuses to pay without a claim.
+                log::warn!(project = scope.project.as_str(); "{e}");
                 ctx.idempotency.agent_key = Some(key);
                 Flow::Continue
             }
-            Begin::InFlight => Flow::Respond(
+            Ok(Begin::New) => {
+                ctx.idempotency.claim = Some(scope);
+                ctx.idempotency.agent_key = Some(key);
+                Flow::Continue
+            }
+            Ok(Begin::InFlight) => Flow::Respond(
                 Reply::new(
                     ErrorCode::IdempotencyInFlight,
                     "a request with this Idempotency-Key is still in flight",
                 )
                 .header("retry-after", "1"),
             ),
-            Begin::Mismatch => Flow::Respond(
+            Ok(Begin::Mismatch) => Flow::Respond(
                 Reply::new(
                     ErrorCode::IdempotencyKeyReused,
                     "this Idempotency-Key was used for a different request",
                 )
                 .details(json!({"key": key})),
             ),
-            Begin::Done(stored) => match replay(session, &stored).await {
+            Ok(Begin::Done(stored)) => match replay(session, &stored).await {
                 Ok(()) => Flow::Served,
                 Err(_) => Flow::Served, // the client went away; nothing else to do
             },
+            Ok(Begin::AlreadyPaid { payment }) => Flow::Respond(
+                Reply::new(
+                    ErrorCode::IdempotencyAlreadyPaid,
+                    "this Idempotency-Key was already paid for; its response was not kept (too large, or lost in a crash), and it is not paid again",
+                )
+                .details(json!({"key": key, "payment": payment}))
+                .header("x-pag0-idempotent-replay", "true"),
+            ),
+            // A payment for this key was sent and may have been paid (pag0 crashed, or the
+            // upstream failed): never pay again; the agent learns which authorization to look for.
+            Ok(Begin::InDoubt { nonce }) => Flow::Respond(
+                Reply::new(
+                    ErrorCode::IdempotencyInDoubt,
+                    "the payment made for this Idempotency-Key was sent and its outcome is unknown; it is not paid again",
+                )
+                .details(json!({"key": key, "nonce": nonce})),
+            ),
         }
     }
 
@@ -200,7 +217,9 @@ impl Stage for IdempotencyStage {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        if ctx.idempotency.key.is_some() && ctx.payment.charge.is_some() && resp.status.is_success()
+        if ctx.idempotency.claim.is_some()
+            && ctx.payment.charge.is_some()
+            && resp.status.is_success()
         {
             let headers = resp
                 .headers
@@ -237,23 +256,25 @@ impl Stage for IdempotencyStage {
 
     async fn logging(&self, ctx: &mut RequestCtx) {
         let state = std::mem::take(&mut ctx.idempotency);
-        let Some(key) = state.key else { return };
-        match state.captured {
-            Some((status, headers)) if state.complete => {
-                let body = (!state.too_large).then(|| state.body.freeze());
-                self.store
-                    .complete(
-                        &key,
-                        Arc::new(StoredResponse {
+        let Some(scope) = state.claim else { return };
+        match state.outcome {
+            Some(KeyOutcome::Paid(payment)) => {
+                let kept = match state.captured {
+                    Some((status, headers)) if state.complete && !state.too_large => {
+                        Some(StoredResponse {
                             status,
                             headers,
-                            body,
-                        }),
-                        self.window,
-                    )
+                            body: state.body.freeze(),
+                        })
+                    }
+                    _ => None,
+                };
+                self.records
+                    .complete(&scope, &payment, kept.as_ref(), self.window)
                     .await;
             }
-            _ => self.store.release(&key).await,
+            Some(KeyOutcome::InDoubt) => self.records.in_doubt(&scope, self.window).await,
+            None => self.records.release(&scope).await,
         }
     }
 }

@@ -51,7 +51,7 @@ pub use auth::{API_KEY_HEADER, AuthStage, key_digest};
 pub use cache::{
     CacheStage, CacheState, normalize_url, scope as cache_scope, variance as cache_variance,
 };
-pub use idempotency::{IdempotencyStage, IdempotencyState};
+pub use idempotency::{IdempotencyStage, IdempotencyState, KeyOutcome};
 pub use payment::{PaymentStage, candidates as payment_candidates, check_relayed};
 pub use policy::PolicyStage;
 pub use rate_limit::RateLimitStage;
@@ -133,7 +133,9 @@ pub trait Stage: Send + Sync {
     ) {
     }
 
-    /// Runs in `logging`, once the request is over (also when it failed or the client left).
+    /// Runs in `logging`, once the request is over (also when it failed or the client left),
+    /// in reverse stage order like the other response-side hooks: a stage sees what the
+    /// stages after it concluded (`idempotency` sees the payment's outcome).
     async fn logging(&self, _ctx: &mut RequestCtx) {}
 }
 
@@ -150,7 +152,7 @@ pub struct Services {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub resolver: Arc<crate::net::dns::Resolver>,
     pub rate_limiter: Arc<dyn crate::ratelimit::RateLimiter>,
-    pub idempotency: Arc<dyn crate::idempotency::IdempotencyStore>,
+    pub idempotency: Arc<crate::idempotency::Idempotency>,
     pub price_memory: Arc<dyn crate::x402::PriceMemory>,
     pub nonce_guard: Arc<dyn crate::x402::NonceGuard>,
     pub facilitator: Option<Arc<crate::x402::facilitator::Facilitator>>,
@@ -184,11 +186,9 @@ impl Pipeline {
                         cache = Some(stage.clone());
                         stage
                     }
-                    StageConfig::Idempotency { window } => Arc::new(IdempotencyStage::new(
-                        services.idempotency.clone(),
-                        *window,
-                        services.intents.clone(),
-                    )),
+                    StageConfig::Idempotency { window } => {
+                        Arc::new(IdempotencyStage::new(services.idempotency.clone(), *window))
+                    }
                     StageConfig::Policy => Arc::new(PolicyStage::new(
                         services.metrics.clone(),
                         services.policies.clone(),
@@ -204,6 +204,7 @@ impl Pipeline {
                             ledger: services.ledger.clone(),
                             settler: services.settler.clone(),
                             intents: services.intents.clone(),
+                            idempotency: services.idempotency.clone(),
                             metrics: services.metrics.clone(),
                         }),
                         config.budgets.commit_without_receipt,
@@ -312,7 +313,13 @@ impl Pipeline {
     }
 
     pub async fn logging(&self, ctx: &mut RequestCtx) {
-        for stage in self.stages_for(is_connect(ctx)) {
+        let connect = is_connect(ctx);
+        for stage in self
+            .stages
+            .iter()
+            .rev()
+            .filter(|s| !connect || s.sees_connect())
+        {
             stage.logging(ctx).await;
         }
     }

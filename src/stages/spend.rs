@@ -39,6 +39,8 @@ pub struct SpendGuard {
     pub ledger: Arc<dyn Ledger>,
     pub settler: Arc<Settler>,
     pub intents: Arc<IntentLog>,
+    /// Idempotency records: a keyed request's record names its payment before it is sent.
+    pub idempotency: Arc<crate::idempotency::Idempotency>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -394,6 +396,27 @@ impl SpendGuard {
         };
         let project = ctx.project_label().to_string();
         let idempotency_key = ctx.idempotency.agent_key.clone();
+        // A keyed request pays only under its claim, and the record names the payment before
+        // the header can leave: a crash from here on leaves the key in doubt, never free.
+        match (&ctx.idempotency.claim, &idempotency_key) {
+            (Some(scope), _) => {
+                let nonce = charge.nonce.to_string();
+                if let Err(e) = self.idempotency.paying(scope, &id, &nonce).await {
+                    log::warn!(project = project.as_str(); "{e}");
+                    return Err(Reply::new(
+                        ErrorCode::IdempotencyUnavailable,
+                        "the Idempotency-Key's record cannot be written; nothing was paid",
+                    ));
+                }
+            }
+            (None, Some(_)) => {
+                return Err(Reply::new(
+                    ErrorCode::IdempotencyUnavailable,
+                    "the idempotency records are unreachable, so a request with an Idempotency-Key is not paid; nothing was paid",
+                ));
+            }
+            (None, None) => {}
+        }
         let intent = Intent {
             id: id.clone(),
             project: project.clone(),
@@ -410,7 +433,7 @@ impl SpendGuard {
                 .target
                 .as_ref()
                 .map_or_else(String::new, |t| t.url_without_query()),
-            idempotency_key: idempotency_key.clone(),
+            idempotency_key,
             source: source.to_string(),
             window_day: windows.day,
             window_month: windows.month,
@@ -426,7 +449,6 @@ impl SpendGuard {
         Ok(SentIntent {
             id,
             nonce: charge.nonce,
-            idempotency_key,
             sent: false,
         })
     }
@@ -500,7 +522,12 @@ impl SpendGuard {
                         self.submit_release(&project_label, reservation, i, why)
                             .await
                     }
-                    None => self.in_doubt(ctx, &project_label, i, reservation).await,
+                    None => {
+                        if ctx.idempotency.claim.is_some() {
+                            ctx.idempotency.outcome = Some(crate::stages::KeyOutcome::InDoubt);
+                        }
+                        self.in_doubt(ctx, &project_label, i, reservation).await
+                    }
                 },
             }
             return;
@@ -524,6 +551,9 @@ impl SpendGuard {
         };
         if intent.is_some() {
             self.intents.count(&project.id, IntentState::Committed);
+        }
+        if ctx.idempotency.claim.is_some() {
+            ctx.idempotency.outcome = Some(crate::stages::KeyOutcome::Paid(id.clone()));
         }
         let record = SpendRecord {
             id,
@@ -573,10 +603,6 @@ impl SpendGuard {
             None => "no answer from the upstream to the paid attempt".to_string(),
         };
         log::warn!(project = project, id = intent.id.as_str(); "payment in doubt: {reason}");
-        if let Some(key) = &intent.idempotency_key {
-            self.intents
-                .note_in_doubt(project, key, intent.nonce.to_string(), unix_now());
-        }
         // Not released: the hold stays until the authorization can no longer be settled.
         drop(reservation);
         self.intents.count(project, IntentState::InDoubt);

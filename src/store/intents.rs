@@ -677,3 +677,57 @@ fn merge_spooled(rows: &mut Vec<IntentRow>, spooled: Vec<IntentEvent>) {
         }
     }
 }
+
+/// A payment made for an `Idempotency-Key` (see [`Store::key_payment`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyPayment {
+    pub id: String,
+    pub state: IntentState,
+    pub nonce: String,
+}
+
+impl Store {
+    /// Where payment `id` stands in the table (`None`: not there yet, e.g. still in the
+    /// write-ahead file of the process that sent it).
+    pub async fn intent_state(&self, id: &str) -> Result<Option<IntentState>, StoreError> {
+        let state: Option<String> = with_pool!(&self.db, p => {
+            sqlx::query_scalar("SELECT state FROM payment_intents WHERE id = $1")
+                .bind(id)
+                .fetch_optional(p)
+                .await
+        })
+        .map_err(|e| err("intent query", e))?;
+        Ok(state.as_deref().and_then(IntentState::parse))
+    }
+
+    /// The latest payment made for `project`'s `Idempotency-Key` since `since_ms` (unix
+    /// milliseconds) that is not proved unpaid (released).
+    pub async fn key_payment(
+        &self,
+        project: &str,
+        key: &str,
+        since_ms: i64,
+    ) -> Result<Option<KeyPayment>, StoreError> {
+        let row: Option<(String, String, String)> = with_pool!(&self.db, p => {
+            sqlx::query_as(
+                "SELECT id, state, nonce FROM payment_intents
+                 WHERE project = $1 AND idempotency_key = $2 AND idempotency_key IS NOT NULL
+                   AND created_at >= $3 AND state <> 'released'
+                 ORDER BY created_at DESC LIMIT 1",
+            )
+            .bind(project)
+            .bind(key)
+            .bind(since_ms)
+            .fetch_optional(p)
+            .await
+        })
+        .map_err(|e| err("intent query", e))?;
+        Ok(row.and_then(|(id, state, nonce)| {
+            Some(KeyPayment {
+                id,
+                state: IntentState::parse(&state)?,
+                nonce,
+            })
+        }))
+    }
+}

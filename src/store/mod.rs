@@ -80,7 +80,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 use crate::budget::{BudgetKey, SpendHistory, Windows};
 pub use intents::{
     HOLDING, IN_DOUBT_MARGIN_SECONDS, InDoubtHold, Intent, IntentEvent, IntentFilter, IntentRow,
-    IntentState, Outcome,
+    IntentState, KeyPayment, Outcome,
 };
 pub use policies::{PolicyVersion, PolicyWriteError};
 pub use spool::Spool;

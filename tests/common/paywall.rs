@@ -69,6 +69,15 @@ pub struct PaywallStats {
     pub amounts: Vec<U256>,
     /// Every payment header received, as sent (base64; not kept with verification off).
     pub payment_headers: Vec<String>,
+    /// The `Idempotency-Key` of each request whose payment was accepted (`""` without one).
+    pub paid_keys: Vec<String>,
+}
+
+impl PaywallStats {
+    /// How many accepted payments carried `Idempotency-Key: key`.
+    pub fn paid_for_key(&self, key: &str) -> usize {
+        self.paid_keys.iter().filter(|k| *k == key).count()
+    }
 }
 
 /// A token other than the default test asset (e.g. one deployed on anvil) that the paywall's
@@ -340,6 +349,10 @@ async fn handle(
         .headers()
         .get(pay_header)
         .map(|v| v.to_str().unwrap_or("").to_string());
+    let idempotency_key = req
+        .headers()
+        .get("idempotency-key")
+        .map_or_else(String::new, |v| v.to_str().unwrap_or("").to_string());
     let body = req
         .into_body()
         .collect()
@@ -411,7 +424,11 @@ async fn handle(
     let Some(payment) = payment else {
         return Ok(unpaid(&required));
     };
-    match verify(&payment, v1, &offers, &state) {
+    let verified = verify(&payment, v1, &offers, &state);
+    if verified.is_ok() {
+        state.lock().unwrap().stats.paid_keys.push(idempotency_key);
+    }
+    match verified {
         Err(reason) => {
             state.lock().unwrap().stats.invalid.push(reason.clone());
             let mut again = required.clone();
