@@ -231,8 +231,9 @@ async fn settle(
         for (k, o) in finished {
             if let Some((_, _, intent)) = pending.intents.remove(k)
                 // A committed payment is its journal row (same id, written just below): the
-                // intent table keeps what is not, or not yet, a payment.
-                && o.state != IntentState::Committed
+                // intent table keeps what is not, or not yet, a payment, and the payments made
+                // for an Idempotency-Key (found by their key when a record was lost).
+                && (o.state != IntentState::Committed || intent.idempotency_key.is_some())
             {
                 intents.push(IntentRow {
                     intent,

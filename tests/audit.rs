@@ -290,7 +290,7 @@ async fn hourly_feedback_rates_each_closed_hour_once() {
         }
     }
     assert_eq!(flaky, (2, 2), "every second paid call fails");
-    stop_gracefully(pag0);
+    pag0.terminate();
     // As if two hours had passed: the traffic's hours are closed.
     let db = sqlx::SqlitePool::connect(&format!("sqlite:{}", dir.path().join("pag0.db").display()))
         .await
@@ -357,17 +357,6 @@ async fn hourly_feedback_rates_each_closed_hour_once() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(outbox(&pag0).await.len(), before);
     assert_eq!(feedback_events(&anvil, r.reputation).await.len(), before);
-}
-
-/// SIGTERM, then waits for the exit (the analytics queue is drained).
-fn stop_gracefully(mut pag0: Process) {
-    let pid = pag0.child.id().to_string();
-    Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while pag0.child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "pag0 did not stop");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

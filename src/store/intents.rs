@@ -687,14 +687,18 @@ pub struct KeyPayment {
 }
 
 impl Store {
-    /// Where payment `id` stands in the table (`None`: not there yet, e.g. still in the
-    /// write-ahead file of the process that sent it).
+    /// Where payment `id` stands: committed if it has a journal row, else its intent's state
+    /// (`None`: not in the tables yet, e.g. still in the write-ahead file of the process that
+    /// sent it).
     pub async fn intent_state(&self, id: &str) -> Result<Option<IntentState>, StoreError> {
         let state: Option<String> = with_pool!(&self.db, p => {
-            sqlx::query_scalar("SELECT state FROM payment_intents WHERE id = $1")
-                .bind(id)
-                .fetch_optional(p)
-                .await
+            sqlx::query_scalar(
+                "SELECT COALESCE((SELECT 'committed' FROM spend_journal WHERE id = $1),
+                                 (SELECT state FROM payment_intents WHERE id = $1))",
+            )
+            .bind(id)
+            .fetch_one(p)
+            .await
         })
         .map_err(|e| err("intent query", e))?;
         Ok(state.as_deref().and_then(IntentState::parse))

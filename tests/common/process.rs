@@ -88,6 +88,17 @@ impl Process {
         .await
     }
 
+    /// SIGTERM, then waits for the exit (requests in flight finish, queues are drained).
+    pub fn terminate(mut self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.child.try_wait().unwrap().is_none() {
+            assert!(Instant::now() < deadline, "pag0 did not stop");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// SIGKILL: no shutdown, no flush, nothing drained.
     pub fn kill(mut self) {
         self.child.kill().unwrap();

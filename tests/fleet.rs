@@ -1,0 +1,355 @@
+//! Money guarantees for a fleet (issue 32): several pag0 processes on one Redis and one
+//! PostgreSQL, and one process across restarts, never pay twice for one `Idempotency-Key`.
+//! Every pag0 here is a real process (SIGTERM and SIGKILL are real), in front of the test
+//! paywall, which records the `Idempotency-Key` of every payment it accepts.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::paywall::{self, Paywall};
+use common::process::Process;
+use common::services::{PrivateRedis, TempDatabase};
+use common::*;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+/// `extra`: `database:` / `redis:` / `budgets:` sections.
+fn body(extra: &str) -> String {
+    format!(
+        "{}{extra}stages:\n  - kind: auth\n  - kind: ssrf_guard\n    allow: [\"127.0.0.0/8\"]\n  - kind: idempotency\n  - kind: policy\n  - kind: payment\nprojects:\n  - id: demo\n    keys: [\"{DEMO_HASH}\"]\n    wallet:\n      private_key: ${{PAG0_TEST_WALLET_KEY:-{}}}\n    policy:\n      budgets:\n        - asset: USDC\n          per_request: \"0.01\"\n          daily: \"100\"\n          monthly: \"1000\"\n",
+        paywall::payments_yaml(),
+        paywall::WALLET_KEY,
+    )
+}
+
+fn start(dir: &tempfile::TempDir, body: &str) -> Process {
+    Process::start_env(dir, body, &[("RUST_LOG", "warn")])
+}
+
+/// What a keyed call got back.
+#[derive(Debug)]
+struct Answer {
+    status: StatusCode,
+    replay: bool,
+    /// The error code of pag0's own answers.
+    code: String,
+    body: String,
+}
+
+async fn call(pag0: &Process, url: &str, key: &str) -> Answer {
+    let resp = pag0
+        .client()
+        .get(url)
+        .header("idempotency-key", key)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let replay = resp.headers().get("x-pag0-idempotent-replay").is_some();
+    let code = resp
+        .headers()
+        .get("x-pag0-error")
+        .map_or_else(String::new, |v| v.to_str().unwrap().to_string());
+    let body = resp.text().await.unwrap();
+    Answer {
+        status,
+        replay,
+        code,
+        body,
+    }
+}
+
+/// A retry as an agent makes it: again while the first is reported in flight (a process
+/// that died is known dead within about 10 s), for at most 20 s.
+async fn retry(pag0: &Process, url: &str, key: &str) -> Answer {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let a = call(pag0, url, key).await;
+        if a.code != "IDEMPOTENCY_IN_FLIGHT" || Instant::now() > deadline {
+            return a;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn until_paid(wall: &Paywall, key: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while wall.stats().paid_for_key(key) == 0 {
+        assert!(Instant::now() < deadline, "{key} was never paid");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_default_a_key_paid_before_a_graceful_restart_is_replayed_after_it() {
+    let wall = Paywall::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pag0 = start(&dir, &body(""));
+    let url = wall.url("/paid");
+    let first = call(&pag0, &url, "order-1").await;
+    assert_eq!(first.status, StatusCode::OK, "{first:?}");
+    assert!(!first.replay);
+    pag0.terminate();
+
+    let pag0 = start(&dir, &body(""));
+    let again = call(&pag0, &url, "order-1").await;
+    assert_eq!(again.status, StatusCode::OK, "{again:?}");
+    assert!(again.replay, "replayed from the records: {again:?}");
+    assert_eq!(again.body, first.body);
+    let stats = wall.stats();
+    assert_eq!(stats.paid_for_key("order-1"), 1, "{stats:?}");
+    assert_eq!(stats.requests, 2, "the replay never reached the paywall");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn embedded_default_sigkill_at_several_instants_never_pays_a_key_twice() {
+    let wall = Paywall::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Keys 0-3 call /paid (answered at once), 4-7 /slow-paid (the paywall takes the payment
+    // and answers 800 ms later). pag0 is killed: early (few paid), once some are paid, and
+    // once the fast ones were answered while the slow ones are paid but not answered.
+    for (round, instant) in ["early", "some paid", "fast answered"].iter().enumerate() {
+        let pag0 = start(&dir, &body(""));
+        let keys: Vec<String> = (0..8).map(|i| format!("r{round}-k{i}")).collect();
+        let path = |i: usize| if i < 4 { "/paid" } else { "/slow-paid" };
+        let calls: Vec<_> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, key)| {
+                let (client, url, key) = (pag0.client(), wall.url(path(i)), key.clone());
+                tokio::spawn(async move {
+                    client
+                        .get(url)
+                        .header("idempotency-key", key)
+                        .send()
+                        .await
+                        .map(|r| r.status())
+                })
+            })
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        match *instant {
+            "early" => tokio::time::sleep(Duration::from_millis(20)).await,
+            "some paid" => {
+                while wall
+                    .stats()
+                    .paid_keys
+                    .iter()
+                    .filter(|k| keys.contains(k))
+                    .count()
+                    < 2
+                {
+                    assert!(Instant::now() < deadline);
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            _ => {
+                for key in &keys[4..] {
+                    until_paid(&wall, key).await;
+                }
+            }
+        }
+        pag0.kill();
+        let mut answered = 0;
+        for c in calls {
+            if matches!(c.await.unwrap(), Ok(StatusCode::OK)) {
+                answered += 1;
+            }
+        }
+        let paid_before: Vec<usize> = keys.iter().map(|k| wall.stats().paid_for_key(k)).collect();
+
+        let pag0 = start(&dir, &body(""));
+        for (i, key) in keys.iter().enumerate() {
+            let a = retry(&pag0, &wall.url(path(i)), key).await;
+            let paid = wall.stats().paid_for_key(key);
+            assert!(paid <= 1, "{instant}: {key} paid {paid} times ({a:?})");
+            match (a.status, a.replay) {
+                (StatusCode::OK, true) => {}
+                (StatusCode::OK, false) => assert_eq!(
+                    paid_before[i], 0,
+                    "{instant}: {key} was paid before the crash and paid again: {a:?}"
+                ),
+                (StatusCode::CONFLICT, _) => assert!(
+                    ["IDEMPOTENCY_IN_DOUBT", "IDEMPOTENCY_ALREADY_PAID"].contains(&a.code.as_str()),
+                    "{instant}: {key}: {a:?}"
+                ),
+                _ => panic!("{instant}: {key}: {a:?}"),
+            }
+        }
+        if *instant == "fast answered" {
+            assert!(
+                answered >= 4,
+                "the fast calls were answered before the kill"
+            );
+        }
+        pag0.kill();
+    }
+}
+
+/// Three replicas with `shared` (PostgreSQL, and Redis or not): a key paid through A is
+/// replayed by B and C; a retry while the first runs is 409 in flight on every replica; the
+/// replica holding a paid call dies, and a retry elsewhere is in doubt, never paid again.
+async fn replicas_never_pay_a_key_twice(shared: &str) {
+    let wall = Paywall::start().await;
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let cfg = body(shared);
+    let mut replicas: Vec<Process> = dirs.iter().map(|d| start(d, &cfg)).collect();
+
+    let paid = wall.url("/paid");
+    let first = call(&replicas[0], &paid, "order-1").await;
+    assert_eq!((first.status, first.replay), (StatusCode::OK, false));
+    for r in &replicas[1..] {
+        let again = call(r, &paid, "order-1").await;
+        assert_eq!(
+            (again.status, again.replay),
+            (StatusCode::OK, true),
+            "{again:?}"
+        );
+        assert_eq!(again.body, first.body);
+    }
+    assert_eq!(wall.stats().paid_for_key("order-1"), 1);
+
+    // While the first runs (the paywall answers 800 ms after taking the payment).
+    let slow = wall.url("/slow-paid");
+    let running = tokio::spawn({
+        let (client, slow) = (replicas[0].client(), slow.clone());
+        async move {
+            client
+                .get(slow)
+                .header("idempotency-key", "slow-1")
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    });
+    until_paid(&wall, "slow-1").await;
+    for r in &replicas {
+        let a = call(r, &slow, "slow-1").await;
+        assert_eq!(a.status, StatusCode::CONFLICT, "{a:?}");
+        assert_eq!(a.code, "IDEMPOTENCY_IN_FLIGHT", "{a:?}");
+    }
+    assert_eq!(running.await.unwrap(), StatusCode::OK);
+    for r in &replicas[1..] {
+        let a = call(r, &slow, "slow-1").await;
+        assert_eq!((a.status, a.replay), (StatusCode::OK, true), "{a:?}");
+    }
+
+    // The replica holding a paid call dies with the payment taken and not answered.
+    let doomed = tokio::spawn({
+        let (client, slow) = (replicas[0].client(), slow.clone());
+        async move {
+            let _ = client
+                .get(slow)
+                .header("idempotency-key", "slow-2")
+                .send()
+                .await;
+        }
+    });
+    until_paid(&wall, "slow-2").await;
+    replicas.remove(0).kill();
+    let _ = doomed.await;
+    let nonce = wall.nonces();
+    for r in &replicas {
+        let a = retry(r, &slow, "slow-2").await;
+        assert_eq!(a.status, StatusCode::CONFLICT, "{a:?}");
+        assert_eq!(a.code, "IDEMPOTENCY_IN_DOUBT", "{a:?}");
+        let details: Value = serde_json::from_str(&a.body).unwrap();
+        let n = details["error"]["details"]["nonce"].as_str().unwrap();
+        assert!(nonce.contains(n), "the nonce of the payment sent: {a:?}");
+    }
+    let stats = wall.stats();
+    for key in ["order-1", "slow-1", "slow-2"] {
+        assert_eq!(stats.paid_for_key(key), 1, "{key}: {stats:?}");
+    }
+    assert_eq!(stats.paid, 3, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_on_redis_and_postgres_never_pay_a_key_twice() {
+    let db = TempDatabase::create().await;
+    let prefix = format!("fleet{}", hex::encode(rand::random::<[u8; 4]>()));
+    replicas_never_pay_a_key_twice(&format!(
+        "database:\n  url: {}\nredis:\n  url: redis://127.0.0.1:6379\n  key_prefix: {prefix}\nbudgets:\n  ledger: redis\n",
+        db.url()
+    ))
+    .await;
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_on_postgres_alone_never_pay_a_key_twice() {
+    let db = TempDatabase::create().await;
+    replicas_never_pay_a_key_twice(&format!("database:\n  url: {}\n", db.url())).await;
+    db.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_and_fail_closed_a_keyed_call_that_would_pay_gets_503() {
+    let wall = Paywall::start().await;
+    let redis = PrivateRedis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pag0 = start(
+        &dir,
+        &body(&format!(
+            "redis:\n  url: {}\n  timeout_ms: 300\nbudgets:\n  redis_down: fail_closed\n",
+            redis.url()
+        )),
+    );
+    let paid = wall.url("/paid");
+    let a = call(&pag0, &paid, "before").await;
+    assert_eq!((a.status, a.replay), (StatusCode::OK, false), "{a:?}");
+    drop(redis); // stopped
+
+    let a = call(&pag0, &paid, "during").await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{a:?}");
+    assert_eq!(a.code, "IDEMPOTENCY_UNAVAILABLE", "{a:?}");
+    let a = call(&pag0, &paid, "before").await;
+    assert_eq!(a.status, StatusCode::SERVICE_UNAVAILABLE, "{a:?}");
+    // Free traffic continues, with a key or without.
+    let a = call(&pag0, &wall.url("/free"), "free-1").await;
+    assert_eq!(a.status, StatusCode::OK, "{a:?}");
+    let resp = pag0.client().get(wall.url("/free")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let stats = wall.stats();
+    assert_eq!(stats.paid, 1, "nothing paid during the outage: {stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_redis_lost_is_found_again_from_the_payment_made_for_the_key() {
+    let wall = Paywall::start().await;
+    let redis = PrivateRedis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pag0 = start(&dir, &body(&format!("redis:\n  url: {}\n", redis.url())));
+    let paid = wall.url("/paid");
+    let first = call(&pag0, &paid, "order-9").await;
+    assert_eq!(
+        (first.status, first.replay),
+        (StatusCode::OK, false),
+        "{first:?}"
+    );
+    // Once the payment is in the journal, Redis loses everything (a restart without
+    // persistence, a flush).
+    let spend = eventually(
+        || pag0.admin_get("/api/spend?project=demo"),
+        |s| s["count"] == 1,
+    )
+    .await;
+    let journal_id = spend["spend"][0]["id"].as_str().unwrap().to_string();
+    assert_eq!(redis.cmd(&["FLUSHALL"]), "OK");
+
+    let again = call(&pag0, &paid, "order-9").await;
+    assert_eq!(again.status, StatusCode::CONFLICT, "{again:?}");
+    assert_eq!(again.code, "IDEMPOTENCY_ALREADY_PAID", "{again:?}");
+    let details: Value = serde_json::from_str(&again.body).unwrap();
+    assert_eq!(details["error"]["details"]["payment"], journal_id.as_str());
+    assert_eq!(wall.stats().paid_for_key("order-9"), 1);
+    // Another key is paid as usual.
+    let other = call(&pag0, &paid, "order-10").await;
+    assert_eq!(
+        (other.status, other.replay),
+        (StatusCode::OK, false),
+        "{other:?}"
+    );
+}
