@@ -20,7 +20,7 @@ use crate::ratelimit::RateLimiter;
 use crate::stages::Pipeline;
 use crate::store::Store;
 use crate::x402::facilitator::Facilitator;
-use crate::x402::{LocalNonceGuard, LocalPriceMemory, NonceGuard, PriceMemory};
+use crate::x402::{LocalPriceMemory, NonceGuard, PriceMemory};
 
 /// Services that live as long as the process and survive reloads (their state too: rate-limit
 /// buckets are not reset by a reload).
@@ -255,7 +255,7 @@ impl Shared {
         let cache_lock: &'static pingora::cache::lock::CacheKeyLockImpl = Box::leak(
             pingora::cache::lock::CacheLock::new_boxed(config.cache.lock_timeout),
         );
-        let idempotency = Arc::new(idempotency_records(config, &store, rt.handle().clone())?);
+        let (idempotency, nonce_guard) = idempotency_records(config, &store, rt.handle().clone())?;
         let interceptor = match config.connect.mode {
             config::ConnectMode::Intercept => {
                 let c = &config.connect;
@@ -291,7 +291,7 @@ impl Shared {
             metrics,
             price_memory: Arc::new(LocalPriceMemory::default()),
             idempotency,
-            nonce_guard: Arc::new(LocalNonceGuard::default()),
+            nonce_guard,
             facilitator: config.payments.facilitator.as_ref().map(|f| {
                 Arc::new(Facilitator::new(
                     &f.url,
@@ -448,32 +448,31 @@ impl Shared {
     }
 }
 
-/// Idempotency records in Redis when `redis:` is set (shared and fast; a record Redis lost is
-/// found again from the intent log), else in the database (durable; shared by the processes on
-/// one PostgreSQL).
+/// Idempotency records and the relay replay guard, in Redis when `redis:` is set (shared and
+/// fast; a record Redis lost is found again from the intent log), else in the database
+/// (durable; shared by the processes on one PostgreSQL).
 fn idempotency_records(
     config: &Config,
     store: &Arc<Store>,
     upkeep: tokio::runtime::Handle,
-) -> anyhow::Result<Idempotency> {
-    let (records, lossy): (Arc<dyn crate::idempotency::RecordStore>, bool) = match &config.redis {
-        Some(r) => (
-            Arc::new(
-                crate::idempotency::redis::RedisRecords::new(
-                    r.url.expose(),
-                    &r.key_prefix,
-                    r.timeout,
-                )
-                .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?,
-            ),
-            true,
-        ),
-        None => (
-            Arc::new(crate::idempotency::sql::SqlRecords::new(store.db())),
-            false,
-        ),
-    };
-    Ok(Idempotency::new(records, store.clone(), lossy, upkeep))
+) -> anyhow::Result<(Arc<Idempotency>, Arc<dyn NonceGuard>)> {
+    use crate::idempotency::{RecordStore, redis::RedisRecords, sql::SqlRecords};
+    let (records, guard, lossy): (Arc<dyn RecordStore>, Arc<dyn NonceGuard>, bool) =
+        match &config.redis {
+            Some(r) => {
+                let redis = Arc::new(
+                    RedisRecords::new(r.url.expose(), &r.key_prefix, r.timeout)
+                        .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?,
+                );
+                (redis.clone(), redis, true)
+            }
+            None => {
+                let sql = Arc::new(SqlRecords::new(store.db()));
+                (sql.clone(), sql, false)
+            }
+        };
+    let records = Idempotency::new(records, store.clone(), lossy, upkeep);
+    Ok((Arc::new(records), guard))
 }
 
 /// How often the database is asked whether policies changed (writes through this process's

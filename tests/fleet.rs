@@ -17,11 +17,15 @@ use serde_json::Value;
 /// `extra`: `database:` / `redis:` / `budgets:` sections.
 fn body(extra: &str) -> String {
     format!(
-        "{}{extra}stages:\n  - kind: auth\n  - kind: ssrf_guard\n    allow: [\"127.0.0.0/8\"]\n  - kind: idempotency\n  - kind: policy\n  - kind: payment\nprojects:\n  - id: demo\n    keys: [\"{DEMO_HASH}\"]\n    wallet:\n      private_key: ${{PAG0_TEST_WALLET_KEY:-{}}}\n    policy:\n      budgets:\n        - asset: USDC\n          per_request: \"0.01\"\n          daily: \"100\"\n          monthly: \"1000\"\n",
+        "{}{extra}stages:\n  - kind: auth\n  - kind: ssrf_guard\n    allow: [\"127.0.0.0/8\"]\n  - kind: idempotency\n  - kind: policy\n  - kind: payment\nprojects:\n  - id: demo\n    keys: [\"{DEMO_HASH}\"]\n    wallet:\n      private_key: ${{PAG0_TEST_WALLET_KEY:-{}}}\n    policy:\n      budgets:\n        - asset: USDC\n          per_request: \"0.01\"\n          daily: \"100\"\n          monthly: \"1000\"\n  - id: relay\n    mode: relay\n    keys: [\"sha256:{}\"]\n",
         paywall::payments_yaml(),
         paywall::WALLET_KEY,
+        sha256_hex(RELAY_KEY.as_bytes()),
     )
 }
+
+/// The key of the project `relay` (agents sign their own payments; pag0 relays them).
+const RELAY_KEY: &str = "relay-agent-key";
 
 fn start(dir: &tempfile::TempDir, body: &str) -> Process {
     Process::start_env(dir, body, &[("RUST_LOG", "warn")])
@@ -82,7 +86,8 @@ async fn until_paid(wall: &Paywall, key: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_default_a_key_paid_before_a_graceful_restart_is_replayed_after_it() {
+async fn embedded_default_after_a_graceful_restart_a_paid_key_is_replayed_and_a_relayed_authorization_refused()
+ {
     let wall = Paywall::start().await;
     let dir = tempfile::tempdir().unwrap();
     let pag0 = start(&dir, &body(""));
@@ -90,6 +95,16 @@ async fn embedded_default_a_key_paid_before_a_graceful_restart_is_replayed_after
     let first = call(&pag0, &url, "order-1").await;
     assert_eq!(first.status, StatusCode::OK, "{first:?}");
     assert!(!first.replay);
+    let relay = |p: &Process| p.client_as("relay", RELAY_KEY);
+    let offer = relay(&pag0).get(&url).send().await.unwrap();
+    let (name, value) = paywall::agent_pays(&offer, None).await;
+    let relayed = relay(&pag0)
+        .get(&url)
+        .header(name.as_str(), value.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(relayed.status(), StatusCode::OK);
     pag0.terminate();
 
     let pag0 = start(&dir, &body(""));
@@ -97,9 +112,18 @@ async fn embedded_default_a_key_paid_before_a_graceful_restart_is_replayed_after
     assert_eq!(again.status, StatusCode::OK, "{again:?}");
     assert!(again.replay, "replayed from the records: {again:?}");
     assert_eq!(again.body, first.body);
+    let replayed = relay(&pag0)
+        .get(&url)
+        .header(name.as_str(), value.as_str())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replayed.status(), StatusCode::CONFLICT);
     let stats = wall.stats();
     assert_eq!(stats.paid_for_key("order-1"), 1, "{stats:?}");
-    assert_eq!(stats.requests, 2, "the replay never reached the paywall");
+    assert_eq!(stats.paid, 2, "{stats:?}");
+    // 402 + paid for the key, the relay's 402 and its paid call: neither replay came.
+    assert_eq!(stats.requests, 4, "neither replay reached the paywall");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -189,12 +213,46 @@ async fn embedded_default_sigkill_at_several_instants_never_pays_a_key_twice() {
 
 /// Three replicas with `shared` (PostgreSQL, and Redis or not): a key paid through A is
 /// replayed by B and C; a retry while the first runs is 409 in flight on every replica; the
-/// replica holding a paid call dies, and a retry elsewhere is in doubt, never paid again.
-async fn replicas_never_pay_a_key_twice(shared: &str) {
+/// replica holding a paid call dies, and a retry elsewhere is in doubt, never paid again. A
+/// relayed authorization accepted by A is refused by B and C.
+async fn replicas_never_pay_twice(shared: &str) {
     let wall = Paywall::start().await;
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let cfg = body(shared);
     let mut replicas: Vec<Process> = dirs.iter().map(|d| start(d, &cfg)).collect();
+
+    let offer = replicas[0]
+        .client_as("relay", RELAY_KEY)
+        .get(wall.url("/paid"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(offer.status(), StatusCode::PAYMENT_REQUIRED);
+    let (name, value) = paywall::agent_pays(&offer, None).await;
+    for (i, r) in replicas.iter().enumerate() {
+        let resp = r
+            .client_as("relay", RELAY_KEY)
+            .get(wall.url("/paid"))
+            .header(name.as_str(), value.as_str())
+            .send()
+            .await
+            .unwrap();
+        let expected = if i == 0 {
+            StatusCode::OK
+        } else {
+            StatusCode::CONFLICT
+        };
+        assert_eq!(resp.status(), expected, "replica {i}");
+        if i > 0 {
+            let body: Value = resp.json().await.unwrap();
+            assert_eq!(body["error"]["code"], "PAYMENT_NONCE_REUSED", "{body}");
+        }
+    }
+    assert_eq!(
+        wall.stats().paid,
+        1,
+        "the replays never reached the paywall"
+    );
 
     let paid = wall.url("/paid");
     let first = call(&replicas[0], &paid, "order-1").await;
@@ -263,14 +321,17 @@ async fn replicas_never_pay_a_key_twice(shared: &str) {
     for key in ["order-1", "slow-1", "slow-2"] {
         assert_eq!(stats.paid_for_key(key), 1, "{key}: {stats:?}");
     }
-    assert_eq!(stats.paid, 3, "{stats:?}");
+    assert_eq!(
+        stats.paid, 4,
+        "three keys and one relayed payment: {stats:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn replicas_on_redis_and_postgres_never_pay_a_key_twice() {
+async fn replicas_on_redis_and_postgres_never_pay_twice() {
     let db = TempDatabase::create().await;
     let prefix = format!("fleet{}", hex::encode(rand::random::<[u8; 4]>()));
-    replicas_never_pay_a_key_twice(&format!(
+    replicas_never_pay_twice(&format!(
         "database:\n  url: {}\nredis:\n  url: redis://127.0.0.1:6379\n  key_prefix: {prefix}\nbudgets:\n  ledger: redis\n",
         db.url()
     ))
@@ -279,9 +340,9 @@ async fn replicas_on_redis_and_postgres_never_pay_a_key_twice() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn replicas_on_postgres_alone_never_pay_a_key_twice() {
+async fn replicas_on_postgres_alone_never_pay_twice() {
     let db = TempDatabase::create().await;
-    replicas_never_pay_a_key_twice(&format!("database:\n  url: {}\n", db.url())).await;
+    replicas_never_pay_twice(&format!("database:\n  url: {}\n", db.url())).await;
     db.drop_now().await;
 }
 

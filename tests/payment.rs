@@ -3,7 +3,7 @@
 mod common;
 
 use alloy_primitives::U256;
-use common::paywall::{self, Paywall};
+use common::paywall::{self, Paywall, agent_pays};
 use common::*;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -564,28 +564,6 @@ async fn an_idempotent_retry_during_the_first_request_gets_409() {
         .await
         .unwrap();
     assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
-}
-
-/// The agent's own x402 client: signs an offer with its own key (pag0's library as a client).
-async fn agent_pays(offer_source: &reqwest::Response, v1_body: Option<&[u8]>) -> (String, String) {
-    use pag0::x402::{self, PaymentSigner};
-    let required = match v1_body {
-        Some(body) => x402::parse_v1_body(body).unwrap(),
-        None => {
-            x402::parse_v2_header(offer_source.headers()["payment-required"].as_bytes()).unwrap()
-        }
-    };
-    let signer = x402::Eip3009Signer::from_hex(paywall::WALLET_KEY).unwrap();
-    let offer = &required.offers[0];
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let signed = signer.sign(offer, now).await.unwrap();
-    (
-        offer.version.payment_header().to_string(),
-        x402::payment_header(&required, offer, &signed),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -25,6 +25,13 @@ CREATE TABLE pag0_instances (
     seen_at BIGINT NOT NULL             -- unix milliseconds
 );
 
+-- Agent-signed authorizations already relayed (relay mode's replay guard), until they expire.
+CREATE TABLE relayed_nonces (
+    payer      TEXT NOT NULL,
+    nonce      TEXT NOT NULL,
+    expires_at BIGINT NOT NULL,         -- unix seconds
+    PRIMARY KEY (payer, nonce)
+);
 -- A record lost with Redis is found again from the payment made for its key.
 CREATE INDEX payment_intents_key ON payment_intents (project, idempotency_key)
     WHERE idempotency_key IS NOT NULL;

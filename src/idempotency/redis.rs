@@ -6,10 +6,12 @@
 //! |---|---|---|
 //! | `<prefix>:idem:<project>|<key>` | hash | `fp`, `owner`, `state`, `payment`, `nonce`, `response` |
 //! | `<prefix>:instance:<owner>` | string | present while the process `owner` is alive |
+//! | `<prefix>:relayed:<payer>:<nonce>` | string | a relayed authorization, until it expires |
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use alloy_primitives::{Address, B256};
 use async_trait::async_trait;
 use once_cell::sync::Lazy;
 use redis::Script;
@@ -17,6 +19,7 @@ use redis::aio::ConnectionManager;
 
 use super::{Change, DEAD_AFTER, Record, RecordState, RecordStore, Scope, Unavailable};
 use crate::redis_client::LazyRedis;
+use crate::x402::NonceGuard;
 
 /// After a failed connection attempt, calls fail fast for this long before trying again.
 const RECONNECT_COOLDOWN: Duration = Duration::from_millis(500);
@@ -252,4 +255,27 @@ impl RecordStore for RedisRecords {
 
     /// Records expire by themselves (their TTL).
     async fn purge(&self, _now: i64) {}
+}
+
+#[async_trait]
+impl NonceGuard for RedisRecords {
+    async fn claim(
+        &self,
+        payer: Address,
+        nonce: B256,
+        until: u64,
+        now: u64,
+    ) -> Result<bool, String> {
+        let mut c = self.connection().await.map_err(|e| e.to_string())?;
+        let set: Option<String> = redis::cmd("SET")
+            .arg(format!("{}:relayed:{payer:#x}:{nonce:#x}", self.prefix))
+            .arg("1")
+            .arg("NX")
+            .arg("EX")
+            .arg(until.saturating_sub(now).max(1))
+            .query_async(&mut c)
+            .await
+            .map_err(|e| format!("Redis: {e}"))?;
+        Ok(set.is_some())
+    }
 }

@@ -1,11 +1,14 @@
-//! Records in the database (table `idempotency_records`, heartbeats in `pag0_instances`):
-//! durable, shared by every process on the same database; the embedded default on SQLite.
+//! Records in the database (table `idempotency_records`, heartbeats in `pag0_instances`, the
+//! relay replay guard in `relayed_nonces`): durable, shared by every process on the same
+//! database; the embedded default on SQLite.
 
+use alloy_primitives::{Address, B256};
 use async_trait::async_trait;
 use sqlx::Row;
 
 use super::{Change, DEAD_AFTER, Record, RecordState, RecordStore, Scope, Unavailable};
 use crate::store::{Db, with_pool};
+use crate::x402::NonceGuard;
 
 pub struct SqlRecords {
     db: Db,
@@ -201,11 +204,43 @@ impl RecordStore for SqlRecords {
                 .bind(now - 86_400_000)
                 .execute(p)
                 .await;
-            records.and(gone).map(|_| ())
+            let nonces = sqlx::query("DELETE FROM relayed_nonces WHERE expires_at <= $1")
+                .bind(now / 1000)
+                .execute(p)
+                .await;
+            records.and(gone).and(nonces).map(|_| ())
         });
         if let Err(e) = done {
             log::debug!("idempotency: cannot purge expired records: {e}");
         }
+    }
+}
+
+#[async_trait]
+impl NonceGuard for SqlRecords {
+    async fn claim(
+        &self,
+        payer: Address,
+        nonce: B256,
+        until: u64,
+        now: u64,
+    ) -> Result<bool, String> {
+        let n = with_pool!(&self.db, p => {
+            sqlx::query(
+                "INSERT INTO relayed_nonces (payer, nonce, expires_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (payer, nonce) DO UPDATE SET expires_at = excluded.expires_at
+                 WHERE relayed_nonces.expires_at <= $4",
+            )
+            .bind(format!("{payer:#x}"))
+            .bind(format!("{nonce:#x}"))
+            .bind(until.min(i64::MAX as u64) as i64)
+            .bind(now.min(i64::MAX as u64) as i64)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected())
+        })
+        .map_err(|e| format!("database: {e}"))?;
+        Ok(n == 1)
     }
 }
 
@@ -227,4 +262,36 @@ where
         nonce: r.try_get("nonce").map_err(unavailable)?,
         response: r.try_get("response").map_err(unavailable)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{DatabaseConfig, DatabaseKind, Store};
+
+    #[tokio::test]
+    async fn a_relayed_nonce_is_accepted_once_per_payer_until_it_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&DatabaseConfig {
+            url: crate::config::Secret::plain(format!("sqlite:{}/t.db", dir.path().display())),
+            kind: DatabaseKind::Sqlite,
+            spool_file: dir.path().join("spool"),
+            timeout: std::time::Duration::from_secs(5),
+        })
+        .await
+        .unwrap();
+        let records = SqlRecords::new(store.db());
+        let g: &dyn NonceGuard = &records;
+        let (a, b) = (Address::with_last_byte(1), Address::with_last_byte(2));
+        let n = B256::with_last_byte(7);
+        assert_eq!(g.claim(a, n, 100, 10).await, Ok(true));
+        assert_eq!(g.claim(a, n, 100, 50).await, Ok(false), "replayed");
+        assert_eq!(g.claim(b, n, 100, 50).await, Ok(true), "another payer");
+        assert_eq!(
+            g.claim(a, n, 200, 100).await,
+            Ok(true),
+            "an expired claim can be reused (the chain refuses it anyway)"
+        );
+        assert_eq!(g.claim(a, n, 300, 150).await, Ok(false));
+    }
 }

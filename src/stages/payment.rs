@@ -123,16 +123,26 @@ impl PaymentStage {
             }
             None => None,
         };
-        if !self
-            .nonce_guard
-            .claim(a.from, a.nonce, a.valid_before, now)
-            .await
-        {
+        // Kept while the authorization can still be settled (its block may land late).
+        let until = a
+            .valid_before
+            .saturating_add(crate::store::IN_DOUBT_MARGIN_SECONDS);
+        let fresh = self.nonce_guard.claim(a.from, a.nonce, until, now).await;
+        if fresh != Ok(true) {
             self.spend.release(reservation).await;
-            return Err(Reply::new(
-                ErrorCode::PaymentNonceReused,
-                "this payment authorization was already relayed",
-            ));
+            return Err(match fresh {
+                Err(e) => {
+                    log::warn!(project = ctx.project_label(); "relay replay guard: {e}");
+                    Reply::new(
+                        ErrorCode::IdempotencyUnavailable,
+                        "the replay guard is unreachable; the payment was not forwarded",
+                    )
+                }
+                _ => Reply::new(
+                    ErrorCode::PaymentNonceReused,
+                    "this payment authorization was already relayed",
+                ),
+            });
         }
         let charge = Charge {
             amount: a.value,

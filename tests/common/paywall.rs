@@ -689,3 +689,28 @@ pub async fn settle_at(url: &str, token: Address, p: &Accepted) -> B256 {
     assert_eq!(receipt["status"], "0x1", "settlement failed: {receipt}");
     hash.as_str().unwrap().parse().unwrap()
 }
+
+/// The agent's own x402 client: signs an offer with its own key (pag0's library as a client).
+pub async fn agent_pays(
+    offer_source: &reqwest::Response,
+    v1_body: Option<&[u8]>,
+) -> (String, String) {
+    use pag0::x402::{self, PaymentSigner};
+    let required = match v1_body {
+        Some(body) => x402::parse_v1_body(body).unwrap(),
+        None => {
+            x402::parse_v2_header(offer_source.headers()["payment-required"].as_bytes()).unwrap()
+        }
+    };
+    let signer = x402::Eip3009Signer::from_hex(WALLET_KEY).unwrap();
+    let offer = &required.offers[0];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let signed = signer.sign(offer, now).await.unwrap();
+    (
+        offer.version.payment_header().to_string(),
+        x402::payment_header(&required, offer, &signed),
+    )
+}

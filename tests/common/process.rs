@@ -51,8 +51,13 @@ impl Process {
     }
 
     pub fn client(&self) -> reqwest::Client {
+        self.client_as("demo", DEMO_KEY)
+    }
+
+    /// A client of project `user` with its key `key`.
+    pub fn client_as(&self, user: &str, key: &str) -> reqwest::Client {
         reqwest::Client::builder()
-            .proxy(reqwest::Proxy::all(format!("http://demo:{DEMO_KEY}@{}", self.proxy)).unwrap())
+            .proxy(reqwest::Proxy::all(format!("http://{user}:{key}@{}", self.proxy)).unwrap())
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap()
