@@ -20,7 +20,7 @@ use crate::ratelimit::RateLimiter;
 use crate::stages::Pipeline;
 use crate::store::Store;
 use crate::x402::facilitator::Facilitator;
-use crate::x402::{LocalPriceMemory, NonceGuard, PriceMemory};
+use crate::x402::{LocalPriceMemory, NonceGuard, PriceMemory, SharedPriceMemory};
 
 /// Services that live as long as the process and survive reloads (their state too: rate-limit
 /// buckets are not reset by a reload).
@@ -28,7 +28,7 @@ pub struct Shared {
     pub resolver: Arc<Resolver>,
     pub rate_limiter: Arc<dyn RateLimiter>,
     pub metrics: Arc<Metrics>,
-    /// Remembered x402 offers (survive reloads).
+    /// Remembered x402 offers (survive reloads; shared through Redis when `redis:` is set).
     pub price_memory: Arc<dyn PriceMemory>,
     /// Idempotency records: in Redis when `redis:` is set, else in the database (changes
     /// need a restart).
@@ -289,7 +289,13 @@ impl Shared {
             )
             .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?,
             metrics,
-            price_memory: Arc::new(LocalPriceMemory::default()),
+            price_memory: match &config.redis {
+                Some(r) => Arc::new(
+                    SharedPriceMemory::new(r.url.expose(), &r.key_prefix, r.timeout)
+                        .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?,
+                ),
+                None => Arc::new(LocalPriceMemory::default()),
+            },
             idempotency,
             nonce_guard,
             facilitator: config.payments.facilitator.as_ref().map(|f| {

@@ -2,7 +2,8 @@
 //! itself once open). Shared by the budget ledger and the cache tier; each keeps its own
 //! policy for outages.
 
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::OnceCell;
@@ -11,7 +12,12 @@ pub struct LazyRedis {
     client: redis::Client,
     timeout: Duration,
     connection: OnceCell<ConnectionManager>,
+    /// When the last attempt to open the connection failed (see [`LazyRedis::connection`]).
+    last_failure: Mutex<Option<Instant>>,
 }
+
+/// After a failed connection attempt, [`LazyRedis::connection`] fails fast for this long.
+pub const RECONNECT_COOLDOWN: Duration = Duration::from_millis(500);
 
 impl LazyRedis {
     /// `url` is `redis://…`; nothing is connected until [`get`](Self::get).
@@ -21,6 +27,7 @@ impl LazyRedis {
             client,
             timeout,
             connection: OnceCell::new(),
+            last_failure: Mutex::new(None),
         })
     }
 
@@ -51,5 +58,25 @@ impl LazyRedis {
             .get_or_try_init(|| ConnectionManager::new_with_config(self.client.clone(), config))
             .await
             .cloned()
+    }
+
+    /// The connection (opened on first use); within [`RECONNECT_COOLDOWN`] of a failed
+    /// attempt to open it, an error at once instead of another attempt.
+    pub async fn connection(&self) -> Result<ConnectionManager, String> {
+        if let Some(c) = self.connection.get() {
+            return Ok(c.clone());
+        }
+        let cooling = self
+            .last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| t.elapsed() < RECONNECT_COOLDOWN);
+        if cooling {
+            return Err("Redis is unreachable".into());
+        }
+        self.get().await.map_err(|e| {
+            *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+            format!("cannot connect to Redis: {e}")
+        })
     }
 }

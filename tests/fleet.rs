@@ -414,3 +414,26 @@ async fn a_record_redis_lost_is_found_again_from_the_payment_made_for_the_key() 
         "{other:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_price_one_replica_learnt_lets_another_pay_in_one_round_trip() {
+    let wall = Paywall::start().await;
+    let prefix = format!("price{}", hex::encode(rand::random::<[u8; 4]>()));
+    let cfg = body(&format!(
+        "redis:\n  url: redis://127.0.0.1:6379\n  key_prefix: {prefix}\n"
+    ));
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = (start(&da, &cfg), start(&db, &cfg));
+    let paid = wall.url("/paid");
+    let first = a.client().get(&paid).send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(wall.stats().requests, 2, "402, then the paid replay");
+    let second = b.client().get(&paid).send().await.unwrap();
+    assert_eq!(second.status(), StatusCode::OK);
+    let stats = wall.stats();
+    assert_eq!(
+        (stats.requests, stats.paid),
+        (3, 2),
+        "signed up front from the shared price: one round trip"
+    );
+}

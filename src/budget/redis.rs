@@ -21,7 +21,7 @@
 
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use alloy_primitives::U256;
 use async_trait::async_trait;
@@ -60,8 +60,6 @@ const REFUNDED_IDS_SECONDS: u64 = 40 * 86_400;
 const KEY_GRACE_SECONDS: u64 = 2 * 86_400;
 /// Most commits kept in memory while Redis is unreachable.
 pub const MAX_PENDING_COMMITS: usize = 1_000_000;
-/// After a failed connection attempt, calls fail fast for this long before trying again.
-const RECONNECT_COOLDOWN: Duration = Duration::from_millis(500);
 
 /// A budget ledger on Redis.
 pub struct RedisLedger {
@@ -69,7 +67,6 @@ pub struct RedisLedger {
     prefix: String,
     reservation_ttl: Duration,
     history: Arc<dyn SpendHistory>,
-    last_failure: Mutex<Option<Instant>>,
     /// Commits that could not reach Redis; retried by [`RedisLedger::maintain`].
     pending: Mutex<Vec<Reservation>>,
 }
@@ -98,7 +95,6 @@ impl RedisLedger {
             prefix: prefix.to_string(),
             reservation_ttl,
             history,
-            last_failure: Mutex::new(None),
             pending: Mutex::new(Vec::new()),
         })
     }
@@ -116,26 +112,7 @@ impl RedisLedger {
     }
 
     async fn connection(&self) -> Result<ConnectionManager, LedgerError> {
-        // Once open, the connection manager reconnects by itself: no cooldown lock per call.
-        if let Some(c) = self.redis.connected() {
-            return Ok(c);
-        }
-        if self
-            .last_failure
-            .lock()
-            .expect("lock")
-            .is_some_and(|t| t.elapsed() < RECONNECT_COOLDOWN)
-        {
-            return Err(LedgerError("Redis is unreachable".into()));
-        }
-        let result = self.redis.get().await;
-        match result {
-            Ok(c) => Ok(c),
-            Err(e) => {
-                *self.last_failure.lock().expect("lock") = Some(Instant::now());
-                Err(LedgerError(format!("cannot connect to Redis: {e}")))
-            }
-        }
+        self.redis.connection().await.map_err(LedgerError)
     }
 
     async fn run(&self, invocation: redis::ScriptInvocation<'_>) -> Result<Value, LedgerError> {

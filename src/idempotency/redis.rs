@@ -8,8 +8,7 @@
 //! | `<prefix>:instance:<owner>` | string | present while the process `owner` is alive |
 //! | `<prefix>:relayed:<payer>:<nonce>` | string | a relayed authorization, until it expires |
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use alloy_primitives::{Address, B256};
 use async_trait::async_trait;
@@ -20,9 +19,6 @@ use redis::aio::ConnectionManager;
 use super::{Change, DEAD_AFTER, Record, RecordState, RecordStore, Scope, Unavailable};
 use crate::redis_client::LazyRedis;
 use crate::x402::NonceGuard;
-
-/// After a failed connection attempt, calls fail fast for this long before trying again.
-const RECONNECT_COOLDOWN: Duration = Duration::from_millis(500);
 
 /// Creates the record unless it exists; returns the existing one's fields (empty: created).
 static CLAIM: Lazy<Script> = Lazy::new(|| {
@@ -81,7 +77,6 @@ static REMOVE: Lazy<Script> = Lazy::new(|| {
 pub struct RedisRecords {
     redis: LazyRedis,
     prefix: String,
-    last_failure: Mutex<Option<Instant>>,
 }
 
 impl RedisRecords {
@@ -90,7 +85,6 @@ impl RedisRecords {
         Ok(RedisRecords {
             redis: LazyRedis::open(url, timeout)?,
             prefix: prefix.to_string(),
-            last_failure: Mutex::new(None),
         })
     }
 
@@ -103,21 +97,7 @@ impl RedisRecords {
     }
 
     async fn connection(&self) -> Result<ConnectionManager, Unavailable> {
-        if let Some(c) = self.redis.connected() {
-            return Ok(c);
-        }
-        if self
-            .last_failure
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_some_and(|t| t.elapsed() < RECONNECT_COOLDOWN)
-        {
-            return Err(Unavailable("Redis is unreachable".into()));
-        }
-        self.redis.get().await.map_err(|e| {
-            *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-            Unavailable(format!("cannot connect to Redis: {e}"))
-        })
+        self.redis.connection().await.map_err(Unavailable)
     }
 }
 

@@ -807,10 +807,11 @@ impl Stage for PaymentStage {
         }
         // A v2 offer is read whatever pag0 does about it: what it says about the endpoint
         // goes to the catalog.
-        let v2 = resp
+        let v2_wire = resp
             .headers
             .get(x402::PAYMENT_REQUIRED_HEADER)
-            .map(|value| x402::parse_v2_header(value.as_bytes()));
+            .map(|value| Bytes::copy_from_slice(value.as_bytes()));
+        let v2 = v2_wire.as_deref().map(x402::parse_v2_header);
         if let Some(Ok(required)) = &v2 {
             ctx.payment.offer_info =
                 crate::curation::OfferInfo::of(required, crate::clock::unix_millis() as i64);
@@ -843,12 +844,12 @@ impl Stage for PaymentStage {
             return self.decline_with(resp, ctx, "declined", reason, true);
         }
         ctx.payment.x402_version = Some(if v2.is_some() { 2 } else { 1 });
-        let required = match v2 {
-            Some(parsed) => parsed,
+        let (required, wire) = match (v2, v2_wire) {
+            (Some(parsed), Some(wire)) => (parsed, wire),
             // x402 v1: the offer is in the 402 body, which this hook cannot read. One unpaid
             // side request (same method, URL, headers, body) fetches it.
-            None => match self.fetch_v1_offer(session, ctx).await {
-                Ok(body) => x402::parse_v1_body(&body),
+            _ => match self.fetch_v1_offer(session, ctx).await {
+                Ok(body) => (x402::parse_v1_body(&body), body),
                 Err((reason, too_slow)) => {
                     return self.decline_with(resp, ctx, "declined", reason, too_slow);
                 }
@@ -883,6 +884,7 @@ impl Stage for PaymentStage {
             ctx.payment.to_remember = Some(Arc::new(Remembered {
                 required,
                 offer_index,
+                wire,
             }));
         }
         ctx.payment.replay_requested = true;

@@ -16,7 +16,7 @@ pub mod wire;
 use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 
 pub use guard::NonceGuard;
-pub use memory::{LocalPriceMemory, PriceMemory, Remembered};
+pub use memory::{LocalPriceMemory, PriceMemory, Remembered, SharedPriceMemory};
 pub use pool::SigningPool;
 pub use receipt::{DecodedPayment, Receipt, decode_payment_header, parse_receipt};
 pub use sign::{
