@@ -437,3 +437,42 @@ async fn the_price_one_replica_learnt_lets_another_pay_in_one_round_trip() {
         "signed up front from the shared price: one round trip"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn twenty_simultaneous_misses_over_three_replicas_pay_once() {
+    let wall = Paywall::start().await;
+    let prefix = format!("fill{}", hex::encode(rand::random::<[u8; 4]>()));
+    let cfg = body(&format!(
+        "redis:\n  url: redis://127.0.0.1:6379\n  key_prefix: {prefix}\n"
+    ))
+    .replace(
+        "  - kind: payment\n",
+        "  - kind: cache\n  - kind: payment\n",
+    );
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let replicas: Vec<Process> = dirs.iter().map(|d| start(d, &cfg)).collect();
+    // The paywall answers 800 ms after taking the payment: all 20 arrive during the fill.
+    let url = wall.url("/slow-paid");
+    let calls: Vec<_> = (0..20)
+        .map(|i| {
+            let (client, url) = (replicas[i % 3].client(), url.clone());
+            tokio::spawn(async move {
+                let resp = client.get(url).send().await.unwrap();
+                let cache = resp.headers().get("x-pag0-cache").cloned();
+                (resp.status(), cache, resp.text().await.unwrap())
+            })
+        })
+        .collect();
+    let mut bodies = std::collections::HashSet::new();
+    let mut hits = 0;
+    for c in calls {
+        let (status, cache, body) = c.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+        hits += usize::from(cache.is_some_and(|c| c == "HIT"));
+        bodies.insert(body);
+    }
+    assert_eq!(bodies.len(), 1, "every agent got the paid body: {bodies:?}");
+    let stats = wall.stats();
+    assert_eq!(stats.paid, 1, "one payment for the whole fleet: {stats:?}");
+    assert_eq!(hits, 19, "the others were answered from the entry");
+}

@@ -77,6 +77,16 @@ impl Prefetched {
 #[derive(Debug, Clone, Copy)]
 pub struct FillStarted(pub SystemTime);
 
+/// The fleet-wide fill lock a request holds for the entry it fills, carried in the
+/// [`CacheKey`]'s extensions: the entry's Redis write releases it, so a request waiting in
+/// another process never sees the lock gone before the entry is there. `handed` says the
+/// response was handed over for storing; otherwise the request's end releases the lock.
+#[derive(Debug, Clone)]
+pub struct FillLock {
+    pub token: String,
+    pub handed: Arc<std::sync::atomic::AtomicBool>,
+}
+
 /// Which tier answered a hit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tier {
@@ -264,12 +274,45 @@ impl CacheStore {
         }
     }
 
+    /// Takes the fleet-wide fill lock of `key` for `token` until `ttl`. `Ok(true)` without a
+    /// Redis tier (the process's own cache lock is the only one).
+    pub async fn lock_fill(
+        &self,
+        key: &CacheKey,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, TierError> {
+        match &self.redis {
+            Some(redis) => redis.try_fill_lock(&entry_id(key), token, ttl).await,
+            None => Ok(true),
+        }
+    }
+
+    /// Releases the fill lock `lock` of `key` (or of entry `id`).
+    pub async fn release_fill(&self, key: &CacheKey, lock: &FillLock) {
+        self.release_fill_id(&entry_id(key), Some(lock)).await
+    }
+
+    async fn release_fill_id(&self, id: &str, lock: Option<&FillLock>) {
+        if let (Some(redis), Some(lock)) = (&self.redis, lock)
+            && let Err(e) = redis.release_fill_lock(id, &lock.token).await
+        {
+            self.tier_error("unlock", &e);
+        }
+    }
+
     /// Stores a finished miss. With a memory tier the Redis write happens in the background
     /// (requests waiting on the cache lock find the entry in memory); without one it is
-    /// awaited, so they find it in Redis.
-    async fn put(&'static self, id: String, entry: Entry, started: SystemTime) {
+    /// awaited, so they find it in Redis. The fill lock goes once the Redis write is over.
+    async fn put(
+        &'static self,
+        id: String,
+        entry: Entry,
+        started: SystemTime,
+        lock: Option<FillLock>,
+    ) {
         if self.purged_since(&entry.primary, started) {
-            return;
+            return self.release_fill_id(&id, lock.as_ref()).await;
         }
         let entry = Arc::new(entry);
         if let Some(m) = &self.memory {
@@ -277,7 +320,7 @@ impl CacheStore {
             // A purge that arrived meanwhile wins.
             if self.purged_since(&entry.primary, started) {
                 m.remove(&id);
-                return;
+                return self.release_fill_id(&id, lock.as_ref()).await;
             }
         }
         let Some(redis) = &self.redis else {
@@ -285,20 +328,23 @@ impl CacheStore {
         };
         if self.memory.is_none() {
             self.write_redis(&id, &entry, started).await;
-            return;
+            return self.release_fill_id(&id, lock.as_ref()).await;
         }
         match redis.write_permit() {
             Some(permit) => {
                 tokio::spawn(async move {
                     self.write_redis(&id, &entry, started).await;
+                    self.release_fill_id(&id, lock.as_ref()).await;
                     drop(permit);
                 });
             }
-            None => self
-                .metrics
-                .cache_tier_errors
-                .with_label_values(&["redis", "write", "skipped"])
-                .inc(),
+            None => {
+                self.metrics
+                    .cache_tier_errors
+                    .with_label_values(&["redis", "write", "skipped"])
+                    .inc();
+                self.release_fill_id(&id, lock.as_ref()).await;
+            }
         }
     }
 
@@ -421,6 +467,7 @@ impl Storage for CacheStore {
                 .get::<FillStarted>()
                 .map_or(meta.created(), |s| s.0),
             id: entry_id(key),
+            lock: key.extensions.get::<FillLock>().cloned(),
             primary: key.primary_key_str().unwrap_or_default().to_string(),
             meta: [Bytes::from(m0), Bytes::from(m1)],
             body: BytesMut::new(),
@@ -546,6 +593,8 @@ struct Miss {
     /// When the response was admitted (purges after this win).
     started: SystemTime,
     id: String,
+    /// The fleet-wide fill lock this request holds, released once the entry is written.
+    lock: Option<FillLock>,
     primary: String,
     meta: [Bytes; 2],
     body: BytesMut,
@@ -564,14 +613,19 @@ impl HandleMiss for Miss {
             store,
             started,
             id,
+            lock,
             primary,
             meta,
             body,
             expires_at,
         } = *self;
+        if let Some(lock) = &lock {
+            lock.handed
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
         let entry = Entry::new(primary, meta, body.freeze(), expires_at);
         let size = entry.size();
-        store.put(id, entry, started).await;
+        store.put(id, entry, started, lock).await;
         Ok(MissFinishType::Created(size))
     }
 }

@@ -4,7 +4,9 @@
 //! Key `<prefix>:cache:<scope>:<hash>` → hash {`m0`, `m1`: the two serialized meta blobs,
 //! `b`: body, `u`: primary key (for purges), `x`: expiry in unix ms}; the key itself expires
 //! with the entry (`PEXPIREAT`). Purges are announced on `<prefix>:cache:purge` so every
-//! instance drops them from its memory tier too.
+//! instance drops them from its memory tier too. `<prefix>:cache:lock:<scope>:<hash>` is the
+//! fleet-wide fill lock of an entry (see `CacheStage::fleet_fill`): its holder's token, until
+//! the entry is written (or the lock timeout).
 //!
 //! Redis never fails a request: errors are counted, a lookup becomes a miss, a write is
 //! dropped, and after an error the tier is skipped for [`COOLDOWN`] before it is tried again
@@ -38,6 +40,14 @@ static UPDATE_META: once_cell::sync::Lazy<redis::Script> = once_cell::sync::Lazy
         "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end \
          redis.call('HSET', KEYS[1], 'm0', ARGV[1], 'm1', ARGV[2], 'x', ARGV[3]) \
          redis.call('PEXPIREAT', KEYS[1], ARGV[3]) return 1",
+    )
+});
+
+/// Deletes a fill lock only if the given token still holds it.
+static RELEASE_LOCK: once_cell::sync::Lazy<redis::Script> = once_cell::sync::Lazy::new(|| {
+    redis::Script::new(
+        r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+          return 0",
     )
 });
 
@@ -176,6 +186,49 @@ impl RedisTier {
             .arg(expires)
             .ignore();
         self.call(async |c| pipe.query_async::<()>(c).await).await
+    }
+
+    fn lock_key(&self, id: &str) -> String {
+        format!("{}:lock:{id}", self.prefix)
+    }
+
+    /// Takes the fill lock of entry `id` for `token` until `ttl` (SET NX PX); `false`: another
+    /// request in the fleet holds it.
+    pub async fn try_fill_lock(
+        &self,
+        id: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<bool, TierError> {
+        let key = self.lock_key(id);
+        let ms = ttl.as_millis().max(1) as u64;
+        let set: Option<String> = self
+            .call(async |c| {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms)
+                    .query_async(c)
+                    .await
+            })
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Releases the fill lock of entry `id` if `token` still holds it.
+    pub async fn release_fill_lock(&self, id: &str, token: &str) -> Result<(), TierError> {
+        let key = self.lock_key(id);
+        self.call(async |c| {
+            RELEASE_LOCK
+                .key(&key)
+                .arg(token)
+                .invoke_async::<i64>(c)
+                .await
+        })
+        .await
+        .map(|_| ())
     }
 
     /// A permit for one background write; `None` when too many are already in flight or the

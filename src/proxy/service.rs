@@ -208,11 +208,15 @@ impl ProxyHttp for Pag0Proxy {
             ctx.target.as_ref().map(|t| &t.kind),
             Some(TargetKind::Connect)
         ) {
-            if let Some(cache) = live.pipeline.cache()
-                && let Some((header, body)) = cache.fresh_hit(session.req_header(), ctx).await
-            {
-                self.serve_stored(session, ctx, header, body).await?;
-                return Ok(true);
+            if let Some(cache) = live.pipeline.cache() {
+                let hit = match cache.fresh_hit(session.req_header(), ctx).await {
+                    Some(hit) => Some(hit),
+                    None => cache.fleet_fill(session.req_header(), ctx).await,
+                };
+                if let Some((header, body)) = hit {
+                    self.serve_stored(session, ctx, header, body).await?;
+                    return Ok(true);
+                }
             }
             return Ok(false);
         }

@@ -36,7 +36,9 @@ use sha2::{Digest, Sha256};
 
 use super::{Flow, Stage};
 use crate::cache::stats::Outcome;
-use crate::cache::{CacheStats, CacheStore, FillStarted, Hit, Prefetched, Tier, primary_key};
+use crate::cache::{
+    CacheStats, CacheStore, FillLock, FillStarted, Hit, Prefetched, Tier, primary_key,
+};
 use crate::config::{CacheRules, RouteCache};
 use crate::metrics::Metrics;
 use crate::proxy::{RequestCtx, Target, TargetKind};
@@ -73,6 +75,8 @@ pub struct CacheState {
     pub not_modified: bool,
     /// What [`CacheStage::fresh_hit`] found but could not serve, for pingora-cache's lookup.
     pub prefetched: Option<Prefetched>,
+    /// The fleet-wide fill lock this request holds (see [`CacheStage::fleet_fill`]).
+    pub fill_lock: Option<FillLock>,
 }
 
 /// How one request uses the cache.
@@ -91,9 +95,14 @@ pub struct CacheStage {
     rules: Arc<CacheRules>,
     store: &'static CacheStore,
     lock: &'static CacheKeyLockImpl,
+    /// How long a fill lock is held at most (`cache.lock_timeout_ms`).
+    lock_timeout: Duration,
     metrics: Arc<Metrics>,
     stats: Arc<CacheStats>,
 }
+
+/// How often a request waiting for another process's fill looks for the entry.
+const FLEET_FILL_POLL: Duration = Duration::from_millis(20);
 
 /// `scheme://host[:port]/path[?query]` with the scheme and host lowercased, the default port
 /// dropped, the fragment removed and query parameters sorted by name (stable, so repeated
@@ -199,6 +208,7 @@ impl CacheStage {
         rules: Arc<CacheRules>,
         store: &'static CacheStore,
         lock: &'static CacheKeyLockImpl,
+        lock_timeout: Duration,
         metrics: Arc<Metrics>,
         stats: Arc<CacheStats>,
     ) -> CacheStage {
@@ -206,6 +216,7 @@ impl CacheStage {
             rules,
             store,
             lock,
+            lock_timeout,
             metrics,
             stats,
         }
@@ -295,6 +306,9 @@ impl CacheStage {
         })?;
         let mut key = CacheKey::new(lookup.primary.as_str(), lookup.scope.as_str());
         key.extensions.insert(FillStarted(SystemTime::now()));
+        if let Some(lock) = &ctx.cache.fill_lock {
+            key.extensions.insert(lock.clone());
+        }
         if let Some(prefetched) = prefetched {
             key.extensions.insert(prefetched);
         }
@@ -312,21 +326,9 @@ impl CacheStage {
         req: &RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Option<(Box<ResponseHeader>, bytes::Bytes)> {
-        use http::header::{IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, RANGE};
-        use http::header::{IF_UNMODIFIED_SINCE, TRANSFER_ENCODING};
+        use http::header::TRANSFER_ENCODING;
         let lookup = ctx.cache.lookup.as_ref()?;
-        if lookup.refresh || !matches!(req.method, http::Method::GET | http::Method::HEAD) {
-            return None;
-        }
-        let conditional = [
-            RANGE,
-            IF_RANGE,
-            IF_NONE_MATCH,
-            IF_MODIFIED_SINCE,
-            IF_MATCH,
-            IF_UNMODIFIED_SINCE,
-        ];
-        if conditional.iter().any(|h| req.headers.contains_key(h)) {
+        if !answerable(req, lookup) {
             return None;
         }
         let key = CacheKey::new(lookup.primary.as_str(), lookup.scope.as_str());
@@ -364,6 +366,46 @@ impl CacheStage {
         ctx.cache.tier = Some(tier);
         self.observe(CachePhase::Hit, ctx);
         Some((header, entry.body.clone()))
+    }
+
+    /// Runs after a miss of [`fresh_hit`](Self::fresh_hit), with a Redis tier: one request
+    /// in the whole fleet fills an entry at a time (the one whose `SET NX` on the entry's
+    /// lock succeeds: `None`, it goes upstream). The others wait for the entry to appear and
+    /// answer from it, or take the lock themselves when it goes without an entry (the fill
+    /// failed or was not cacheable), or go upstream after `cache.lock_timeout_ms`. Redis
+    /// unreachable: `None` (each process's own cache lock still collapses its misses).
+    pub async fn fleet_fill(
+        &self,
+        req: &RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Option<(Box<ResponseHeader>, bytes::Bytes)> {
+        let lookup = ctx.cache.lookup.as_ref()?;
+        if self.store.redis().is_none() || !answerable(req, lookup) {
+            return None;
+        }
+        let key = CacheKey::new(lookup.primary.as_str(), lookup.scope.as_str());
+        let token = hex::encode(rand::random::<[u8; 12]>());
+        let deadline = tokio::time::Instant::now() + self.lock_timeout;
+        loop {
+            match self.store.lock_fill(&key, &token, self.lock_timeout).await {
+                Ok(true) => {
+                    ctx.cache.fill_lock = Some(FillLock {
+                        token,
+                        handed: Arc::default(),
+                    });
+                    return None;
+                }
+                Ok(false) => {}
+                Err(_) => return None,
+            }
+            tokio::time::sleep(FLEET_FILL_POLL).await;
+            if let Some(hit) = self.fresh_hit(req, ctx).await {
+                return Some(hit);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+        }
     }
 
     /// Runs in `cache_hit_filter` when an entry was found: notes the tier; an agent's refresh
@@ -480,6 +522,24 @@ impl CacheStage {
 
 /// SHA-256 of a POST body that fits the retry buffer (it stays there and is sent upstream on
 /// a miss). Bodies of unknown or larger size are not cached.
+/// Whether the cache stage answers `req` itself from a fresh entry (else pingora-cache's own
+/// hit path does: refreshes, methods other than GET/HEAD, conditional and range requests).
+fn answerable(req: &RequestHeader, lookup: &Lookup) -> bool {
+    use http::header::IF_UNMODIFIED_SINCE;
+    use http::header::{IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, RANGE};
+    let conditional = [
+        RANGE,
+        IF_RANGE,
+        IF_NONE_MATCH,
+        IF_MODIFIED_SINCE,
+        IF_MATCH,
+        IF_UNMODIFIED_SINCE,
+    ];
+    !lookup.refresh
+        && matches!(req.method, http::Method::GET | http::Method::HEAD)
+        && !conditional.iter().any(|h| req.headers.contains_key(h))
+}
+
 async fn hash_body(session: &mut Session) -> Result<String, &'static str> {
     let declared = session
         .req_header()
@@ -559,6 +619,14 @@ impl Stage for CacheStage {
     }
 
     async fn logging(&self, ctx: &mut RequestCtx) {
+        // A fill lock whose response was never handed over for storing goes now (a stored
+        // one goes with the entry's Redis write).
+        if let (Some(lock), Some(lookup)) = (ctx.cache.fill_lock.take(), &ctx.cache.lookup)
+            && !lock.handed.load(std::sync::atomic::Ordering::Acquire)
+        {
+            let key = CacheKey::new(lookup.primary.as_str(), lookup.scope.as_str());
+            self.store.release_fill(&key, &lock).await;
+        }
         let outcome = ctx.cache.outcome.unwrap_or(if ctx.cache.lookup.is_some() {
             Outcome::Miss
         } else {

@@ -180,6 +180,7 @@ impl Pipeline {
                             rules.clone(),
                             services.cache,
                             services.cache_lock,
+                            config.cache.lock_timeout,
                             services.metrics.clone(),
                             services.cache_stats.clone(),
                         ));
