@@ -66,6 +66,8 @@ pub struct Shared {
     pub router: crate::curation::router::Router,
     /// ERC-8004 feedback from the outbox, when `audit:` is configured (changes need a restart).
     pub audit: Option<Arc<crate::audit::Audit>>,
+    /// A graceful stop began (`/health` says `draining`).
+    pub draining: std::sync::atomic::AtomicBool,
     /// Started once the cache stage is first configured (no Redis subscription otherwise).
     cache_purge_follower: std::sync::Once,
     /// Runs background upkeep (spool replay, retried commits) for the process's lifetime.
@@ -282,6 +284,7 @@ impl Shared {
             cache_lock,
             cache_stats: Arc::default(),
             cache_purge_follower: std::sync::Once::new(),
+            draining: Default::default(),
             resolver: Arc::new(Resolver::new(&config.dns)),
             rate_limiter: crate::ratelimit::limiter(
                 config.redis.as_ref(),

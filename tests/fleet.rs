@@ -476,3 +476,54 @@ async fn twenty_simultaneous_misses_over_three_replicas_pay_once() {
     assert_eq!(stats.paid, 1, "one payment for the whole fleet: {stats:?}");
     assert_eq!(hits, 19, "the others were answered from the entry");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_says_draining_while_a_replica_stops_gracefully() {
+    let wall = Paywall::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut pag0 = Process::start_server(
+        &dir,
+        &body(""),
+        "  grace_period_seconds: 3\n",
+        &[("RUST_LOG", "warn")],
+    );
+    let health = |p: &Process| {
+        let url = format!("http://{}/health", p.admin);
+        async move {
+            let resp = reqwest::Client::new()
+                .get(url)
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status();
+            (status, resp.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, before) = health(&pag0).await;
+    assert_eq!(status, StatusCode::OK, "{before}");
+    assert_eq!(before["status"], "ok");
+    // A call in flight when the stop begins is answered.
+    let in_flight = tokio::spawn({
+        let (client, url) = (pag0.client(), wall.url("/delayed"));
+        async move { client.get(url).send().await.map(|r| r.status()) }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let pid = pag0.child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let (status, during) = eventually(|| health(&pag0), |(s, _)| *s != StatusCode::OK).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{during}");
+    assert_eq!(during["status"], "draining", "{during}");
+    assert_eq!(in_flight.await.unwrap().unwrap(), StatusCode::OK);
+    // Still draining well into the grace period (the balancer's checks see it).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(health(&pag0).await.1["status"], "draining");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while pag0.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "pag0 did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -217,8 +217,11 @@ async fn health(State(state): State<AdminState>) -> Response {
         d.values()
             .all(|v| v["required"] != true || v["status"] == "up")
     });
+    // A graceful stop began: load balancers stop sending while requests in flight finish.
+    let draining = shared.draining.load(std::sync::atomic::Ordering::Acquire);
+    let healthy = healthy && !draining;
     let body = json!({
-        "status": if healthy { "ok" } else { "degraded" },
+        "status": if draining { "draining" } else if healthy { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs(),
         "stages": live.pipeline.names(),
@@ -343,8 +346,17 @@ impl BackgroundService for AdminService {
             }
         };
         let app = router(self.state.clone());
+        let reloader = self.state.reloader.clone();
+        // On a graceful stop `/health` says `draining` (503) for the grace period, while the
+        // proxy still serves, so load balancers stop sending first; then the listener closes.
         let stop = async move {
             let _ = shutdown.changed().await;
+            reloader
+                .shared
+                .draining
+                .store(true, std::sync::atomic::Ordering::Release);
+            let grace = reloader.live.load().config.server.grace_period;
+            tokio::time::sleep(grace).await;
         };
         if let Err(e) = axum::serve(listener, app)
             .with_graceful_shutdown(stop)

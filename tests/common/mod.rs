@@ -143,6 +143,17 @@ impl Pag0 {
         Self::yaml(dir, proxy, admin, body, "")
     }
 
+    /// [`Pag0::config_text`] with extra keys for the `server:` section.
+    pub fn config_text_with(
+        dir: &tempfile::TempDir,
+        proxy: SocketAddr,
+        admin: SocketAddr,
+        body: &str,
+        server_extra: &str,
+    ) -> String {
+        Self::yaml(dir, proxy, admin, body, server_extra)
+    }
+
     fn yaml(
         dir: &tempfile::TempDir,
         proxy: SocketAddr,
@@ -151,8 +162,14 @@ impl Pag0 {
         server_extra: &str,
     ) -> String {
         let d = dir.path().display();
+        // `server_extra` may set the grace period itself.
+        let grace = if server_extra.contains("grace_period_seconds") {
+            ""
+        } else {
+            "  grace_period_seconds: 0\n"
+        };
         format!(
-            "server:\n  listen: [\"{proxy}\"]\n  threads: 2\n  pid_file: {d}/pag0.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period_seconds: 0\n  graceful_shutdown_timeout_seconds: 1\n{server_extra}\nadmin:\n  listen: {admin}\n  token: ${{PAG0_TEST_ADMIN_TOKEN:-{ADMIN_TOKEN}}}\n{body}\n"
+            "server:\n  listen: [\"{proxy}\"]\n  threads: 2\n  pid_file: {d}/pag0.pid\n  upgrade_sock: {d}/upgrade.sock\n{grace}  graceful_shutdown_timeout_seconds: 1\n{server_extra}\nadmin:\n  listen: {admin}\n  token: ${{PAG0_TEST_ADMIN_TOKEN:-{ADMIN_TOKEN}}}\n{body}\n"
         )
     }
 

@@ -20,10 +20,21 @@ pub struct Process {
 impl Process {
     /// Starts `pag0 -c` on a config with `body` in `dir`; its stderr goes to `dir/pag0.log`.
     pub fn start_env(dir: &tempfile::TempDir, body: &str, env: &[(&str, &str)]) -> Process {
+        Self::start_server(dir, body, "", env)
+    }
+
+    /// Like [`Process::start_env`], with extra keys for the `server:` section (indented).
+    pub fn start_server(
+        dir: &tempfile::TempDir,
+        body: &str,
+        server_extra: &str,
+        env: &[(&str, &str)],
+    ) -> Process {
         let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = dir.path().join("pag0.yaml");
-        std::fs::write(&config, Pag0::config_text(dir, proxy, admin, body)).unwrap();
+        let text = Pag0::config_text_with(dir, proxy, admin, body, server_extra);
+        std::fs::write(&config, text).unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
