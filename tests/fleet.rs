@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::paywall::{self, Paywall};
 use common::process::Process;
-use common::services::{PrivateRedis, TempDatabase};
+use common::services::{PrivateCluster, PrivateRedis, TempDatabase};
 use common::*;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -526,4 +526,114 @@ async fn health_says_draining_while_a_replica_stops_gracefully() {
         assert!(Instant::now() < deadline, "pag0 did not stop");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_a_redis_cluster_budgets_rate_limits_cache_and_keys_hold_for_the_fleet() {
+    let wall = Paywall::start().await;
+    let cluster = PrivateCluster::start();
+    // A budget of 5 paid calls a day; the relay project is limited to 3 requests in a burst.
+    let cfg = body(&format!(
+        "redis:\n  cluster: {}\nbudgets:\n  ledger: redis\n",
+        cluster.urls()
+    ))
+    .replace("daily: \"100\"", "daily: \"0.05\"")
+    .replace(
+        "  - kind: ssrf_guard",
+        "  - kind: rate_limit\n    default: { requests_per_second: 10000, burst: 10000 }\n  - kind: ssrf_guard",
+    )
+    .replace("  - kind: payment\n", "  - kind: cache\n  - kind: payment\n")
+    .replace(
+        "    mode: relay\n",
+        "    mode: relay\n    rate_limit: { requests_per_second: 1, burst: 3 }\n",
+    );
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let replicas: Vec<Process> = dirs.iter().map(|d| start(d, &cfg)).collect();
+
+    // An Idempotency-Key paid through one replica is replayed by another.
+    let keyed = wall.url("/paid?k=1");
+    let first = call(&replicas[0], &keyed, "order-1").await;
+    assert_eq!(
+        (first.status, first.replay),
+        (StatusCode::OK, false),
+        "{first:?}"
+    );
+    let again = call(&replicas[1], &keyed, "order-1").await;
+    assert_eq!(
+        (again.status, again.replay),
+        (StatusCode::OK, true),
+        "{again:?}"
+    );
+
+    // 30 concurrent paid calls (distinct URLs: no cache hits) over the three: exactly the 4
+    // the budget has left.
+    let calls: Vec<_> = (0..30)
+        .map(|i| {
+            let (client, url) = (replicas[i % 3].client(), wall.url(&format!("/paid?i={i}")));
+            tokio::spawn(async move { client.get(url).send().await.unwrap().status() })
+        })
+        .collect();
+    let mut paid = 0;
+    for c in calls {
+        match c.await.unwrap() {
+            StatusCode::OK => paid += 1,
+            StatusCode::FORBIDDEN => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(paid, 4, "the budget's remaining 4 calls, no more");
+    assert_eq!(wall.stats().paid, 5, "{:?}", wall.stats());
+
+    // A cache entry written through one replica is a hit on another.
+    let url = wall.url("/free?c=1");
+    let miss = replicas[0].client().get(&url).send().await.unwrap();
+    assert_eq!(miss.headers()["x-pag0-cache"], "MISS");
+    let hit = eventually(
+        || async {
+            let r = replicas[2].client().get(&url).send().await.unwrap();
+            r.headers()["x-pag0-cache"].to_str().unwrap().to_string()
+        },
+        |h| h == "HIT",
+    )
+    .await;
+    assert_eq!(hit, "HIT");
+    // A purge by pattern through a third replica walks every primary of the cluster.
+    let purged: Value = reqwest::Client::new()
+        .post(format!("http://{}/api/cache/purge", replicas[1].admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&serde_json::json!({"pattern": wall.url("/free*")}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(purged["purged"]["redis"], 1, "{purged}");
+    let after = eventually(
+        || async {
+            let r = replicas[2].client().get(&url).send().await.unwrap();
+            r.headers()["x-pag0-cache"].to_str().unwrap().to_string()
+        },
+        |h| h == "MISS",
+    )
+    .await;
+    assert_eq!(
+        after, "MISS",
+        "purged from Redis and from every memory tier"
+    );
+
+    // One bucket for the relay project across the fleet: 3 in a burst, not 3 per replica.
+    let mut allowed = 0;
+    for i in 0..9 {
+        let status = replicas[i % 3]
+            .client_as("relay", RELAY_KEY)
+            .get(wall.url("/free"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        allowed += usize::from(status != StatusCode::TOO_MANY_REQUESTS);
+    }
+    assert!((3..=4).contains(&allowed), "{allowed} of 9 allowed");
+    assert!(cluster.keys() > 0, "the state is in the cluster");
 }

@@ -23,10 +23,10 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::redis_client::RedisConn;
 use alloy_primitives::U256;
 use async_trait::async_trait;
 use once_cell::sync::Lazy;
-use redis::aio::ConnectionManager;
 
 use crate::redis_client::LazyRedis;
 use redis::{Script, Value};
@@ -111,7 +111,7 @@ impl RedisLedger {
         }
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, LedgerError> {
+    async fn connection(&self) -> Result<RedisConn, LedgerError> {
         self.redis.connection().await.map_err(LedgerError)
     }
 

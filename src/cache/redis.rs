@@ -16,10 +16,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::redis_client::RedisConn;
 use bytes::Bytes;
 use futures::StreamExt;
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
+use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 
 use crate::clock::unix_millis;
 use crate::redis_client::LazyRedis;
@@ -115,7 +116,7 @@ impl RedisTier {
         TierError::Failed(e.to_string())
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, TierError> {
+    async fn connection(&self) -> Result<RedisConn, TierError> {
         if !self.healthy() {
             return Err(TierError::CoolingDown);
         }
@@ -128,7 +129,7 @@ impl RedisTier {
     /// Runs one call with the tier's timeout; an error starts the cooldown.
     async fn call<T>(
         &self,
-        f: impl AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
+        f: impl AsyncFnOnce(&mut RedisConn) -> redis::RedisResult<T>,
     ) -> Result<T, TierError> {
         let mut con = self.connection().await?;
         match tokio::time::timeout(self.redis.timeout(), f(&mut con)).await {
@@ -282,44 +283,93 @@ impl RedisTier {
             escape_glob(&self.prefix),
             scope.map_or("*".to_string(), escape_glob)
         );
-        let mut cursor: u64 = 0;
+        // A cluster's keys are walked primary by primary (SCAN sees one node's keys).
+        let nodes: Vec<Option<(String, u16)>> = if self.redis.is_cluster() {
+            let primaries = self.redis.primaries().await;
+            primaries
+                .map_err(|e| self.failed(e))?
+                .into_iter()
+                .map(Some)
+                .collect()
+        } else {
+            vec![None]
+        };
         let mut removed = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = self
-                .call(async |c| {
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(SCAN_COUNT)
-                        .query_async(c)
-                        .await
-                })
-                .await?;
-            if !keys.is_empty() {
-                let mut pipe = redis::pipe();
-                for key in &keys {
-                    pipe.hget(key, "u");
+        for node in nodes {
+            let mut cursor: u64 = 0;
+            loop {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT);
+                let (next, keys): (u64, Vec<String>) = match &node {
+                    None => self.call(async |c| scan.query_async(c).await).await?,
+                    Some((host, port)) => {
+                        let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                            host: host.clone(),
+                            port: *port,
+                        });
+                        let value = self
+                            .call(async |c| match c {
+                                RedisConn::Cluster(cluster) => {
+                                    cluster.route_command(&scan, routing).await
+                                }
+                                RedisConn::Single(single) => scan.query_async(single).await,
+                            })
+                            .await?;
+                        redis::from_redis_value(&value).map_err(|e| self.failed(e))?
+                    }
+                };
+                removed += self.remove_keys(&keys, matches).await?;
+                cursor = next;
+                if cursor == 0 {
+                    break;
                 }
-                let primaries: Vec<Option<String>> =
-                    self.call(async |c| pipe.query_async(c).await).await?;
-                let doomed: Vec<&String> = keys
-                    .iter()
-                    .zip(primaries)
-                    .filter(|(_, p)| p.as_deref().is_some_and(matches))
-                    .map(|(k, _)| k)
-                    .collect();
-                if !doomed.is_empty() {
-                    let n: usize = self.call(async |c| c.del(&doomed).await).await?;
-                    removed += n;
-                }
-            }
-            cursor = next;
-            if cursor == 0 {
-                return Ok(removed);
             }
         }
+        Ok(removed)
+    }
+
+    /// Deletes those of `keys` whose primary key `matches`; key by key on a cluster (the keys
+    /// of one SCAN page are in different slots).
+    async fn remove_keys(
+        &self,
+        keys: &[String],
+        matches: &(dyn Fn(&str) -> bool + Sync),
+    ) -> Result<usize, TierError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let primaries: Vec<Option<String>> = if self.redis.is_cluster() {
+            let mut primaries = Vec::with_capacity(keys.len());
+            for key in keys {
+                primaries.push(self.call(async |c| c.hget(key, "u").await).await?);
+            }
+            primaries
+        } else {
+            let mut pipe = redis::pipe();
+            for key in keys {
+                pipe.hget(key, "u");
+            }
+            self.call(async |c| pipe.query_async(c).await).await?
+        };
+        let doomed: Vec<&String> = keys
+            .iter()
+            .zip(primaries)
+            .filter(|(_, p)| p.as_deref().is_some_and(matches))
+            .map(|(k, _)| k)
+            .collect();
+        let mut removed = 0;
+        if self.redis.is_cluster() {
+            for key in doomed {
+                removed += self.call(async |c| c.del::<_, usize>(key).await).await?;
+            }
+        } else if !doomed.is_empty() {
+            removed = self.call(async |c| c.del(&doomed).await).await?;
+        }
+        Ok(removed)
     }
 
     /// Tells every instance (this one included) to apply `message` to its memory tier.

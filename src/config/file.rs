@@ -218,7 +218,9 @@ pub struct FileDescribedMember {
 #[serde(deny_unknown_fields)]
 pub struct FileRedis {
     /// `redis://host:port[/db]`; a URL with a password must be an `${ENV_VAR}` reference.
-    pub url: String,
+    pub url: Option<String>,
+    /// A Redis Cluster instead: seed node URLs (`redis://host:port`), same rule for passwords.
+    pub cluster: Option<Vec<String>>,
     pub key_prefix: Option<String>,
     pub timeout_ms: Option<u64>,
 }

@@ -150,7 +150,11 @@ pub struct DnsSettings {
 /// `redis:`, validated.
 #[derive(Debug, Clone)]
 pub struct RedisSettings {
+    /// The server's URL, or (with `cluster`) `cluster` and the seed node URLs separated by
+    /// spaces (what `redis_client::LazyRedis::open` takes).
     pub url: Secret,
+    /// `redis.cluster` was given: a Redis Cluster.
+    pub cluster: bool,
     pub key_prefix: String,
     pub timeout: Duration,
 }

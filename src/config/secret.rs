@@ -50,6 +50,15 @@ impl Secret {
         }
     }
 
+    /// `parts` joined by `sep` (each part's reference printed, never a value).
+    pub fn joined(parts: &[Secret], sep: &str) -> Secret {
+        let join = |f: fn(&Secret) -> &str| parts.iter().map(f).collect::<Vec<_>>().join(sep);
+        Secret {
+            reference: join(|s| &s.reference),
+            value: join(|s| &s.value),
+        }
+    }
+
     /// A placeholder for a secret that failed validation (the config is rejected anyway).
     pub(crate) fn unset() -> Secret {
         Secret {

@@ -140,14 +140,52 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
     }
 
     pub(super) fn redis(&mut self, f: FileRedis) -> Option<RedisSettings> {
-        let url = self.url_secret(&f.url, "redis.url")?;
-        if !url.expose().starts_with("redis://") && !url.expose().starts_with("rediss://") {
-            self.issue(
-                "redis.url",
-                format!("expected redis://host:port, got {url}"),
-            );
+        let (raw, cluster): (Vec<(String, String)>, bool) = match (f.url, f.cluster) {
+            (Some(url), None) => (vec![("redis.url".to_string(), url)], false),
+            (None, Some(nodes)) if !nodes.is_empty() => (
+                nodes
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, u)| (format!("redis.cluster[{i}]"), u))
+                    .collect(),
+                true,
+            ),
+            (None, Some(_)) => {
+                self.issue("redis.cluster", "list at least one seed node URL");
+                return None;
+            }
+            (None, None) => {
+                self.issue("redis", "set url (one server) or cluster (seed node URLs)");
+                return None;
+            }
+            (Some(_), Some(_)) => {
+                self.issue("redis.cluster", "set either url or cluster, not both");
+                return None;
+            }
+        };
+        let count = raw.len();
+        let mut urls = Vec::with_capacity(count);
+        for (path, raw) in raw {
+            let Some(url) = self.url_secret(&raw, &path) else {
+                continue;
+            };
+            let value = url.expose();
+            if !value.starts_with("redis://") && !value.starts_with("rediss://")
+                || value.contains(char::is_whitespace)
+            {
+                self.issue(&path, format!("expected redis://host:port, got {url}"));
+                continue;
+            }
+            urls.push(url);
+        }
+        if urls.len() < count {
             return None;
         }
+        // What `LazyRedis::open` takes: the URL, or `cluster` and the seed URLs, by spaces.
+        if cluster {
+            urls.insert(0, Secret::plain("cluster"));
+        }
+        let url = Secret::joined(&urls, " ");
         let key_prefix = f
             .key_prefix
             .unwrap_or_else(|| DEFAULT_REDIS_KEY_PREFIX.to_string());
@@ -159,6 +197,7 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
         }
         Some(RedisSettings {
             url,
+            cluster,
             key_prefix,
             timeout: Duration::from_millis(self.positive(
                 f.timeout_ms,

@@ -10,11 +10,11 @@
 
 use std::time::Duration;
 
+use crate::redis_client::RedisConn;
 use alloy_primitives::{Address, B256};
 use async_trait::async_trait;
 use once_cell::sync::Lazy;
 use redis::Script;
-use redis::aio::ConnectionManager;
 
 use super::{Change, DEAD_AFTER, Record, RecordState, RecordStore, Scope, Unavailable};
 use crate::redis_client::LazyRedis;
@@ -96,7 +96,7 @@ impl RedisRecords {
         format!("{}:instance:{owner}", self.prefix)
     }
 
-    async fn connection(&self) -> Result<ConnectionManager, Unavailable> {
+    async fn connection(&self) -> Result<RedisConn, Unavailable> {
         self.redis.connection().await.map_err(Unavailable)
     }
 }

@@ -14,9 +14,15 @@ impl PrivateRedis {
     }
 
     pub fn start_on(port: u16) -> PrivateRedis {
+        Self::start_with(port, &[])
+    }
+
+    /// A private redis-server on `port` with extra command-line options.
+    pub fn start_with(port: u16, options: &[&str]) -> PrivateRedis {
         let mut child = std::process::Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
             .args(["--save", "", "--appendonly", "no"])
+            .args(options)
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server must be installed (see .ci/test)");
@@ -146,5 +152,74 @@ impl Drop for Relay {
     fn drop(&mut self) {
         self.accept.abort();
         self.cut();
+    }
+}
+
+/// A Redis Cluster of three primaries on loopback ports, private to one test (each node a
+/// `redis-server --cluster-enabled yes`, joined with `redis-cli --cluster create`).
+pub struct PrivateCluster {
+    nodes: Vec<PrivateRedis>,
+    _dir: tempfile::TempDir,
+}
+
+impl PrivateCluster {
+    pub fn start() -> PrivateCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let nodes: Vec<PrivateRedis> = (0..3)
+            .map(|_| {
+                let port = super::free_port();
+                let conf = dir.path().join(format!("nodes-{port}.conf"));
+                PrivateRedis::start_with(
+                    port,
+                    &[
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        conf.to_str().unwrap(),
+                        "--dir",
+                        dir.path().to_str().unwrap(),
+                    ],
+                )
+            })
+            .collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli must be installed (see .ci/test)");
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        for _ in 0..200 {
+            if nodes
+                .iter()
+                .all(|n| n.cmd(&["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+            {
+                return PrivateCluster { nodes, _dir: dir };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the private Redis Cluster never became ok");
+    }
+
+    /// The YAML list of seed node URLs.
+    pub fn urls(&self) -> String {
+        let urls: Vec<String> = self.nodes.iter().map(|n| n.url()).collect();
+        format!("[{}]", urls.join(", "))
+    }
+
+    /// Keys held by all primaries together.
+    pub fn keys(&self) -> usize {
+        self.nodes
+            .iter()
+            .map(|n| n.cmd(&["DBSIZE"]).parse::<usize>().unwrap_or(0))
+            .sum()
     }
 }
