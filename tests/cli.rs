@@ -380,9 +380,12 @@ async fn migrate_creates_the_journal_tables_on_sqlite_and_postgres() {
             "audit_reconciliation",
             "audit_unknown_spend",
             "curation_endpoints",
+            "idempotency_records",
+            "pag0_instances",
             "payment_intents",
             "policies",
             "policy_versions",
+            "relayed_nonces",
             "spend_corrections",
             "spend_journal"
         ]
@@ -398,12 +401,12 @@ async fn migrate_creates_the_journal_tables_on_sqlite_and_postgres() {
     );
     let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
     let n: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM information_schema.tables WHERE table_name IN ('spend_journal', 'policies', 'policy_versions', 'payment_intents', 'analytics_requests', 'analytics_hourly')",
+        "SELECT COUNT(*) FROM information_schema.tables WHERE table_name IN ('spend_journal', 'policies', 'policy_versions', 'payment_intents', 'analytics_requests', 'analytics_hourly', 'idempotency_records', 'pag0_instances', 'relayed_nonces')",
     )
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert_eq!(n, 6);
+    assert_eq!(n, 9);
     pool.close().await;
     pg.drop_now().await;
 
