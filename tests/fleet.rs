@@ -637,3 +637,49 @@ async fn on_a_redis_cluster_budgets_rate_limits_cache_and_keys_hold_for_the_flee
     assert!((3..=4).contains(&allowed), "{allowed} of 9 allowed");
     assert!(cluster.keys() > 0, "the state is in the cluster");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_down_and_in_process_keys_are_claimed_in_the_database_and_paid_once() {
+    let wall = Paywall::start().await;
+    let redis = PrivateRedis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pag0 = start(
+        &dir,
+        &body(&format!(
+            "redis:\n  url: {}\n  timeout_ms: 300\nbudgets:\n  redis_down: in_process\n",
+            redis.url()
+        )),
+    );
+    let paid = wall.url("/paid");
+    let a = call(&pag0, &paid, "before").await;
+    assert_eq!((a.status, a.replay), (StatusCode::OK, false), "{a:?}");
+    // Its payment is in the journal (and its intent, with the key) before Redis goes.
+    let spend = eventually(
+        || pag0.admin_get("/api/spend?project=demo"),
+        |s| s["count"] == 1,
+    )
+    .await;
+    assert_eq!(spend["count"], 1);
+    drop(redis); // stopped
+
+    let first = call(&pag0, &paid, "during").await;
+    assert_eq!(
+        (first.status, first.replay),
+        (StatusCode::OK, false),
+        "{first:?}"
+    );
+    let again = call(&pag0, &paid, "during").await;
+    assert_eq!(
+        (again.status, again.replay),
+        (StatusCode::OK, true),
+        "{again:?}"
+    );
+    assert_eq!(again.body, first.body);
+    // A key paid while Redis was up is not paid again: its intent carries it.
+    let before = call(&pag0, &paid, "before").await;
+    assert_eq!(before.status, StatusCode::CONFLICT, "{before:?}");
+    assert_eq!(before.code, "IDEMPOTENCY_ALREADY_PAID", "{before:?}");
+    let stats = wall.stats();
+    assert_eq!(stats.paid_for_key("during"), 1, "{stats:?}");
+    assert_eq!(stats.paid_for_key("before"), 1, "{stats:?}");
+}
