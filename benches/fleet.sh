@@ -67,10 +67,6 @@ YAML
   PAG0_PORT=$p
 }
 
-start_paid base "$BASELINE" ""; BASE=$PAG0_PORT; BASE_PID=$PAG0_PID
-start_paid redis target/release/pag0 "$REDIS"; RED=$PAG0_PORT; RED_PID=$PAG0_PID
-start_paid sqlite target/release/pag0 ""; SQL=$PAG0_PORT; SQL_PID=$PAG0_PID
-
 # keyed_lua TAG: paid calls to the paywall's /paid, each with its own Idempotency-Key.
 keyed_lua() {
   cat > "$work/keyed.lua" <<LUA
@@ -102,20 +98,30 @@ keyed_round() {
     'BEGIN {printf "%s %.1f %s\n", r, t * 1e6 / hz / (r * d), b}'
 }
 
-# Warm-up: each instance learns the price and opens its connections.
-for p in $BASE $RED $SQL; do
-  wrk -t1 -c4 -d2s -s "$(keyed_lua "warm$p")" "http://127.0.0.1:$p/" >/dev/null
-done
-
+# Each round starts every instance afresh (its records empty: BASELINE's in-process map slows
+# down past 100 000 keys), warms it up (it learns the price), then measures them in turn.
+TARGETS=${TARGETS:-base redis sqlite}
 declare -A CALLS CPU BAD
 for r in $(seq 1 "$ROUNDS"); do
-  for t in base redis sqlite; do
-    case $t in base) p=$BASE; pid=$BASE_PID ;; redis) p=$RED; pid=$RED_PID ;; sqlite) p=$SQL; pid=$SQL_PID ;; esac
-    read -r c u b < <(keyed_round "$p" "$pid" "r$r$t")
+  declare -A PORT PID
+  for t in $TARGETS; do
+    case $t in
+      base) start_paid "base$r" "$BASELINE" "" ;;
+      redis) start_paid "redis$r" target/release/pag0 "$REDIS" ;;
+      sqlite) start_paid "sqlite$r" target/release/pag0 "" ;;
+    esac
+    PORT[$t]=$PAG0_PORT; PID[$t]=$PAG0_PID
+    wrk -t1 -c4 -d2s -s "$(keyed_lua "warm$r$t")" "http://127.0.0.1:$PAG0_PORT/" >/dev/null
+  done
+  for t in $TARGETS; do
+    read -r c u b < <(keyed_round "${PORT[$t]}" "${PID[$t]}" "r$r$t")
     CALLS[$t]="${CALLS[$t]:-} $c"; CPU[$t]="${CPU[$t]:-} $u"; BAD[$t]="${BAD[$t]:-} $b"
   done
+  for t in $TARGETS; do kill "${PID[$t]}" 2>/dev/null || true; done
+  unset PORT PID
 done
 
+if [ "${HITS:-1}" = 1 ]; then
 # Part 2: memory-tier hits with a Redis tier configured, this build vs BASELINE.
 start_route_pag0 hitnew "  - kind: cache" "$REDIS"; HNEW=$PAG0_PORT
 PAG0_BIN=$BASELINE start_route_pag0 hitbase "  - kind: cache" "$REDIS"; HBASE=$PAG0_PORT
@@ -137,16 +143,22 @@ for _ in $(seq 1 "$ROUNDS"); do
   hit_new+=("$n"); hit_base+=("$b"); hit_pairs+=("$(ratio "$n" "$b")")
 done
 
+fi
+
 echo
 echo "pag0 fleet benchmark  $(date -u +%Y-%m-%dT%H:%MZ)  $(nproc) cores  pag0 threads=$THREADS  conns=$CONNS  duration=${DURATION}s  rounds=$ROUNDS"
 echo "baseline: $BASELINE"
-printf "%-34s %12s %14s %10s   %s\n" "paid calls, fresh key each" "calls/s" "CPU us/call" "non-2xx" "rounds (calls/s)"
-for t in base redis sqlite; do
+printf "%-34s %12s %14s %10s   %s\n" "paid calls, fresh key each" "calls/s" "CPU us/call" "non-2xx" "rounds: calls/s | CPU us/call"
+for t in $TARGETS; do
   case $t in base) name="baseline (in-process records)" ;; redis) name="records in Redis (shared)" ;; sqlite) name="records in SQLite (embedded)" ;; esac
   # shellcheck disable=SC2086
-  printf "%-34s %12s %14s %10s   %s\n" "$name" "$(median ${CALLS[$t]})" "$(median ${CPU[$t]})" "$(echo ${BAD[$t]} | tr ' ' '+' | bc)" "${CALLS[$t]# }"
+  printf "%-34s %12s %14s %10s   %s\n" "$name" "$(median ${CALLS[$t]})" "$(median ${CPU[$t]})" "$(echo ${BAD[$t]} | tr ' ' '+' | bc)" "${CALLS[$t]# } |${CPU[$t]}"
 done
 # shellcheck disable=SC2086
-echo "ratios (median calls/s): redis / baseline = $(ratio "$(median ${CALLS[redis]})" "$(median ${CALLS[base]})")   sqlite / baseline = $(ratio "$(median ${CALLS[sqlite]})" "$(median ${CALLS[base]})")"
-echo
-echo "memory-tier hits with a Redis tier (req/s, $CONNS_HIT conns): this build $(median "${hit_new[@]}"), baseline $(median "${hit_base[@]}"), ratio $(ratio "$(median "${hit_new[@]}")" "$(median "${hit_base[@]}")"); per round ${hit_pairs[*]}"
+if [[ " $TARGETS " == *" base "* ]]; then
+  for t in redis sqlite; do
+    [[ " $TARGETS " == *" $t "* ]] || continue
+    echo "$t / baseline: calls/s $(ratio "$(median ${CALLS[$t]})" "$(median ${CALLS[base]})"), CPU per call $(ratio "$(median ${CPU[$t]})" "$(median ${CPU[base]})")"
+  done
+fi
+[ "${HITS:-1}" = 1 ] && echo && echo "memory-tier hits with a Redis tier (req/s, $CONNS_HIT conns): this build $(median "${hit_new[@]}"), baseline $(median "${hit_base[@]}"), ratio $(ratio "$(median "${hit_new[@]}")" "$(median "${hit_base[@]}")"); per round ${hit_pairs[*]}"
