@@ -466,31 +466,21 @@ fn idempotency_records(
     upkeep: tokio::runtime::Handle,
 ) -> anyhow::Result<(Arc<Idempotency>, Arc<dyn NonceGuard>)> {
     use crate::idempotency::{RecordStore, redis::RedisRecords, sql::SqlRecords};
-    let sql = Arc::new(SqlRecords::new(store.db()));
-    let (records, guard, fallback): (Arc<dyn RecordStore>, Arc<dyn NonceGuard>, _) =
+    let (records, guard, lossy): (Arc<dyn RecordStore>, Arc<dyn NonceGuard>, bool) =
         match &config.redis {
             Some(r) => {
                 let redis = Arc::new(
                     RedisRecords::new(r.url.expose(), &r.key_prefix, r.timeout)
                         .map_err(|e| anyhow::anyhow!("redis.url: {e}"))?,
                 );
-                // While Redis is down: the budgets' choice (fail closed, or go on without it).
-                let in_process = config.budgets.redis_down == RedisDown::InProcess;
-                let fallback = in_process.then(|| sql.clone() as Arc<dyn RecordStore>);
-                let guard: Arc<dyn NonceGuard> = if in_process {
-                    Arc::new(crate::idempotency::FallbackGuard {
-                        primary: redis.clone(),
-                        fallback: sql.clone(),
-                    })
-                } else {
-                    redis.clone()
-                };
-                (redis, guard, fallback)
+                (redis.clone(), redis, true)
             }
-            None => (sql.clone(), sql, None),
+            None => {
+                let sql = Arc::new(SqlRecords::new(store.db()));
+                (sql.clone(), sql, false)
+            }
         };
-    let lossy = config.redis.is_some();
-    let records = Idempotency::new(records, fallback, store.clone(), lossy, upkeep);
+    let records = Idempotency::new(records, store.clone(), lossy, upkeep);
     Ok((Arc::new(records), guard))
 }
 

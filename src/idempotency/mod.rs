@@ -25,12 +25,10 @@ pub mod sql;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy_primitives::{Address, B256};
 use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::store::{IntentState, Store};
-use crate::x402::NonceGuard;
 
 /// A process whose heartbeat is older than this is dead: its claims may be taken over.
 pub const DEAD_AFTER: Duration = Duration::from_secs(10);
@@ -107,20 +105,12 @@ impl StoredResponse {
     }
 }
 
-/// A key claimed by a request, and which record store holds the claim.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Claim {
-    pub scope: Scope,
-    /// In the fallback store (the database) because Redis was unreachable.
-    fallback: bool,
-}
-
 /// What a new request with a key finds.
 #[derive(Debug)]
 pub enum Begin {
     /// First use (or the key is free again): the caller proceeds and later completes or
-    /// releases the claim.
-    New(Claim),
+    /// releases the key.
+    New,
     /// The first request with this key is still running (in this or another process).
     InFlight,
     /// The key was used for a different request (method, URL or body).
@@ -239,9 +229,6 @@ pub trait RecordStore: Send + Sync {
 /// this process's identity.
 pub struct Idempotency {
     records: Arc<dyn RecordStore>,
-    /// Where claims go while `records` (Redis) is unreachable, with `redis_down: in_process`
-    /// (the database); without one such keyed requests are not paid.
-    fallback: Option<Arc<dyn RecordStore>>,
     payments: Arc<Store>,
     /// This process (random per start).
     owner: String,
@@ -268,7 +255,6 @@ fn millis(d: Duration) -> i64 {
 impl Idempotency {
     pub fn new(
         records: Arc<dyn RecordStore>,
-        fallback: Option<Arc<dyn RecordStore>>,
         payments: Arc<Store>,
         check_payments_on_new: bool,
         upkeep: tokio::runtime::Handle,
@@ -276,7 +262,6 @@ impl Idempotency {
         let id: [u8; 8] = rand::random();
         Idempotency {
             records,
-            fallback,
             payments,
             owner: hex::encode(id),
             check_payments_on_new,
@@ -290,50 +275,22 @@ impl Idempotency {
         &self.owner
     }
 
-    /// The record store a claim is in.
-    fn store(&self, fallback: bool) -> &dyn RecordStore {
-        match (&self.fallback, fallback) {
-            (Some(f), true) => f.as_ref(),
-            _ => self.records.as_ref(),
-        }
-    }
-
-    /// Every store this process keeps claims in.
-    fn stores(&self) -> impl Iterator<Item = &Arc<dyn RecordStore>> {
-        std::iter::once(&self.records).chain(self.fallback.as_ref())
-    }
-
-    /// Writes this process's heartbeat to every store; fails if none took it.
-    async fn beat(&self) -> Result<(), Unavailable> {
-        let mut result = Err(Unavailable("no record store".into()));
-        for store in self.stores() {
-            match store.heartbeat(&self.owner, now_ms()).await {
-                Ok(()) => result = Ok(()),
-                Err(e) if result.is_err() => result = Err(e),
-                Err(_) => {}
-            }
-        }
-        result
-    }
-
     /// The first claim makes this process known as alive, then keeps it so.
     async fn ensure_beating(self: &Arc<Self>) -> Result<(), Unavailable> {
         self.beating
             .get_or_try_init(|| async {
-                self.beat().await?;
+                self.records.heartbeat(&self.owner, now_ms()).await?;
                 let me = Arc::downgrade(self);
                 self.upkeep.spawn(async move {
                     let mut purged = std::time::Instant::now();
                     loop {
                         tokio::time::sleep(HEARTBEAT_EVERY).await;
                         let Some(me) = me.upgrade() else { return };
-                        if let Err(e) = me.beat().await {
+                        if let Err(e) = me.records.heartbeat(&me.owner, now_ms()).await {
                             log::warn!("idempotency heartbeat: {e}");
                         }
                         if purged.elapsed() >= Duration::from_secs(60) {
-                            for store in me.stores() {
-                                store.purge(now_ms()).await;
-                            }
+                            me.records.purge(now_ms()).await;
                             purged = std::time::Instant::now();
                         }
                     }
@@ -347,9 +304,7 @@ impl Idempotency {
     /// Graceful stop: other processes may take this one's claims over at once.
     pub async fn retire(&self) {
         if self.beating.initialized() {
-            for store in self.stores() {
-                store.retire(&self.owner).await;
-            }
+            self.records.retire(&self.owner).await;
         }
     }
 
@@ -361,46 +316,27 @@ impl Idempotency {
         window: Duration,
     ) -> Result<Begin, Unavailable> {
         self.ensure_beating().await?;
-        match self.begin_in(false, scope, fingerprint, window).await {
-            Err(e) if self.fallback.is_some() => {
-                log::warn!(project = scope.project.as_str(); "{e}; the claim goes to the database (redis_down: in_process)");
-                self.begin_in(true, scope, fingerprint, window).await
-            }
-            result => result,
-        }
-    }
-
-    async fn begin_in(
-        &self,
-        fallback: bool,
-        scope: &Scope,
-        fingerprint: &str,
-        window: Duration,
-    ) -> Result<Begin, Unavailable> {
-        let records = self.store(fallback);
-        let claim = Claim {
-            scope: scope.clone(),
-            fallback,
-        };
         for _ in 0..CLAIM_ATTEMPTS {
             let expires_at = now_ms() + millis(window);
-            let Some(seen) = records
+            let Some(seen) = self
+                .records
                 .claim(scope, fingerprint, &self.owner, expires_at)
                 .await?
             else {
-                return self.claimed(claim, window).await;
+                return self.claimed(scope, window).await;
             };
             if seen.fingerprint != fingerprint {
                 return Ok(Begin::Mismatch);
             }
-            match self.judge(records, &seen).await? {
+            match self.judge(&seen).await? {
                 Judged::Answer(begin) => return Ok(begin),
                 Judged::Free => {
-                    if records
+                    if self
+                        .records
                         .take_over(scope, &seen, &self.owner, expires_at)
                         .await?
                     {
-                        return self.claimed(claim, window).await;
+                        return self.claimed(scope, window).await;
                     }
                 }
                 Judged::Paid(payment) => {
@@ -412,7 +348,7 @@ impl Idempotency {
                         response: None,
                         expires_at,
                     };
-                    let _ = records.update(scope, None, change).await;
+                    let _ = self.records.update(scope, None, change).await;
                     return Ok(Begin::AlreadyPaid { payment });
                 }
             }
@@ -420,14 +356,12 @@ impl Idempotency {
         Ok(Begin::InFlight)
     }
 
-    /// A fresh claim: where records can be lost (Redis, or the fallback store that missed
-    /// the claims made in Redis), the intent log may still know a payment made for the key.
-    async fn claimed(&self, claim: Claim, window: Duration) -> Result<Begin, Unavailable> {
-        if !self.check_payments_on_new && !claim.fallback {
-            return Ok(Begin::New(claim));
+    /// A fresh claim: where records can be lost, the intent log may still know a payment
+    /// made for the key.
+    async fn claimed(&self, scope: &Scope, window: Duration) -> Result<Begin, Unavailable> {
+        if !self.check_payments_on_new {
+            return Ok(Begin::New);
         }
-        let records = self.store(claim.fallback);
-        let scope = &claim.scope;
         let since = now_ms() - millis(window.max(IN_DOUBT_KEY));
         let found = self
             .payments
@@ -437,12 +371,12 @@ impl Idempotency {
         let found = match found {
             Ok(found) => found,
             Err(e) => {
-                let _ = records.remove(scope, &self.owner).await;
+                let _ = self.records.remove(scope, &self.owner).await;
                 return Err(e);
             }
         };
         let Some(p) = found else {
-            return Ok(Begin::New(claim));
+            return Ok(Begin::New);
         };
         let (state, begin) = match p.state {
             IntentState::Committed => (
@@ -465,12 +399,12 @@ impl Idempotency {
             response: None,
             expires_at: now_ms() + millis(window.max(IN_DOUBT_KEY)),
         };
-        records.update(scope, None, change).await?;
+        self.records.update(scope, None, change).await?;
         Ok(begin)
     }
 
     /// What an existing record with the same fingerprint means for a new request.
-    async fn judge(&self, records: &dyn RecordStore, seen: &Record) -> Result<Judged, Unavailable> {
+    async fn judge(&self, seen: &Record) -> Result<Judged, Unavailable> {
         let answer = |b| Ok(Judged::Answer(b));
         match seen.state {
             RecordState::Paid => match seen.response.as_deref().and_then(StoredResponse::decode) {
@@ -480,7 +414,7 @@ impl Idempotency {
                 }),
             },
             RecordState::Running => {
-                if self.owner_alive(records, &seen.owner).await? {
+                if self.owner_alive(&seen.owner).await? {
                     answer(Begin::InFlight)
                 } else {
                     Ok(Judged::Free)
@@ -501,7 +435,7 @@ impl Idempotency {
                     }
                     Some(IntentState::Sent) | None => {
                         if seen.state == RecordState::Paying
-                            && self.owner_alive(records, &seen.owner).await?
+                            && self.owner_alive(&seen.owner).await?
                         {
                             answer(Begin::InFlight)
                         } else {
@@ -513,22 +447,18 @@ impl Idempotency {
         }
     }
 
-    async fn owner_alive(
-        &self,
-        records: &dyn RecordStore,
-        owner: &str,
-    ) -> Result<bool, Unavailable> {
+    async fn owner_alive(&self, owner: &str) -> Result<bool, Unavailable> {
         if owner == self.owner {
             return Ok(true);
         }
-        records.alive(owner, now_ms()).await
+        self.records.alive(owner, now_ms()).await
     }
 
     /// Before a payment header for `scope` leaves pag0: the record names the payment, so a
     /// crash from here on leaves the key in doubt, never free. An error: do not send it.
     pub async fn paying(
         &self,
-        claim: &Claim,
+        scope: &Scope,
         payment: &str,
         nonce: &str,
     ) -> Result<(), Unavailable> {
@@ -540,8 +470,8 @@ impl Idempotency {
             expires_at: now_ms() + millis(IN_DOUBT_KEY),
         };
         if self
-            .store(claim.fallback)
-            .update(&claim.scope, Some(&self.owner), change)
+            .records
+            .update(scope, Some(&self.owner), change)
             .await?
         {
             Ok(())
@@ -556,7 +486,7 @@ impl Idempotency {
     /// reported paid when it was not kept (`None`).
     pub async fn complete(
         &self,
-        claim: &Claim,
+        scope: &Scope,
         payment: &str,
         response: Option<&StoredResponse>,
         window: Duration,
@@ -569,16 +499,15 @@ impl Idempotency {
             response: encoded.as_deref(),
             expires_at: now_ms() + millis(window),
         };
-        let store = self.store(claim.fallback);
-        if let Err(e) = store.update(&claim.scope, Some(&self.owner), change).await {
+        if let Err(e) = self.records.update(scope, Some(&self.owner), change).await {
             // The payment's intent still says it was paid: a retry is refused, not paid.
-            log::warn!(project = claim.scope.project.as_str(); "cannot keep the paid response of an Idempotency-Key: {e}");
+            log::warn!(project = scope.project.as_str(); "cannot keep the paid response of an Idempotency-Key: {e}");
         }
     }
 
     /// The request ended with its payment's outcome unknown: the key is refused (in doubt)
     /// until the intent log proves it paid or unpaid.
-    pub async fn in_doubt(&self, claim: &Claim, window: Duration) {
+    pub async fn in_doubt(&self, scope: &Scope, window: Duration) {
         let change = Change {
             state: RecordState::InDoubt,
             payment: None,
@@ -586,46 +515,18 @@ impl Idempotency {
             response: None,
             expires_at: now_ms() + millis(window.max(IN_DOUBT_KEY)),
         };
-        let store = self.store(claim.fallback);
-        if let Err(e) = store.update(&claim.scope, Some(&self.owner), change).await {
+        if let Err(e) = self.records.update(scope, Some(&self.owner), change).await {
             // Left `paying`: once this process is gone it reads as in doubt all the same.
-            log::warn!(project = claim.scope.project.as_str(); "cannot mark an Idempotency-Key in doubt: {e}");
+            log::warn!(project = scope.project.as_str(); "cannot mark an Idempotency-Key in doubt: {e}");
         }
     }
 
     /// Nothing was paid: the key is free again.
-    pub async fn release(&self, claim: &Claim) {
-        let store = self.store(claim.fallback);
-        if let Err(e) = store.remove(&claim.scope, &self.owner).await {
+    pub async fn release(&self, scope: &Scope) {
+        if let Err(e) = self.records.remove(scope, &self.owner).await {
             log::debug!(
                 "cannot free an Idempotency-Key (it is taken over once this process is gone): {e}"
             );
-        }
-    }
-}
-
-/// The relay replay guard in `primary` (Redis), or in `fallback` (the database) while
-/// `primary` is unreachable (`redis_down: in_process`).
-pub struct FallbackGuard {
-    pub primary: Arc<dyn NonceGuard>,
-    pub fallback: Arc<dyn NonceGuard>,
-}
-
-#[async_trait]
-impl NonceGuard for FallbackGuard {
-    async fn claim(
-        &self,
-        payer: Address,
-        nonce: B256,
-        until: u64,
-        now: u64,
-    ) -> Result<bool, String> {
-        match self.primary.claim(payer, nonce, until, now).await {
-            Err(e) => {
-                log::warn!("relay replay guard: {e}; using the database (redis_down: in_process)");
-                self.fallback.claim(payer, nonce, until, now).await
-            }
-            claimed => claimed,
         }
     }
 }

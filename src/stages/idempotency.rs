@@ -22,7 +22,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::{Flow, Stage};
-use crate::idempotency::{Begin, Claim, Idempotency, Scope, StoredResponse};
+use crate::idempotency::{Begin, Idempotency, Scope, StoredResponse};
 use crate::proxy::RequestCtx;
 use crate::proxy::respond::{ErrorCode, Reply};
 
@@ -45,7 +45,7 @@ pub type Headers = Vec<(String, Vec<u8>)>;
 #[derive(Debug, Default)]
 pub struct IdempotencyState {
     /// The key this request claimed.
-    pub claim: Option<Claim>,
+    pub claim: Option<Scope>,
     /// The agent's `Idempotency-Key` as sent (recorded with the payment's intent); without a
     /// claim (the records were unreachable) nothing may be paid for it.
     pub agent_key: Option<String>,
@@ -168,8 +168,8 @@ impl Stage for IdempotencyStage {
                 ctx.idempotency.agent_key = Some(key);
                 Flow::Continue
             }
-            Ok(Begin::New(claim)) => {
-                ctx.idempotency.claim = Some(claim);
+            Ok(Begin::New) => {
+                ctx.idempotency.claim = Some(scope);
                 ctx.idempotency.agent_key = Some(key);
                 Flow::Continue
             }
@@ -256,7 +256,7 @@ impl Stage for IdempotencyStage {
 
     async fn logging(&self, ctx: &mut RequestCtx) {
         let state = std::mem::take(&mut ctx.idempotency);
-        let Some(claim) = state.claim else { return };
+        let Some(scope) = state.claim else { return };
         match state.outcome {
             Some(KeyOutcome::Paid(payment)) => {
                 let kept = match state.captured {
@@ -270,11 +270,11 @@ impl Stage for IdempotencyStage {
                     _ => None,
                 };
                 self.records
-                    .complete(&claim, &payment, kept.as_ref(), self.window)
+                    .complete(&scope, &payment, kept.as_ref(), self.window)
                     .await;
             }
-            Some(KeyOutcome::InDoubt) => self.records.in_doubt(&claim, self.window).await,
-            None => self.records.release(&claim).await,
+            Some(KeyOutcome::InDoubt) => self.records.in_doubt(&scope, self.window).await,
+            None => self.records.release(&scope).await,
         }
     }
 }

@@ -399,9 +399,9 @@ impl SpendGuard {
         // A keyed request pays only under its claim, and the record names the payment before
         // the header can leave: a crash from here on leaves the key in doubt, never free.
         match (&ctx.idempotency.claim, &idempotency_key) {
-            (Some(claim), _) => {
+            (Some(scope), _) => {
                 let nonce = charge.nonce.to_string();
-                if let Err(e) = self.idempotency.paying(claim, &id, &nonce).await {
+                if let Err(e) = self.idempotency.paying(scope, &id, &nonce).await {
                     log::warn!(project = project.as_str(); "{e}");
                     return Err(Reply::new(
                         ErrorCode::IdempotencyUnavailable,
