@@ -637,3 +637,21 @@ async fn on_a_redis_cluster_budgets_rate_limits_cache_and_keys_hold_for_the_flee
     assert!((3..=4).contains(&allowed), "{allowed} of 9 allowed");
     assert!(cluster.keys() > 0, "the state is in the cluster");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_whose_payment_was_refused_is_free_again_at_once() {
+    let wall = Paywall::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pag0 = start(&dir, &body(""));
+    // The paywall answers the paid attempt with 402 again: the payment is refused, not made.
+    let url = wall.url("/always402");
+    let first = call(&pag0, &url, "order-7").await;
+    assert_eq!(first.status, StatusCode::PAYMENT_REQUIRED, "{first:?}");
+    let requests = wall.stats().requests;
+    let again = call(&pag0, &url, "order-7").await;
+    assert_eq!(again.status, StatusCode::PAYMENT_REQUIRED, "{again:?}");
+    assert!(
+        wall.stats().requests > requests,
+        "the retry went upstream again (not 409): {again:?}"
+    );
+}

@@ -751,6 +751,12 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
                     "auth must come before cache (entries are kept per project)",
                 );
             }
+            if matches!(stage, StageConfig::Idempotency { .. }) && seen.contains("payment") {
+                self.issue(
+                    &path,
+                    "idempotency must come before payment (it records the payment made for a key)",
+                );
+            }
             if matches!(stage, StageConfig::Cache(_)) && seen.contains("payment") {
                 self.issue(
                     &path,

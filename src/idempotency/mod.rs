@@ -213,8 +213,9 @@ pub trait RecordStore: Send + Sync {
         owner: Option<&str>,
         change: Change<'_>,
     ) -> Result<bool, Unavailable>;
-    /// Removes `owner`'s record if it is `running` or `paying` (nothing was paid).
-    async fn remove(&self, scope: &Scope, owner: &str) -> Result<(), Unavailable>;
+    /// Removes `owner`'s record if it is `running` (no payment was signed for it), or also
+    /// `paying` with `released` (its payment is proved not made).
+    async fn remove(&self, scope: &Scope, owner: &str, released: bool) -> Result<(), Unavailable>;
     /// Says `owner` is alive now (unix milliseconds).
     async fn heartbeat(&self, owner: &str, now: i64) -> Result<(), Unavailable>;
     /// Whether `owner` wrote a heartbeat within [`DEAD_AFTER`] of `now`.
@@ -237,6 +238,11 @@ pub struct Idempotency {
     check_payments_on_new: bool,
     /// The heartbeat loop runs (started by the first claim).
     beating: tokio::sync::OnceCell<()>,
+    /// A graceful stop retired this process: the heartbeat loop ends.
+    retired: std::sync::atomic::AtomicBool,
+    /// Keys whose claim a request of this process holds right now: a record this process
+    /// owns but no longer runs (its request ended without a word, a reply was lost) is stale.
+    in_flight: std::sync::Mutex<std::collections::HashSet<Scope>>,
     /// Where the heartbeat loop runs (outlives Pingora's runtimes).
     upkeep: tokio::runtime::Handle,
 }
@@ -266,6 +272,8 @@ impl Idempotency {
             owner: hex::encode(id),
             check_payments_on_new,
             beating: tokio::sync::OnceCell::new(),
+            retired: Default::default(),
+            in_flight: Default::default(),
             upkeep,
         }
     }
@@ -286,6 +294,9 @@ impl Idempotency {
                     loop {
                         tokio::time::sleep(HEARTBEAT_EVERY).await;
                         let Some(me) = me.upgrade() else { return };
+                        if me.retired.load(std::sync::atomic::Ordering::Acquire) {
+                            return;
+                        }
                         if let Err(e) = me.records.heartbeat(&me.owner, now_ms()).await {
                             log::warn!("idempotency heartbeat: {e}");
                         }
@@ -303,6 +314,8 @@ impl Idempotency {
 
     /// Graceful stop: other processes may take this one's claims over at once.
     pub async fn retire(&self) {
+        self.retired
+            .store(true, std::sync::atomic::Ordering::Release);
         if self.beating.initialized() {
             self.records.retire(&self.owner).await;
         }
@@ -328,7 +341,7 @@ impl Idempotency {
             if seen.fingerprint != fingerprint {
                 return Ok(Begin::Mismatch);
             }
-            match self.judge(&seen).await? {
+            match self.judge(scope, &seen).await? {
                 Judged::Answer(begin) => return Ok(begin),
                 Judged::Free => {
                     if self
@@ -360,7 +373,7 @@ impl Idempotency {
     /// made for the key.
     async fn claimed(&self, scope: &Scope, window: Duration) -> Result<Begin, Unavailable> {
         if !self.check_payments_on_new {
-            return Ok(Begin::New);
+            return Ok(self.hold(scope));
         }
         let since = now_ms() - millis(window.max(IN_DOUBT_KEY));
         let found = self
@@ -371,12 +384,12 @@ impl Idempotency {
         let found = match found {
             Ok(found) => found,
             Err(e) => {
-                let _ = self.records.remove(scope, &self.owner).await;
+                let _ = self.records.remove(scope, &self.owner, false).await;
                 return Err(e);
             }
         };
         let Some(p) = found else {
-            return Ok(Begin::New);
+            return Ok(self.hold(scope));
         };
         let (state, begin) = match p.state {
             IntentState::Committed => (
@@ -404,7 +417,7 @@ impl Idempotency {
     }
 
     /// What an existing record with the same fingerprint means for a new request.
-    async fn judge(&self, seen: &Record) -> Result<Judged, Unavailable> {
+    async fn judge(&self, scope: &Scope, seen: &Record) -> Result<Judged, Unavailable> {
         let answer = |b| Ok(Judged::Answer(b));
         match seen.state {
             RecordState::Paid => match seen.response.as_deref().and_then(StoredResponse::decode) {
@@ -414,7 +427,7 @@ impl Idempotency {
                 }),
             },
             RecordState::Running => {
-                if self.owner_alive(&seen.owner).await? {
+                if self.owner_alive(scope, &seen.owner).await? {
                     answer(Begin::InFlight)
                 } else {
                     Ok(Judged::Free)
@@ -435,7 +448,7 @@ impl Idempotency {
                     }
                     Some(IntentState::Sent) | None => {
                         if seen.state == RecordState::Paying
-                            && self.owner_alive(&seen.owner).await?
+                            && self.owner_alive(scope, &seen.owner).await?
                         {
                             answer(Begin::InFlight)
                         } else {
@@ -447,11 +460,36 @@ impl Idempotency {
         }
     }
 
-    async fn owner_alive(&self, owner: &str) -> Result<bool, Unavailable> {
+    async fn owner_alive(&self, scope: &Scope, owner: &str) -> Result<bool, Unavailable> {
         if owner == self.owner {
-            return Ok(true);
+            return Ok(self.holding(scope));
         }
         self.records.alive(owner, now_ms()).await
+    }
+
+    /// A fresh claim of this process's request.
+    fn hold(&self, scope: &Scope) -> Begin {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(scope.clone());
+        Begin::New
+    }
+
+    /// Whether a request of this process runs with `scope` claimed.
+    fn holding(&self, scope: &Scope) -> bool {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(scope)
+    }
+
+    /// The request that claimed `scope` ended.
+    fn end(&self, scope: &Scope) {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(scope);
     }
 
     /// Before a payment header for `scope` leaves pag0: the record names the payment, so a
@@ -491,6 +529,7 @@ impl Idempotency {
         response: Option<&StoredResponse>,
         window: Duration,
     ) {
+        self.end(scope);
         let encoded = response.map(StoredResponse::encode);
         let change = Change {
             state: RecordState::Paid,
@@ -508,6 +547,7 @@ impl Idempotency {
     /// The request ended with its payment's outcome unknown: the key is refused (in doubt)
     /// until the intent log proves it paid or unpaid.
     pub async fn in_doubt(&self, scope: &Scope, window: Duration) {
+        self.end(scope);
         let change = Change {
             state: RecordState::InDoubt,
             payment: None,
@@ -521,9 +561,11 @@ impl Idempotency {
         }
     }
 
-    /// Nothing was paid: the key is free again.
-    pub async fn release(&self, scope: &Scope) {
-        if let Err(e) = self.records.remove(scope, &self.owner).await {
+    /// Nothing was paid (`released`: the payment signed for it is proved not made): the key
+    /// is free again.
+    pub async fn release(&self, scope: &Scope, released: bool) {
+        self.end(scope);
+        if let Err(e) = self.records.remove(scope, &self.owner, released).await {
             log::debug!(
                 "cannot free an Idempotency-Key (it is taken over once this process is gone): {e}"
             );

@@ -63,11 +63,12 @@ static UPDATE: Lazy<Script> = Lazy::new(|| {
     )
 });
 
-/// Deletes the record if it is the owner's and nothing was paid.
+/// Deletes the record if it is the owner's and no payment was signed for it (or, with
+/// ARGV[2] = 1, the one signed is proved not made).
 static REMOVE: Lazy<Script> = Lazy::new(|| {
     Script::new(
         r"local r = redis.call('HMGET', KEYS[1], 'owner', 'state')
-          if r[1] == ARGV[1] and (r[2] == 'running' or r[2] == 'paying') then
+          if r[1] == ARGV[1] and (r[2] == 'running' or (r[2] == 'paying' and ARGV[2] == '1')) then
             redis.call('DEL', KEYS[1])
           end
           return 1",
@@ -190,11 +191,12 @@ impl RecordStore for RedisRecords {
         Ok(done == 1)
     }
 
-    async fn remove(&self, scope: &Scope, owner: &str) -> Result<(), Unavailable> {
+    async fn remove(&self, scope: &Scope, owner: &str, released: bool) -> Result<(), Unavailable> {
         let mut c = self.connection().await?;
         let _: i64 = REMOVE
             .key(self.key(scope))
             .arg(owner)
+            .arg(if released { "1" } else { "0" })
             .invoke_async(&mut c)
             .await
             .map_err(unavailable)?;

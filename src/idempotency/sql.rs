@@ -139,15 +139,16 @@ impl RecordStore for SqlRecords {
         Ok(n == 1)
     }
 
-    async fn remove(&self, scope: &Scope, owner: &str) -> Result<(), Unavailable> {
+    async fn remove(&self, scope: &Scope, owner: &str, released: bool) -> Result<(), Unavailable> {
         with_pool!(&self.db, p => {
             sqlx::query(
                 "DELETE FROM idempotency_records WHERE project = $1 AND idem_key = $2
-                   AND owner = $3 AND state IN ('running', 'paying')",
+                   AND owner = $3 AND (state = 'running' OR (state = 'paying' AND $4))",
             )
             .bind(&scope.project)
             .bind(&scope.key)
             .bind(owner)
+            .bind(released)
             .execute(p)
             .await
             .map(|_| ())

@@ -65,6 +65,8 @@ pub enum KeyOutcome {
     Paid(String),
     /// Sent, outcome unknown.
     InDoubt,
+    /// Signed and proved not made (never sent, or refused by the upstream).
+    Released,
 }
 
 impl IdempotencyStage {
@@ -274,7 +276,8 @@ impl Stage for IdempotencyStage {
                     .await;
             }
             Some(KeyOutcome::InDoubt) => self.records.in_doubt(&scope, self.window).await,
-            None => self.records.release(&scope).await,
+            Some(KeyOutcome::Released) => self.records.release(&scope, true).await,
+            None => self.records.release(&scope, false).await,
         }
     }
 }

@@ -514,11 +514,13 @@ impl SpendGuard {
                 }
                 Some(i) if !i.sent => {
                     let why = "never sent: the request ended before the paid attempt".to_string();
+                    released_key(ctx);
                     self.submit_release(&project_label, reservation, i, why)
                         .await;
                 }
                 Some(i) => match ctx.payment.refused.take() {
                     Some(why) => {
+                        released_key(ctx);
                         self.submit_release(&project_label, reservation, i, why)
                             .await
                     }
@@ -615,5 +617,12 @@ impl SpendGuard {
                 at: crate::clock::unix_millis() as i64,
             }))
             .await;
+    }
+}
+
+/// The payment signed for the request's claimed Idempotency-Key is proved not made.
+fn released_key(ctx: &mut RequestCtx) {
+    if ctx.idempotency.claim.is_some() {
+        ctx.idempotency.outcome = Some(crate::stages::KeyOutcome::Released);
     }
 }
