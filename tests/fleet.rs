@@ -24,6 +24,12 @@ fn body(extra: &str) -> String {
     )
 }
 
+/// A `redis:` section on the shared Redis, under a prefix of this test's own.
+fn shared_redis(name: &str) -> String {
+    let prefix = format!("{name}{}", hex::encode(rand::random::<[u8; 4]>()));
+    format!("redis:\n  url: redis://127.0.0.1:6379\n  key_prefix: {prefix}\n")
+}
+
 /// The key of the project `relay` (agents sign their own payments; pag0 relays them).
 const RELAY_KEY: &str = "relay-agent-key";
 
@@ -330,10 +336,10 @@ async fn replicas_never_pay_twice(shared: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_on_redis_and_postgres_never_pay_twice() {
     let db = TempDatabase::create().await;
-    let prefix = format!("fleet{}", hex::encode(rand::random::<[u8; 4]>()));
     replicas_never_pay_twice(&format!(
-        "database:\n  url: {}\nredis:\n  url: redis://127.0.0.1:6379\n  key_prefix: {prefix}\nbudgets:\n  ledger: redis\n",
-        db.url()
+        "database:\n  url: {}\n{}budgets:\n  ledger: redis\n",
+        db.url(),
+        shared_redis("fleet")
     ))
     .await;
     db.drop_now().await;
@@ -418,10 +424,7 @@ async fn a_record_redis_lost_is_found_again_from_the_payment_made_for_the_key() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_price_one_replica_learnt_lets_another_pay_in_one_round_trip() {
     let wall = Paywall::start().await;
-    let prefix = format!("price{}", hex::encode(rand::random::<[u8; 4]>()));
-    let cfg = body(&format!(
-        "redis:\n  url: redis://127.0.0.1:6379\n  key_prefix: {prefix}\n"
-    ));
+    let cfg = body(&shared_redis("price"));
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (a, b) = (start(&da, &cfg), start(&db, &cfg));
     let paid = wall.url("/paid");
@@ -441,11 +444,7 @@ async fn the_price_one_replica_learnt_lets_another_pay_in_one_round_trip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_simultaneous_misses_over_three_replicas_pay_once() {
     let wall = Paywall::start().await;
-    let prefix = format!("fill{}", hex::encode(rand::random::<[u8; 4]>()));
-    let cfg = body(&format!(
-        "redis:\n  url: redis://127.0.0.1:6379\n  key_prefix: {prefix}\n"
-    ))
-    .replace(
+    let cfg = body(&shared_redis("fill")).replace(
         "  - kind: payment\n",
         "  - kind: cache\n  - kind: payment\n",
     );

@@ -278,11 +278,6 @@ impl Idempotency {
         }
     }
 
-    /// This process's owner id.
-    pub fn owner(&self) -> &str {
-        &self.owner
-    }
-
     /// The first claim makes this process known as alive, then keeps it so.
     async fn ensure_beating(self: &Arc<Self>) -> Result<(), Unavailable> {
         self.beating

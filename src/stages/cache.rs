@@ -91,6 +91,13 @@ pub struct Lookup {
     pub ttl: Duration,
 }
 
+impl Lookup {
+    /// The entry's key (no extensions; [`CacheStage::key`] adds pingora-cache's).
+    fn key(&self) -> CacheKey {
+        CacheKey::new(self.primary.as_str(), self.scope.as_str())
+    }
+}
+
 pub struct CacheStage {
     rules: Arc<CacheRules>,
     store: &'static CacheStore,
@@ -304,7 +311,7 @@ impl CacheStage {
         let lookup = ctx.cache.lookup.as_ref().ok_or_else(|| {
             pingora::Error::explain(pingora::ErrorType::InternalError, "cache not decided")
         })?;
-        let mut key = CacheKey::new(lookup.primary.as_str(), lookup.scope.as_str());
+        let mut key = lookup.key();
         key.extensions.insert(FillStarted(SystemTime::now()));
         if let Some(lock) = &ctx.cache.fill_lock {
             key.extensions.insert(lock.clone());
@@ -331,7 +338,7 @@ impl CacheStage {
         if !answerable(req, lookup) {
             return None;
         }
-        let key = CacheKey::new(lookup.primary.as_str(), lookup.scope.as_str());
+        let key = lookup.key();
         let found = self.store.find_entry(&key).await;
         let fresh = found.as_ref().and_then(|(entry, tier)| {
             let ready = entry.ready()?;
@@ -383,7 +390,7 @@ impl CacheStage {
         if self.store.redis().is_none() || !answerable(req, lookup) {
             return None;
         }
-        let key = CacheKey::new(lookup.primary.as_str(), lookup.scope.as_str());
+        let key = lookup.key();
         let token = hex::encode(rand::random::<[u8; 12]>());
         let deadline = tokio::time::Instant::now() + self.lock_timeout;
         loop {
@@ -624,7 +631,7 @@ impl Stage for CacheStage {
         if let (Some(lock), Some(lookup)) = (ctx.cache.fill_lock.take(), &ctx.cache.lookup)
             && !lock.handed.load(std::sync::atomic::Ordering::Acquire)
         {
-            let key = CacheKey::new(lookup.primary.as_str(), lookup.scope.as_str());
+            let key = lookup.key();
             self.store.release_fill(&key, &lock).await;
         }
         let outcome = ctx.cache.outcome.unwrap_or(if ctx.cache.lookup.is_some() {

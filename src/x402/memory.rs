@@ -110,12 +110,20 @@ impl PriceMemory for LocalPriceMemory {
 }
 
 /// Price memory shared through Redis (`<prefix>:price:<key>`, with the entry's TTL), with this
-/// process's memory in front. Redis errors only cost the round trip it would have saved.
+/// process's memory in front. Redis errors only cost the round trip it would have saved. An
+/// endpoint Redis knew no price for is not asked about again for [`SHARED_MISS_TTL`]: every
+/// request on its way upstream recalls, and most endpoints are free.
 pub struct SharedPriceMemory {
     local: LocalPriceMemory,
     redis: LazyRedis,
     prefix: String,
+    /// Keys Redis had no price for, and when it said so.
+    misses: Mutex<HashMap<String, Instant>>,
 }
+
+/// How long an endpoint without a shared price is taken not to have one (a price another
+/// process learns is used here this much later at most).
+pub const SHARED_MISS_TTL: Duration = Duration::from_secs(1);
 
 impl SharedPriceMemory {
     /// `url` is `redis://…`; nothing is connected until first use.
@@ -124,7 +132,33 @@ impl SharedPriceMemory {
             local: LocalPriceMemory::default(),
             redis: LazyRedis::open(url, timeout)?,
             prefix: format!("{key_prefix}:price"),
+            misses: Mutex::default(),
         })
+    }
+
+    /// Whether Redis said within [`SHARED_MISS_TTL`] that `key` has no price.
+    fn missed_lately(&self, key: &str) -> bool {
+        let misses = self.misses.lock().unwrap_or_else(|p| p.into_inner());
+        misses
+            .get(key)
+            .is_some_and(|at| at.elapsed() < SHARED_MISS_TTL)
+    }
+
+    fn note_miss(&self, key: &str) {
+        let mut misses = self.misses.lock().unwrap_or_else(|p| p.into_inner());
+        if misses.len() >= LOCAL_PRICE_MEMORY_CAPACITY {
+            misses.retain(|_, at| at.elapsed() < SHARED_MISS_TTL);
+        }
+        if misses.len() < LOCAL_PRICE_MEMORY_CAPACITY {
+            misses.insert(key.to_string(), Instant::now());
+        }
+    }
+
+    fn forget_miss(&self, key: &str) {
+        self.misses
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
     }
 
     fn key(&self, key: &str) -> String {
@@ -152,6 +186,9 @@ impl PriceMemory for SharedPriceMemory {
         if let Some(known) = self.local.recall(key).await {
             return Some(known);
         }
+        if self.missed_lately(key) {
+            return None;
+        }
         match self.fetch(key).await {
             Ok(Some((known, ttl))) => {
                 let known = Arc::new(known);
@@ -160,9 +197,13 @@ impl PriceMemory for SharedPriceMemory {
                     .await;
                 Some(known)
             }
-            Ok(None) => None,
+            Ok(None) => {
+                self.note_miss(key);
+                None
+            }
             Err(e) => {
                 log::debug!("shared price memory: {e}");
+                self.note_miss(key);
                 None
             }
         }
@@ -171,6 +212,7 @@ impl PriceMemory for SharedPriceMemory {
     async fn remember(&self, key: String, value: Arc<Remembered>, ttl: Duration) {
         let shared = self.key(&key);
         let encoded = value.encode();
+        self.forget_miss(&key);
         self.local.remember(key, value, ttl).await;
         let result = match self.redis.connection().await {
             Ok(mut c) => redis::cmd("SET")
