@@ -32,9 +32,10 @@ impl PrivateRedis {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let exited = child.try_wait().ok().flatten();
         let _ = child.kill();
         let _ = child.wait();
-        panic!("private redis-server did not start");
+        panic!("private redis-server on port {port} did not start (exited: {exited:?})");
     }
 
     pub fn url(&self) -> String {
@@ -168,12 +169,17 @@ impl PrivateCluster {
         let nodes: Vec<PrivateRedis> = (0..3)
             .map(|_| {
                 let port = super::free_port();
+                // The bus port is handed out by the same allocator: the default (port + 10 000)
+                // may be a port another test of this binary was given.
+                let bus = super::free_port().to_string();
                 let conf = dir.path().join(format!("nodes-{port}.conf"));
                 PrivateRedis::start_with(
                     port,
                     &[
                         "--cluster-enabled",
                         "yes",
+                        "--cluster-port",
+                        &bus,
                         "--cluster-config-file",
                         conf.to_str().unwrap(),
                         "--dir",
