@@ -68,11 +68,21 @@ pub struct Shared {
     pub audit: Option<Arc<crate::audit::Audit>>,
     /// A graceful stop began (`/health` says `draining`).
     pub draining: std::sync::atomic::AtomicBool,
+    /// Agent connections held by the proxy listeners, against `server.max_connections`.
+    pub proxy_connections: Arc<crate::net::conns::ConnectionCap>,
+    /// What unfinished request headers hold beyond their first 8 KiB, for all connections:
+    /// at most 256 × `server.max_header_bytes` (changes need a restart).
+    pub pending_headers: Arc<crate::proxy::header_guard::PendingHeaders>,
+    /// Connections held by the admin listener, against `admin.max_connections`.
+    pub admin_connections: Arc<crate::net::conns::ConnectionCap>,
     /// Started once the cache stage is first configured (no Redis subscription otherwise).
     cache_purge_follower: std::sync::Once,
     /// Runs background upkeep (spool replay, retried commits) for the process's lifetime.
     _state: StateRuntime,
 }
+
+/// How many headers of the largest size unfinished headers may hold at once.
+const PENDING_HEADERS_PER_LIMIT: usize = 256;
 
 /// A small runtime of its own for the store and ledger upkeep: it must outlive any one Pingora
 /// service and exists before they start (the store is opened before serving).
@@ -92,6 +102,14 @@ const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 impl Shared {
     /// Opens the spend journal (applying migrations) and builds the process-lifetime services.
     pub fn new(config: &Config) -> anyhow::Result<Arc<Shared>> {
+        let limit = crate::net::conns::raise_descriptor_limit();
+        let caps = crate::net::conns::caps(
+            limit,
+            config.server.max_connections,
+            config.admin.max_connections,
+            config.server.upstream_keepalive_pool_size,
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("pag0-state")
@@ -285,6 +303,14 @@ impl Shared {
             cache_stats: Arc::default(),
             cache_purge_follower: std::sync::Once::new(),
             draining: Default::default(),
+            proxy_connections: crate::net::conns::ConnectionCap::new(caps.proxy),
+            pending_headers: crate::proxy::header_guard::PendingHeaders::new(
+                config
+                    .server
+                    .max_header_bytes
+                    .saturating_mul(PENDING_HEADERS_PER_LIMIT),
+            ),
+            admin_connections: crate::net::conns::ConnectionCap::new(caps.admin),
             resolver: Arc::new(Resolver::new(&config.dns)),
             rate_limiter: crate::ratelimit::limiter(
                 config.redis.as_ref(),

@@ -74,6 +74,14 @@ pub struct Metrics {
     /// `pag0_header_timeouts_total`: downstream connections closed because a request header
     /// was not complete `server.header_timeout_ms` after its first byte (slowloris).
     pub header_timeouts: prometheus::IntCounter,
+    /// `pag0_connections_refused_total{listener}`: connections closed at once because their
+    /// listener (`proxy`, `admin`) held its cap (`*.max_connections`).
+    pub connections_refused: IntCounterVec,
+    /// `pag0_connections_open{listener}`: connections held, set when `/metrics` is read.
+    pub connections_open: IntGaugeVec,
+    /// `pag0_header_too_large_total`: requests answered 431 because their header was over
+    /// `server.max_header_bytes` (or the memory all unfinished headers may hold).
+    pub headers_too_large: prometheus::IntCounter,
     /// The analytics writer's counters (`pag0_analytics_*`).
     pub analytics: crate::analytics::Counters,
     /// The on-chain audit's counters (`pag0_audit_*`).
@@ -244,6 +252,24 @@ impl Metrics {
             "Downstream connections closed because a request header arrived too slowly",
         )
         .expect("valid metric");
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "pag0_connections_refused_total",
+                "Connections closed at once because their listener held its cap",
+            ),
+            &["listener"],
+        )
+        .expect("valid metric");
+        let connections_open = IntGaugeVec::new(
+            Opts::new("pag0_connections_open", "Connections held, by listener"),
+            &["listener"],
+        )
+        .expect("valid metric");
+        let headers_too_large = prometheus::IntCounter::new(
+            "pag0_header_too_large_total",
+            "Requests answered 431 because their header was over server.max_header_bytes",
+        )
+        .expect("valid metric");
         let leaves_minted = prometheus::IntCounter::new(
             "pag0_tls_leaves_minted_total",
             "Leaf certificates minted by the local CA for intercepted hosts",
@@ -364,6 +390,9 @@ impl Metrics {
             Box::new(tunnels.clone()),
             Box::new(leaves_minted.clone()),
             Box::new(header_timeouts.clone()),
+            Box::new(connections_refused.clone()),
+            Box::new(connections_open.clone()),
+            Box::new(headers_too_large.clone()),
             Box::new(rate_limit_fallbacks.clone()),
             Box::new(analytics.written.clone()),
             Box::new(analytics.spooled.clone()),
@@ -417,6 +446,9 @@ impl Metrics {
             tunnels,
             leaves_minted,
             header_timeouts,
+            connections_refused,
+            connections_open,
+            headers_too_large,
             rate_limit_fallbacks,
             analytics,
             audit,

@@ -260,17 +260,25 @@ async fn bad_policies_and_requests_get_clear_4xx_errors() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["error"]["code"], "INVALID_JSON");
 
-    for path in [
-        "/api/spend",
-        "/api/spend?project=demo&from=yesterday",
-        "/api/spend?project=demo&limit=0",
+    // The strict-parameter rule of the analytics API: each error names its parameter.
+    for (path, parameter) in [
+        ("/api/spend", "project"),
+        ("/api/spend?project=demo&from=yesterday", "from"),
+        ("/api/spend?project=demo&limit=0", "limit"),
+        ("/api/spend?project=demo&projet=demo", "projet"),
+        ("/api/spend?project=demo&limit=5&limit=6", "limit"),
+        (
+            "/api/spend?project=demo&from=2026-12-02&to=2026-12-01",
+            "from",
+        ),
     ] {
         let (status, body) = pag0.admin_json(Method::GET, path, None).await;
         assert_eq!(
             (status, body["error"]["code"].as_str()),
-            (400, Some("INVALID_QUERY")),
-            "{path}"
+            (400, Some("INVALID_PARAMETER")),
+            "{path}: {body}"
         );
+        assert_eq!(body["error"]["details"]["parameter"], parameter, "{path}");
     }
     let (status, _) = pag0
         .admin_json(Method::GET, "/api/budgets/ghost", None)

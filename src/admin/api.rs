@@ -16,7 +16,7 @@
 
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -67,6 +67,13 @@ pub(super) type ApiResult = Result<Response, ApiError>;
 
 pub(super) fn body(payload: Result<Json<Value>, JsonRejection>) -> Result<Value, ApiError> {
     payload.map(|Json(v)| v).map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "BODY_TOO_LARGE",
+                "the request body is over the admin API's limit",
+            );
+        }
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "INVALID_JSON",
@@ -370,14 +377,6 @@ pub async fn budgets(
     .into_response())
 }
 
-#[derive(serde::Deserialize)]
-pub struct SpendQuery {
-    project: Option<String>,
-    from: Option<String>,
-    to: Option<String>,
-    limit: Option<i64>,
-}
-
 /// Unix seconds, RFC 3339, or a UTC date (`YYYY-MM-DD` = its midnight).
 pub(super) fn parse_time(raw: &str) -> Option<i64> {
     use time::format_description::well_known::Rfc3339;
@@ -395,37 +394,38 @@ pub(super) fn parse_time(raw: &str) -> Option<i64> {
 
 pub use crate::store::MAX_SPEND_ROWS;
 
-fn invalid_query(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "INVALID_QUERY", message)
-}
-
-fn time_bound(raw: Option<String>, default: i64, name: &str) -> Result<i64, ApiError> {
+fn time_bound(raw: Option<&str>, default: i64, name: &str) -> Result<i64, ApiError> {
     match raw {
         None => Ok(default),
-        Some(r) => parse_time(&r).ok_or_else(|| {
-            invalid_query(format!(
-                "{name}: expected unix seconds, RFC 3339 or YYYY-MM-DD, got {r:?}"
-            ))
+        Some(r) => parse_time(r).ok_or_else(|| {
+            super::params::bad(
+                name,
+                format!("expected unix seconds, RFC 3339 or YYYY-MM-DD, got {r:?}"),
+            )
         }),
     }
 }
 
 pub async fn spend(
     State(state): State<AdminState>,
-    query: Result<Query<SpendQuery>, axum::extract::rejection::QueryRejection>,
+    query: Result<
+        axum::extract::Query<Vec<(String, String)>>,
+        axum::extract::rejection::QueryRejection,
+    >,
 ) -> ApiResult {
-    let Query(q) = query.map_err(|_| invalid_query("expected ?project=&from=&to=&limit="))?;
+    let q = super::params::Params::parse(query, &["project", "from", "to", "limit"])?;
     let project = q
-        .project
+        .get("project")
         .filter(|p| !p.is_empty())
-        .ok_or_else(|| invalid_query("project is required"))?;
+        .map(str::to_string)
+        .ok_or_else(|| super::params::bad("project", "is required"))?;
     known_project(&state, &project)?;
-    let from = time_bound(q.from, 0, "from")?;
-    let to = time_bound(q.to, i64::MAX, "to")?;
-    let limit = q.limit.unwrap_or(1000);
-    if !(1..=MAX_SPEND_ROWS).contains(&limit) {
-        return Err(invalid_query(format!("limit must be 1..={MAX_SPEND_ROWS}")));
+    let from = time_bound(q.get("from"), 0, "from")?;
+    let to = time_bound(q.get("to"), i64::MAX, "to")?;
+    if from > to {
+        return Err(super::params::bad("from", "is after to"));
     }
+    let limit = q.number("limit", 1000, 1..=MAX_SPEND_ROWS)?;
     let rows = state
         .reloader
         .shared

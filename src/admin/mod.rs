@@ -1,6 +1,7 @@
 //! The admin listener: `GET /health`, `GET /metrics`, `POST /reload` and the admin API, behind
 //! the bearer token from `admin.token` (the analytics routes also take a project's key). Served
-//! by axum inside a Pingora background service so it starts and stops with the server.
+//! by axum on hyper connections (see [`listener`]: deadlines and a connection cap) inside a
+//! Pingora background service so it starts and stops with the server.
 
 use std::net::TcpListener as StdTcpListener;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ mod audit_api;
 mod cache_api;
 mod curation_api;
 mod dashboard;
+mod listener;
 mod params;
 mod session_api;
 
@@ -79,10 +81,7 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
 /// Every admin route requires `Authorization: Bearer <admin.token>`, except the analytics and
 /// curation routes, which also take a project's key (see [`params::Access`]).
 async fn require_token(State(state): State<AdminState>, req: Request, next: Next) -> Response {
-    if PROJECT_READABLE
-        .iter()
-        .any(|prefix| req.uri().path().starts_with(prefix))
-    {
+    if PROJECT_READABLE.contains(&req.uri().path()) {
         return next.run(req).await;
     }
     // The dashboard's assets hold no data: the page signs in against the API itself.
@@ -102,12 +101,7 @@ async fn require_token(State(state): State<AdminState>, req: Request, next: Next
     {
         return next.run(req).await;
     }
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+    let presented = params::bearer_token(req.headers());
     let live = state.reloader.live.load();
     let expected = live.config.admin.token.expose().as_bytes();
     match presented {
@@ -123,6 +117,27 @@ async fn require_token(State(state): State<AdminState>, req: Request, next: Next
             "send Authorization: Bearer <admin token>",
         ),
     }
+}
+
+/// Every admin answer: never sniffed as another type; JSON answers (data, errors) never stored
+/// by a browser or a shared cache.
+async fn protective_headers(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        header::HeaderValue::from_static("nosniff"),
+    );
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|t| t.as_bytes().starts_with(b"application/json"));
+    if json {
+        headers.insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-store"),
+        );
+    }
+    resp
 }
 
 /// Health JSON: overall status and each dependency's state (200 when all are up, else 503).
@@ -236,7 +251,18 @@ async fn health(State(state): State<AdminState>) -> Response {
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
-    let text = state.reloader.shared.metrics.render();
+    let shared = &state.reloader.shared;
+    for (listener, cap) in [
+        ("proxy", &shared.proxy_connections),
+        ("admin", &shared.admin_connections),
+    ] {
+        shared
+            .metrics
+            .connections_open
+            .with_label_values(&[listener])
+            .set(cap.open() as i64);
+    }
+    let text = shared.metrics.render();
     (
         [(
             header::CONTENT_TYPE,
@@ -279,9 +305,25 @@ async fn not_found() -> Response {
     error(StatusCode::NOT_FOUND, "NOT_FOUND", "unknown admin endpoint")
 }
 
-/// Routes that authorize their callers themselves (admin token or project key).
-/// Routes a project's own key may read (they check who asks themselves).
-const PROJECT_READABLE: [&str; 3] = ["/api/analytics/", "/api/curation/", "/api/session"];
+/// The largest request body the admin API reads (policies, purges, approvals): larger ones
+/// get `413 BODY_TOO_LARGE`.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Routes a project's own key may read (they check who asks themselves). Exact paths: any
+/// other path needs the admin token first, so an unknown one is 401 without it, like a known
+/// one (no route-existence oracle).
+const PROJECT_READABLE: [&str; 10] = [
+    "/api/analytics/summary",
+    "/api/analytics/endpoints",
+    "/api/analytics/timeseries",
+    "/api/analytics/requests",
+    "/api/curation/endpoints",
+    "/api/curation/rankings",
+    "/api/curation/compare",
+    "/api/curation/recommend",
+    "/api/curation/categories",
+    "/api/session",
+];
 
 fn router(state: AdminState) -> Router {
     Router::new()
@@ -324,6 +366,8 @@ fn router(state: AdminState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(protective_headers))
         .with_state(state)
 }
 
@@ -338,7 +382,7 @@ impl BackgroundService for AdminService {
         else {
             return;
         };
-        let listener = match tokio::net::TcpListener::from_std(std_listener) {
+        let tcp = match tokio::net::TcpListener::from_std(std_listener) {
             Ok(l) => l,
             Err(e) => {
                 log::error!("admin listener unusable: {e}");
@@ -358,12 +402,18 @@ impl BackgroundService for AdminService {
             let grace = reloader.live.load().config.server.grace_period;
             tokio::time::sleep(grace).await;
         };
-        if let Err(e) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            log::error!("admin listener failed: {e}");
-        }
+        let shared = &self.state.reloader.shared;
+        let settings = &self.state.reloader.live.load().config.admin;
+        let limits = listener::Limits {
+            header_timeout: settings.header_timeout,
+            idle_timeout: settings.idle_timeout,
+            cap: shared.admin_connections.clone(),
+            refused: shared
+                .metrics
+                .connections_refused
+                .with_label_values(&["admin"]),
+        };
+        listener::serve(tcp, app, limits, stop).await;
     }
 }
 

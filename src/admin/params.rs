@@ -26,12 +26,7 @@ impl FromRequestParts<AdminState> for Access {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AdminState) -> Result<Access, ApiError> {
-        let bearer = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+        let bearer = bearer_token(&parts.headers);
         let api_key = parts
             .headers
             .get(crate::stages::API_KEY_HEADER)
@@ -57,6 +52,17 @@ impl FromRequestParts<AdminState> for Access {
             None => Err(unauthorized("invalid admin token or project key")),
         }
     }
+}
+
+/// The credentials of `Authorization: Bearer <token>` (the scheme in any case, RFC 9110
+/// §11.1).
+pub fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 pub fn unauthorized(message: &str) -> ApiError {

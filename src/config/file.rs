@@ -20,6 +20,14 @@ pub const DEFAULT_UPSTREAM_KEEPALIVE_POOL_SIZE: usize = 1024;
 pub const DEFAULT_GRACE_PERIOD_SECONDS: u64 = 5;
 /// How long a request header may take from its first byte to its end.
 pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
+/// The largest request header the proxy accepts (Pingora's own bound is 1 MiB).
+pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
+/// The smallest `server.max_header_bytes` allowed.
+pub const MIN_MAX_HEADER_BYTES: u64 = 1024;
+/// How long an admin connection may wait for a whole request header (idle time included).
+pub const DEFAULT_ADMIN_HEADER_TIMEOUT_MS: u64 = 10_000;
+/// How long an admin request may go without a byte moving either way.
+pub const DEFAULT_ADMIN_IDLE_TIMEOUT_SECONDS: u64 = 60;
 /// Seconds runtimes get to finish in-flight work once shutdown starts.
 pub const DEFAULT_GRACEFUL_SHUTDOWN_TIMEOUT_SECONDS: u64 = 5;
 /// Upstream TCP (+TLS) connect timeout.
@@ -517,6 +525,12 @@ pub struct FileServer {
     pub keepalive_request_limit: Option<u32>,
     /// Milliseconds a request header may take from its first byte to its end (slowloris).
     pub header_timeout_ms: Option<u64>,
+    /// The largest request header accepted (bytes, whole header; so each line too): larger
+    /// ones are answered `431 REQUEST_HEADER_TOO_LARGE` before any stage runs.
+    pub max_header_bytes: Option<u64>,
+    /// Agent connections held at once; more are answered `503 TOO_MANY_CONNECTIONS` and
+    /// closed (default: derived from the process's descriptor limit).
+    pub max_connections: Option<usize>,
     /// Pid file (Pingora's graceful upgrade uses it).
     pub pid_file: Option<String>,
     /// Unix socket used to hand listeners to a new process on graceful upgrade.
@@ -590,6 +604,16 @@ pub struct FileAdmin {
     pub token: Option<String>,
     /// The dashboard links transaction hashes to this prefix (e.g. `https://basescan.org/tx/`).
     pub explorer_tx_url: Option<String>,
+    /// Milliseconds a connection may wait for a complete request header, counted from when it
+    /// is ready for one (accepted, or the previous response sent): idle and trickling
+    /// connections are closed after it.
+    pub header_timeout_ms: Option<u64>,
+    /// Seconds a connection may go without a byte moving either way during a request (a
+    /// stalled body, a client that stopped reading).
+    pub idle_timeout_seconds: Option<u64>,
+    /// Admin connections held at once; more are answered `503` and closed (default: derived
+    /// from the process's descriptor limit).
+    pub max_connections: Option<usize>,
 }
 
 /// `dns:` — the asynchronous resolver used for forward-proxy targets and route upstreams.

@@ -461,6 +461,17 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
             DEFAULT_HEADER_TIMEOUT_MS,
             "server.header_timeout_ms",
         ));
+        let max_header_bytes = match f.max_header_bytes {
+            Some(n) if n < MIN_MAX_HEADER_BYTES => {
+                self.issue(
+                    "server.max_header_bytes",
+                    format!("must be at least {MIN_MAX_HEADER_BYTES}"),
+                );
+                DEFAULT_MAX_HEADER_BYTES
+            }
+            Some(n) => n,
+            None => DEFAULT_MAX_HEADER_BYTES,
+        };
         ServerSettings {
             listen,
             threads,
@@ -478,6 +489,10 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
             ),
             keepalive_request_limit: f.keepalive_request_limit,
             header_timeout,
+            max_header_bytes: usize::try_from(max_header_bytes).unwrap_or(usize::MAX),
+            max_connections: f
+                .max_connections
+                .map(|n| self.positive(Some(n as u64), 1, "server.max_connections") as usize),
             pid_file: f.pid_file,
             upgrade_sock: f.upgrade_sock,
         }
@@ -661,10 +676,26 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
             }
             ok
         });
+        let header_timeout = Duration::from_millis(self.positive(
+            f.header_timeout_ms,
+            DEFAULT_ADMIN_HEADER_TIMEOUT_MS,
+            "admin.header_timeout_ms",
+        ));
+        let idle_timeout = Duration::from_secs(self.positive(
+            f.idle_timeout_seconds,
+            DEFAULT_ADMIN_IDLE_TIMEOUT_SECONDS,
+            "admin.idle_timeout_seconds",
+        ));
+        let max_connections = f
+            .max_connections
+            .map(|n| self.positive(Some(n as u64), 1, "admin.max_connections") as usize);
         AdminSettings {
             listen,
             token,
             explorer_tx_url,
+            header_timeout,
+            idle_timeout,
+            max_connections,
         }
     }
 

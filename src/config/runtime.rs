@@ -46,6 +46,10 @@ pub struct ServerSettings {
     pub keepalive_request_limit: Option<u32>,
     /// A request header must be complete this long after its first byte.
     pub header_timeout: Duration,
+    /// The largest request header accepted; larger ones get 431.
+    pub max_header_bytes: usize,
+    /// Agent connections held at once (`None`: derived from the descriptor limit).
+    pub max_connections: Option<usize>,
     pub pid_file: Option<String>,
     pub upgrade_sock: Option<String>,
 }
@@ -139,6 +143,12 @@ pub struct AdminSettings {
     pub token: Secret,
     /// Transaction links of the dashboard: this prefix + the hash.
     pub explorer_tx_url: Option<String>,
+    /// A request header must be complete this long after the connection is ready for one.
+    pub header_timeout: Duration,
+    /// A request with no byte moving either way for this long ends its connection.
+    pub idle_timeout: Duration,
+    /// Admin connections held at once (`None`: derived from the descriptor limit).
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -158,8 +158,10 @@ pub struct PaymentState {
     /// Whether the paid attempt counts as spent (2xx with a successful receipt, or without a
     /// receipt when `budgets.commit_without_receipt`); `None` until a paid response arrived.
     pub settled: Option<bool>,
-    /// Settlement transaction from the receipt.
+    /// Settlement transaction from the receipt (a hash of the network's form).
     pub tx: Option<String>,
+    /// Why the paid attempt's receipt was ignored (its transaction was not a hash).
+    pub receipt_problem: Option<String>,
     /// The paid attempt's receipt header, read as the upstream sent it (before the cache
     /// stores or merges the header).
     pub receipt: Option<Vec<u8>>,

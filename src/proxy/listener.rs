@@ -31,7 +31,7 @@ use arc_swap::ArcSwap;
 use crate::live::{Live, Shared};
 use crate::proxy::Pag0Proxy;
 use crate::proxy::ctx::{TunnelInfo, TunnelPlan};
-use crate::proxy::deadline::{self, HeaderDeadline};
+use crate::proxy::header_guard::{self, HeaderGuard, HeaderLimits};
 use crate::proxy::respond::{ErrorCode, Reply};
 
 /// How long an idle downstream HTTP/1 connection waits for its next request (Pingora's own
@@ -69,7 +69,7 @@ impl ProxyApp {
     /// context the first request starts with (the tunnel, inside an intercepted one).
     ///
     /// Each request header must be complete `server.header_timeout_ms` after its first byte
-    /// ([`HeaderDeadline`]). Pipelined requests are answered in order (Pingora keeps the bytes
+    /// ([`HeaderGuard`]). Pipelined requests are answered in order (Pingora keeps the bytes
     /// read past a request for the next one).
     async fn serve_http1(
         &self,
@@ -81,11 +81,21 @@ impl ProxyApp {
             .proxy
             .server_options()
             .and_then(|o| o.keepalive_request_limit);
-        let header_timeout = self.live.load().config.server.header_timeout;
-        let mut stream: Stream = Box::new(HeaderDeadline::new(
+        let (header_timeout, max_header_bytes) = {
+            let live = self.live.load();
+            let server = &live.config.server;
+            (server.header_timeout, server.max_header_bytes)
+        };
+        let limits = HeaderLimits {
+            max_bytes: max_header_bytes,
+            pending: self.shared.pending_headers.clone(),
+            too_large: self.shared.metrics.headers_too_large.clone(),
+        };
+        let mut stream: Stream = Box::new(HeaderGuard::new(
             stream,
             header_timeout,
             self.shared.metrics.header_timeouts.clone(),
+            limits,
         ));
         // What the previous request on this connection leaves to the next one (none before the
         // first).
@@ -116,7 +126,7 @@ impl ProxyApp {
                 }
                 // Pingora turns keep-alive off itself once it is shutting down.
                 session.set_keepalive(Some(KEEPALIVE_SECONDS));
-                if let Some(clock) = session.stream().and_then(HeaderDeadline::of) {
+                if let Some(clock) = session.stream().and_then(HeaderGuard::of) {
                     clock.arm();
                 }
                 self.proxy.process_new_http(session, shutdown)
@@ -150,7 +160,10 @@ impl ProxyApp {
         let metrics = &self.shared.metrics;
         // Pingora's listeners give L4 streams; an intercepted TLS stream never gets here
         // (CONNECT inside a tunnel is refused).
-        let Ok(l4) = deadline::unwrap(stream).into_any().downcast::<L4Stream>() else {
+        let Ok(l4) = header_guard::unwrap(stream)
+            .into_any()
+            .downcast::<L4Stream>()
+        else {
             log::error!("CONNECT on a stream that is not a TCP connection");
             return;
         };
@@ -368,20 +381,53 @@ fn has_pipelined_prefix(settings: &HttpPersistentSettings) -> bool {
     })
 }
 
+/// How long a refused connection gets to take its `503`.
+const REFUSAL_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Answers `503 TOO_MANY_CONNECTIONS` on a connection over the cap, without reading from it.
+async fn refuse(mut stream: Stream) {
+    let reply = Reply::new(
+        ErrorCode::TooManyConnections,
+        "pag0 holds as many connections as it may (server.max_connections); retry",
+    )
+    .header("retry-after", "1");
+    let bytes = reply.raw_http1();
+    let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, async {
+        stream.write_all(&bytes).await?;
+        stream.flush().await
+    })
+    .await;
+}
+
 #[async_trait]
 impl ServerApp for ProxyApp {
     /// Runs for each new connection on the proxy listeners: the connection is served by a
     /// task of its own, and Pingora's task for it ends here. Pingora's per-connection task is
     /// sized for its TLS handshake (about 9 KiB, held for the connection's whole life); ours
     /// holds only what serving HTTP/1 needs, which is what an idle keep-alive agent costs.
+    ///
+    /// A connection over `server.max_connections` gets `503 TOO_MANY_CONNECTIONS` and is
+    /// closed, so descriptors stay for the connections held and for the admin listener.
     async fn process_new(
         self: &Arc<Self>,
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let Some(open) = self.shared.proxy_connections.try_open() else {
+            self.shared
+                .metrics
+                .connections_refused
+                .with_label_values(&["proxy"])
+                .inc();
+            refuse(stream).await;
+            return None;
+        };
         let app = self.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move { app.serve_http1(stream, None, &shutdown).await });
+        tokio::spawn(async move {
+            app.serve_http1(stream, None, &shutdown).await;
+            drop(open);
+        });
         None
     }
 

@@ -39,6 +39,10 @@ pub enum ErrorCode {
     MisdirectedRequest,
     /// 503: a `CONNECT` was accepted while pag0 began to shut down.
     ShuttingDown,
+    /// 503: the listener already holds `max_connections`; the connection is closed.
+    TooManyConnections,
+    /// 431: the request header is over `server.max_header_bytes`.
+    HeaderTooLarge,
     /// 504: the upstream did not connect or answer in time.
     UpstreamTimeout,
     /// 400: the client sent a malformed request.
@@ -159,7 +163,8 @@ impl ErrorCode {
             | ErrorCode::UpstreamTlsFailed => 502,
             ErrorCode::ConnectNotAllowed => 405,
             ErrorCode::MisdirectedRequest => 421,
-            ErrorCode::ShuttingDown => 503,
+            ErrorCode::ShuttingDown | ErrorCode::TooManyConnections => 503,
+            ErrorCode::HeaderTooLarge => 431,
             ErrorCode::UpstreamTimeout => 504,
         }
     }
@@ -205,6 +210,8 @@ impl ErrorCode {
             ErrorCode::ConnectNotAllowed => "CONNECT_NOT_ALLOWED",
             ErrorCode::MisdirectedRequest => "MISDIRECTED_REQUEST",
             ErrorCode::ShuttingDown => "SHUTTING_DOWN",
+            ErrorCode::TooManyConnections => "TOO_MANY_CONNECTIONS",
+            ErrorCode::HeaderTooLarge => "REQUEST_HEADER_TOO_LARGE",
             ErrorCode::UpstreamTimeout => "UPSTREAM_TIMEOUT",
         }
     }

@@ -16,7 +16,7 @@ use pingora::{ErrorSource, ErrorType};
 use crate::live::{Live, Shared};
 use crate::metrics::status_class;
 use crate::proxy::ctx::{TargetKind, TunnelInfo};
-use crate::proxy::deadline::HeaderDeadline;
+use crate::proxy::header_guard::HeaderGuard;
 use crate::proxy::respond::{ErrorCode, Reply};
 use crate::proxy::{RequestCtx, smart, target, tunnel, upstream};
 use crate::stages::Flow;
@@ -166,7 +166,7 @@ impl ProxyHttp for Pag0Proxy {
         session: &mut Session,
         _ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(clock) = session.stream().and_then(HeaderDeadline::of) {
+        if let Some(clock) = session.stream().and_then(HeaderGuard::of) {
             clock.header_read();
         }
         Ok(())

@@ -151,7 +151,7 @@ fn absolute_target(raw: &[u8]) -> Result<Target, Reply> {
         ));
     }
     let host = canonical_host(authority.host())?;
-    let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let port = explicit_port(authority)?.unwrap_or(if tls { 443 } else { 80 });
     let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
     let path = if path.is_empty() { "/" } else { path };
     Ok(Target {
@@ -163,6 +163,25 @@ fn absolute_target(raw: &[u8]) -> Result<Target, Reply> {
         addr: None,
         candidate: None,
     })
+}
+
+/// The port an absolute-form target names, if it names one: `host:` (empty), `:0` and ports
+/// over 65535 are refused rather than read as the default port (or as port 0).
+fn explicit_port(authority: &http::uri::Authority) -> Result<Option<u16>, Reply> {
+    let Some(raw) = authority
+        .as_str()
+        .strip_prefix(authority.host())
+        .and_then(|rest| rest.strip_prefix(':'))
+    else {
+        return Ok(None);
+    };
+    match raw.parse::<u16>() {
+        Ok(port) if port > 0 && raw.bytes().all(|b| b.is_ascii_digit()) => Ok(Some(port)),
+        _ => Err(Reply::new(
+            ErrorCode::InvalidTarget,
+            "the request target's port must be a number from 1 to 65535",
+        )),
+    }
 }
 
 /// An agent-chosen host in the form the rest of pag0 compares and connects to: lowercase,
@@ -333,6 +352,32 @@ mod tests {
             &settings(ConnectMode::Off),
         );
         assert_eq!(off.unwrap_err().code, ErrorCode::ConnectNotAllowed);
+    }
+
+    #[test]
+    fn absolute_targets_with_a_port_out_of_range_or_empty_are_refused() {
+        for bad in [
+            "http://api.example.com:65536/",
+            "http://api.example.com:/",
+            "http://api.example.com:0/",
+            "https://[::1]:0/",
+            "http://api.example.com:99999999999/",
+        ] {
+            let e = absolute_target(bad.as_bytes()).map(|t| t.port).unwrap_err();
+            assert_eq!(e.code, ErrorCode::InvalidTarget, "{bad}");
+        }
+        for (good, port) in [
+            ("http://api.example.com/", 80),
+            ("https://api.example.com/", 443),
+            ("http://api.example.com:65535/", 65535),
+            ("http://[::1]:8080/x", 8080),
+        ] {
+            assert_eq!(
+                absolute_target(good.as_bytes()).unwrap().port,
+                port,
+                "{good}"
+            );
+        }
     }
 
     #[test]

@@ -905,11 +905,29 @@ impl Stage for PaymentStage {
             return Ok(());
         };
         // As the upstream sent it: after a 304 revalidation the client gets the stored header.
-        let receipt = ctx
+        let mut receipt = ctx
             .payment
             .receipt
             .take()
             .and_then(|v| x402::parse_receipt(&v).ok());
+        // A receipt whose transaction is not a hash of the network's form is not believed:
+        // the payment is resolved as one without a receipt (by the chain with `payments.rpc`).
+        if let Some(r) = receipt.as_mut()
+            && let Some(raw) = r.transaction.take()
+        {
+            match x402::transaction_hash(&charge.network, &raw) {
+                Some(hash) => r.transaction = Some(hash),
+                None => {
+                    let problem = format!(
+                        "the upstream's receipt names no {} transaction hash (0x and 64 hex digits); it was ignored",
+                        charge.network
+                    );
+                    log::warn!(host = ctx.target.as_ref().map_or("", |t| t.host.as_str()); "invalid payment receipt: {problem}");
+                    ctx.payment.receipt_problem = Some(problem);
+                    receipt = None;
+                }
+            }
+        }
         let paid = resp.status.is_success() && receipt.as_ref().is_none_or(|r| r.success);
         resp.insert_header("x-pag0-paid", if paid { "true" } else { "false" })?;
         ctx.payment.paid_status = Some(resp.status.as_u16());

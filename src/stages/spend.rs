@@ -598,12 +598,15 @@ impl SpendGuard {
         intent: SentIntent,
         reservation: Option<crate::budget::Reservation>,
     ) {
-        let reason = match ctx.payment.paid_status {
+        let mut reason = match ctx.payment.paid_status {
             Some(status) => format!(
                 "the upstream answered {status} to the paid attempt, without saying whether it settled"
             ),
             None => "no answer from the upstream to the paid attempt".to_string(),
         };
+        if let Some(problem) = &ctx.payment.receipt_problem {
+            reason = format!("{reason}; {problem}");
+        }
         log::warn!(project = project, id = intent.id.as_str(); "payment in doubt: {reason}");
         // Not released: the hold stays until the authorization can no longer be settled.
         drop(reservation);

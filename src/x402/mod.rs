@@ -18,7 +18,9 @@ use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
 pub use guard::NonceGuard;
 pub use memory::{LocalPriceMemory, PriceMemory, Remembered, SharedPriceMemory};
 pub use pool::SigningPool;
-pub use receipt::{DecodedPayment, Receipt, decode_payment_header, parse_receipt};
+pub use receipt::{
+    DecodedPayment, Receipt, decode_payment_header, parse_receipt, transaction_hash,
+};
 pub use sign::{
     Authorization, Eip3009Signer, PaymentSigner, SignError, SignedPayment, payment_header,
 };

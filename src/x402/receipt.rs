@@ -50,6 +50,16 @@ pub fn parse_receipt(value: &[u8]) -> Result<Receipt, ParseError> {
     })
 }
 
+/// `raw` as a transaction hash of `network`, if it has that network's form (EVM, `eip155:*`
+/// or a v1 name: `0x` and 64 hex digits, returned lowercase). A receipt is an upstream's word: anything
+/// else in its `transaction` is not a hash, whatever it claims.
+pub fn transaction_hash(network: &str, raw: &str) -> Option<String> {
+    networks::chain_id(network)?;
+    let digits = raw.strip_prefix("0x")?;
+    (digits.len() == 64 && digits.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| format!("0x{}", digits.to_ascii_lowercase()))
+}
+
 /// An agent-signed payment, decoded for checking (relay mode).
 #[derive(Debug, Clone)]
 pub struct DecodedPayment {
@@ -229,5 +239,26 @@ mod tests {
         ] {
             assert!(decode_payment_header(bad.as_bytes()).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn only_a_hash_of_the_network_form_is_a_transaction() {
+        let hash = format!("0x{}", "Ab".repeat(32));
+        assert_eq!(
+            transaction_hash("eip155:84532", &hash),
+            Some(format!("0x{}", "ab".repeat(32)))
+        );
+        for bad in [
+            "javascript:alert('tx')//<img src=x onerror=alert(1)>",
+            "0x1234",
+            &format!("0x{}", "g".repeat(64)),
+            &"a".repeat(66),
+            &format!("0x{}", "a".repeat(65)),
+            "",
+        ] {
+            assert_eq!(transaction_hash("eip155:8453", bad), None, "{bad}");
+        }
+        assert!(transaction_hash("base-sepolia", &hash).is_some());
+        assert_eq!(transaction_hash("solana:mainnet", &hash), None);
     }
 }

@@ -154,6 +154,8 @@ impl Pag0 {
         Self::yaml(dir, proxy, admin, body, server_extra)
     }
 
+    /// The keys of `server:` come from `server_extra`; a line `admin:` in it starts the extra
+    /// keys of the `admin:` section.
     fn yaml(
         dir: &tempfile::TempDir,
         proxy: SocketAddr,
@@ -161,6 +163,9 @@ impl Pag0 {
         body: &str,
         server_extra: &str,
     ) -> String {
+        let (server_extra, admin_extra) = server_extra
+            .split_once("admin:\n")
+            .unwrap_or((server_extra, ""));
         let d = dir.path().display();
         // `server_extra` may set the grace period itself.
         let grace = if server_extra.contains("grace_period_seconds") {
@@ -169,7 +174,7 @@ impl Pag0 {
             "  grace_period_seconds: 0\n"
         };
         format!(
-            "server:\n  listen: [\"{proxy}\"]\n  threads: 2\n  pid_file: {d}/pag0.pid\n  upgrade_sock: {d}/upgrade.sock\n{grace}  graceful_shutdown_timeout_seconds: 1\n{server_extra}\nadmin:\n  listen: {admin}\n  token: ${{PAG0_TEST_ADMIN_TOKEN:-{ADMIN_TOKEN}}}\n{body}\n"
+            "server:\n  listen: [\"{proxy}\"]\n  threads: 2\n  pid_file: {d}/pag0.pid\n  upgrade_sock: {d}/upgrade.sock\n{grace}  graceful_shutdown_timeout_seconds: 1\n{server_extra}\nadmin:\n  listen: {admin}\n  token: ${{PAG0_TEST_ADMIN_TOKEN:-{ADMIN_TOKEN}}}\n{admin_extra}{body}\n"
         )
     }
 

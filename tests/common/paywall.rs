@@ -10,7 +10,8 @@
 //! after a valid payment); `/paid-stale` (10000, 200 with `max-age=1, stale-if-error=60`); `/expensive-empty` (a 402 with an empty body); `/unknown-asset` (an asset pag0 does not allow); `/huge-timeout`, `/zero-payto`, `/zero-amount`,
 //! `/wrong-domain`, `/no-domain` (offers pag0 must decline); `/described` (10000, a v2 offer
 //! with a description and Bazaar discovery metadata); `/flaky-paid` (20000, every second valid
-//! payment gets a 500). Every route also
+//! payment gets a 500); `/paid-bad-tx` (10000, its receipt's transaction is
+//! [`BAD_TX`], not a hash). Every route also
 //! exists as x402 v1 under `/v1/...` (offer in the 402 JSON body, `X-PAYMENT`, network name
 //! `base-sepolia`, `X-PAYMENT-RESPONSE`). Every 200 echoes `{method, path, body_len, body_sha256}`.
 
@@ -51,6 +52,9 @@ pub const WALLET_KEY: &str = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a84
 pub const WALLET_ADDRESS: &str = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
 
 /// The `payments:` + wallet YAML that lets pag0 pay this paywall (ceiling 0.10 USDC).
+/// What `/paid-bad-tx` reports as its settlement transaction.
+pub const BAD_TX: &str = "javascript:alert('tx')//<img src=x onerror=alert(1)>";
+
 pub fn payments_yaml() -> String {
     format!(
         "payments:\n  assets:\n    - network: {NETWORK}\n      address: \"{ASSET}\"\n      symbol: USDC\n      decimals: 6\n"
@@ -180,7 +184,7 @@ fn offers_for(path: &str, price_changes: u64) -> Option<Vec<Value>> {
     Some(match path {
         "/price-change" => vec![offer(10_000 + 5_000 * price_changes, NETWORK, ASSET)],
         "/paid" | "/always402" | "/slow-paid" | "/settling" | "/paid-500" | "/paid-stale"
-        | "/described" | "/paid-unsettled" | "/paid-wrong-tx" => {
+        | "/described" | "/paid-unsettled" | "/paid-wrong-tx" | "/paid-bad-tx" => {
             vec![offer(10_000, NETWORK, ASSET)]
         }
         "/flaky-paid" => vec![offer(20_000, NETWORK, ASSET)],
@@ -469,6 +473,9 @@ async fn handle(
             let mut transaction = format!("0x{}", hex::encode(Sha256::digest(nonce)));
             if let Some(tx) = settle_on_chain(&state, &path, nonce).await {
                 transaction = format!("{tx:#x}");
+            }
+            if path == "/paid-bad-tx" {
+                transaction = BAD_TX.to_string();
             }
             let receipt = json!({"success": true, "transaction": transaction, "network": network, "payer": payer.to_checksum(None)});
             let name = if v1 {

@@ -30,6 +30,18 @@ impl Process {
         server_extra: &str,
         env: &[(&str, &str)],
     ) -> Process {
+        Self::start_limited(dir, body, server_extra, env, None)
+    }
+
+    /// Like [`Process::start_server`]; with `nofile`, pag0 may open at most that many
+    /// descriptors (`RLIMIT_NOFILE`, soft and hard).
+    pub fn start_limited(
+        dir: &tempfile::TempDir,
+        body: &str,
+        server_extra: &str,
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Process {
         let proxy: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = dir.path().join("pag0.yaml");
@@ -40,7 +52,24 @@ impl Process {
             .append(true)
             .open(dir.path().join("pag0.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_pag0"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_pag0"));
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let rl = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let child = command
             .args(["-c", config.to_str().unwrap()])
             .envs(env.iter().copied())
             .stdout(Stdio::null())

@@ -14,19 +14,30 @@ const isAdmin = () => !!session && session.role === "admin";
 
 const $ = (id) => document.getElementById(id);
 
-/** An element with text or children. */
+/** Invisible format characters (bidi controls such as U+202E, zero-width ones) recorded
+ * from agents' requests would reorder or hide what is shown: they are shown escaped. */
+const FORMAT_CHARS = /\p{Cf}/gu;
+function visible(text) {
+  return String(text).replace(FORMAT_CHARS,
+    (c) => "\\u" + c.codePointAt(0).toString(16).padStart(4, "0"));
+}
+
+/** An element with text (made visible) or children. */
 function el(tag, attrs, ...children) {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
     if (k === "class") e.className = v;
-    else e.setAttribute(k, v);
+    else e.setAttribute(k, k === "href" || k.startsWith("data-") ? v : visible(v));
   }
   for (const c of children) {
     if (c === null || c === undefined) continue;
-    e.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    e.append(c instanceof Node ? c : document.createTextNode(visible(c)));
   }
   return e;
 }
+
+/** Table cells longer than this are cut to one line; hover or focus shows them whole. */
+const LONG_CELL = 80;
 
 class ApiError extends Error {
   constructor(status, body) {
@@ -71,7 +82,13 @@ function card(label, value, id) {
 
 function table(headers, rows, id) {
   const head = el("tr", {}, ...headers.map((h) => el("th", { scope: "col" }, h)));
-  const body = rows.map((r) => el("tr", {}, ...r.map((c) => el("td", {}, c))));
+  const cell = (c) => {
+    if (c instanceof Node || c === null || c === undefined || String(c).length <= LONG_CELL) {
+      return el("td", {}, c);
+    }
+    return el("td", {}, el("span", { class: "clip", tabindex: "0", title: c }, c));
+  };
+  const body = rows.map((r) => el("tr", {}, ...r.map(cell)));
   return el("div", { class: "table-wrap" },
     el("table", { "data-table": id }, el("thead", {}, head), el("tbody", {}, ...body)));
 }
@@ -136,6 +153,9 @@ function compareBox(endpoint) {
 }
 
 let editing = null;
+/** What a transaction hash looks like (EVM: 0x and 32 bytes of hex). */
+const TX_HASH = /^0x[0-9a-fA-F]{64}$/;
+
 /** Dashboard settings from the YAML (`admin.explorer_tx_url`), loaded once. */
 let settings = {};
 
@@ -309,7 +329,9 @@ const render = {
       const s = await api("/api/spend?limit=50&project=" + encodeURIComponent(p.project));
       for (const r of s.spend || []) {
         let tx = r.tx_hash || "–";
-        if (r.tx_hash && explorer) tx = el("a", { href: explorer + r.tx_hash, rel: "noreferrer" }, r.tx_hash);
+        // Only a transaction hash is linked (rows journaled before receipts were checked may
+        // hold anything an upstream sent).
+        if (r.tx_hash && explorer && TX_HASH.test(r.tx_hash)) tx = el("a", { href: explorer + r.tx_hash, rel: "noreferrer" }, r.tx_hash);
         rows.push([new Date(r.committed_at * 1000).toISOString(), r.project, r.url, r.amount, tx, checked[r.id] || "–"]);
       }
     }
