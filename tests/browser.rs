@@ -4,7 +4,8 @@
 //! refused request), each page shows what the JSON API says; a project key sees its project
 //! only; the dashboard works from the keyboard alone; the browser logs no error from the first
 //! load on (scripts, failed requests, CSP violations); a screenshot of each page is written
-//! under target/dashboard-screenshots/ for a person to look at.
+//! under target/dashboard-screenshots/ for a person to look at. Recorded paths are shown
+//! safely: format characters (bidi overrides) escaped, long ones cut to a line (issue 33).
 
 mod common;
 
@@ -707,4 +708,84 @@ async fn every_page_shows_what_the_api_says_and_a_project_key_sees_its_project_o
     screenshot(&c, "phone").await;
     assert_eq!(errors(&c).await, Vec::<String>::new());
     c.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_paths_show_format_characters_escaped_and_long_cells_cut() {
+    let up = Upstream::start().await;
+    let body = format!(
+        "stages:\n  - kind: auth\n  - kind: ssrf_guard\n    allow: [\"127.0.0.0/8\"]\nprojects:\n  - id: demo\n    keys: [\"{DEMO_HASH}\"]\ncuration:\n  refresh_seconds: 1\n"
+    );
+    let pag0 = Pag0::start(&body);
+    let auth = basic("demo", DEMO_KEY);
+    // A path that shows as `…/exe.png` when its right-to-left override (U+202E) is rendered
+    // raw, and one of 7 000 characters; sent as raw bytes (an HTTP client would escape them).
+    let spoof = "/files/\u{202e}gnp.exe";
+    let long = format!("/{}", "x".repeat(7000));
+    for path in [spoof, long.as_str()] {
+        for _ in 0..3 {
+            let request = format!(
+                "GET http://{0}{path} HTTP/1.1\r\nHost: {0}\r\nProxy-Authorization: {auth}\r\n\r\n",
+                up.addr
+            );
+            raw_exchange(pag0.proxy, request.as_bytes());
+        }
+    }
+    let rankings = eventually(
+        || api(&pag0, "/api/curation/rankings?limit=100", ADMIN_TOKEN),
+        |r| r["rankings"].as_array().is_some_and(|l| l.len() >= 2),
+    )
+    .await;
+    assert!(
+        rankings.to_string().contains('\u{202e}'),
+        "the API keeps the recorded path as it was: {rankings}"
+    );
+
+    let (_driver, c) = browser().await;
+    sign_in(&c, pag0.admin, ADMIN_TOKEN).await;
+    open(&c, "endpoints").await;
+    wait_until(&c, "document.body.textContent.includes('gnp.exe')").await;
+    // No format character reaches the page's text or attributes; it shows as `\u202e`.
+    let raw = c
+        .execute(
+            "const all = [...document.querySelectorAll('*')]; return all.some(e => [...e.childNodes].some(n => n.nodeType === 3 && /\\p{Cf}/u.test(n.data)) || [...e.attributes].some(a => !a.name.startsWith('data-') && /\\p{Cf}/u.test(a.value)));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(raw, json!(false), "a raw format character is on the page");
+    assert!(text(&c, "#page").await.contains("/files/\\u202egnp.exe"));
+    // The 7 000-character cell takes one short line; focused, it shows whole.
+    let clip = "[...document.querySelectorAll('span.clip')].find(e => e.title.length > 7000)";
+    let (width, height) = size(&c, clip).await;
+    assert!(width < 400.0 && height < 40.0, "cut: {width} x {height}");
+    c.execute(&format!("{clip}.focus();"), vec![])
+        .await
+        .unwrap();
+    let (_, focused_height) = size(&c, clip).await;
+    assert!(
+        focused_height > 200.0,
+        "whole when focused: {focused_height}"
+    );
+    assert_eq!(errors(&c).await, Vec::<String>::new());
+    c.execute(
+        "document.activeElement.blur(); window.scrollTo(0, 0);",
+        vec![],
+    )
+    .await
+    .unwrap();
+    screenshot(&c, "endpoints-hostile-paths").await;
+    c.close().await.unwrap();
+}
+
+/// Width and height (CSS pixels) of the element the JS expression `element` finds.
+async fn size(c: &Client, element: &str) -> (f64, f64) {
+    let v = c
+        .execute(
+            &format!("const e = {element}; const r = e.getBoundingClientRect(); return [r.width, r.height];"),
+            vec![],
+        )
+        .await
+        .unwrap();
+    (v[0].as_f64().unwrap(), v[1].as_f64().unwrap())
 }
