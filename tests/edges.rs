@@ -491,3 +491,68 @@ async fn absolute_targets_with_an_empty_zero_or_too_large_port_are_invalid() {
     }
     assert_eq!(up.seen().requests, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_framing_and_unparsable_headers_get_a_json_400_and_an_analytics_record() {
+    let up = Upstream::start().await;
+    let pag0 = Pag0::start(&body());
+    let auth = basic("demo", DEMO_KEY);
+    let target = up.url("/framed");
+    let host = up.addr;
+    // Framing with more than one reading (RFC 9112 §6): refused, never forwarded.
+    for (framing, body) in [
+        ("Content-Length: 5, 5", "hello"),
+        ("Content-Length: 5\r\nContent-Length: 5", "hello"),
+        (
+            "Transfer-Encoding: gzip, chunked",
+            "5\r\nhello\r\n0\r\n\r\n",
+        ),
+    ] {
+        let request = format!(
+            "POST {target} HTTP/1.1\r\nHost: {host}\r\nProxy-Authorization: {auth}\r\n{framing}\r\n\r\n{body}"
+        );
+        let (status, _, json) = raw_exchange(pag0.proxy, request.as_bytes());
+        assert_eq!(status, 400, "{framing}: {json}");
+        assert_eq!(json["error"]["code"], "BAD_REQUEST", "{framing}");
+    }
+    // What Pingora refuses itself, before any hook: bad header bytes, a Host that is not the
+    // target's. pag0's JSON answer replaces its bare 400.
+    for bad in [
+        format!("GET {target} HTTP/1.1\r\nHost: {host}\r\nBad Header: x\r\n\r\n"),
+        format!(
+            "GET {target} HTTP/1.1\r\nHost: elsewhere.example\r\nProxy-Authorization: {auth}\r\n\r\n"
+        ),
+    ] {
+        let (status, head, json) = raw_exchange(pag0.proxy, bad.as_bytes());
+        assert_eq!(status, 400, "{bad}: {head}");
+        assert_eq!(json["error"]["code"], "BAD_REQUEST", "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("x-pag0-error: bad_request"),
+            "{head}"
+        );
+    }
+    assert_eq!(
+        up.seen().requests,
+        0,
+        "nothing ambiguous reached the upstream"
+    );
+    // Every one of them is in the analytics, with its code.
+    let records = eventually(
+        || async {
+            pag0.admin_json(
+                reqwest::Method::GET,
+                "/api/analytics/requests?status=400&limit=50",
+                None,
+            )
+            .await
+            .1
+        },
+        |j| j["count"] == 5,
+    )
+    .await;
+    assert_eq!(records["count"], 5, "{records}");
+    for r in records["records"].as_array().unwrap() {
+        assert_eq!(r["error"], "BAD_REQUEST", "{r}");
+    }
+}

@@ -15,6 +15,11 @@
 //!   What unfinished headers hold beyond their first [`SMALL_HEADER`] bytes is also bounded for
 //!   the whole process ([`PendingHeaders`]): past it, large headers are refused the same way
 //!   while small ones still pass. Counted in `pag0_header_too_large_total`.
+//! * **Pingora's own refusals**: a header Pingora cannot parse (bad bytes, a `Host` that is
+//!   not the target's) gets a bare `400` from Pingora before any hook of pag0 runs; the guard
+//!   writes pag0's JSON `400 BAD_REQUEST` in its place.
+//!
+//! Both kinds of answer are told to [`HeaderLimits::answered`] (the analytics record).
 
 use std::any::Any;
 use std::io;
@@ -104,13 +109,24 @@ impl Drop for Charge {
 }
 
 /// The size bounds of a listener's request headers.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HeaderLimits {
     /// `server.max_header_bytes`.
     pub max_bytes: usize,
     pub pending: Arc<PendingHeaders>,
     /// Counts requests answered 431.
     pub too_large: IntCounter,
+    /// Told of each request the guard answers itself (431, or pag0's 400 in place of
+    /// Pingora's), which no hook of the proxy sees: for the analytics record.
+    pub answered: Arc<dyn Fn(ErrorCode) + Send + Sync>,
+}
+
+impl std::fmt::Debug for HeaderLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HeaderLimits")
+            .field("max_bytes", &self.max_bytes)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where a refused connection is: writing its 431, then dropping what the client still sends.
@@ -152,6 +168,8 @@ pub struct HeaderGuard {
     /// ... after a first non-empty line.
     seen_text: bool,
     refusal: Option<Refusal>,
+    /// pag0's answer written in place of Pingora's plain 400, and how much of it was written.
+    substitute: Option<(Vec<u8>, usize)>,
 }
 
 /// How much the wait for a next request reads at once (a request header usually fits, so
@@ -184,6 +202,7 @@ impl HeaderGuard {
             at_line_start: false,
             seen_text: false,
             refusal: None,
+            substitute: None,
             limits,
         }
     }
@@ -265,6 +284,7 @@ impl HeaderGuard {
     fn refuse(&mut self) {
         self.release();
         self.limits.too_large.inc();
+        (self.limits.answered)(ErrorCode::HeaderTooLarge);
         let reply = Reply::new(
             ErrorCode::HeaderTooLarge,
             format!(
@@ -419,32 +439,88 @@ impl AsyncRead for HeaderGuard {
 }
 
 impl AsyncWrite for HeaderGuard {
+    /// Passes writes on, except Pingora's own answer to a header it could not parse (a bare
+    /// `400`, written before pag0's hooks saw the request): pag0's JSON `400 BAD_REQUEST` goes
+    /// out instead, and Pingora's bytes are dropped.
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
+        let this = self.get_mut();
+        this.catch_pingora_400(data);
+        if this.substitute.is_some() {
+            std::task::ready!(this.poll_substitute(cx))?;
+            return Poll::Ready(Ok(data.len()));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, data)
     }
 
     fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+            this.catch_pingora_400(first);
+        }
+        if this.substitute.is_some() {
+            std::task::ready!(this.poll_substitute(cx))?;
+            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_substitute(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_substitute(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+impl HeaderGuard {
+    /// `data` is the start of Pingora's plain 400 to a request pag0's hooks never saw.
+    fn catch_pingora_400(&mut self, data: &[u8]) {
+        if self.substitute.is_none()
+            && self.refusal.is_none()
+            && self.waiting.load(Relaxed)
+            && data.starts_with(b"HTTP/1.1 400 ")
+        {
+            self.waiting.store(false, Relaxed);
+            (self.limits.answered)(ErrorCode::BadRequest);
+            let reply = Reply::new(
+                ErrorCode::BadRequest,
+                "the request could not be parsed (malformed request line or header, or a Host that is not the target's)",
+            )
+            .raw_http1();
+            self.substitute = Some((reply, 0));
+        }
+    }
+
+    /// Writes what is left of pag0's answer in place of Pingora's (ready at once without one).
+    fn poll_substitute(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while let Some((reply, at)) = self.substitute.as_mut() {
+            if *at == reply.len() {
+                return Poll::Ready(Ok(()));
+            }
+            match std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &reply[*at..])) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => *at += n,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 

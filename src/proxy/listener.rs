@@ -49,6 +49,8 @@ pub struct ProxyApp {
     proxy: Arc<HttpProxy<Pag0Proxy>>,
     live: Arc<ArcSwap<Live>>,
     shared: Arc<Shared>,
+    /// The bounds of every request header (`server.*` settings need a restart).
+    header_limits: HeaderLimits,
 }
 
 impl ProxyApp {
@@ -57,10 +59,20 @@ impl ProxyApp {
         live: Arc<ArcSwap<Live>>,
         shared: Arc<Shared>,
     ) -> ProxyApp {
+        let analytics = shared.analytics.clone();
+        let header_limits = HeaderLimits {
+            max_bytes: live.load().config.server.max_header_bytes,
+            pending: shared.pending_headers.clone(),
+            too_large: shared.metrics.headers_too_large.clone(),
+            answered: Arc::new(move |code| {
+                analytics.record(crate::proxy::logging::unparsed(code));
+            }),
+        };
         ProxyApp {
             proxy: Arc::new(proxy),
             live,
             shared,
+            header_limits,
         }
     }
 
@@ -81,21 +93,12 @@ impl ProxyApp {
             .proxy
             .server_options()
             .and_then(|o| o.keepalive_request_limit);
-        let (header_timeout, max_header_bytes) = {
-            let live = self.live.load();
-            let server = &live.config.server;
-            (server.header_timeout, server.max_header_bytes)
-        };
-        let limits = HeaderLimits {
-            max_bytes: max_header_bytes,
-            pending: self.shared.pending_headers.clone(),
-            too_large: self.shared.metrics.headers_too_large.clone(),
-        };
+        let header_timeout = self.live.load().config.server.header_timeout;
         let mut stream: Stream = Box::new(HeaderGuard::new(
             stream,
             header_timeout,
             self.shared.metrics.header_timeouts.clone(),
-            limits,
+            self.header_limits.clone(),
         ));
         // What the previous request on this connection leaves to the next one (none before the
         // first).

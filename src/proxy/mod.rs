@@ -1,6 +1,7 @@
 //! The Pingora side: the thin `ProxyHttp` impl, the request context, targets and replies.
 
 pub mod ctx;
+pub mod framing;
 pub mod header_guard;
 pub mod listener;
 pub mod logging;

@@ -176,6 +176,11 @@ impl ProxyHttp for Pag0Proxy {
     /// a reply was already sent (auth, rate limit, SSRF refusal, bad target), or an accepted
     /// `CONNECT` is handed to the listener as a tunnel.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Err(reply) = crate::proxy::framing::check(session.req_header()) {
+            // Nothing more is read from a connection whose framing is in doubt.
+            session.set_keepalive(None);
+            return self.answer(session, ctx, "proxy", reply).await;
+        }
         let resolved = target::resolve(
             session.req_header(),
             &ctx.live.config.routes,
