@@ -268,7 +268,8 @@ async fn endpoints_are_ranked_compared_and_recommended_from_traffic() {
     assert_eq!(weather["best"], described.as_str());
     assert_eq!(weather["benchmark"]["price_per_success"]["USDC"], "25000");
 
-    // Access: a project's key reads the catalog and scores, never what was spent.
+    // Access: another project's key reads the catalog, but none of demo's calls (fewer than
+    // curation.min_shared_projects other projects made them) and never what was spent.
     let (status, theirs) = api(
         &pag0,
         "/api/curation/rankings?category=weather",
@@ -276,8 +277,19 @@ async fn endpoints_are_ranked_compared_and_recommended_from_traffic() {
     )
     .await;
     assert_eq!(status, 200, "{theirs:#}");
-    assert_eq!(theirs["rankings"][0]["score"], list[0]["score"]);
-    assert!(theirs["rankings"][0].get("spend").is_none(), "{theirs:#}");
+    for e in theirs["rankings"].as_array().unwrap() {
+        assert_eq!(e["calls"], 0, "{e:#}");
+        assert!(e["score"].is_null(), "{e:#}");
+    }
+    // demo's own key sees its scores as the admin token does (it made every call).
+    let (_, own) = api(
+        &pag0,
+        "/api/curation/rankings?category=weather",
+        Some(DEMO_KEY),
+    )
+    .await;
+    assert_eq!(own["rankings"][0]["score"], list[0]["score"]);
+    assert!(own["rankings"][0].get("spend").is_none(), "{own:#}");
     assert!(!theirs.to_string().contains("\"spend\""), "{theirs:#}");
     let (status, _) = api(&pag0, "/api/curation/rankings", None).await;
     assert_eq!(status, 401);

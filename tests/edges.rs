@@ -556,3 +556,105 @@ async fn ambiguous_framing_and_unparsable_headers_get_a_json_400_and_an_analytic
         assert_eq!(r["error"], "BAD_REQUEST", "{r}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_key_sees_other_projects_calls_only_in_aggregate_where_enough_share() {
+    let up = Upstream::start().await;
+    let names = ["a", "b", "c", "d", "e"];
+    let key = |p: &str| format!("{p}-project-key-0123456789");
+    let mut body = String::from(
+        "stages:\n  - kind: auth\n  - kind: ssrf_guard\n    allow: [\"127.0.0.0/8\"]\ncuration:\n  refresh_seconds: 1\nprojects:\n",
+    );
+    for p in names {
+        body.push_str(&format!(
+            "  - id: {p}\n    keys: [\"sha256:{}\"]\n",
+            sha256_hex(key(p).as_bytes())
+        ));
+    }
+    let pag0 = Pag0::start(&body);
+    // `/only-a`: a alone; `/a-and-b`: a (3 calls) and b (2); `/shared`: a, b, c and d.
+    for (path, callers) in [
+        ("/only-a", vec!["a"]),
+        ("/a-and-b", vec!["a", "a", "a", "b", "b"]),
+        ("/shared", vec!["a", "b", "c", "d"]),
+    ] {
+        for p in callers {
+            let resp = pag0
+                .client(p, &key(p))
+                .get(up.url(path))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+        }
+    }
+    let endpoint = |path: &str| format!("{}{path}", up.addr);
+    let rankings = |bearer: String| {
+        let admin = pag0.admin;
+        async move {
+            let v: Value = reqwest::Client::new()
+                .get(format!("http://{admin}/api/curation/rankings?limit=100"))
+                .bearer_auth(bearer)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["rankings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| (e["endpoint"].as_str().unwrap().to_string(), e.clone()))
+                .collect::<std::collections::BTreeMap<String, Value>>()
+        }
+    };
+    // The admin token sees everything, in aggregate, with spend.
+    let all = eventually(
+        || rankings(ADMIN_TOKEN.to_string()),
+        |r| r.get(&endpoint("/shared")).is_some_and(|e| e["calls"] == 4) && r.len() == 3,
+    )
+    .await;
+    assert_eq!(all[&endpoint("/a-and-b")]["calls"], 5);
+    assert!(all[&endpoint("/shared")].get("spend").is_some());
+
+    // e called nothing: it sees only what four others share.
+    let seen_by_e = rankings(key("e")).await;
+    assert_eq!(
+        seen_by_e.keys().collect::<Vec<_>>(),
+        vec![&endpoint("/shared")],
+        "{seen_by_e:?}"
+    );
+    assert_eq!(seen_by_e[&endpoint("/shared")]["calls"], 4);
+    assert!(seen_by_e[&endpoint("/shared")].get("spend").is_none());
+    // a sees its own endpoints from its own calls, and the shared one in aggregate.
+    let seen_by_a = rankings(key("a")).await;
+    assert_eq!(seen_by_a.len(), 3, "{seen_by_a:?}");
+    assert_eq!(
+        seen_by_a[&endpoint("/a-and-b")]["calls"],
+        3,
+        "b's calls are not a's to see"
+    );
+    assert_eq!(seen_by_a[&endpoint("/a-and-b")]["projects"], 1);
+    assert_eq!(seen_by_a[&endpoint("/shared")]["calls"], 4);
+    // b sees `/a-and-b` from its own 2 calls, never `/only-a`.
+    let seen_by_b = rankings(key("b")).await;
+    assert_eq!(seen_by_b[&endpoint("/a-and-b")]["calls"], 2);
+    assert!(!seen_by_b.contains_key(&endpoint("/only-a")));
+    // The same view behind compare: another project's private endpoint is not there.
+    let resp = reqwest::Client::new()
+        .get(format!(
+            "http://{}/api/curation/compare?endpoints={},{}",
+            pag0.admin,
+            endpoint("/only-a"),
+            endpoint("/shared")
+        ))
+        .bearer_auth(key("e"))
+        .send()
+        .await
+        .unwrap();
+    // Not in e's view: the same answer as for an endpoint nobody ever called.
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    let compared: Value = resp.json().await.unwrap();
+    assert_eq!(compared["error"]["code"], "UNKNOWN_ENDPOINT", "{compared}");
+}

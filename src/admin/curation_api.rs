@@ -1,6 +1,8 @@
 //! Endpoint curation API (JSON), read from the in-memory snapshot (no SQL). The admin token
-//! and every project's key may read it: the catalog and the scores are not secret between
-//! projects; what was spent on an endpoint is shown to the admin token only.
+//! reads every endpoint; a project's key its own endpoints (from its own calls), the
+//! endpoints at least `curation.min_shared_projects` other projects called (in aggregate) and
+//! catalog endpoints nobody called; what was spent on an endpoint is shown to the admin token
+//! only.
 //!
 //! | route | what |
 //! |---|---|
@@ -64,6 +66,17 @@ fn entry_json(
     std::mem::take(map)
 }
 
+/// The scores `access` may read: all of them for the admin token; for a project's key, its
+/// own endpoints and those enough other projects share, in aggregate (see
+/// [`Snapshot::for_project`]).
+fn view(state: &AdminState, access: &Access) -> std::sync::Arc<Snapshot> {
+    let snap = state.reloader.shared.curation.snapshot();
+    match access {
+        Access::Admin => snap,
+        Access::Project(project) => std::sync::Arc::new(snap.for_project(project)),
+    }
+}
+
 fn category_param<'a>(params: &'a Params, snap: &Snapshot) -> Result<Option<&'a str>, ApiError> {
     match params.text("category")? {
         None | Some("") => Ok(None),
@@ -96,7 +109,7 @@ pub async fn endpoints(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult {
     let params = Params::parse(query, &["category", "sort", "order", "limit", "offset"])?;
-    let snap = state.reloader.shared.curation.snapshot();
+    let snap = view(&state, &access);
     let category = category_param(&params, &snap)?;
     let sort = params.get("sort").unwrap_or("score");
     // Each sort's natural order: best first.
@@ -157,7 +170,7 @@ pub async fn rankings(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult {
     let params = Params::parse(query, &["category", "limit"])?;
-    let snap = state.reloader.shared.curation.snapshot();
+    let snap = view(&state, &access);
     let category = category_param(&params, &snap)?;
     let limit = params.number("limit", 20, 1..=1000)? as usize;
     let decimals = decimals(&state);
@@ -193,7 +206,7 @@ pub async fn compare(
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult {
     let params = Params::parse(query, &["endpoints"])?;
-    let snap = state.reloader.shared.curation.snapshot();
+    let snap = view(&state, &access);
     let raw = params.get("endpoints").ok_or_else(|| {
         bad(
             "endpoints",
@@ -277,7 +290,7 @@ pub async fn recommend(
         query,
         &["category", "max_price", "max_p95_ms", "min_success"],
     )?;
-    let snap = state.reloader.shared.curation.snapshot();
+    let snap = view(&state, &access);
     let category = category_param(&params, &snap)?;
     let max_price = match params.get("max_price") {
         None => None,
@@ -378,11 +391,11 @@ pub async fn recommend(
 
 pub async fn categories(
     State(state): State<AdminState>,
-    _access: Access,
+    access: Access,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> ApiResult {
     Params::parse(query, &[])?;
-    let snap = state.reloader.shared.curation.snapshot();
+    let snap = view(&state, &access);
     let list: Vec<Value> = snap
         .categories
         .iter()

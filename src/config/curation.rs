@@ -36,6 +36,11 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
                 ),
             );
         }
+        let min_shared_projects = self.positive(
+            f.min_shared_projects,
+            crate::curation::DEFAULT_MIN_SHARED_PROJECTS as u64,
+            "curation.min_shared_projects",
+        ) as usize;
         let weights = self.weights(f.weights.unwrap_or_default());
         let mut names = HashSet::new();
         let mut categories = Vec::new();
@@ -105,6 +110,7 @@ impl<E: Fn(&str) -> Option<String>> Validator<'_, E> {
             window_hours: window_hours.min(u64::from(u32::MAX)) as u32,
             weights,
             categories,
+            min_shared_projects,
         }
     }
 

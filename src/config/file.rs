@@ -137,6 +137,9 @@ pub struct FileCuration {
     pub refresh_seconds: Option<u64>,
     pub window_hours: Option<u32>,
     pub weights: Option<FileWeights>,
+    /// A project's key sees other projects' calls at an endpoint only in aggregate, where at
+    /// least this many other projects called it.
+    pub min_shared_projects: Option<u64>,
 }
 
 /// `audit:` — ERC-8004 feedback about the paid APIs pag0 uses, and reconciliation of payments

@@ -34,9 +34,13 @@ pub struct Settings {
     pub window_hours: u32,
     pub weights: Weights,
     pub categories: Vec<Category>,
+    /// A project's key sees what other projects did at an endpoint only in aggregate, and only
+    /// where at least this many other projects called it.
+    pub min_shared_projects: usize,
 }
 
 pub const DEFAULT_REFRESH_SECONDS: u64 = 10;
+pub const DEFAULT_MIN_SHARED_PROJECTS: usize = 3;
 pub const DEFAULT_WINDOW_HOURS: u32 = 24;
 /// Most offers waiting to be stored (beyond: the newest are dropped until the next refresh).
 const MAX_PENDING: usize = 1024;
@@ -48,6 +52,7 @@ impl Default for Settings {
             window_hours: DEFAULT_WINDOW_HOURS,
             weights: Weights::default(),
             categories: Vec::new(),
+            min_shared_projects: DEFAULT_MIN_SHARED_PROJECTS,
         }
     }
 }
@@ -108,9 +113,58 @@ pub struct Snapshot {
     pub entries: BTreeMap<String, Entry>,
     /// In YAML order.
     pub categories: Vec<CategoryInfo>,
+    /// See [`Settings::min_shared_projects`].
+    pub min_shared_projects: usize,
 }
 
 impl Snapshot {
+    /// What `project`'s key may see, scored again: its own endpoints (from its own calls
+    /// alone, unless enough other projects called them too), the endpoints at least
+    /// [`Snapshot::min_shared_projects`] other projects called (in aggregate), and catalog
+    /// endpoints nobody called. Nothing of another project's calls at an endpoint fewer
+    /// projects share is in it.
+    pub fn for_project(&self, project: &str) -> Snapshot {
+        let mut entries = BTreeMap::new();
+        for (key, e) in &self.entries {
+            let others = e
+                .totals
+                .projects
+                .iter()
+                .filter(|p| p.as_str() != project)
+                .count();
+            if others >= self.min_shared_projects || e.totals.calls == 0 {
+                entries.insert(key.clone(), e.clone());
+                continue;
+            }
+            let Some(mine) = e.totals.by_project.get(project) else {
+                continue;
+            };
+            let mut own = e.clone();
+            own.observed = Observed {
+                reputation: e.observed.reputation,
+                ..mine.observed()
+            };
+            own.first_seen_ms = mine.last_hour_ms;
+            own.last_seen_ms = mine.last_hour_ms;
+            own.totals = mine.clone();
+            entries.insert(key.clone(), own);
+        }
+        let described: Vec<(String, Option<String>)> = self
+            .categories
+            .iter()
+            .map(|c| (c.name.clone(), c.description.clone()))
+            .collect();
+        let categories = score_entries(&mut entries, &described, &self.weights);
+        Snapshot {
+            at_ms: self.at_ms,
+            window_hours: self.window_hours,
+            weights: self.weights,
+            entries,
+            categories,
+            min_shared_projects: self.min_shared_projects,
+        }
+    }
+
     /// Entries of `category` (all without one), best score first (unscored last).
     pub fn ranked(&self, category: Option<&str>) -> Vec<&Entry> {
         let mut list: Vec<&Entry> = self
@@ -172,15 +226,36 @@ pub fn build(
             },
         );
     }
-    // Category means, then scores (an endpoint in no category is its own benchmark).
-    let categories: Vec<CategoryInfo> = settings
+    let described: Vec<(String, Option<String>)> = settings
         .categories
         .iter()
-        .map(|c| {
+        .map(|c| (c.name.clone(), c.description.clone()))
+        .collect();
+    let categories = score_entries(&mut entries, &described, &settings.weights);
+    Snapshot {
+        at_ms,
+        window_hours: settings.window_hours,
+        weights: settings.weights,
+        entries,
+        categories,
+        min_shared_projects: settings.min_shared_projects,
+    }
+}
+
+/// Category means (`categories`: name and description, in YAML order), then each entry's
+/// score (an endpoint in no category is its own benchmark).
+fn score_entries(
+    entries: &mut BTreeMap<String, Entry>,
+    categories: &[(String, Option<String>)],
+    weights: &Weights,
+) -> Vec<CategoryInfo> {
+    let categories: Vec<CategoryInfo> = categories
+        .iter()
+        .map(|(name, description)| {
             let members = || {
                 entries
                     .values()
-                    .filter(|e| e.category.as_deref() == Some(c.name.as_str()))
+                    .filter(|e| e.category.as_deref() == Some(name.as_str()))
             };
             let mut prices: BTreeMap<String, (U256, u64)> = BTreeMap::new();
             for (units, symbol) in members().filter_map(Entry::price) {
@@ -189,8 +264,8 @@ pub fn build(
                 *n += 1;
             }
             CategoryInfo {
-                name: c.name.clone(),
-                description: c.description.clone(),
+                name: name.clone(),
+                description: description.clone(),
                 benchmark: score::Benchmark::of(members().map(|e| &e.observed)),
                 price_units: prices
                     .into_iter()
@@ -212,15 +287,9 @@ pub fn build(
                 &own
             }
         };
-        e.score = score::score(&e.observed, bench, &settings.weights);
+        e.score = score::score(&e.observed, bench, weights);
     }
-    Snapshot {
-        at_ms,
-        window_hours: settings.window_hours,
-        weights: settings.weights,
-        entries,
-        categories,
-    }
+    categories
 }
 
 /// The curation service: the current snapshot and the task that refreshes it.

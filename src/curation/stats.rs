@@ -53,10 +53,20 @@ pub struct Totals {
     pub projects: BTreeSet<String>,
     /// The hour of its last call (unix ms).
     pub last_hour_ms: i64,
+    /// The same totals of each project's calls alone (empty within these).
+    pub by_project: BTreeMap<String, Totals>,
 }
 
 impl Totals {
     fn add(&mut self, r: &RollupRow) {
+        self.add_row(r);
+        self.by_project
+            .entry(r.project.clone())
+            .or_default()
+            .add_row(r);
+    }
+
+    fn add_row(&mut self, r: &RollupRow) {
         let calls = r.calls.max(0) as u64;
         self.calls += calls;
         if r.status_class == "2xx" || r.status_class == "3xx" {
