@@ -658,3 +658,83 @@ async fn a_project_key_sees_other_projects_calls_only_in_aggregate_where_enough_
     let compared: Value = resp.json().await.unwrap();
     assert_eq!(compared["error"]["code"], "UNKNOWN_ENDPOINT", "{compared}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_key_flooding_the_read_api_is_told_429_while_health_and_others_are_served() {
+    let up = Upstream::start().await;
+    let pag0 = Pag0::start_with(&body(), "admin:\n  max_connections: 2000\n");
+    let client = pag0.client("demo", DEMO_KEY);
+    for i in 0..5 {
+        client.get(up.url(&format!("/x/{i}"))).send().await.unwrap();
+    }
+    let admin = pag0.admin;
+    // 400 analytics queries at once with one project key (one client: 400 connections).
+    let flooder = reqwest::Client::new();
+    let flood: Vec<_> = (0..400)
+        .map(|_| {
+            let flooder = flooder.clone();
+            tokio::spawn(async move {
+                let resp = flooder
+                    .get(format!("http://{admin}/api/analytics/requests?limit=1000"))
+                    .header("x-pag0-api-key", DEMO_KEY)
+                    .send()
+                    .await;
+                match resp {
+                    Ok(r) => (
+                        r.status().as_u16(),
+                        r.headers()
+                            .get("retry-after")
+                            .map(|v| v.to_str().unwrap().to_string()),
+                    ),
+                    Err(_) => (0, None),
+                }
+            })
+        })
+        .collect();
+    // Meanwhile /health and the admin token's own reads are answered.
+    let patient = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let health = patient
+        .get(format!("http://{admin}/health"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let summary = patient
+        .get(format!("http://{admin}/api/analytics/summary"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(summary.status(), StatusCode::OK);
+    let mut by_status = std::collections::BTreeMap::new();
+    for task in flood {
+        let (status, retry_after) = task.await.unwrap();
+        if status == 429 {
+            assert_eq!(retry_after.as_deref(), Some("1"));
+        }
+        *by_status.entry(status).or_insert(0) += 1;
+    }
+    // At most a burst of 40 is started; the rest is told to come back, nothing fails.
+    assert!(
+        by_status.get(&200).is_some_and(|n| (1..=40).contains(n)),
+        "{by_status:?}"
+    );
+    assert_eq!(
+        by_status.get(&200).unwrap() + by_status.get(&429).unwrap_or(&0),
+        400,
+        "{by_status:?}"
+    );
+    // A moment later the key is served again.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let again = patient
+        .get(format!("http://{admin}/api/analytics/summary"))
+        .header("x-pag0-api-key", DEMO_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+}

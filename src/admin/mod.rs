@@ -27,6 +27,7 @@ mod audit_api;
 mod cache_api;
 mod curation_api;
 mod dashboard;
+mod fairness;
 mod listener;
 mod params;
 mod session_api;
@@ -35,6 +36,8 @@ mod session_api;
 struct AdminState {
     reloader: Arc<Reloader>,
     started: Instant,
+    /// The shares of the API's reads (see [`fairness`]).
+    fairness: Arc<fairness::Fairness>,
 }
 
 /// The admin HTTP service. The socket is bound when the server is built so a taken port is a
@@ -65,6 +68,7 @@ impl AdminService {
             state: AdminState {
                 reloader,
                 started: Instant::now(),
+                fairness: Arc::new(fairness::Fairness::new()?),
             },
         })
     }
@@ -365,6 +369,10 @@ fn router(state: AdminState) -> Router {
         .route("/dashboard/{*rest}", get(dashboard::missing))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            fairness::limit,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn(protective_headers))

@@ -1,11 +1,19 @@
 //! What the rollups of a window say about each endpoint, counting only calls that tell
 //! something about the endpoint itself.
 //!
-//! Left out: answers from pag0's cache (`HIT`/`STALE`: the endpoint was not asked), and calls
+//! Left out: answers from pag0's cache (`HIT`/`STALE`: the endpoint was not asked), calls
 //! pag0 stopped by itself (an error code of its own, such as a budget or an allow-list, or a
-//! payment it declined, did not make, or could not make: `declined`, `off`,
-//! `body-too-large`). Kept: everything the endpoint answered, and the failures to reach it
-//! (`UPSTREAM_*`, `DNS_RESOLUTION_FAILED`).
+//! payment it would not make: `off`, `body-too-large`), and the caller's own `4xx` (a bad
+//! request says nothing about the endpoint). Kept: the endpoint's successes, its `5xx`, the
+//! failures to reach it (`UPSTREAM_*`, `DNS_RESOLUTION_FAILED`), and `402`s that could not be
+//! paid (declined without a code of pag0's: the offer was unusable) or whose payment the
+//! endpoint refused or left in doubt.
+//!
+//! No one project outweighs the others: in an endpoint's shared totals, a project's calls
+//! count at most as much as all other projects' calls together (or [`PROJECT_FLOOR`] calls,
+//! whichever is more), its successes, latencies and payments in doubt scaled alike. So one
+//! project moves a shared success rate by at most half the distance to its own rate, once the
+//! others made [`PROJECT_FLOOR`] calls.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,18 +32,19 @@ const ENDPOINT_FAILURES: [&str; 5] = [
     "DNS_RESOLUTION_FAILED",
 ];
 
+/// Calls a project's share of an endpoint's totals may always reach (see the module's doc).
+pub const PROJECT_FLOOR: u64 = 10;
+
 /// Whether a rollup row's calls count for its endpoint's score.
 pub fn counts(r: &RollupRow) -> bool {
     let cached = r.cache == CacheOutcome::Hit.as_str() || r.cache == CacheOutcome::Stale.as_str();
-    let stopped_by_pag0 = [
-        PaymentOutcome::Declined,
-        PaymentOutcome::Off,
-        PaymentOutcome::BodyTooLarge,
-    ]
-    .iter()
-    .any(|p| r.payment == p.as_str());
+    let is = |p: PaymentOutcome| r.payment == p.as_str();
+    let stopped_by_pag0 = is(PaymentOutcome::Off) || is(PaymentOutcome::BodyTooLarge);
     let pag0_error = !r.error.is_empty() && !ENDPOINT_FAILURES.contains(&r.error.as_str());
-    !r.endpoint.is_empty() && !cached && !stopped_by_pag0 && !pag0_error
+    let unpaid_402 =
+        is(PaymentOutcome::Declined) || is(PaymentOutcome::Rejected) || is(PaymentOutcome::InDoubt);
+    let callers_4xx = r.status_class == "4xx" && !unpaid_402;
+    !r.endpoint.is_empty() && !cached && !stopped_by_pag0 && !pag0_error && !callers_4xx
 }
 
 /// One endpoint's totals over the window.
@@ -137,11 +146,131 @@ impl Totals {
     }
 }
 
-/// Totals per endpoint key of the rows that count.
+/// Totals per endpoint key of the rows that count, each project's share capped.
 pub fn per_endpoint(rows: &[RollupRow]) -> BTreeMap<String, Totals> {
     let mut out: BTreeMap<String, Totals> = BTreeMap::new();
     for r in rows.iter().filter(|r| counts(r)) {
         out.entry(r.endpoint.clone()).or_default().add(r);
     }
+    for t in out.values_mut() {
+        t.cap_projects();
+    }
     out
+}
+
+impl Totals {
+    /// Scales down the calls (successes, latencies, payments in doubt) of any project that
+    /// made more than all others together and more than [`PROJECT_FLOOR`].
+    fn cap_projects(&mut self) {
+        if self.by_project.len() < 2 {
+            return;
+        }
+        for p in self.by_project.values() {
+            let others = self.calls - p.calls;
+            let cap = others.max(PROJECT_FLOOR);
+            if p.calls <= cap {
+                continue;
+            }
+            // Integer scaling by cap / calls (counts, not money).
+            let scale = |n: u64| (u128::from(n) * u128::from(cap) / u128::from(p.calls)) as u64;
+            self.calls -= p.calls - cap;
+            self.successes -= p.successes - scale(p.successes);
+            self.in_doubt -= p.in_doubt - scale(p.in_doubt);
+            for (sum, own) in self.histogram.iter_mut().zip(p.histogram) {
+                let own = own.max(0) as u64;
+                *sum -= (own - scale(own)) as i64;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(
+        project: &str,
+        endpoint: &str,
+        class: &str,
+        payment: PaymentOutcome,
+        calls: i64,
+    ) -> RollupRow {
+        let mut histogram = [0i64; crate::analytics::BUCKETS];
+        histogram[5] = calls;
+        RollupRow {
+            hour_ms: 0,
+            project: project.into(),
+            endpoint: endpoint.into(),
+            status_class: class.into(),
+            cache: CacheOutcome::None.as_str().into(),
+            payment: payment.as_str().into(),
+            symbol: String::new(),
+            error: String::new(),
+            calls,
+            latency_sum_us: 0,
+            upstream_latency_sum_us: 0,
+            upstream_calls: 0,
+            request_bytes: 0,
+            response_bytes: 0,
+            spend: U256::ZERO,
+            saved: U256::ZERO,
+            histogram,
+        }
+    }
+
+    fn rate(t: &Totals) -> f64 {
+        t.successes as f64 / t.calls as f64
+    }
+
+    #[test]
+    fn the_callers_own_4xx_say_nothing_but_an_unpayable_402_does() {
+        use PaymentOutcome as P;
+        let rows = [
+            row("h", "a/x", "2xx", P::None, 10),
+            row("h", "a/x", "4xx", P::None, 30),
+            row("h", "a/x", "4xx", P::Declined, 2),
+            row("h", "a/x", "4xx", P::Rejected, 1),
+            row("h", "a/x", "5xx", P::None, 3),
+        ];
+        let t = &per_endpoint(&rows)["a/x"];
+        assert_eq!((t.calls, t.successes), (16, 10));
+    }
+
+    #[test]
+    fn one_project_moves_a_shared_rate_by_at_most_half_the_distance() {
+        use PaymentOutcome as P;
+        // Honest traffic of three projects: 20 calls, 17 successes (85 %).
+        let honest = [
+            row("h1", "a/x", "2xx", P::None, 6),
+            row("h2", "a/x", "2xx", P::None, 6),
+            row("h3", "a/x", "2xx", P::None, 5),
+            row("h3", "a/x", "5xx", P::None, 3),
+        ];
+        let before = rate(&per_endpoint(&honest)["a/x"]);
+        // The 30 refused calls of the report: no effect at all.
+        let mut refused = honest.to_vec();
+        refused.push(row("x", "a/x", "4xx", P::None, 30));
+        assert_eq!(rate(&per_endpoint(&refused)["a/x"]), before);
+        // 300 calls that all fail: capped at the others' 20, so at most half the way to 0.
+        let mut failing = honest.to_vec();
+        failing.push(row("x", "a/x", "5xx", P::None, 300));
+        let t = &per_endpoint(&failing)["a/x"];
+        assert_eq!(t.calls, 40);
+        assert!(
+            before - rate(t) <= before / 2.0 + 1e-9,
+            "{} -> {}",
+            before,
+            rate(t)
+        );
+        // 300 cheap successes pumping a worse endpoint: at most half the way to 100 %.
+        let worse = [
+            row("h1", "b/y", "2xx", P::None, 10),
+            row("h1", "b/y", "5xx", P::None, 10),
+        ];
+        let mut pumped = worse.to_vec();
+        pumped.push(row("x", "b/y", "2xx", P::None, 300));
+        let t = &per_endpoint(&pumped)["b/y"];
+        assert!(rate(t) <= 0.5 + (1.0 - 0.5) / 2.0 + 1e-9, "{}", rate(t));
+        assert_eq!(t.histogram.iter().sum::<i64>() as u64, t.calls);
+    }
 }
