@@ -6,8 +6,8 @@ use std::borrow::Cow;
 use alloy_primitives::U256;
 use serde::{Deserialize, Serialize};
 
-/// One request pag0 answered.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One request pag0 answered (`Default`: nothing known of it).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     /// Given by the writer (instance id + sequence, 32 hex digits) before the record reaches
     /// the database or the spool, so that a replay never duplicates it.
@@ -82,7 +82,7 @@ mod decimal {
 }
 
 /// How the cache took part.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CacheOutcome {
     #[serde(rename = "HIT")]
     Hit,
@@ -94,6 +94,7 @@ pub enum CacheOutcome {
     Stale,
     /// The cache stage is not configured, or the request never reached it.
     #[serde(rename = "none")]
+    #[default]
     None,
 }
 
@@ -122,7 +123,7 @@ impl CacheOutcome {
 }
 
 /// What pag0 did about payment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PaymentOutcome {
     /// pag0 paid and the upstream answered the paid attempt successfully.
@@ -140,6 +141,7 @@ pub enum PaymentOutcome {
     /// The request body was too large to replay with a payment.
     BodyTooLarge,
     /// No 402 was involved.
+    #[default]
     None,
 }
 

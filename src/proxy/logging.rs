@@ -55,31 +55,11 @@ pub fn described_endpoint(ctx: &mut RequestCtx) -> Option<(String, crate::curati
 /// guard: 431, or 400 when Pingora could not parse it): nothing of it is known but the answer.
 pub fn unparsed(code: crate::proxy::respond::ErrorCode) -> Record {
     Record {
-        id: String::new(),
         at_ms: crate::clock::unix_millis() as i64,
-        project: String::new(),
-        route: String::new(),
-        method: String::new(),
         scheme: Cow::Borrowed("http"),
-        host: String::new(),
-        port: 0,
-        path: String::new(),
-        endpoint: String::new(),
         status: code.status(),
-        upstream_status: None,
-        attempts: 0,
-        latency_us: 0,
-        upstream_latency_us: None,
-        request_bytes: 0,
-        response_bytes: 0,
-        cache: CacheOutcome::None,
-        payment: PaymentOutcome::None,
-        payment_reason: None,
-        paid: None,
-        saved: None,
         error: Some(Cow::Borrowed(code.as_str())),
-        tx_hash: None,
-        x402_version: None,
+        ..Record::default()
     }
 }
 
