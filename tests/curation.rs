@@ -277,10 +277,7 @@ async fn endpoints_are_ranked_compared_and_recommended_from_traffic() {
     )
     .await;
     assert_eq!(status, 200, "{theirs:#}");
-    for e in theirs["rankings"].as_array().unwrap() {
-        assert_eq!(e["calls"], 0, "{e:#}");
-        assert!(e["score"].is_null(), "{e:#}");
-    }
+    assert_eq!(theirs["rankings"], serde_json::json!([]), "{theirs:#}");
     // demo's own key sees its scores as the admin token does (it made every call).
     let (_, own) = api(
         &pag0,

@@ -1,8 +1,7 @@
 //! Endpoint curation API (JSON), read from the in-memory snapshot (no SQL). The admin token
-//! reads every endpoint; a project's key its own endpoints (from its own calls), the
-//! endpoints at least `curation.min_shared_projects` other projects called (in aggregate) and
-//! catalog endpoints nobody called; what was spent on an endpoint is shown to the admin token
-//! only.
+//! reads every endpoint; a project's key its own endpoints (from its own calls) and the
+//! endpoints at least `curation.min_shared_projects` other projects called (in aggregate);
+//! what was spent on an endpoint is shown to the admin token only.
 //!
 //! | route | what |
 //! |---|---|

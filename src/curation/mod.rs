@@ -119,10 +119,10 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// What `project`'s key may see, scored again: its own endpoints (from its own calls
-    /// alone, unless enough other projects called them too), the endpoints at least
-    /// [`Snapshot::min_shared_projects`] other projects called (in aggregate), and catalog
-    /// endpoints nobody called. Nothing of another project's calls at an endpoint fewer
-    /// projects share is in it.
+    /// alone, unless enough other projects called them too) and the endpoints at least
+    /// [`Snapshot::min_shared_projects`] other projects called (in aggregate). Nothing of
+    /// another project's calls at an endpoint fewer projects share is in it, not even the
+    /// endpoint (every endpoint key was learnt from some project's traffic).
     pub fn for_project(&self, project: &str) -> Snapshot {
         let mut entries = BTreeMap::new();
         for (key, e) in &self.entries {
@@ -132,7 +132,7 @@ impl Snapshot {
                 .iter()
                 .filter(|p| p.as_str() != project)
                 .count();
-            if others >= self.min_shared_projects || e.totals.calls == 0 {
+            if others >= self.min_shared_projects {
                 entries.insert(key.clone(), e.clone());
                 continue;
             }
