@@ -295,11 +295,7 @@ impl HeaderGuard {
         .raw_http1();
         self.refusal = Some(Refusal::Writing { reply, at: 0 });
         self.waiting.store(false, Relaxed);
-        let deadline = Instant::now() + LINGER;
-        match &mut self.clock {
-            Some(clock) => clock.as_mut().reset(deadline),
-            None => self.clock = Some(Box::pin(tokio::time::sleep_until(deadline))),
-        }
+        self.set_clock(Instant::now() + LINGER);
         self.running = true;
     }
 
@@ -354,7 +350,11 @@ impl HeaderGuard {
             return;
         }
         self.running = true;
-        let deadline = Instant::now() + self.timeout;
+        self.set_clock(Instant::now() + self.timeout);
+    }
+
+    /// The one clock (header deadline, then a refusal's linger) runs out at `deadline`.
+    fn set_clock(&mut self, deadline: Instant) {
         match &mut self.clock {
             Some(clock) => clock.as_mut().reset(deadline),
             None => self.clock = Some(Box::pin(tokio::time::sleep_until(deadline))),
